@@ -1,0 +1,176 @@
+//! The memory checksum: a SHA-256 Merkle root over 4 KiB pages, as defined in
+//! `spec/checksum.md`.
+//!
+//! Two implementations of the same definition live here on purpose:
+//! - the cached one, [`crate::memory::PageMap`] nodes memoise their hashes, so the root after k
+//!   changed pages costs O(k · height) hashing;
+//! - [`memory_root_from_bytes`], a from-scratch computation over a flat byte slice, written only
+//!   from the spec, used by `snapshot verify` on downloaded files and by the property tests as
+//!   the reference the cached root must equal.
+//!
+//! Definition (see the spec for the normative text):
+//! ```text
+//! leaf(page)        = SHA-256(0x00 ‖ page)                 page: 4096 bytes, zero-padded
+//! node(c0..c15)     = SHA-256(0x01 ‖ c0 ‖ … ‖ c15)
+//! zero(0)           = leaf(4096 zero bytes);  zero(l) = node(zero(l-1) × 16)
+//! tree              = the level-8 node over pages 0 .. 16^8 - 1 (absent pages are zero pages)
+//! memory_root       = SHA-256(0x02 ‖ "ic-canister-snapshots/memory/v1" ‖ u64_be(size) ‖ tree)
+//! ```
+
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+use super::page_map::{FANOUT, MAX_HEIGHT, PAGE_SIZE};
+
+/// A SHA-256 digest.
+pub type Hash = [u8; 32];
+
+const LEAF_TAG: u8 = 0x00;
+const NODE_TAG: u8 = 0x01;
+const MEMORY_ROOT_TAG: u8 = 0x02;
+const MEMORY_DOMAIN: &[u8] = b"ic-canister-snapshots/memory/v1";
+
+pub(crate) fn leaf_hash(page: &[u8; PAGE_SIZE]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update([LEAF_TAG]);
+    hasher.update(page);
+    hasher.finalize().into()
+}
+
+pub(crate) fn node_hash(children: &[Hash; FANOUT]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update([NODE_TAG]);
+    for child in children {
+        hasher.update(child);
+    }
+    hasher.finalize().into()
+}
+
+/// Hash of an all-zero subtree at `level` (level 0 is a single zero page). Computed once.
+pub(crate) fn zero_subtree_hash(level: u32) -> &'static Hash {
+    static ZERO: OnceLock<[Hash; MAX_HEIGHT as usize + 1]> = OnceLock::new();
+    &ZERO.get_or_init(|| {
+        let mut table = [[0u8; 32]; MAX_HEIGHT as usize + 1];
+        table[0] = leaf_hash(&[0u8; PAGE_SIZE]);
+        for level in 1..table.len() {
+            table[level] = node_hash(&[table[level - 1]; FANOUT]);
+        }
+        table
+    })[level as usize]
+}
+
+/// Binds the tree hash to the memory's size in bytes.
+pub(crate) fn memory_root(size_bytes: u64, tree: &Hash) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update([MEMORY_ROOT_TAG]);
+    hasher.update(MEMORY_DOMAIN);
+    hasher.update(size_bytes.to_be_bytes());
+    hasher.update(tree);
+    hasher.finalize().into()
+}
+
+/// The memory root of a flat byte image, computed from the definition alone (no caches, no
+/// `PageMap`). Pages that are entirely zero are hashed as zero subtrees, so the cost is one leaf
+/// hash per non-zero page plus the nodes above them.
+pub fn memory_root_from_bytes(bytes: &[u8]) -> Hash {
+    let pages = bytes.len().div_ceil(PAGE_SIZE) as u64;
+    let tree = subtree_from_bytes(bytes, pages, MAX_HEIGHT, 0);
+    memory_root(bytes.len() as u64, &tree)
+}
+
+fn subtree_from_bytes(bytes: &[u8], pages: u64, level: u32, first_page: u64) -> Hash {
+    if first_page >= pages {
+        return *zero_subtree_hash(level);
+    }
+    if level == 0 {
+        let start = first_page as usize * PAGE_SIZE;
+        let end = (start + PAGE_SIZE).min(bytes.len());
+        let mut page = [0u8; PAGE_SIZE];
+        page[..end - start].copy_from_slice(&bytes[start..end]);
+        if page.iter().all(|&b| b == 0) {
+            return *zero_subtree_hash(0);
+        }
+        return leaf_hash(&page);
+    }
+    let child_span = (FANOUT as u64).pow(level - 1);
+    let mut children = [[0u8; 32]; FANOUT];
+    for (i, child) in children.iter_mut().enumerate() {
+        *child = subtree_from_bytes(bytes, pages, level - 1, first_page + i as u64 * child_span);
+    }
+    node_hash(&children)
+}
+
+/// SHA-256 of a byte string (module hashes, chunk hashes).
+pub fn sha256(bytes: &[u8]) -> Hash {
+    Sha256::digest(bytes).into()
+}
+
+/// Lower-case hex, for display and file names.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::PageMap;
+
+    #[test]
+    fn zero_tables_follow_the_definition() {
+        assert_eq!(*zero_subtree_hash(0), leaf_hash(&[0; PAGE_SIZE]));
+        assert_eq!(
+            *zero_subtree_hash(2),
+            node_hash(&[node_hash(&[leaf_hash(&[0; PAGE_SIZE]); 16]); 16])
+        );
+    }
+
+    #[test]
+    fn cached_root_equals_root_from_bytes() {
+        let size = 300 * PAGE_SIZE;
+        let mut flat = vec![0u8; size];
+        let mut map = PageMap::new();
+        for (offset, byte) in [(5usize, 1u8), (70_000, 2), (size - 3, 3), (4096 * 17, 4)] {
+            flat[offset] = byte;
+            map.write(offset as u64, &[byte]);
+        }
+        let cached = memory_root(size as u64, &map.tree_hash(MAX_HEIGHT));
+        assert_eq!(cached, memory_root_from_bytes(&flat));
+        // A page written with zeros hashes like a page never written.
+        map.write(200 * PAGE_SIZE as u64, &[0; 10]);
+        assert_eq!(memory_root(size as u64, &map.tree_hash(MAX_HEIGHT)), cached);
+    }
+
+    #[test]
+    fn size_enters_the_root() {
+        assert_ne!(
+            memory_root_from_bytes(&[0; PAGE_SIZE]),
+            memory_root_from_bytes(&[0; 2 * PAGE_SIZE])
+        );
+    }
+
+    #[test]
+    fn cache_is_invalidated_by_writes_to_shared_and_unique_pages() {
+        let mut map = PageMap::new();
+        map.fill(0, 40 * PAGE_SIZE as u64, 9);
+        let before = map.tree_hash(MAX_HEIGHT);
+        let snapshot = map.clone();
+        map.write(3, &[1]);
+        let after = map.tree_hash(MAX_HEIGHT);
+        assert_ne!(before, after);
+        assert_eq!(snapshot.tree_hash(MAX_HEIGHT), before);
+        map.write(3, &[9]);
+        assert_eq!(map.tree_hash(MAX_HEIGHT), before);
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
+    }
+}

@@ -1,0 +1,571 @@
+//! `PageMap`: a sparse, persistent array of 4 KiB pages.
+//!
+//! # The mechanism
+//!
+//! A `PageMap` is a 16-ary radix tree keyed by page index. Interior nodes and pages are
+//! reference-counted (`Arc`) and never mutated while shared: a write walks from the root to the
+//! page and, at every step, takes the node by `Arc::make_mut`, which copies it only when another
+//! `PageMap` (a snapshot, a rollback copy) still holds it. This is path copying: after a clone,
+//! the first write to a page copies that page plus the `height` small nodes above it, and
+//! everything else stays shared.
+//!
+//! | operation | cost |
+//! |---|---|
+//! | `clone` | O(1): one `Arc` increment |
+//! | read or write one page | O(height) pointer steps, height = ⌈log16(pages)⌉ ≤ 8 |
+//! | first write to a page shared with a clone | one 4 KiB copy + `height` node copies (16 pointers each) |
+//! | `root_hash` after k pages changed | O(k · height) SHA-256 compressions of 4 KiB leaves and 528-byte nodes |
+//! | memory for never-written pages | none: an absent subtree reads as zero |
+//!
+//! Each node and page caches its Merkle hash (see [`crate::memory::checksum`]). A cached hash is
+//! valid for as long as the node is not mutated, and mutation happens only through `make_mut`
+//! on a uniquely owned node, which clears the cache on the way down. So after k pages change,
+//! rehashing touches only the k paths from those pages to the root.
+//!
+//! # The page-source seam
+//!
+//! Every read of page bytes goes through [`Page::bytes`]. Today a page always owns its bytes; a
+//! checkpoint layer will add pages whose bytes live in a read-only mapping of a checkpoint file,
+//! with in-memory pages layered on top by the same path copying. Nothing outside this file knows
+//! where page bytes come from.
+//!
+//! # Invariants
+//!
+//! - A node at level 1 holds pages; a node at level `l > 1` holds nodes of level `l - 1`.
+//! - The root's level is `height`; it covers page indices `[0, 16^height)`.
+//! - A node's `hash` cache, when set, equals the hash of its current contents.
+//! - Nothing here reads the clock, iterates a hashed collection or depends on an address.
+
+use std::sync::{Arc, OnceLock};
+
+use super::checksum::{self, Hash};
+
+/// Bytes in one page: the unit of copy-on-write and of hashing.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Children per interior node.
+pub(crate) const FANOUT: usize = 16;
+const FANOUT_BITS: u32 = 4;
+
+/// The deepest tree allowed: 16^8 pages = 16 TiB, beyond any canister memory limit.
+pub const MAX_HEIGHT: u32 = 8;
+
+/// The number of pages a `PageMap` can address.
+pub const MAX_PAGES: u64 = 1 << (FANOUT_BITS * MAX_HEIGHT);
+
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// One 4 KiB page and its cached leaf hash.
+#[derive(Clone)]
+pub struct Page {
+    data: [u8; PAGE_SIZE],
+    hash: OnceLock<Hash>,
+}
+
+impl Page {
+    fn zeroed() -> Self {
+        Page {
+            data: [0; PAGE_SIZE],
+            hash: OnceLock::new(),
+        }
+    }
+
+    /// The page's bytes. The single place page contents are read from (the page-source seam).
+    #[inline]
+    pub fn bytes(&self) -> &[u8; PAGE_SIZE] {
+        &self.data
+    }
+
+    /// The leaf hash of this page, computed once and cached.
+    pub fn hash(&self) -> &Hash {
+        self.hash.get_or_init(|| checksum::leaf_hash(&self.data))
+    }
+}
+
+#[derive(Clone)]
+enum Children {
+    /// Level 1: the pages themselves.
+    Pages([Option<Arc<Page>>; FANOUT]),
+    /// Level > 1: nodes one level down.
+    Nodes([Option<Arc<Node>>; FANOUT]),
+}
+
+#[derive(Clone)]
+struct Node {
+    children: Children,
+    hash: OnceLock<Hash>,
+}
+
+impl Node {
+    fn empty(level: u32) -> Self {
+        debug_assert!((1..=MAX_HEIGHT).contains(&level));
+        let children = if level == 1 {
+            Children::Pages(Default::default())
+        } else {
+            Children::Nodes(Default::default())
+        };
+        Node {
+            children,
+            hash: OnceLock::new(),
+        }
+    }
+
+    /// The Merkle hash of this node at `level`; absent children count as all-zero subtrees.
+    fn hash(&self, level: u32) -> &Hash {
+        self.hash.get_or_init(|| {
+            let mut child_hashes = [[0u8; 32]; FANOUT];
+            match &self.children {
+                Children::Pages(pages) => {
+                    for (slot, page) in child_hashes.iter_mut().zip(pages) {
+                        *slot = match page {
+                            Some(page) => *page.hash(),
+                            None => *checksum::zero_subtree_hash(0),
+                        };
+                    }
+                }
+                Children::Nodes(nodes) => {
+                    for (slot, node) in child_hashes.iter_mut().zip(nodes) {
+                        *slot = match node {
+                            Some(node) => *node.hash(level - 1),
+                            None => *checksum::zero_subtree_hash(level - 1),
+                        };
+                    }
+                }
+            }
+            checksum::node_hash(&child_hashes)
+        })
+    }
+}
+
+/// A sparse, persistent array of [`PAGE_SIZE`]-byte pages. See the module documentation.
+#[derive(Clone, Default)]
+pub struct PageMap {
+    root: Option<Arc<Node>>,
+    /// Level of `root`; 0 when the map has never been written.
+    height: u32,
+}
+
+/// Index of the child of a level-`level` node on the path to `page_index`.
+#[inline]
+fn slot(page_index: u64, level: u32) -> usize {
+    ((page_index >> (FANOUT_BITS * (level - 1))) & (FANOUT as u64 - 1)) as usize
+}
+
+/// Pages covered by a node at `level`.
+#[inline]
+fn span(level: u32) -> u64 {
+    1u64 << (FANOUT_BITS * level)
+}
+
+impl PageMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The page at `page_index`, if it was ever written. O(height).
+    pub fn page(&self, page_index: u64) -> Option<&Page> {
+        if self.height == 0 || page_index >= span(self.height) {
+            return None;
+        }
+        let mut node = self.root.as_deref()?;
+        let mut level = self.height;
+        loop {
+            match &node.children {
+                Children::Nodes(nodes) => {
+                    node = nodes[slot(page_index, level)].as_deref()?;
+                    level -= 1;
+                }
+                Children::Pages(pages) => return pages[slot(page_index, 1)].as_deref(),
+            }
+        }
+    }
+
+    /// The bytes of page `page_index`: zeros for a page never written.
+    #[inline]
+    pub fn page_bytes(&self, page_index: u64) -> &[u8; PAGE_SIZE] {
+        self.page(page_index).map_or(&ZERO_PAGE, Page::bytes)
+    }
+
+    /// Whether `self` and `other` share the same root, i.e. are clones with no write since.
+    pub fn shares_root_with(&self, other: &PageMap) -> bool {
+        match (&self.root, &other.root) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// Copies `buf.len()` bytes starting at byte `offset` into `buf`. Never-written bytes read as
+    /// zero. The caller bounds `offset + buf.len()` by the memory size (see [`super::Memory`]).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let page_index = at / PAGE_SIZE as u64;
+            let in_page = (at % PAGE_SIZE as u64) as usize;
+            let n = (PAGE_SIZE - in_page).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&self.page_bytes(page_index)[in_page..in_page + n]);
+            done += n;
+        }
+    }
+
+    /// Writes `data` at byte `offset`, copying on write every page still shared with a clone.
+    /// A page overwritten whole is replaced without copying its old contents.
+    ///
+    /// Panics if the write reaches beyond [`MAX_PAGES`]; callers bound writes by the memory size.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let page_index = at / PAGE_SIZE as u64;
+            let in_page = (at % PAGE_SIZE as u64) as usize;
+            let n = (PAGE_SIZE - in_page).min(data.len() - done);
+            let src = &data[done..done + n];
+            if n == PAGE_SIZE {
+                let mut page = Page::zeroed();
+                page.data.copy_from_slice(src);
+                *self.page_slot(page_index) = Some(Arc::new(page));
+            } else {
+                self.page_mut(page_index)[in_page..in_page + n].copy_from_slice(src);
+            }
+            done += n;
+        }
+    }
+
+    /// Sets `len` bytes from `offset` to `byte`, with the same copy-on-write rules as `write`.
+    pub fn fill(&mut self, offset: u64, len: u64, byte: u8) {
+        let mut done = 0u64;
+        while done < len {
+            let at = offset + done;
+            let page_index = at / PAGE_SIZE as u64;
+            let in_page = (at % PAGE_SIZE as u64) as usize;
+            let n = ((PAGE_SIZE - in_page) as u64).min(len - done) as usize;
+            if n == PAGE_SIZE {
+                let page = Page {
+                    data: [byte; PAGE_SIZE],
+                    hash: OnceLock::new(),
+                };
+                *self.page_slot(page_index) = Some(Arc::new(page));
+            } else {
+                self.page_mut(page_index)[in_page..in_page + n].fill(byte);
+            }
+            done += n as u64;
+        }
+    }
+
+    /// Mutable bytes of one page, allocating it zeroed if absent and copying it if shared.
+    pub fn page_mut(&mut self, page_index: u64) -> &mut [u8; PAGE_SIZE] {
+        let slot = self.page_slot(page_index);
+        let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
+        page.hash.take();
+        &mut page.data
+    }
+
+    /// The slot holding page `page_index`, with every node on the path made unique and its hash
+    /// cache cleared (the caller is about to change what the slot holds).
+    fn page_slot(&mut self, page_index: u64) -> &mut Option<Arc<Page>> {
+        assert!(
+            page_index < MAX_PAGES,
+            "page index {page_index} beyond MAX_PAGES"
+        );
+        self.grow_height_to_cover(page_index);
+        let mut level = self.height;
+        let mut node = Arc::make_mut(
+            self.root
+                .get_or_insert_with(|| Arc::new(Node::empty(level))),
+        );
+        loop {
+            node.hash.take();
+            match &mut node.children {
+                Children::Nodes(nodes) => {
+                    let child = nodes[slot(page_index, level)]
+                        .get_or_insert_with(|| Arc::new(Node::empty(level - 1)));
+                    node = Arc::make_mut(child);
+                    level -= 1;
+                }
+                Children::Pages(pages) => return &mut pages[slot(page_index, 1)],
+            }
+        }
+    }
+
+    /// Adds levels above the root until it covers `page_index`. The old root becomes child 0,
+    /// so existing page indices keep their paths.
+    fn grow_height_to_cover(&mut self, page_index: u64) {
+        if self.height == 0 {
+            self.height = 1;
+        }
+        while page_index >= span(self.height) {
+            let old = self.root.take();
+            self.height += 1;
+            if let Some(old) = old {
+                let mut parent = Node::empty(self.height);
+                if let Children::Nodes(nodes) = &mut parent.children {
+                    nodes[0] = Some(old);
+                }
+                self.root = Some(Arc::new(parent));
+            }
+        }
+    }
+
+    /// Drops every page at index `>= first_dropped`, e.g. to discard bytes beyond a memory size.
+    pub fn truncate(&mut self, first_dropped: u64) {
+        if first_dropped == 0 {
+            *self = PageMap::new();
+            return;
+        }
+        let indices: Vec<u64> = self
+            .iter()
+            .map(|(index, _)| index)
+            .filter(|&index| index >= first_dropped)
+            .collect();
+        for index in indices {
+            *self.page_slot(index) = None;
+        }
+    }
+
+    /// Present pages in increasing index order, as `(page_index, page)`.
+    pub fn iter(&self) -> PageIter<'_> {
+        let mut stack = Vec::new();
+        if let Some(root) = &self.root {
+            stack.push((root.as_ref(), self.height, 0u64, 0usize));
+        }
+        PageIter { stack }
+    }
+
+    /// Number of pages present (ever written). O(present pages).
+    pub fn present_pages(&self) -> u64 {
+        self.iter().count() as u64
+    }
+
+    /// The Merkle root over pages `[0, 16^level)` at `level ≥ height`; reuses every cached hash.
+    pub(crate) fn tree_hash(&self, level: u32) -> Hash {
+        let Some(root) = &self.root else {
+            return *checksum::zero_subtree_hash(level);
+        };
+        let mut hash = *root.hash(self.height);
+        // The root is child 0 of each missing level above it; its siblings are zero subtrees.
+        for l in self.height + 1..=level {
+            let mut children = [*checksum::zero_subtree_hash(l - 1); FANOUT];
+            children[0] = hash;
+            hash = checksum::node_hash(&children);
+        }
+        hash
+    }
+
+    /// Visits the pages of `self` that are not physically shared with `other` (different `Arc`
+    /// or absent there), skipping every subtree the two share. O(changed pages · height).
+    /// `seen` (node and page identities already visited, e.g. from another snapshot) makes a
+    /// subtree visited once across several calls; identities are compared for equality only,
+    /// never ordered or hashed into replicated state.
+    pub(crate) fn for_each_page_not_shared_with(
+        &self,
+        other: &PageMap,
+        seen: &mut std::collections::HashSet<usize>,
+        f: &mut dyn FnMut(u64, &Page),
+    ) {
+        let Some(root) = &self.root else { return };
+        let other_node = other.node_covering(self.height, 0);
+        let mut diff = Diff { other, seen, f };
+        diff.nodes(root, other_node, self.height, 0);
+    }
+
+    /// The node of `self` at `level` covering pages `[first_page, first_page + 16^level)`, if
+    /// there is one. O(height).
+    fn node_covering(&self, level: u32, first_page: u64) -> Option<&Node> {
+        if level == 0 || self.height < level || first_page >= span(self.height) {
+            return None;
+        }
+        let mut node = self.root.as_deref()?;
+        let mut h = self.height;
+        while h > level {
+            match &node.children {
+                Children::Nodes(nodes) => node = nodes[slot(first_page, h)].as_deref()?,
+                Children::Pages(_) => return None,
+            }
+            h -= 1;
+        }
+        Some(node)
+    }
+}
+
+/// A walk over the pages of one map that another map does not share.
+struct Diff<'a, 'f> {
+    other: &'a PageMap,
+    seen: &'a mut std::collections::HashSet<usize>,
+    f: &'a mut (dyn FnMut(u64, &Page) + 'f),
+}
+
+impl Diff<'_, '_> {
+    /// `other` is the other map's node covering the same range at the same level, if any.
+    fn nodes(&mut self, node: &Node, other: Option<&Node>, level: u32, first_page: u64) {
+        if other.is_some_and(|other| std::ptr::eq(node, other)) {
+            return;
+        }
+        if !self.seen.insert(node as *const Node as usize) {
+            return;
+        }
+        match &node.children {
+            Children::Pages(pages) => {
+                let other_pages = match other.map(|o| &o.children) {
+                    Some(Children::Pages(p)) => Some(p),
+                    _ => None,
+                };
+                for (i, page) in pages.iter().enumerate() {
+                    let Some(page) = page else { continue };
+                    let shared = other_pages
+                        .and_then(|p| p[i].as_ref())
+                        .is_some_and(|o| Arc::ptr_eq(o, page));
+                    if !shared && self.seen.insert(Arc::as_ptr(page) as usize) {
+                        (self.f)(first_page + i as u64, page);
+                    }
+                }
+            }
+            Children::Nodes(nodes) => {
+                for (i, child) in nodes.iter().enumerate() {
+                    let Some(child) = child else { continue };
+                    let child_first = first_page + i as u64 * span(level - 1);
+                    let other_child = match other.map(|o| &o.children) {
+                        Some(Children::Nodes(n)) => n[i].as_deref(),
+                        // The other tree is shorter: its root may sit lower on this path.
+                        _ => self.other.node_covering(level - 1, child_first),
+                    };
+                    self.nodes(child, other_child, level - 1, child_first);
+                }
+            }
+        }
+    }
+}
+
+/// Iterator over present pages in index order; see [`PageMap::iter`].
+pub struct PageIter<'a> {
+    /// (node, level, first page index, next child slot)
+    stack: Vec<(&'a Node, u32, u64, usize)>,
+}
+
+impl<'a> Iterator for PageIter<'a> {
+    type Item = (u64, &'a Page);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while let Some(top) = self.stack.last_mut() {
+            let (node, level, first, next) = *top;
+            if next == FANOUT {
+                self.stack.pop();
+                continue;
+            }
+            top.3 += 1;
+            match &node.children {
+                Children::Pages(pages) => {
+                    if let Some(page) = &pages[next] {
+                        return Some((first + next as u64, page));
+                    }
+                }
+                Children::Nodes(nodes) => {
+                    if let Some(child) = &nodes[next] {
+                        let child_first = first + next as u64 * span(level - 1);
+                        self.stack.push((child, level - 1, child_first, 0));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl std::fmt::Debug for PageMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageMap")
+            .field("height", &self.height)
+            .field("present_pages", &self.present_pages())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwritten_pages_read_as_zero_and_take_no_memory() {
+        let map = PageMap::new();
+        let mut buf = [1u8; 10_000];
+        map.read(123_456_789, &mut buf);
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(map.present_pages(), 0);
+    }
+
+    #[test]
+    fn write_and_read_across_page_boundaries() {
+        let mut map = PageMap::new();
+        let data: Vec<u8> = (0..3 * PAGE_SIZE + 17).map(|i| (i % 251) as u8).collect();
+        map.write(PAGE_SIZE as u64 - 5, &data);
+        let mut back = vec![0u8; data.len()];
+        map.read(PAGE_SIZE as u64 - 5, &mut back);
+        assert_eq!(back, data);
+        assert_eq!(map.present_pages(), 5);
+    }
+
+    #[test]
+    fn clone_shares_until_written_and_copies_only_the_written_page() {
+        let mut live = PageMap::new();
+        live.fill(0, 64 * PAGE_SIZE as u64, 7);
+        let snapshot = live.clone();
+        assert!(live.shares_root_with(&snapshot));
+        live.write(10 * PAGE_SIZE as u64 + 1, &[9]);
+        assert!(!live.shares_root_with(&snapshot));
+        assert_eq!(snapshot.page_bytes(10)[1], 7);
+        assert_eq!(live.page_bytes(10)[1], 9);
+        let mut unshared = Vec::new();
+        live.for_each_page_not_shared_with(&snapshot, &mut Default::default(), &mut |i, _| {
+            unshared.push(i)
+        });
+        assert_eq!(unshared, vec![10]);
+    }
+
+    #[test]
+    fn diff_finds_shared_pages_across_different_heights() {
+        let mut small = PageMap::new();
+        small.fill(0, 4 * PAGE_SIZE as u64, 1);
+        let mut tall = small.clone();
+        tall.write(70_000 * PAGE_SIZE as u64, &[2]);
+        let collect = |a: &PageMap, b: &PageMap| {
+            let mut out = Vec::new();
+            a.for_each_page_not_shared_with(b, &mut Default::default(), &mut |i, _| out.push(i));
+            out
+        };
+        assert_eq!(collect(&tall, &small), vec![70_000]);
+        assert_eq!(collect(&small, &tall), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn height_grows_and_keeps_existing_pages() {
+        let mut map = PageMap::new();
+        map.write(0, b"first");
+        map.write(5_000_000 * PAGE_SIZE as u64, b"far");
+        let mut buf = [0u8; 5];
+        map.read(0, &mut buf);
+        assert_eq!(&buf, b"first");
+        let pages: Vec<u64> = map.iter().map(|(i, _)| i).collect();
+        assert_eq!(pages, vec![0, 5_000_000]);
+    }
+
+    #[test]
+    fn iteration_is_in_index_order() {
+        let mut map = PageMap::new();
+        for index in [900u64, 3, 70_000, 17, 16, 15] {
+            map.write(index * PAGE_SIZE as u64, &[1]);
+        }
+        let pages: Vec<u64> = map.iter().map(|(i, _)| i).collect();
+        assert_eq!(pages, vec![3, 15, 16, 17, 900, 70_000]);
+    }
+
+    #[test]
+    fn truncate_drops_pages_beyond_the_bound() {
+        let mut map = PageMap::new();
+        map.fill(0, 40 * PAGE_SIZE as u64, 1);
+        map.truncate(20);
+        assert_eq!(map.present_pages(), 20);
+        assert_eq!(map.page_bytes(25)[0], 0);
+        map.truncate(0);
+        assert_eq!(map.present_pages(), 0);
+    }
+}

@@ -1,0 +1,483 @@
+//! Snapshots: ids, the snapshot itself, the per-canister store and its accounting.
+//!
+//! Depends on [`crate::state`] and [`crate::memory`]. A snapshot is a set of O(1) clones of a
+//! canister's module, memories and small fields: taking one copies no page, and a page is copied
+//! later only when the live canister (or an upload) writes to it. This module decides nothing
+//! about callers, cycles or rate limits ([`crate::management`] does) and never reads the clock:
+//! `taken_at_timestamp` is the batch time handed in.
+//!
+//! The store is a `BTreeMap` ordered by [`SnapshotId`] (canister first, then the local counter),
+//! so the snapshots of one canister form one contiguous, ordered range on every replica.
+
+mod id;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::OnceLock;
+
+use candid::Principal;
+use ic_error_types::{ErrorCode, UserError};
+use sha2::{Digest, Sha256};
+
+use crate::memory::{Hash, Memory, PAGE_SIZE};
+use crate::state::{CanisterState, ChunkStore, ExecutionState, Global, HookStatus, WasmModule};
+
+pub use id::{InvalidSnapshotId, SnapshotId};
+
+/// How a snapshot came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotSource {
+    TakenFromCanister,
+    MetadataUpload,
+}
+
+/// A canister snapshot: what `load_canister_snapshot` restores, plus provenance.
+#[derive(Clone, Debug)]
+pub struct CanisterSnapshot {
+    id: SnapshotId,
+    pub taken_at_timestamp: u64,
+    pub canister_version: u64,
+    pub source: SnapshotSource,
+    pub label: Option<String>,
+    pub wasm_module: WasmModule,
+    pub wasm_memory: Memory,
+    pub stable_memory: Memory,
+    pub exported_globals: Vec<Global>,
+    pub certified_data: Vec<u8>,
+    pub wasm_chunk_store: ChunkStore,
+    pub global_timer: Option<u64>,
+    pub on_low_wasm_memory_hook_status: HookStatus,
+    /// Memoised [`snapshot_checksum`]; cleared by anything that changes the content.
+    checksum: OnceLock<Hash>,
+}
+
+/// Why the store refuses a request. Messages are the replica's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    NotFound {
+        snapshot_id: SnapshotId,
+        canister_id: Principal,
+    },
+    WrongCanister {
+        snapshot_id: SnapshotId,
+        canister_id: Principal,
+    },
+    QuotaReached {
+        canister_id: Principal,
+        limit: usize,
+    },
+    NoCode {
+        canister_id: Principal,
+    },
+}
+
+impl SnapshotError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SnapshotError::NotFound { .. } => ErrorCode::CanisterSnapshotNotFound,
+            SnapshotError::WrongCanister { .. }
+            | SnapshotError::QuotaReached { .. }
+            | SnapshotError::NoCode { .. } => ErrorCode::CanisterRejectedMessage,
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::NotFound {
+                snapshot_id,
+                canister_id,
+            } => write!(
+                f,
+                "Could not find the snapshot ID {snapshot_id} for canister {canister_id}."
+            ),
+            SnapshotError::WrongCanister {
+                snapshot_id,
+                canister_id,
+            } => write!(
+                f,
+                "The snapshot {snapshot_id} does not belong to canister {canister_id}."
+            ),
+            SnapshotError::QuotaReached { canister_id, limit } => write!(
+                f,
+                "Canister {canister_id} has reached the maximum number of snapshots allowed: \
+                 {limit}. Delete one, or pass it as `replace_snapshot`."
+            ),
+            SnapshotError::NoCode { canister_id } => write!(
+                f,
+                "Canister {canister_id} has no code installed: there is nothing to snapshot. \
+                 Install code first."
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+impl From<SnapshotError> for UserError {
+    fn from(err: SnapshotError) -> Self {
+        UserError::new(err.code(), err)
+    }
+}
+
+impl CanisterSnapshot {
+    /// Captures `canister` as a new snapshot stamped `time`, and advances the canister's
+    /// snapshot counter. O(1) in the size of its memories.
+    pub fn capture(
+        canister: &mut CanisterState,
+        time: u64,
+        label: Option<String>,
+    ) -> Result<Self, SnapshotError> {
+        let Some(execution) = &canister.execution_state else {
+            return Err(SnapshotError::NoCode {
+                canister_id: canister.canister_id,
+            });
+        };
+        let id = SnapshotId::new(canister.canister_id, canister.next_snapshot_id);
+        let snapshot = CanisterSnapshot {
+            id,
+            taken_at_timestamp: time,
+            canister_version: canister.canister_version,
+            source: SnapshotSource::TakenFromCanister,
+            label,
+            wasm_module: execution.wasm_module.clone(),
+            wasm_memory: execution.wasm_memory.clone(),
+            stable_memory: execution.stable_memory.clone(),
+            exported_globals: execution.exported_globals.clone(),
+            certified_data: canister.certified_data.clone(),
+            wasm_chunk_store: canister.wasm_chunk_store.clone(),
+            global_timer: canister.global_timer,
+            on_low_wasm_memory_hook_status: canister.on_low_wasm_memory_hook_status,
+            checksum: OnceLock::new(),
+        };
+        canister.next_snapshot_id += 1;
+        Ok(snapshot)
+    }
+
+    /// An uploaded snapshot's starting point: declared sizes, zero contents, a fresh id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_upload(
+        canister: &mut CanisterState,
+        time: u64,
+        wasm_module: WasmModule,
+        wasm_memory: Memory,
+        stable_memory: Memory,
+        exported_globals: Vec<Global>,
+        certified_data: Vec<u8>,
+        global_timer: Option<u64>,
+        on_low_wasm_memory_hook_status: HookStatus,
+    ) -> Self {
+        let id = SnapshotId::new(canister.canister_id, canister.next_snapshot_id);
+        canister.next_snapshot_id += 1;
+        CanisterSnapshot {
+            id,
+            taken_at_timestamp: time,
+            canister_version: canister.canister_version,
+            source: SnapshotSource::MetadataUpload,
+            label: None,
+            wasm_module,
+            wasm_memory,
+            stable_memory,
+            exported_globals,
+            certified_data,
+            wasm_chunk_store: ChunkStore::new(),
+            global_timer,
+            on_low_wasm_memory_hook_status,
+            checksum: OnceLock::new(),
+        }
+    }
+
+    pub fn id(&self) -> &SnapshotId {
+        &self.id
+    }
+
+    pub fn canister_id(&self) -> Principal {
+        self.id.canister_id()
+    }
+
+    /// Replaces `canister`'s code, memories, globals, certified data, chunk store, timer and
+    /// hook status with this snapshot's (O(1): the memories are shared). Cycles, controllers,
+    /// settings, version and history are left to the caller.
+    pub fn restore_into(&self, canister: &mut CanisterState) {
+        canister.execution_state = Some(ExecutionState {
+            wasm_module: self.wasm_module.clone(),
+            wasm_memory: self.wasm_memory.clone(),
+            stable_memory: self.stable_memory.clone(),
+            exported_globals: self.exported_globals.clone(),
+        });
+        canister.certified_data = self.certified_data.clone();
+        canister.wasm_chunk_store = self.wasm_chunk_store.clone();
+        canister.global_timer = self.global_timer;
+        canister.on_low_wasm_memory_hook_status = self.on_low_wasm_memory_hook_status;
+    }
+
+    /// The logical size, as the IC defines `total_size`: module + both memories + globals +
+    /// certified data + chunk store. Not the bytes the snapshot really holds (see
+    /// [`SnapshotStore::unique_bytes`]). O(globals + chunks).
+    pub fn total_size(&self) -> u64 {
+        self.wasm_module.len()
+            + self.wasm_memory.size_bytes()
+            + self.stable_memory.size_bytes()
+            + self.exported_globals.iter().map(Global::size).sum::<u64>()
+            + self.certified_data.len() as u64
+            + self
+                .wasm_chunk_store
+                .values()
+                .map(|c| c.len() as u64)
+                .sum::<u64>()
+    }
+
+    /// The snapshot checksum of `spec/checksum.md`, memoised. The first call costs the hashing
+    /// of the pages changed since any memory sharing them was last hashed.
+    pub fn checksum(&self) -> Hash {
+        *self.checksum.get_or_init(|| {
+            snapshot_checksum(&SnapshotDigest {
+                wasm_module_hash: *self.wasm_module.hash(),
+                wasm_memory_root: self.wasm_memory.root_hash(),
+                stable_memory_root: self.stable_memory.root_hash(),
+                exported_globals: &self.exported_globals,
+                certified_data: &self.certified_data,
+                chunk_hashes: self.wasm_chunk_store.keys().copied().collect(),
+            })
+        })
+    }
+
+    /// Mutable access for uploads: clears the memoised checksum.
+    pub fn content_mut(&mut self) -> &mut Self {
+        self.checksum.take();
+        self
+    }
+}
+
+/// The parts the snapshot checksum is made of, each already reduced to a hash where the spec
+/// says so. Built from a live snapshot or from a downloaded directory alike.
+pub struct SnapshotDigest<'a> {
+    pub wasm_module_hash: Hash,
+    pub wasm_memory_root: Hash,
+    pub stable_memory_root: Hash,
+    pub exported_globals: &'a [Global],
+    pub certified_data: &'a [u8],
+    /// Chunk hashes in ascending order.
+    pub chunk_hashes: Vec<Hash>,
+}
+
+const SNAPSHOT_TAG: u8 = 0x03;
+const SNAPSHOT_DOMAIN: &[u8] = b"ic-canister-snapshots/snapshot/v1";
+
+/// The snapshot checksum (`spec/checksum.md`): binds the module hash, both memory roots, the
+/// globals, the certified data and the chunk hashes. Provenance (time, version, source, label)
+/// is left out so a snapshot downloaded and uploaded again keeps its checksum.
+pub fn snapshot_checksum(digest: &SnapshotDigest<'_>) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update([SNAPSHOT_TAG]);
+    hasher.update(SNAPSHOT_DOMAIN);
+    hasher.update(digest.wasm_module_hash);
+    hasher.update(digest.wasm_memory_root);
+    hasher.update(digest.stable_memory_root);
+    let mut globals = Vec::with_capacity(4 + digest.exported_globals.len() * 17);
+    globals.extend_from_slice(&(digest.exported_globals.len() as u32).to_be_bytes());
+    for global in digest.exported_globals {
+        global.encode(&mut globals);
+    }
+    hasher.update(&globals);
+    hasher.update((digest.certified_data.len() as u32).to_be_bytes());
+    hasher.update(digest.certified_data);
+    hasher.update((digest.chunk_hashes.len() as u32).to_be_bytes());
+    for hash in &digest.chunk_hashes {
+        hasher.update(hash);
+    }
+    hasher.finalize().into()
+}
+
+/// Every snapshot on the subnet, ordered by id, with the per-canister quota.
+#[derive(Clone, Debug)]
+pub struct SnapshotStore {
+    snapshots: BTreeMap<SnapshotId, CanisterSnapshot>,
+    max_snapshots_per_canister: usize,
+}
+
+impl SnapshotStore {
+    pub fn new(max_snapshots_per_canister: usize) -> Self {
+        SnapshotStore {
+            snapshots: BTreeMap::new(),
+            max_snapshots_per_canister,
+        }
+    }
+
+    pub fn max_snapshots_per_canister(&self) -> usize {
+        self.max_snapshots_per_canister
+    }
+
+    /// The snapshots of one canister, oldest first. O(log n + k).
+    pub fn list(&self, canister_id: Principal) -> impl Iterator<Item = &CanisterSnapshot> {
+        self.snapshots
+            .range(SnapshotId::range_of(canister_id))
+            .map(|(_, snapshot)| snapshot)
+    }
+
+    /// Every snapshot, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &CanisterSnapshot> {
+        self.snapshots.values()
+    }
+
+    pub fn count(&self, canister_id: Principal) -> usize {
+        self.list(canister_id).count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.snapshots.is_empty()
+    }
+
+    /// The snapshot `snapshot_id` if it exists and belongs to `canister_id`.
+    pub fn get(
+        &self,
+        canister_id: Principal,
+        snapshot_id: &SnapshotId,
+    ) -> Result<&CanisterSnapshot, SnapshotError> {
+        match self.snapshots.get(snapshot_id) {
+            None => Err(SnapshotError::NotFound {
+                snapshot_id: snapshot_id.clone(),
+                canister_id,
+            }),
+            Some(snapshot) if snapshot.canister_id() != canister_id => {
+                Err(SnapshotError::WrongCanister {
+                    snapshot_id: snapshot_id.clone(),
+                    canister_id,
+                })
+            }
+            Some(snapshot) => Ok(snapshot),
+        }
+    }
+
+    /// Like [`Self::get`], for changing an uploaded snapshot.
+    pub fn get_mut(
+        &mut self,
+        canister_id: Principal,
+        snapshot_id: &SnapshotId,
+    ) -> Result<&mut CanisterSnapshot, SnapshotError> {
+        self.get(canister_id, snapshot_id)?;
+        Ok(self
+            .snapshots
+            .get_mut(snapshot_id)
+            .expect("checked by get just above"))
+    }
+
+    /// Whether `canister_id` may add a snapshot: `replace` must exist and belong to it;
+    /// without `replace`, the quota must have room.
+    pub fn check_room(
+        &self,
+        canister_id: Principal,
+        replace: Option<&SnapshotId>,
+    ) -> Result<(), SnapshotError> {
+        match replace {
+            Some(id) => self.get(canister_id, id).map(|_| ()),
+            None if self.count(canister_id) >= self.max_snapshots_per_canister => {
+                Err(SnapshotError::QuotaReached {
+                    canister_id,
+                    limit: self.max_snapshots_per_canister,
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Stores `snapshot`, first removing `replace`. The caller has passed [`Self::check_room`]
+    /// for the same arguments.
+    pub fn commit(&mut self, snapshot: CanisterSnapshot, replace: Option<&SnapshotId>) {
+        if let Some(id) = replace {
+            let removed = self.snapshots.remove(id);
+            debug_assert!(removed.is_some(), "check_room verified {id} exists");
+        }
+        debug_assert!(self.count(snapshot.canister_id()) < self.max_snapshots_per_canister);
+        self.snapshots.insert(snapshot.id.clone(), snapshot);
+    }
+
+    /// Takes a snapshot of `canister` at `time`: room check, capture, commit. The management
+    /// canister runs the same three steps with its own checks in between.
+    pub fn take(
+        &mut self,
+        canister: &mut CanisterState,
+        time: u64,
+        replace: Option<&SnapshotId>,
+        label: Option<String>,
+    ) -> Result<SnapshotId, SnapshotError> {
+        self.check_room(canister.canister_id, replace)?;
+        let snapshot = CanisterSnapshot::capture(canister, time, label)?;
+        let id = snapshot.id.clone();
+        self.commit(snapshot, replace);
+        Ok(id)
+    }
+
+    pub fn delete(
+        &mut self,
+        canister_id: Principal,
+        snapshot_id: &SnapshotId,
+    ) -> Result<CanisterSnapshot, SnapshotError> {
+        self.get(canister_id, snapshot_id)?;
+        Ok(self
+            .snapshots
+            .remove(snapshot_id)
+            .expect("checked by get just above"))
+    }
+
+    /// Deletes every snapshot of `canister_id` (on `delete_canister`).
+    pub fn delete_all(&mut self, canister_id: Principal) {
+        let ids: Vec<SnapshotId> = self.list(canister_id).map(|s| s.id.clone()).collect();
+        for id in ids {
+            self.snapshots.remove(&id);
+        }
+    }
+
+    /// Sum of `total_size` over the canister's snapshots: `memory_metrics.snapshots_size`.
+    pub fn snapshots_size(&self, canister_id: Principal) -> u64 {
+        self.list(canister_id)
+            .map(CanisterSnapshot::total_size)
+            .sum()
+    }
+
+    /// Sum of `total_size` over every snapshot on the subnet.
+    pub fn total_size(&self) -> u64 {
+        self.iter().map(CanisterSnapshot::total_size).sum()
+    }
+
+    /// Bytes the canister's snapshots really hold beyond its live state: pages and modules
+    /// not shared with `canister`, each counted once however many snapshots share it. This is
+    /// the RAM a snapshot costs. O(pages changed since the snapshots were taken · height).
+    pub fn unique_bytes(&self, canister: &CanisterState) -> u64 {
+        let empty = Memory::new();
+        let live = canister.execution_state.as_ref();
+        let live_wasm = live.map_or(&empty, |e| &e.wasm_memory);
+        let live_stable = live.map_or(&empty, |e| &e.stable_memory);
+        let mut seen = HashSet::new();
+        let mut pages = 0u64;
+        let mut modules: Vec<&WasmModule> = Vec::new();
+        for snapshot in self.list(canister.canister_id) {
+            let mut count = |_: u64, _: &crate::memory::Page| pages += 1;
+            snapshot
+                .wasm_memory
+                .page_map()
+                .for_each_page_not_shared_with(live_wasm.page_map(), &mut seen, &mut count);
+            snapshot
+                .stable_memory
+                .page_map()
+                .for_each_page_not_shared_with(live_stable.page_map(), &mut seen, &mut count);
+            let shared_with_live =
+                live.is_some_and(|e| e.wasm_module.shares_bytes_with(&snapshot.wasm_module));
+            if !shared_with_live
+                && !modules
+                    .iter()
+                    .any(|m| m.shares_bytes_with(&snapshot.wasm_module))
+            {
+                modules.push(&snapshot.wasm_module);
+            }
+        }
+        pages * PAGE_SIZE as u64 + modules.iter().map(|m| m.len()).sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,335 @@
+//! Canister state: everything the replica keeps about one canister, in the IC's own terms.
+//!
+//! Depends only on [`crate::memory`]. Owns no policy: who may change what, and what it costs,
+//! is decided in [`crate::management`]. Everything here is plain data that clones cheaply (the
+//! memories are copy-on-write), so the execution layer can run a message on a copy and keep the
+//! copy only if the message succeeds.
+//!
+//! Determinism: collections whose order can be observed (controllers, history, chunk store) are
+//! ordered (`BTreeSet`, `BTreeMap`, `VecDeque` in insertion order). Time enters only as an
+//! argument (the batch time).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use candid::Principal;
+use ic_management_canister_types::{
+    Change, ChangeDetails, ChangeOrigin, LogVisibility, OnLowWasmMemoryHookStatus,
+    SnapshotMetadataGlobal, SnapshotVisibility,
+};
+
+use crate::memory::{Hash, Memory, checksum};
+
+/// Cycles, as the IC counts them.
+pub type Cycles = u128;
+
+/// Changes kept in a canister's history; older ones are dropped but still counted.
+pub const MAX_CANISTER_HISTORY_CHANGES: usize = 20;
+
+/// Running, stopping or stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CanisterStatus {
+    Running,
+    Stopping,
+    Stopped,
+}
+
+/// An installed Wasm module: its bytes (shared, never copied by a snapshot) and their SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WasmModule {
+    bytes: Arc<[u8]>,
+    hash: Hash,
+}
+
+impl WasmModule {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let hash = checksum::sha256(&bytes);
+        WasmModule {
+            bytes: bytes.into(),
+            hash,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn hash(&self) -> &Hash {
+        &self.hash
+    }
+
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Whether two modules share one allocation (a snapshot and the canister it came from).
+    pub fn shares_bytes_with(&self, other: &WasmModule) -> bool {
+        Arc::ptr_eq(&self.bytes, &other.bytes)
+    }
+}
+
+/// An exported Wasm global. Floats are kept as their bits so that equality and hashing are exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Global {
+    I32(i32),
+    I64(i64),
+    F32(u32),
+    F64(u64),
+    V128(u128),
+}
+
+impl Global {
+    /// Bytes a global counts for in `total_size`.
+    pub fn size(&self) -> u64 {
+        match self {
+            Global::V128(_) => 16,
+            _ => 8,
+        }
+    }
+
+    /// Canonical encoding, used by checksums and the state hash: a tag byte then the value,
+    /// big-endian.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            Global::I32(v) => {
+                out.push(0);
+                out.extend_from_slice(&v.to_be_bytes())
+            }
+            Global::I64(v) => {
+                out.push(1);
+                out.extend_from_slice(&v.to_be_bytes())
+            }
+            Global::F32(v) => {
+                out.push(2);
+                out.extend_from_slice(&v.to_be_bytes())
+            }
+            Global::F64(v) => {
+                out.push(3);
+                out.extend_from_slice(&v.to_be_bytes())
+            }
+            Global::V128(v) => {
+                out.push(4);
+                out.extend_from_slice(&v.to_be_bytes())
+            }
+        }
+    }
+}
+
+impl From<&Global> for SnapshotMetadataGlobal {
+    fn from(global: &Global) -> Self {
+        match *global {
+            Global::I32(v) => SnapshotMetadataGlobal::I32(v),
+            Global::I64(v) => SnapshotMetadataGlobal::I64(v),
+            Global::F32(bits) => SnapshotMetadataGlobal::F32(f32::from_bits(bits)),
+            Global::F64(bits) => SnapshotMetadataGlobal::F64(f64::from_bits(bits)),
+            Global::V128(v) => SnapshotMetadataGlobal::V128(candid::Nat::from(v)),
+        }
+    }
+}
+
+impl TryFrom<&SnapshotMetadataGlobal> for Global {
+    type Error = String;
+
+    fn try_from(global: &SnapshotMetadataGlobal) -> Result<Self, String> {
+        Ok(match global {
+            SnapshotMetadataGlobal::I32(v) => Global::I32(*v),
+            SnapshotMetadataGlobal::I64(v) => Global::I64(*v),
+            SnapshotMetadataGlobal::F32(v) => Global::F32(v.to_bits()),
+            SnapshotMetadataGlobal::F64(v) => Global::F64(v.to_bits()),
+            SnapshotMetadataGlobal::V128(n) => Global::V128(
+                u128::try_from(n.0.clone())
+                    .map_err(|_| format!("v128 global {n} does not fit in 128 bits"))?,
+            ),
+        })
+    }
+}
+
+/// The on-low-Wasm-memory hook's status, as kept in state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HookStatus {
+    #[default]
+    ConditionNotSatisfied,
+    Ready,
+    Executed,
+}
+
+impl From<HookStatus> for OnLowWasmMemoryHookStatus {
+    fn from(status: HookStatus) -> Self {
+        match status {
+            HookStatus::ConditionNotSatisfied => OnLowWasmMemoryHookStatus::ConditionNotSatisfied,
+            HookStatus::Ready => OnLowWasmMemoryHookStatus::Ready,
+            HookStatus::Executed => OnLowWasmMemoryHookStatus::Executed,
+        }
+    }
+}
+
+impl From<&OnLowWasmMemoryHookStatus> for HookStatus {
+    fn from(status: &OnLowWasmMemoryHookStatus) -> Self {
+        match status {
+            OnLowWasmMemoryHookStatus::ConditionNotSatisfied => HookStatus::ConditionNotSatisfied,
+            OnLowWasmMemoryHookStatus::Ready => HookStatus::Ready,
+            OnLowWasmMemoryHookStatus::Executed => HookStatus::Executed,
+        }
+    }
+}
+
+/// The Wasm chunk store: chunks by SHA-256, in hash order.
+pub type ChunkStore = BTreeMap<Hash, Arc<[u8]>>;
+
+/// What exists only while code is installed: the module, both memories and the globals.
+/// `uninstall_code` drops all of it, as on the IC.
+#[derive(Clone, Debug)]
+pub struct ExecutionState {
+    pub wasm_module: WasmModule,
+    pub wasm_memory: Memory,
+    pub stable_memory: Memory,
+    pub exported_globals: Vec<Global>,
+}
+
+/// Settings a controller can change with `update_settings`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanisterSettings {
+    pub compute_allocation: u64,
+    pub memory_allocation: u64,
+    pub freezing_threshold: u64,
+    pub reserved_cycles_limit: u128,
+    pub wasm_memory_limit: u64,
+    pub wasm_memory_threshold: u64,
+    pub log_visibility: LogVisibility,
+    pub snapshot_visibility: SnapshotVisibility,
+}
+
+impl Default for CanisterSettings {
+    fn default() -> Self {
+        CanisterSettings {
+            compute_allocation: 0,
+            memory_allocation: 0,
+            freezing_threshold: 2_592_000,
+            reserved_cycles_limit: 5_000_000_000_000,
+            wasm_memory_limit: 3 << 30,
+            wasm_memory_threshold: 0,
+            log_visibility: LogVisibility::Controllers,
+            snapshot_visibility: SnapshotVisibility::Controllers,
+        }
+    }
+}
+
+/// The last [`MAX_CANISTER_HISTORY_CHANGES`] changes and how many there were in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CanisterHistory {
+    changes: VecDeque<Change>,
+    total_num_changes: u64,
+}
+
+impl CanisterHistory {
+    pub fn push(&mut self, change: Change) {
+        if self.changes.len() == MAX_CANISTER_HISTORY_CHANGES {
+            self.changes.pop_front();
+        }
+        self.changes.push_back(change);
+        self.total_num_changes += 1;
+    }
+
+    pub fn changes(&self) -> impl DoubleEndedIterator<Item = &Change> + ExactSizeIterator {
+        self.changes.iter()
+    }
+
+    pub fn total_num_changes(&self) -> u64 {
+        self.total_num_changes
+    }
+}
+
+/// One canister.
+#[derive(Clone, Debug)]
+pub struct CanisterState {
+    pub canister_id: Principal,
+    pub controllers: BTreeSet<Principal>,
+    pub status: CanisterStatus,
+    pub execution_state: Option<ExecutionState>,
+    pub certified_data: Vec<u8>,
+    /// The global timer's deadline in ns, if set.
+    pub global_timer: Option<u64>,
+    pub on_low_wasm_memory_hook_status: HookStatus,
+    pub wasm_chunk_store: ChunkStore,
+    pub cycles: Cycles,
+    /// Bumped by every change of code, settings, controllers or loaded snapshot.
+    pub canister_version: u64,
+    pub history: CanisterHistory,
+    /// The local part of the next snapshot id; only grows, so ids are never reused.
+    pub next_snapshot_id: u64,
+    pub settings: CanisterSettings,
+    /// Bytes of heap delta charged and not yet drained by the per-round allowance.
+    pub heap_delta_debit: u64,
+}
+
+impl CanisterState {
+    pub fn new(canister_id: Principal, controllers: BTreeSet<Principal>, cycles: Cycles) -> Self {
+        CanisterState {
+            canister_id,
+            controllers,
+            status: CanisterStatus::Running,
+            execution_state: None,
+            certified_data: Vec::new(),
+            global_timer: None,
+            on_low_wasm_memory_hook_status: HookStatus::default(),
+            wasm_chunk_store: ChunkStore::new(),
+            cycles,
+            canister_version: 0,
+            history: CanisterHistory::default(),
+            next_snapshot_id: 0,
+            settings: CanisterSettings::default(),
+            heap_delta_debit: 0,
+        }
+    }
+
+    pub fn is_controller(&self, principal: &Principal) -> bool {
+        self.controllers.contains(principal)
+    }
+
+    /// Appends a history entry stamped with `time` and the current version.
+    pub fn record_change(&mut self, time: u64, origin: ChangeOrigin, details: ChangeDetails) {
+        self.history.push(Change {
+            timestamp_nanos: time,
+            canister_version: self.canister_version,
+            origin,
+            details: Some(details),
+        });
+    }
+
+    pub fn module_hash(&self) -> Option<Hash> {
+        self.execution_state.as_ref().map(|e| *e.wasm_module.hash())
+    }
+
+    pub fn wasm_memory_size(&self) -> u64 {
+        self.execution_state
+            .as_ref()
+            .map_or(0, |e| e.wasm_memory.size_bytes())
+    }
+
+    pub fn stable_memory_size(&self) -> u64 {
+        self.execution_state
+            .as_ref()
+            .map_or(0, |e| e.stable_memory.size_bytes())
+    }
+
+    pub fn chunk_store_size(&self) -> u64 {
+        self.wasm_chunk_store.values().map(|c| c.len() as u64).sum()
+    }
+
+    /// The canister's own memory, without snapshots: module, both memories, globals, certified
+    /// data and chunk store. This is what `canister_status` reports as `memory_size` before
+    /// snapshots are added.
+    pub fn memory_usage(&self) -> u64 {
+        let execution = self.execution_state.as_ref().map_or(0, |e| {
+            e.wasm_module.len()
+                + e.wasm_memory.size_bytes()
+                + e.stable_memory.size_bytes()
+                + e.exported_globals.iter().map(Global::size).sum::<u64>()
+        });
+        execution + self.certified_data.len() as u64 + self.chunk_store_size()
+    }
+}
