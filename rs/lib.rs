@@ -7,6 +7,16 @@
 //!
 //! See `ARCHITECTURE.md` for the codemap and the invariants that hold across it.
 
+pub mod config;
+pub mod execution;
+pub mod harness;
+pub mod management;
 pub mod memory;
+pub mod replicated_state;
+pub mod scheduler;
 pub mod snapshots;
 pub mod state;
+
+pub use config::Config;
+pub use execution::TEST_CANISTER_WASM;
+pub use harness::{RejectResponse, StateMachine};

@@ -1,0 +1,64 @@
+//! Subnet configuration: every limit and price the execution layer applies, in one place.
+//! Identical on every replica of a subnet; not part of the state hash.
+
+use crate::state::Cycles;
+
+/// Limits and prices. `Default` follows the IC's application subnets where the IC has a
+/// number, except `max_snapshots_per_canister`, which follows this project's design (one).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Snapshots one canister may hold (the IC has 10 today; this project's design: 1).
+    pub max_snapshots_per_canister: usize,
+    /// Upper bound on a canister's stable memory.
+    pub stable_memory_limit_bytes: u64,
+    /// Memory the subnet can give to canisters and their snapshots together.
+    pub subnet_memory_capacity_bytes: u64,
+    /// Heap-delta allowance a canister earns per round; a canister whose debit exceeds it may
+    /// not take or load a snapshot until rounds have drained it.
+    pub heap_delta_rate_limit_bytes: u64,
+    /// Cycles a canister created by `create_canister_with_settings` or `create_canister` gets.
+    pub default_canister_cycles: Cycles,
+    /// Fixed instruction cost of take, load and upload-metadata (the IC's 2 billion).
+    pub snapshot_base_instructions: u64,
+    /// Fixed instruction cost of one `read_canister_snapshot_data` (the IC's 5 million).
+    pub read_data_base_instructions: u64,
+    /// Cycles per 10 instructions (the IC's 13-node application subnet: 4).
+    pub cycles_per_ten_instructions: Cycles,
+    /// Storage price in cycles per GiB per second (13-node application subnet: 127,000).
+    pub storage_cycles_per_gib_second: Cycles,
+    /// The largest reply a canister method may return.
+    pub max_reply_bytes: u64,
+    /// Decoding budget for one management payload (Candid decoding quota, in the units of
+    /// `candid::DecoderConfig`): bounds the work a hostile payload can cause.
+    pub management_payload_decoding_quota: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_snapshots_per_canister: 1,
+            stable_memory_limit_bytes: 500 << 30,
+            subnet_memory_capacity_bytes: 2 << 40,
+            heap_delta_rate_limit_bytes: 75 << 20,
+            default_canister_cycles: 100_000_000_000_000,
+            snapshot_base_instructions: 2_000_000_000,
+            read_data_base_instructions: 5_000_000,
+            cycles_per_ten_instructions: 4,
+            storage_cycles_per_gib_second: 127_000,
+            max_reply_bytes: 2 << 20,
+            management_payload_decoding_quota: 20_000_000,
+        }
+    }
+}
+
+impl Config {
+    /// Cycles for executing `instructions`.
+    pub fn instructions_cost(&self, instructions: u64) -> Cycles {
+        instructions as Cycles * self.cycles_per_ten_instructions / 10
+    }
+
+    /// Cycles a canister of `memory_bytes` burns per `seconds` of storage.
+    pub fn storage_cost(&self, memory_bytes: u64, seconds: u64) -> Cycles {
+        memory_bytes as Cycles * self.storage_cycles_per_gib_second * seconds as Cycles / (1 << 30)
+    }
+}

@@ -1,0 +1,191 @@
+//! Canister execution: the [`WasmEngine`] seam and the message runner that keeps a trapped
+//! message from changing anything.
+//!
+//! Depends on [`crate::state`] and [`crate::memory`]; knows nothing of snapshots. A message runs
+//! against a copy of the canister's execution state (O(1): the memories are copy-on-write) and
+//! the copy replaces the original only if the message succeeds, so a trap leaves the canister
+//! exactly as before it, byte for byte.
+//!
+//! No engine may read the clock or anything else outside its [`ExecutionContext`]: the context
+//! carries the batch time.
+
+pub mod test_canister;
+
+use candid::Principal;
+use ic_error_types::{ErrorCode, UserError};
+
+use crate::config::Config;
+use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, MemoryError, PAGE_SIZE};
+use crate::state::{CanisterState, CanisterStatus, ExecutionState, Global, WasmModule};
+
+pub use test_canister::{TEST_CANISTER_WASM, TestCanisterEngine};
+
+/// What a canister method sees while it runs.
+pub struct ExecutionContext<'a> {
+    pub execution_state: &'a mut ExecutionState,
+    pub certified_data: &'a mut Vec<u8>,
+    pub caller: Principal,
+    /// Batch time, ns since the Unix epoch.
+    pub time: u64,
+    /// How far the heap may grow: the smaller of 4 GiB and the canister's `wasm_memory_limit`.
+    pub wasm_memory_limit: u64,
+    pub stable_memory_limit: u64,
+    /// Bytes of pages written so far by this message (rounded up to whole pages).
+    pub heap_delta: u64,
+}
+
+impl ExecutionContext<'_> {
+    /// Writes into the heap or stable memory, growing it to fit, and counts the heap delta.
+    pub fn write(&mut self, stable: bool, offset: u64, data: &[u8]) -> Result<(), UserError> {
+        self.grow_to_fit(stable, offset, data.len() as u64)?;
+        self.memory_mut(stable)
+            .write(offset, data)
+            .map_err(trap_on_memory_error)?;
+        self.heap_delta += touched_pages(offset, data.len() as u64) * PAGE_SIZE as u64;
+        Ok(())
+    }
+
+    /// Fills a byte range, growing the memory to fit, and counts the heap delta.
+    pub fn fill(&mut self, stable: bool, offset: u64, len: u64, byte: u8) -> Result<(), UserError> {
+        self.grow_to_fit(stable, offset, len)?;
+        self.memory_mut(stable)
+            .fill(offset, len, byte)
+            .map_err(trap_on_memory_error)?;
+        self.heap_delta += touched_pages(offset, len) * PAGE_SIZE as u64;
+        Ok(())
+    }
+
+    pub fn memory(&self, stable: bool) -> &Memory {
+        if stable {
+            &self.execution_state.stable_memory
+        } else {
+            &self.execution_state.wasm_memory
+        }
+    }
+
+    fn memory_mut(&mut self, stable: bool) -> &mut Memory {
+        if stable {
+            &mut self.execution_state.stable_memory
+        } else {
+            &mut self.execution_state.wasm_memory
+        }
+    }
+
+    fn grow_to_fit(&mut self, stable: bool, offset: u64, len: u64) -> Result<(), UserError> {
+        let limit = if stable {
+            self.stable_memory_limit
+        } else {
+            self.wasm_memory_limit
+        };
+        let end = offset.checked_add(len).ok_or_else(|| {
+            UserError::new(
+                ErrorCode::CanisterTrapped,
+                format!("offset {offset} + length {len} overflows 64 bits"),
+            )
+        })?;
+        self.memory_mut(stable)
+            .grow_to_fit(end, limit)
+            .map_err(trap_on_memory_error)
+    }
+}
+
+fn touched_pages(offset: u64, len: u64) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    let page = PAGE_SIZE as u64;
+    (offset + len - 1) / page - offset / page + 1
+}
+
+/// A canister's own memory fault: the canister traps.
+pub fn trap_on_memory_error(err: MemoryError) -> UserError {
+    UserError::new(err.code(), format!("Canister trapped: {err}"))
+}
+
+/// The seam behind which a real Wasm engine would replace the native test canister.
+pub trait WasmEngine: Send + Sync {
+    /// Accepts or refuses a module at install time (refusal: `CanisterInvalidWasm`).
+    fn validate(&self, wasm_module: &[u8]) -> Result<(), UserError>;
+
+    /// The exported globals a freshly instantiated module starts with.
+    fn initial_globals(&self, wasm_module: &WasmModule) -> Vec<Global>;
+
+    /// Runs update method `method` with Candid argument `arg`. On `Err` the caller discards
+    /// every change the method made.
+    fn execute(
+        &self,
+        ctx: &mut ExecutionContext<'_>,
+        method: &str,
+        arg: &[u8],
+    ) -> Result<Vec<u8>, UserError>;
+}
+
+/// Executes one update call to `canister`, atomically: on error the canister is unchanged.
+/// Charges the message's heap delta to the canister's debit on success.
+pub fn execute_canister_message(
+    engine: &dyn WasmEngine,
+    config: &Config,
+    canister: &mut CanisterState,
+    caller: Principal,
+    time: u64,
+    method: &str,
+    arg: &[u8],
+) -> Result<Vec<u8>, UserError> {
+    let id = canister.canister_id;
+    match canister.status {
+        CanisterStatus::Running => {}
+        CanisterStatus::Stopping => {
+            return Err(UserError::new(
+                ErrorCode::CanisterStopping,
+                format!("Canister {id} is stopping: start it with start_canister to call it."),
+            ));
+        }
+        CanisterStatus::Stopped => {
+            return Err(UserError::new(
+                ErrorCode::CanisterStopped,
+                format!("Canister {id} is stopped: start it with start_canister to call it."),
+            ));
+        }
+    }
+    let Some(execution_state) = &canister.execution_state else {
+        return Err(UserError::new(
+            ErrorCode::CanisterWasmModuleNotFound,
+            format!(
+                "Attempted to execute a message, but the canister {id} contains no Wasm \
+                 module. Install code with install_code first."
+            ),
+        ));
+    };
+    // Run on copies: O(1) for the memories, and the originals survive a trap untouched.
+    let mut scratch = execution_state.clone();
+    let mut certified_data = canister.certified_data.clone();
+    let mut ctx = ExecutionContext {
+        execution_state: &mut scratch,
+        certified_data: &mut certified_data,
+        caller,
+        time,
+        wasm_memory_limit: canister
+            .settings
+            .wasm_memory_limit
+            .min(MAX_WASM_MEMORY_BYTES),
+        stable_memory_limit: config.stable_memory_limit_bytes,
+        heap_delta: 0,
+    };
+    let reply = engine.execute(&mut ctx, method, arg)?;
+    if reply.len() as u64 > config.max_reply_bytes {
+        return Err(UserError::new(
+            ErrorCode::CanisterContractViolation,
+            format!(
+                "Canister {id} tried to reply with {} bytes; the limit is {} bytes. Ask for \
+                 less data per call.",
+                reply.len(),
+                config.max_reply_bytes
+            ),
+        ));
+    }
+    let heap_delta = ctx.heap_delta;
+    canister.execution_state = Some(scratch);
+    canister.certified_data = certified_data;
+    canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
+    Ok(reply)
+}

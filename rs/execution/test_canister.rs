@@ -1,0 +1,166 @@
+//! The test canister, executed natively. Any module starting with the Wasm header
+//! [`TEST_CANISTER_WASM`] gets this Candid interface (`spec/test-canister.did`):
+//!
+//! ```text
+//! write_heap : (offset : nat64, data : blob) -> ()      // grows Wasm memory in 64 KiB pages to fit
+//! read_heap : (offset : nat64, len : nat64) -> (blob)    // out of bounds: reject CanisterTrapped
+//! fill_heap : (offset : nat64, len : nat64, byte : nat8) -> ()
+//! write_stable, read_stable, fill_stable                 // the same on stable memory
+//! memory_sizes : () -> (nat64, nat64)                     // Wasm memory bytes, stable memory bytes
+//! set_certified_data : (blob) -> ()                       // more than 32 bytes: trap
+//! set_global : (index : nat32, value : int64) -> ()       // two exported i64 globals, 0 and 1
+//! get_global : (index : nat32) -> (int64)
+//! trap : (message : text) -> ()                           // reject CanisterCalledTrap, state unchanged
+//! ```
+
+use candid::utils::{ArgumentDecoder, ArgumentEncoder};
+use candid::{DecoderConfig, decode_args_with_config, encode_args};
+use ic_error_types::{ErrorCode, UserError};
+use serde_bytes::ByteBuf;
+
+use super::{ExecutionContext, WasmEngine, trap_on_memory_error};
+use crate::state::{Global, WasmModule};
+
+/// The Wasm binary header: `\0asm` and version 1. Installing any module that starts with it
+/// installs the test canister.
+pub const TEST_CANISTER_WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+/// Certified data is at most 32 bytes, as on the IC.
+pub const MAX_CERTIFIED_DATA_BYTES: usize = 32;
+
+const NUM_GLOBALS: usize = 2;
+
+/// Work a single argument may cost to decode (Candid decoding quota).
+const DECODING_QUOTA: usize = 10_000_000;
+
+/// The native engine for the test canister.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TestCanisterEngine;
+
+fn decode<'a, T: ArgumentDecoder<'a>>(method: &str, arg: &'a [u8]) -> Result<T, UserError> {
+    let mut config = DecoderConfig::new();
+    config.set_decoding_quota(DECODING_QUOTA);
+    decode_args_with_config(arg, &config).map_err(|err| {
+        UserError::new(
+            ErrorCode::CanisterCalledTrap,
+            format!("Canister called `ic0.trap`: failed to decode the argument of {method}: {err}"),
+        )
+    })
+}
+
+fn encode<T: ArgumentEncoder>(value: T) -> Vec<u8> {
+    encode_args(value).expect("encoding a reply of fixed Candid type cannot fail")
+}
+
+fn called_trap(message: impl std::fmt::Display) -> UserError {
+    UserError::new(
+        ErrorCode::CanisterCalledTrap,
+        format!("Canister called `ic0.trap` with message: '{message}'"),
+    )
+}
+
+impl TestCanisterEngine {
+    fn global_index(index: u32) -> Result<usize, UserError> {
+        let index = index as usize;
+        if index < NUM_GLOBALS {
+            Ok(index)
+        } else {
+            Err(called_trap(format_args!(
+                "global {index} does not exist: the test canister exports globals 0 and 1"
+            )))
+        }
+    }
+}
+
+impl WasmEngine for TestCanisterEngine {
+    fn validate(&self, wasm_module: &[u8]) -> Result<(), UserError> {
+        if wasm_module.starts_with(TEST_CANISTER_WASM) {
+            Ok(())
+        } else {
+            Err(UserError::new(
+                ErrorCode::CanisterInvalidWasm,
+                "Wasm module is invalid: it does not start with the Wasm header \
+                 `\\0asm\\x01\\0\\0\\0`. Pass the bytes of a compiled Wasm module.",
+            ))
+        }
+    }
+
+    fn initial_globals(&self, _: &WasmModule) -> Vec<Global> {
+        vec![Global::I64(0); NUM_GLOBALS]
+    }
+
+    fn execute(
+        &self,
+        ctx: &mut ExecutionContext<'_>,
+        method: &str,
+        arg: &[u8],
+    ) -> Result<Vec<u8>, UserError> {
+        let stable = method.ends_with("_stable");
+        match method {
+            "write_heap" | "write_stable" => {
+                let (offset, data): (u64, ByteBuf) = decode(method, arg)?;
+                ctx.write(stable, offset, &data)?;
+                Ok(encode(()))
+            }
+            "read_heap" | "read_stable" => {
+                let (offset, len): (u64, u64) = decode(method, arg)?;
+                let bytes = ctx
+                    .memory(stable)
+                    .read_vec(offset, len)
+                    .map_err(trap_on_memory_error)?;
+                Ok(encode((ByteBuf::from(bytes),)))
+            }
+            "fill_heap" | "fill_stable" => {
+                let (offset, len, byte): (u64, u64, u8) = decode(method, arg)?;
+                ctx.fill(stable, offset, len, byte)?;
+                Ok(encode(()))
+            }
+            "memory_sizes" => {
+                let () = decode(method, arg)?;
+                let heap = ctx.memory(false).size_bytes();
+                let stable = ctx.memory(true).size_bytes();
+                Ok(encode((heap, stable)))
+            }
+            "set_certified_data" => {
+                let (data,): (ByteBuf,) = decode(method, arg)?;
+                if data.len() > MAX_CERTIFIED_DATA_BYTES {
+                    return Err(called_trap(format_args!(
+                        "certified data is at most {MAX_CERTIFIED_DATA_BYTES} bytes, got {}",
+                        data.len()
+                    )));
+                }
+                *ctx.certified_data = data.into_vec();
+                Ok(encode(()))
+            }
+            "set_global" => {
+                let (index, value): (u32, i64) = decode(method, arg)?;
+                let index = Self::global_index(index)?;
+                ctx.execution_state.exported_globals[index] = Global::I64(value);
+                Ok(encode(()))
+            }
+            "get_global" => {
+                let (index,): (u32,) = decode(method, arg)?;
+                let index = Self::global_index(index)?;
+                match ctx.execution_state.exported_globals.get(index) {
+                    Some(Global::I64(value)) => Ok(encode((*value,))),
+                    other => Err(called_trap(format_args!(
+                        "global {index} is not an i64 (it is {other:?}); was a snapshot of \
+                         another module loaded?"
+                    ))),
+                }
+            }
+            "trap" => {
+                let (message,): (String,) = decode(method, arg)?;
+                Err(called_trap(message))
+            }
+            _ => Err(UserError::new(
+                ErrorCode::CanisterMethodNotFound,
+                format!(
+                    "Canister has no update method '{method}'. The test canister's methods are \
+                     write_heap, read_heap, fill_heap, write_stable, read_stable, fill_stable, \
+                     memory_sizes, set_certified_data, set_global, get_global and trap."
+                ),
+            )),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! `StateMachine`: an in-process replica for tests and tools, with PocketIC's method names.
+//!
+//! A thin shell over [`ExecutionLoop`] and [`ReplicatedState`]: every call becomes an ingress
+//! message executed in a round, and every snapshot and lifecycle helper Candid-encodes the
+//! `ic-management-canister-types` argument and goes through [`StateMachine::update_call`] to
+//! the management canister, so the Candid path is always the one exercised.
+
+use std::time::Duration;
+
+use candid::utils::{ArgumentDecoder, ArgumentEncoder};
+use candid::{Nat, Principal};
+use ic_error_types::{ErrorCode, RejectCode, UserError};
+use ic_management_canister_types::{
+    CanisterIdRecord, CanisterInfoArgs, CanisterInfoResult, CanisterInstallMode, CanisterSettings,
+    CanisterStatusResult, DeleteCanisterSnapshotArgs, InstallCodeArgs, LoadCanisterSnapshotArgs,
+    ProvisionalCreateCanisterWithCyclesArgs, Snapshot, TakeCanisterSnapshotArgs,
+};
+
+use crate::config::Config;
+use crate::execution::TestCanisterEngine;
+use crate::management::types::SnapshotInfo;
+use crate::replicated_state::ReplicatedState;
+use crate::scheduler::{Batch, ExecutionLoop, Ingress, MessageId};
+
+/// A reject, as PocketIC reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectResponse {
+    pub reject_code: RejectCode,
+    pub error_code: ErrorCode,
+    pub reject_message: String,
+}
+
+impl From<UserError> for RejectResponse {
+    fn from(err: UserError) -> Self {
+        RejectResponse {
+            reject_code: err.reject_code(),
+            error_code: err.code(),
+            reject_message: err.description().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for RejectResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.error_code, self.reject_code, self.reject_message
+        )
+    }
+}
+
+impl std::error::Error for RejectResponse {}
+
+/// Cycles a canister created through the harness starts with.
+pub const HARNESS_CANISTER_CYCLES: u128 = 100_000_000_000_000;
+
+/// An embedded single-subnet replica.
+pub struct StateMachine {
+    execution: ExecutionLoop,
+    state: ReplicatedState,
+    /// The time the next round runs at.
+    time: u64,
+    next_message_id: MessageId,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StateMachine {
+    pub fn new() -> Self {
+        Self::with_config(Config::default())
+    }
+
+    pub fn with_config(config: Config) -> Self {
+        let execution = ExecutionLoop::new(config, Box::new(TestCanisterEngine));
+        let state = execution.new_state();
+        let time = state.time;
+        StateMachine {
+            execution,
+            state,
+            time,
+            next_message_id: 0,
+        }
+    }
+
+    /// The replicated state, for inspection.
+    pub fn state(&self) -> &ReplicatedState {
+        &self.state
+    }
+
+    pub fn config(&self) -> &Config {
+        self.execution.config()
+    }
+
+    pub fn create_canister_with_settings(
+        &mut self,
+        sender: Option<Principal>,
+        settings: Option<CanisterSettings>,
+    ) -> Principal {
+        let args = ProvisionalCreateCanisterWithCyclesArgs {
+            amount: Some(Nat::from(HARNESS_CANISTER_CYCLES)),
+            settings,
+            specified_id: None,
+            sender_canister_version: None,
+        };
+        let (record,): (CanisterIdRecord,) = self
+            .management(sender, "provisional_create_canister_with_cycles", (args,))
+            .unwrap_or_else(|err| panic!("create_canister_with_settings failed: {err}"));
+        record.canister_id
+    }
+
+    /// Installs `wasm_module` (mode `install`). Panics on failure, as PocketIC's does.
+    pub fn install_canister(
+        &mut self,
+        canister_id: Principal,
+        wasm_module: Vec<u8>,
+        arg: Vec<u8>,
+        sender: Option<Principal>,
+    ) {
+        let args = InstallCodeArgs {
+            mode: CanisterInstallMode::Install,
+            canister_id,
+            wasm_module,
+            arg,
+            sender_canister_version: None,
+        };
+        self.management::<()>(sender, "install_code", (args,))
+            .unwrap_or_else(|err| panic!("install_canister failed: {err}"));
+    }
+
+    /// Sends one ingress message and executes a round for it.
+    pub fn update_call(
+        &mut self,
+        canister_id: Principal,
+        sender: Principal,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, RejectResponse> {
+        let message_id = self.next_message_id;
+        self.next_message_id += 1;
+        let batch = Batch {
+            time: self.time,
+            ingress: vec![Ingress {
+                message_id,
+                sender,
+                receiver: canister_id,
+                method: method.to_string(),
+                payload,
+            }],
+        };
+        let results = self.execution.execute_round(&mut self.state, batch);
+        let (_, result) = results
+            .into_iter()
+            .find(|(id, _)| *id == message_id)
+            .expect("a round answers every message of its batch");
+        result.map_err(RejectResponse::from)
+    }
+
+    /// Calls the management canister and decodes its reply as the tuple `R`.
+    pub fn management<R: for<'a> ArgumentDecoder<'a>>(
+        &mut self,
+        sender: Option<Principal>,
+        method: &str,
+        args: impl ArgumentEncoder,
+    ) -> Result<R, RejectResponse> {
+        let payload = candid::encode_args(args).expect("encoding a crate type cannot fail");
+        let sender = sender.unwrap_or_else(Principal::anonymous);
+        let reply = self.update_call(Principal::management_canister(), sender, method, payload)?;
+        decode_reply(&reply)
+    }
+
+    pub fn take_canister_snapshot(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        replace_snapshot: Option<Vec<u8>>,
+    ) -> Result<Snapshot, RejectResponse> {
+        let args = TakeCanisterSnapshotArgs {
+            canister_id,
+            replace_snapshot,
+            uninstall_code: None,
+            sender_canister_version: None,
+        };
+        self.management(sender, "take_canister_snapshot", (args,))
+            .map(|(snapshot,)| snapshot)
+    }
+
+    pub fn load_canister_snapshot(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        snapshot_id: Vec<u8>,
+    ) -> Result<(), RejectResponse> {
+        let args = LoadCanisterSnapshotArgs {
+            canister_id,
+            snapshot_id,
+            sender_canister_version: None,
+        };
+        self.management(sender, "load_canister_snapshot", (args,))
+    }
+
+    pub fn list_canister_snapshots(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+    ) -> Result<Vec<Snapshot>, RejectResponse> {
+        self.management(
+            sender,
+            "list_canister_snapshots",
+            (CanisterIdRecord { canister_id },),
+        )
+        .map(|(list,)| list)
+    }
+
+    /// `list_canister_snapshots` decoded with this project's extension fields (label, checksum).
+    pub fn list_canister_snapshots_with_info(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+    ) -> Result<Vec<SnapshotInfo>, RejectResponse> {
+        self.management(
+            sender,
+            "list_canister_snapshots",
+            (CanisterIdRecord { canister_id },),
+        )
+        .map(|(list,)| list)
+    }
+
+    pub fn delete_canister_snapshot(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        snapshot_id: Vec<u8>,
+    ) -> Result<(), RejectResponse> {
+        let args = DeleteCanisterSnapshotArgs {
+            canister_id,
+            snapshot_id,
+        };
+        self.management(sender, "delete_canister_snapshot", (args,))
+    }
+
+    pub fn stop_canister(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+    ) -> Result<(), RejectResponse> {
+        self.management(sender, "stop_canister", (CanisterIdRecord { canister_id },))
+    }
+
+    pub fn start_canister(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+    ) -> Result<(), RejectResponse> {
+        self.management(
+            sender,
+            "start_canister",
+            (CanisterIdRecord { canister_id },),
+        )
+    }
+
+    pub fn canister_status(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+    ) -> Result<CanisterStatusResult, RejectResponse> {
+        self.management(
+            sender,
+            "canister_status",
+            (CanisterIdRecord { canister_id },),
+        )
+        .map(|(status,)| status)
+    }
+
+    pub fn canister_info(
+        &mut self,
+        canister_id: Principal,
+        num_requested_changes: Option<u64>,
+    ) -> Result<CanisterInfoResult, RejectResponse> {
+        let args = CanisterInfoArgs {
+            canister_id,
+            num_requested_changes,
+        };
+        self.management(None, "canister_info", (args,))
+            .map(|(info,)| info)
+    }
+
+    /// Executes a round with no messages.
+    pub fn tick(&mut self) {
+        self.execution.execute_round(
+            &mut self.state,
+            Batch {
+                time: self.time,
+                ingress: Vec::new(),
+            },
+        );
+    }
+
+    /// ns since the Unix epoch; starts at the fixed genesis time.
+    pub fn get_time(&self) -> u64 {
+        self.time
+    }
+
+    pub fn advance_time(&mut self, duration: Duration) {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.time = self.time.saturating_add(nanos);
+    }
+
+    pub fn state_hash(&self) -> [u8; 32] {
+        self.state.state_hash()
+    }
+}
+
+/// Decodes a Candid reply. A reply that does not decode is the caller asking for the wrong
+/// type: reported as a reject, not a panic.
+fn decode_reply<R: for<'a> ArgumentDecoder<'a>>(reply: &[u8]) -> Result<R, RejectResponse> {
+    candid::decode_args::<R>(reply).map_err(|err| RejectResponse {
+        reject_code: RejectCode::SysFatal,
+        error_code: ErrorCode::CanisterContractViolation,
+        reject_message: format!("the reply does not decode as the expected type: {err}"),
+    })
+}

@@ -1,0 +1,408 @@
+//! Canister lifecycle methods: create, install, uninstall, start, stop, status, info, settings,
+//! delete.
+
+use std::collections::BTreeSet;
+
+use candid::{Nat, Principal};
+use ic_error_types::{ErrorCode, UserError};
+use ic_management_canister_types::{
+    CanisterIdRecord, CanisterInfoArgs, CanisterInfoResult, CanisterInstallMode,
+    CanisterSettings as SettingsArgs, CanisterStatusResult, CanisterStatusType, ChangeDetails,
+    CodeDeploymentMode, CodeDeploymentRecord, ControllersChangeRecord, CreateCanisterArgs,
+    CreationRecord, DefiniteCanisterSettings, InstallCodeArgs, LogVisibility, MemoryMetrics,
+    ProvisionalCreateCanisterWithCyclesArgs, QueryStats, SnapshotVisibility, UninstallCodeArgs,
+    UpdateSettingsArgs,
+};
+
+use super::{
+    ManagementCanister, canister, canister_mut, controlled, from_user, invalid_payload, nat_u64,
+    nat_u128, reply,
+};
+use crate::memory::Memory;
+use crate::replicated_state::{ReplicatedState, canister_id_from_index};
+use crate::state::{CanisterSettings, CanisterState, CanisterStatus, ExecutionState, WasmModule};
+
+/// At most this many controllers, allowed viewers, or allowed log viewers.
+pub const MAX_CONTROLLERS: usize = 10;
+
+/// Memory allocation and Wasm memory limit are at most 2^48 bytes, as on the IC.
+const MAX_MEMORY_SETTING: u64 = 1 << 48;
+
+/// Settings after validation, ready to apply.
+struct ValidSettings {
+    controllers: Option<BTreeSet<Principal>>,
+    settings: CanisterSettings,
+}
+
+fn check_principal_list(field: &str, list: &[Principal]) -> Result<(), UserError> {
+    if list.len() > MAX_CONTROLLERS {
+        return Err(invalid_payload(format!(
+            "{field} has {} entries; at most {MAX_CONTROLLERS} are allowed",
+            list.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Validates `args` against the current settings; nothing is applied here.
+fn validate_settings(
+    args: &SettingsArgs,
+    current: &CanisterSettings,
+) -> Result<ValidSettings, UserError> {
+    let mut settings = current.clone();
+    let controllers = match &args.controllers {
+        Some(list) => {
+            check_principal_list("controllers", list)?;
+            Some(list.iter().copied().collect())
+        }
+        None => None,
+    };
+    if let Some(v) = &args.compute_allocation {
+        settings.compute_allocation = nat_u64("compute_allocation", v, 100)?;
+    }
+    if let Some(v) = &args.memory_allocation {
+        settings.memory_allocation = nat_u64("memory_allocation", v, MAX_MEMORY_SETTING)?;
+    }
+    if let Some(v) = &args.freezing_threshold {
+        settings.freezing_threshold = nat_u64("freezing_threshold", v, u64::MAX)?;
+    }
+    if let Some(v) = &args.reserved_cycles_limit {
+        settings.reserved_cycles_limit = nat_u128("reserved_cycles_limit", v)?;
+    }
+    if let Some(v) = &args.wasm_memory_limit {
+        settings.wasm_memory_limit = nat_u64("wasm_memory_limit", v, MAX_MEMORY_SETTING)?;
+    }
+    if let Some(v) = &args.wasm_memory_threshold {
+        settings.wasm_memory_threshold = nat_u64("wasm_memory_threshold", v, MAX_MEMORY_SETTING)?;
+    }
+    if let Some(v) = &args.log_visibility {
+        if let LogVisibility::AllowedViewers(list) = v {
+            check_principal_list("log_visibility.allowed_viewers", list)?;
+        }
+        settings.log_visibility = v.clone();
+    }
+    if let Some(v) = &args.snapshot_visibility {
+        if let SnapshotVisibility::AllowedViewers(list) = v {
+            check_principal_list("snapshot_visibility.allowed_viewers", list)?;
+        }
+        settings.snapshot_visibility = v.clone();
+    }
+    Ok(ValidSettings {
+        controllers,
+        settings,
+    })
+}
+
+impl ManagementCanister<'_> {
+    pub(super) fn provisional_create_canister_with_cycles(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: ProvisionalCreateCanisterWithCyclesArgs,
+    ) -> Result<Vec<u8>, UserError> {
+        let cycles = match &args.amount {
+            Some(amount) => nat_u128("amount", amount)?,
+            None => self.config.default_canister_cycles,
+        };
+        self.create(state, sender, args.settings, args.specified_id, cycles)
+    }
+
+    /// On this embedded replica `create_canister` behaves as on a test subnet: the new canister
+    /// gets the configured default cycles, since an ingress message cannot attach any.
+    pub(super) fn create_canister(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: CreateCanisterArgs,
+    ) -> Result<Vec<u8>, UserError> {
+        let cycles = self.config.default_canister_cycles;
+        self.create(state, sender, args.settings, None, cycles)
+    }
+
+    fn create(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        settings: Option<SettingsArgs>,
+        specified_id: Option<Principal>,
+        cycles: u128,
+    ) -> Result<Vec<u8>, UserError> {
+        let settings = settings.unwrap_or_default();
+        let valid = validate_settings(&settings, &CanisterSettings::default())?;
+        let controllers = valid
+            .controllers
+            .unwrap_or_else(|| BTreeSet::from([sender]));
+        let canister_id = match specified_id {
+            Some(id) if state.canisters.contains_key(&id) => {
+                return Err(UserError::new(
+                    ErrorCode::CanisterIdAlreadyExists,
+                    format!("Canister {id} already exists: choose another specified_id."),
+                ));
+            }
+            Some(id) => id,
+            None => loop {
+                // Skip ids taken by earlier `specified_id` creations.
+                let id = canister_id_from_index(state.next_canister_index);
+                state.next_canister_index += 1;
+                if !state.canisters.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
+        let mut canister = CanisterState::new(canister_id, controllers.clone(), cycles);
+        canister.settings = valid.settings;
+        canister.record_change(
+            state.time,
+            from_user(sender),
+            ChangeDetails::Creation(CreationRecord {
+                controllers: controllers.into_iter().collect(),
+                environment_variables_hash: None,
+            }),
+        );
+        state.canisters.insert(canister_id, canister);
+        reply((CanisterIdRecord { canister_id },))
+    }
+
+    pub(super) fn install_code(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: InstallCodeArgs,
+    ) -> Result<Vec<u8>, UserError> {
+        let canister = controlled(state, args.canister_id, sender)?;
+        self.engine.validate(&args.wasm_module)?;
+        let id = canister.canister_id;
+        let (mode, stable_memory) = match (&args.mode, &canister.execution_state) {
+            (CanisterInstallMode::Install, Some(_)) => {
+                return Err(UserError::new(
+                    ErrorCode::CanisterNonEmpty,
+                    format!(
+                        "Canister {id} cannot be installed because the canister is not empty. \
+                         Try installing with mode='reinstall' or mode='upgrade' instead."
+                    ),
+                ));
+            }
+            (CanisterInstallMode::Upgrade(_), None) => {
+                return Err(UserError::new(
+                    ErrorCode::CanisterWasmModuleNotFound,
+                    format!(
+                        "Canister {id} has no code to upgrade: install it with mode='install' \
+                         first."
+                    ),
+                ));
+            }
+            (CanisterInstallMode::Upgrade(_), Some(execution)) => {
+                (CodeDeploymentMode::Upgrade, execution.stable_memory.clone())
+            }
+            (CanisterInstallMode::Install, None) => (CodeDeploymentMode::Install, Memory::new()),
+            (CanisterInstallMode::Reinstall, _) => (CodeDeploymentMode::Reinstall, Memory::new()),
+        };
+        let wasm_module = WasmModule::new(args.wasm_module);
+        let module_hash = wasm_module.hash().to_vec();
+        let exported_globals = self.engine.initial_globals(&wasm_module);
+        let time = state.time;
+        let canister = canister_mut(state, id)?;
+        canister.execution_state = Some(ExecutionState {
+            wasm_module,
+            wasm_memory: Memory::new(),
+            stable_memory,
+            exported_globals,
+        });
+        if mode != CodeDeploymentMode::Upgrade {
+            canister.certified_data.clear();
+            canister.global_timer = None;
+        }
+        canister.canister_version += 1;
+        canister.record_change(
+            time,
+            from_user(sender),
+            ChangeDetails::CodeDeployment(CodeDeploymentRecord { mode, module_hash }),
+        );
+        reply(())
+    }
+
+    pub(super) fn uninstall_code(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: UninstallCodeArgs,
+    ) -> Result<Vec<u8>, UserError> {
+        controlled(state, args.canister_id, sender)?;
+        let time = state.time;
+        uninstall(canister_mut(state, args.canister_id)?, time, sender);
+        reply(())
+    }
+
+    pub(super) fn start_canister(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: CanisterIdRecord,
+    ) -> Result<Vec<u8>, UserError> {
+        controlled(state, args.canister_id, sender)?;
+        canister_mut(state, args.canister_id)?.status = CanisterStatus::Running;
+        reply(())
+    }
+
+    /// With no calls in flight (this replica makes none), stopping completes at once.
+    pub(super) fn stop_canister(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: CanisterIdRecord,
+    ) -> Result<Vec<u8>, UserError> {
+        controlled(state, args.canister_id, sender)?;
+        canister_mut(state, args.canister_id)?.status = CanisterStatus::Stopped;
+        reply(())
+    }
+
+    pub(super) fn canister_status(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: CanisterIdRecord,
+    ) -> Result<Vec<u8>, UserError> {
+        let canister = controlled(state, args.canister_id, sender)?;
+        let snapshots_size = state.snapshots.snapshots_size(canister.canister_id);
+        let memory_size = canister.memory_usage() + snapshots_size;
+        let execution = canister.execution_state.as_ref();
+        let settings = &canister.settings;
+        let history_size: u64 = canister
+            .history
+            .changes()
+            .map(|c| candid::encode_one(c).map_or(0, |b| b.len() as u64))
+            .sum();
+        let result = CanisterStatusResult {
+            status: match canister.status {
+                CanisterStatus::Running => CanisterStatusType::Running,
+                CanisterStatus::Stopping => CanisterStatusType::Stopping,
+                CanisterStatus::Stopped => CanisterStatusType::Stopped,
+            },
+            ready_for_migration: false,
+            version: canister.canister_version,
+            settings: DefiniteCanisterSettings {
+                controllers: canister.controllers.iter().copied().collect(),
+                compute_allocation: Nat::from(settings.compute_allocation),
+                memory_allocation: Nat::from(settings.memory_allocation),
+                freezing_threshold: Nat::from(settings.freezing_threshold),
+                reserved_cycles_limit: Nat::from(settings.reserved_cycles_limit),
+                minimum_incoming_canister_call_cycles: Nat::from(0u64),
+                log_visibility: settings.log_visibility.clone(),
+                log_memory_limit: Nat::from(4096u64),
+                snapshot_visibility: settings.snapshot_visibility.clone(),
+                status_visibility: Default::default(),
+                wasm_memory_limit: Nat::from(settings.wasm_memory_limit),
+                wasm_memory_threshold: Nat::from(settings.wasm_memory_threshold),
+                environment_variables: Vec::new(),
+            },
+            module_hash: canister.module_hash().map(|h| h.to_vec()),
+            memory_size: Nat::from(memory_size),
+            memory_metrics: MemoryMetrics {
+                wasm_memory_size: Nat::from(canister.wasm_memory_size()),
+                stable_memory_size: Nat::from(canister.stable_memory_size()),
+                global_memory_size: Nat::from(
+                    execution.map_or(0, |e| e.exported_globals.iter().map(|g| g.size()).sum()),
+                ),
+                wasm_binary_size: Nat::from(execution.map_or(0, |e| e.wasm_module.len())),
+                custom_sections_size: Nat::from(0u64),
+                canister_history_size: Nat::from(history_size),
+                wasm_chunk_store_size: Nat::from(canister.chunk_store_size()),
+                snapshots_size: Nat::from(snapshots_size),
+                log_memory_store_size: Nat::from(0u64),
+            },
+            cycles: Nat::from(canister.cycles),
+            reserved_cycles: Nat::from(0u64),
+            idle_cycles_burned_per_day: Nat::from(self.config.storage_cost(memory_size, 86_400)),
+            query_stats: QueryStats {
+                num_calls_total: Nat::from(0u64),
+                num_instructions_total: Nat::from(0u64),
+                request_payload_bytes_total: Nat::from(0u64),
+                response_payload_bytes_total: Nat::from(0u64),
+            },
+        };
+        reply((result,))
+    }
+
+    /// Public, as on the IC (where only canisters can call it).
+    pub(super) fn canister_info(
+        &self,
+        state: &mut ReplicatedState,
+        args: CanisterInfoArgs,
+    ) -> Result<Vec<u8>, UserError> {
+        let canister = canister(state, args.canister_id)?;
+        let changes = canister.history.changes();
+        let requested = args
+            .num_requested_changes
+            .unwrap_or(0)
+            .min(changes.len() as u64);
+        let recent_changes = changes
+            .rev()
+            .take(requested as usize)
+            .rev()
+            .cloned()
+            .collect();
+        reply((CanisterInfoResult {
+            total_num_changes: canister.history.total_num_changes(),
+            recent_changes,
+            module_hash: canister.module_hash().map(|h| h.to_vec()),
+            controllers: canister.controllers.iter().copied().collect(),
+        },))
+    }
+
+    pub(super) fn update_settings(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: UpdateSettingsArgs,
+    ) -> Result<Vec<u8>, UserError> {
+        let canister = controlled(state, args.canister_id, sender)?;
+        let valid = validate_settings(&args.settings, &canister.settings)?;
+        let time = state.time;
+        let canister = canister_mut(state, args.canister_id)?;
+        canister.settings = valid.settings;
+        canister.canister_version += 1;
+        if let Some(controllers) = valid.controllers {
+            canister.controllers = controllers;
+            let record = ControllersChangeRecord {
+                controllers: canister.controllers.iter().copied().collect(),
+            };
+            canister.record_change(
+                time,
+                from_user(sender),
+                ChangeDetails::ControllersChange(record),
+            );
+        }
+        reply(())
+    }
+
+    pub(super) fn delete_canister(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: CanisterIdRecord,
+    ) -> Result<Vec<u8>, UserError> {
+        let canister = controlled(state, args.canister_id, sender)?;
+        if canister.status != CanisterStatus::Stopped {
+            return Err(UserError::new(
+                ErrorCode::CanisterNotStopped,
+                format!(
+                    "Canister {} must be stopped before it is deleted: call stop_canister first.",
+                    args.canister_id
+                ),
+            ));
+        }
+        state.snapshots.delete_all(args.canister_id);
+        state.canisters.remove(&args.canister_id);
+        reply(())
+    }
+}
+
+/// Drops the code, memories, globals, certified data and timer; keeps snapshots, cycles and
+/// the chunk store. Version + 1 and a `code_uninstall` history entry.
+pub(super) fn uninstall(canister: &mut CanisterState, time: u64, sender: Principal) {
+    canister.execution_state = None;
+    canister.certified_data.clear();
+    canister.global_timer = None;
+    canister.canister_version += 1;
+    canister.record_change(time, from_user(sender), ChangeDetails::CodeUninstall);
+}

@@ -1,0 +1,191 @@
+//! The replicated state of one subnet: canisters, snapshots, time and counters, and its hash.
+//!
+//! Depends on [`crate::state`] and [`crate::snapshots`]. Everything here must come out the same
+//! on every replica fed the same batches: canisters and snapshots live in `BTreeMap`s, time is
+//! the batch time handed in by the execution loop, and [`ReplicatedState::state_hash`] walks
+//! everything in a fixed order with a fixed encoding (`spec/execution.md`).
+
+use std::collections::BTreeMap;
+
+use candid::Principal;
+use sha2::{Digest, Sha256};
+
+use crate::memory::Hash;
+use crate::snapshots::{SnapshotSource, SnapshotStore};
+use crate::state::{CanisterState, CanisterStatus, HookStatus};
+
+/// The fixed time a fresh subnet starts at (ns since the Unix epoch; PocketIC's genesis).
+pub const GENESIS_TIME_NANOS: u64 = 1_620_328_630_000_000_000;
+
+/// The canister ids this subnet allocates: `u64_be(n) ‖ 0x01 0x01`, as the IC's canister ranges.
+pub fn canister_id_from_index(index: u64) -> Principal {
+    let mut bytes = [0u8; 10];
+    bytes[..8].copy_from_slice(&index.to_be_bytes());
+    bytes[8] = 1;
+    bytes[9] = 1;
+    Principal::from_slice(&bytes)
+}
+
+/// A subnet's replicated state.
+#[derive(Clone, Debug)]
+pub struct ReplicatedState {
+    pub canisters: BTreeMap<Principal, CanisterState>,
+    pub snapshots: SnapshotStore,
+    /// The current batch time, ns since the Unix epoch.
+    pub time: u64,
+    /// Rounds executed so far.
+    pub round: u64,
+    /// Index of the next canister id to allocate.
+    pub next_canister_index: u64,
+}
+
+impl ReplicatedState {
+    pub fn new(max_snapshots_per_canister: usize) -> Self {
+        ReplicatedState {
+            canisters: BTreeMap::new(),
+            snapshots: SnapshotStore::new(max_snapshots_per_canister),
+            time: GENESIS_TIME_NANOS,
+            round: 0,
+            next_canister_index: 0,
+        }
+    }
+
+    /// Memory in use on the subnet: every canister's own memory plus the logical size of every
+    /// snapshot (`spec/management.md`, accounting).
+    pub fn memory_usage(&self) -> u64 {
+        self.canisters
+            .values()
+            .map(CanisterState::memory_usage)
+            .sum::<u64>()
+            + self.snapshots.total_size()
+    }
+
+    /// SHA-256 over the whole replicated state, in a fixed order and encoding. Equal for equal
+    /// histories; any difference in a canister, a snapshot, a counter or the time changes it.
+    /// Costs the hashing of pages changed since the last call (memory roots are cached).
+    pub fn state_hash(&self) -> Hash {
+        let mut h = StateHasher::default();
+        h.bytes(b"ic-canister-snapshots/state/v1");
+        h.u64(self.time);
+        h.u64(self.round);
+        h.u64(self.next_canister_index);
+        h.u64(self.canisters.len() as u64);
+        for canister in self.canisters.values() {
+            hash_canister(&mut h, canister);
+        }
+        h.u64(self.snapshots.len() as u64);
+        for snapshot in self.snapshots.iter() {
+            h.bytes(&snapshot.id().to_bytes());
+            h.u64(snapshot.taken_at_timestamp);
+            h.u64(snapshot.canister_version);
+            h.u8(match snapshot.source {
+                SnapshotSource::TakenFromCanister => 0,
+                SnapshotSource::MetadataUpload => 1,
+            });
+            h.opt_bytes(snapshot.label.as_deref().map(str::as_bytes));
+            h.bytes(&snapshot.checksum());
+            hash_timer_and_hook(
+                &mut h,
+                snapshot.global_timer,
+                snapshot.on_low_wasm_memory_hook_status,
+            );
+        }
+        h.finish()
+    }
+}
+
+fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
+    h.bytes(canister.canister_id.as_slice());
+    h.u64(canister.controllers.len() as u64);
+    for controller in &canister.controllers {
+        h.bytes(controller.as_slice());
+    }
+    h.u8(match canister.status {
+        CanisterStatus::Running => 0,
+        CanisterStatus::Stopping => 1,
+        CanisterStatus::Stopped => 2,
+    });
+    match &canister.execution_state {
+        None => h.u8(0),
+        Some(execution) => {
+            h.u8(1);
+            h.bytes(execution.wasm_module.hash());
+            h.bytes(&execution.wasm_memory.root_hash());
+            h.bytes(&execution.stable_memory.root_hash());
+            let mut globals = Vec::new();
+            for global in &execution.exported_globals {
+                global.encode(&mut globals);
+            }
+            h.bytes(&globals);
+        }
+    }
+    h.bytes(&canister.certified_data);
+    hash_timer_and_hook(
+        h,
+        canister.global_timer,
+        canister.on_low_wasm_memory_hook_status,
+    );
+    h.u64(canister.wasm_chunk_store.len() as u64);
+    for (hash, chunk) in &canister.wasm_chunk_store {
+        h.bytes(hash);
+        h.u64(chunk.len() as u64);
+    }
+    h.bytes(&canister.cycles.to_be_bytes());
+    h.u64(canister.canister_version);
+    h.u64(canister.history.total_num_changes());
+    for change in canister.history.changes() {
+        // Candid encoding of a fixed type is deterministic.
+        h.bytes(&candid::encode_one(change).expect("a Change always encodes"));
+    }
+    h.u64(canister.next_snapshot_id);
+    let settings = &canister.settings;
+    h.u64(settings.compute_allocation);
+    h.u64(settings.memory_allocation);
+    h.u64(settings.freezing_threshold);
+    h.bytes(&settings.reserved_cycles_limit.to_be_bytes());
+    h.u64(settings.wasm_memory_limit);
+    h.u64(settings.wasm_memory_threshold);
+    h.bytes(&candid::encode_one(&settings.log_visibility).expect("encodes"));
+    h.bytes(&candid::encode_one(&settings.snapshot_visibility).expect("encodes"));
+    h.u64(canister.heap_delta_debit);
+}
+
+fn hash_timer_and_hook(h: &mut StateHasher, timer: Option<u64>, hook: HookStatus) {
+    match timer {
+        None => h.u8(0),
+        Some(t) => {
+            h.u8(1);
+            h.u64(t)
+        }
+    }
+    h.u8(hook as u8);
+}
+
+/// Length-prefixed, big-endian encoding into SHA-256, so that no two states encode alike.
+#[derive(Default)]
+struct StateHasher(Sha256);
+
+impl StateHasher {
+    fn u8(&mut self, v: u8) {
+        self.0.update([v]);
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.update(v.to_be_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u64(v.len() as u64);
+        self.0.update(v);
+    }
+    fn opt_bytes(&mut self, v: Option<&[u8]>) {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1);
+                self.bytes(v)
+            }
+        }
+    }
+    fn finish(self) -> Hash {
+        self.0.finalize().into()
+    }
+}
