@@ -7,6 +7,7 @@
 //!
 //! See `ARCHITECTURE.md` for the codemap and the invariants that hold across it.
 
+pub mod cli;
 pub mod config;
 pub mod execution;
 pub mod harness;

@@ -1,0 +1,341 @@
+//! `canister-snapshots demo`: a backup and a restore on the embedded replica, end to end.
+//!
+//! A canister is filled with hundreds of MiB of records (heap and stable memory), a snapshot is
+//! taken, a bad upgrade wipes the heap and scribbles over stable memory, and loading the
+//! snapshot restores it; the restore is verified by checksum and by reading records back.
+
+use std::time::{Duration, Instant};
+
+use candid::{Decode, Encode, Principal};
+use ic_management_canister_types::{CanisterInstallMode, InstallCodeArgs};
+
+use super::{human_bytes, progress_bar};
+use crate::harness::{RejectResponse, StateMachine};
+use crate::memory::checksum::hex;
+use crate::{Config, TEST_CANISTER_WASM};
+
+/// Demo sizes; the defaults make "hundreds of MiB".
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub heap_mib: u64,
+    pub stable_mib: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            heap_mib: 256,
+            stable_mib: 256,
+        }
+    }
+}
+
+const CHUNK: u64 = 1 << 20;
+
+/// Deterministic record data: what "the application" wrote at `offset`.
+fn record_bytes(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut x = seed ^ offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn call(
+    sm: &mut StateMachine,
+    canister: Principal,
+    user: Principal,
+    method: &str,
+    arg: Vec<u8>,
+) -> Result<Vec<u8>, RejectResponse> {
+    sm.update_call(canister, user, method, arg)
+}
+
+/// Fills `[0, mib)` of heap or stable memory with records, 1 MiB per message.
+fn fill_records(
+    sm: &mut StateMachine,
+    canister: Principal,
+    user: Principal,
+    stable: bool,
+    mib: u64,
+    seed: u64,
+) -> Result<(), RejectResponse> {
+    let method = if stable { "write_stable" } else { "write_heap" };
+    let what = if stable { "stable memory" } else { "heap" };
+    let bar = progress_bar(mib * CHUNK, &format!("writing {what}"));
+    for i in 0..mib {
+        let offset = i * CHUNK;
+        let data = record_bytes(seed, offset, CHUNK as usize);
+        let arg = Encode!(&offset, &serde_bytes::ByteBuf::from(data)).expect("encodes");
+        call(sm, canister, user, method, arg)?;
+        bar.inc(CHUNK);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Runs empty rounds until the canister's heap-delta debit is within the allowance, as a client
+/// of the real IC retries a `CanisterHeapDeltaRateLimited` reject. Returns the rounds waited.
+fn wait_for_heap_delta_allowance(sm: &mut StateMachine, canister: Principal) -> u32 {
+    let limit = sm.config().heap_delta_rate_limit_bytes;
+    let mut rounds = 0;
+    while sm.state().canisters[&canister].heap_delta_debit > limit {
+        sm.tick();
+        rounds += 1;
+    }
+    rounds
+}
+
+fn waited(rounds: u32) -> String {
+    if rounds == 0 {
+        String::new()
+    } else {
+        format!(" (after {rounds} rounds waiting for the heap-delta allowance)")
+    }
+}
+
+fn read(
+    sm: &mut StateMachine,
+    canister: Principal,
+    user: Principal,
+    stable: bool,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, RejectResponse> {
+    let method = if stable { "read_stable" } else { "read_heap" };
+    let reply = call(
+        sm,
+        canister,
+        user,
+        method,
+        Encode!(&offset, &len).expect("encodes"),
+    )?;
+    Ok(Decode!(&reply, serde_bytes::ByteBuf)
+        .map(|b| b.into_vec())
+        .unwrap_or_default())
+}
+
+/// The live canister's memory roots, as the snapshot checksum defines them.
+fn live_checksum(sm: &StateMachine, canister: Principal) -> [u8; 32] {
+    let state = &sm.state().canisters[&canister];
+    let execution = state.execution_state.as_ref().expect("installed");
+    crate::snapshots::snapshot_checksum(&crate::snapshots::SnapshotDigest {
+        wasm_module_hash: *execution.wasm_module.hash(),
+        wasm_memory_root: execution.wasm_memory.root_hash(),
+        stable_memory_root: execution.stable_memory.root_hash(),
+        exported_globals: &execution.exported_globals,
+        certified_data: &state.certified_data,
+        chunk_hashes: state.wasm_chunk_store.keys().copied().collect(),
+    })
+}
+
+/// Turns a reject into the demo's error, naming the step that failed.
+fn fail(step: &'static str) -> impl Fn(RejectResponse) -> String {
+    move |err| format!("{step}: {err}")
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Runs the demo, printing what happens. Returns an error if any step misbehaves.
+pub fn run(options: &DemoOptions) -> Result<(), String> {
+    let mut sm = StateMachine::with_config(Config::default());
+    let user = Principal::from_slice(&[0xAB; 29]);
+    println!("canister-snapshots demo: a backup and a restore on the embedded replica\n");
+
+    let canister = sm.create_canister_with_settings(Some(user), None);
+    sm.install_canister(canister, TEST_CANISTER_WASM.to_vec(), vec![], Some(user));
+    println!("1. created canister {canister} (controller {user}) and installed the test canister");
+
+    let started = Instant::now();
+    fill_records(&mut sm, canister, user, false, options.heap_mib, 1).map_err(fail("fill heap"))?;
+    fill_records(&mut sm, canister, user, true, options.stable_mib, 2)
+        .map_err(fail("fill stable"))?;
+    call(
+        &mut sm,
+        canister,
+        user,
+        "set_global",
+        Encode!(&0u32, &42i64).expect("encodes"),
+    )
+    .map_err(fail("set_global"))?;
+    call(
+        &mut sm,
+        canister,
+        user,
+        "set_certified_data",
+        Encode!(&serde_bytes::ByteBuf::from(vec![0xC0; 32])).expect("encodes"),
+    )
+    .map_err(fail("set_certified_data"))?;
+    let filled = started.elapsed();
+    let before = live_checksum(&sm, canister);
+    println!(
+        "2. wrote {} of records to the heap and {} to stable memory in {:.2} s ({} messages)",
+        human_bytes(options.heap_mib * CHUNK),
+        human_bytes(options.stable_mib * CHUNK),
+        filled.as_secs_f64(),
+        options.heap_mib + options.stable_mib + 2,
+    );
+    println!("   state checksum {}", hex(&before));
+
+    let rounds = wait_for_heap_delta_allowance(&mut sm, canister);
+    let started = Instant::now();
+    let snapshot = sm
+        .take_canister_snapshot(canister, Some(user), None)
+        .map_err(fail("take_canister_snapshot"))?;
+    let take_time = started.elapsed();
+    let id = crate::snapshots::SnapshotId::from_bytes(&snapshot.id).map_err(|e| e.to_string())?;
+    println!(
+        "3. took snapshot {id}: total size {}, in {} (one round, Candid included){}",
+        human_bytes(snapshot.total_size),
+        ms(take_time),
+        waited(rounds)
+    );
+    let listed = sm
+        .list_canister_snapshots_with_info(canister, Some(user))
+        .map_err(fail("list"))?;
+    let listed_checksum = listed
+        .first()
+        .map(|s| s.checksum.clone())
+        .unwrap_or_default();
+    println!("   snapshot checksum {}", hex(&listed_checksum));
+    if listed_checksum != before {
+        return Err("the snapshot's checksum differs from the live state's".into());
+    }
+
+    let upgrade = InstallCodeArgs {
+        mode: CanisterInstallMode::Upgrade(None),
+        canister_id: canister,
+        wasm_module: TEST_CANISTER_WASM.to_vec(),
+        arg: vec![],
+        sender_canister_version: None,
+    };
+    sm.management::<()>(Some(user), "install_code", (upgrade,))
+        .map_err(fail("bad upgrade"))?;
+    let scribbles = options.stable_mib.max(1);
+    for i in 0..scribbles {
+        let offset = i * CHUNK + 4096 * (i % 7);
+        call(
+            &mut sm,
+            canister,
+            user,
+            "fill_stable",
+            Encode!(&offset, &(64u64 * 1024), &0xEEu8).expect("encodes"),
+        )
+        .map_err(fail("scribble"))?;
+    }
+    let unique = sm
+        .state()
+        .snapshots
+        .unique_bytes(&sm.state().canisters[&canister]);
+    let sizes: (u64, u64) = Decode!(
+        &call(
+            &mut sm,
+            canister,
+            user,
+            "memory_sizes",
+            Encode!().expect("encodes")
+        )
+        .map_err(fail("memory_sizes"))?,
+        u64,
+        u64
+    )
+    .map_err(|e| e.to_string())?;
+    println!(
+        "4. bad upgrade: heap wiped (now {}), {} scribbled over {} places in stable memory",
+        human_bytes(sizes.0),
+        human_bytes(scribbles * 64 * 1024),
+        scribbles
+    );
+    println!(
+        "   the snapshot now holds {} of pages the live canister no longer shares (RAM it \
+         costs); its logical size is {}",
+        human_bytes(unique),
+        human_bytes(snapshot.total_size)
+    );
+    if live_checksum(&sm, canister) == before {
+        return Err("the bad upgrade did not change the state".into());
+    }
+
+    let rounds = wait_for_heap_delta_allowance(&mut sm, canister);
+    let started = Instant::now();
+    sm.load_canister_snapshot(canister, Some(user), snapshot.id.clone())
+        .map_err(fail("load_canister_snapshot"))?;
+    let load_time = started.elapsed();
+    let after = live_checksum(&sm, canister);
+    println!(
+        "5. loaded the snapshot in {}{}",
+        ms(load_time),
+        waited(rounds)
+    );
+    println!("   state checksum {}", hex(&after));
+    if after != before {
+        return Err("the restored state's checksum differs from the original".into());
+    }
+    for (stable, mib, seed) in [(false, options.heap_mib, 1), (true, options.stable_mib, 2)] {
+        for i in [0, mib / 2, mib.saturating_sub(1)] {
+            let offset = i * CHUNK + 12_345;
+            let got = read(&mut sm, canister, user, stable, offset, 4096).map_err(fail("read"))?;
+            let want =
+                record_bytes(seed, i * CHUNK, CHUNK as usize)[12_345..12_345 + 4096].to_vec();
+            if got != want {
+                return Err(format!("record at {offset} differs after the restore"));
+            }
+        }
+    }
+    let global: i64 = Decode!(
+        &call(
+            &mut sm,
+            canister,
+            user,
+            "get_global",
+            Encode!(&0u32).expect("encodes")
+        )
+        .map_err(fail("get_global"))?,
+        i64
+    )
+    .map_err(|e| e.to_string())?;
+    if global != 42 {
+        return Err(format!(
+            "global 0 is {global} after the restore, expected 42"
+        ));
+    }
+    let info = sm
+        .canister_info(canister, Some(1))
+        .map_err(fail("canister_info"))?;
+    println!(
+        "6. verified: checksums equal, records read back intact, global 0 = {global}; history: \
+         {} changes, last {:?}",
+        info.total_num_changes,
+        info.recent_changes
+            .last()
+            .and_then(|c| c.details.as_ref())
+            .map(|d| match d {
+                ic_management_canister_types::ChangeDetails::LoadSnapshot(_) => "load_snapshot",
+                _ => "other",
+            })
+    );
+    println!("   replicated state hash {}", hex(&sm.state_hash()));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_runs_on_small_memories() {
+        run(&DemoOptions {
+            heap_mib: 2,
+            stable_mib: 2,
+        })
+        .unwrap();
+    }
+}
