@@ -1,11 +1,8 @@
-//! `canister-snapshots`: replica-side canister snapshots for the Internet Computer.
+#![doc = include_str!("../README.md")]
 //!
-//! The layers, bottom up (each depends only on the ones before it):
-//! - [`memory`]: copy-on-write 4 KiB page memory and its checksum;
-//! - [`state`]: canister state in the IC's terms;
-//! - [`snapshots`]: snapshot ids, snapshots and the per-canister store with its accounting.
-//!
-//! See `ARCHITECTURE.md` for the codemap and the invariants that hold across it.
+//! The layers, bottom up (each depends only on the ones before it): [`memory`] ← [`state`] ←
+//! [`snapshots`] ← [`replicated_state`] ← [`execution`] / [`management`] ← [`scheduler`] ←
+//! [`harness`] ← [`cli`]. `ARCHITECTURE.md` has the codemap and the invariants.
 
 pub mod cli;
 pub mod config;

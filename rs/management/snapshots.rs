@@ -108,13 +108,15 @@ impl ManagementCanister<'_> {
         sender: Principal,
         args: TakeCanisterSnapshotArgs,
     ) -> Result<Vec<u8>, UserError> {
-        if let Some(label) = &args.label {
-            if label.len() > MAX_SNAPSHOT_LABEL_BYTES {
-                return Err(invalid_payload(format!(
-                    "label is {} bytes; at most {MAX_SNAPSHOT_LABEL_BYTES} are allowed",
-                    label.len()
-                )));
-            }
+        if let Some(label) = args
+            .label
+            .as_ref()
+            .filter(|l| l.len() > MAX_SNAPSHOT_LABEL_BYTES)
+        {
+            return Err(invalid_payload(format!(
+                "label is {} bytes; at most {MAX_SNAPSHOT_LABEL_BYTES} are allowed",
+                label.len()
+            )));
         }
         let replace = args
             .replace_snapshot

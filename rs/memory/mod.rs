@@ -79,7 +79,7 @@ impl Memory {
     /// most `limit`. Takes no page memory until written.
     pub fn zeroed(size_bytes: u64, limit: u64) -> Result<Self, MemoryError> {
         let mut memory = Memory::new();
-        if size_bytes % WASM_PAGE_SIZE != 0 {
+        if !size_bytes.is_multiple_of(WASM_PAGE_SIZE) {
             return Err(MemoryError::SizeNotMultipleOfWasmPage { size: size_bytes });
         }
         memory.grow(size_bytes / WASM_PAGE_SIZE, limit)?;
