@@ -10,10 +10,12 @@ pub mod execution;
 pub mod harness;
 pub mod management;
 pub mod memory;
+pub mod progress;
 pub mod replicated_state;
 pub mod scheduler;
 pub mod snapshots;
 pub mod state;
+pub mod transfer;
 
 pub use config::Config;
 pub use execution::TEST_CANISTER_WASM;

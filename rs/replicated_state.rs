@@ -89,6 +89,23 @@ impl ReplicatedState {
                 snapshot.global_timer,
                 snapshot.on_low_wasm_memory_hook_status,
             );
+            match &snapshot.upload {
+                None => h.u8(0),
+                Some(upload) => {
+                    h.u8(1);
+                    for ranges in [
+                        &upload.wasm_module,
+                        &upload.wasm_memory,
+                        &upload.stable_memory,
+                    ] {
+                        h.u64(ranges.iter().count() as u64);
+                        for (start, end) in ranges.iter() {
+                            h.u64(start);
+                            h.u64(end);
+                        }
+                    }
+                }
+            }
         }
         h.finish()
     }

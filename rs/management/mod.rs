@@ -9,6 +9,7 @@
 
 mod canisters;
 mod snapshots;
+mod transfer;
 pub mod types;
 
 use candid::utils::ArgumentEncoder;
@@ -44,6 +45,10 @@ pub const METHODS: &[&str] = &[
     "load_canister_snapshot",
     "list_canister_snapshots",
     "delete_canister_snapshot",
+    "read_canister_snapshot_metadata",
+    "read_canister_snapshot_data",
+    "upload_canister_snapshot_metadata",
+    "upload_canister_snapshot_data",
 ];
 
 impl ManagementCanister<'_> {
@@ -80,6 +85,18 @@ impl ManagementCanister<'_> {
             }
             "delete_canister_snapshot" => {
                 self.delete_canister_snapshot(state, sender, self.decode(payload)?)
+            }
+            "read_canister_snapshot_metadata" => {
+                self.read_canister_snapshot_metadata(state, sender, self.decode(payload)?)
+            }
+            "read_canister_snapshot_data" => {
+                self.read_canister_snapshot_data(state, sender, self.decode(payload)?)
+            }
+            "upload_canister_snapshot_metadata" => {
+                self.upload_canister_snapshot_metadata(state, sender, self.decode(payload)?)
+            }
+            "upload_canister_snapshot_data" => {
+                self.upload_canister_snapshot_data(state, sender, self.decode(payload)?)
             }
             _ => Err(UserError::new(
                 ErrorCode::UnknownManagementMessage,

@@ -40,8 +40,8 @@ pub(super) struct MemoryChange {
 }
 
 impl ManagementCanister<'_> {
-    /// Heap-delta rate limit, then subnet capacity, freezing threshold and cycles, in the
-    /// replica's order. Returns the cycles to charge. Changes nothing.
+    /// Heap-delta rate limit, then [`Self::check_memory_and_cycles`], in the replica's order.
+    /// Returns the cycles to charge. Changes nothing.
     pub(super) fn check_resources(
         &self,
         state: &ReplicatedState,
@@ -60,6 +60,18 @@ impl ManagementCanister<'_> {
                 ),
             ));
         }
+        self.check_memory_and_cycles(state, canister, change)
+    }
+
+    /// Subnet capacity, freezing threshold, then the cost in cycles. Returns the cycles to
+    /// charge. Changes nothing.
+    pub(super) fn check_memory_and_cycles(
+        &self,
+        state: &ReplicatedState,
+        canister: &CanisterState,
+        change: &MemoryChange,
+    ) -> Result<Cycles, UserError> {
+        let id = canister.canister_id;
         let grows_by = change.after.saturating_sub(change.before);
         let subnet_after = state.memory_usage().saturating_add(grows_by);
         if grows_by > 0 && subnet_after > self.config.subnet_memory_capacity_bytes {
@@ -212,9 +224,19 @@ impl ManagementCanister<'_> {
         reply(())
     }
 
-    /// Whether a snapshot may be loaded; every taken snapshot may.
-    fn check_loadable(&self, _snapshot: &CanisterSnapshot) -> Result<(), UserError> {
-        Ok(())
+    /// Whether a snapshot may be loaded: every taken snapshot may; an uploaded one once its
+    /// module is complete.
+    fn check_loadable(&self, snapshot: &CanisterSnapshot) -> Result<(), UserError> {
+        match snapshot.missing_module_range() {
+            None => Ok(()),
+            Some((start, end)) => Err(UserError::new(
+                ErrorCode::CanisterRejectedMessage,
+                format!(
+                    "Snapshot {} is incomplete: bytes [{start}, {end}) of its Wasm module were                      never uploaded. Upload them with upload_canister_snapshot_data, then load.",
+                    snapshot.id()
+                ),
+            )),
+        }
     }
 
     pub(super) fn list_canister_snapshots(

@@ -71,34 +71,102 @@ pub(crate) fn memory_root(size_bytes: u64, tree: &Hash) -> Hash {
 }
 
 /// The memory root of a flat byte image, computed from the definition alone (no caches, no
-/// `PageMap`). Pages that are entirely zero are hashed as zero subtrees, so the cost is one leaf
-/// hash per non-zero page plus the nodes above them.
+/// `PageMap`): a [`MemoryRootBuilder`] fed every page in order.
 pub fn memory_root_from_bytes(bytes: &[u8]) -> Hash {
-    let pages = bytes.len().div_ceil(PAGE_SIZE) as u64;
-    let tree = subtree_from_bytes(bytes, pages, MAX_HEIGHT, 0);
-    memory_root(bytes.len() as u64, &tree)
+    let mut builder = MemoryRootBuilder::new();
+    builder.push_bytes(bytes);
+    builder.finish()
 }
 
-fn subtree_from_bytes(bytes: &[u8], pages: u64, level: u32, first_page: u64) -> Hash {
-    if first_page >= pages {
-        return *zero_subtree_hash(level);
+/// Computes a memory root from the memory's bytes streamed in order, in O(depth) memory, so a
+/// downloaded `stable_memory.bin` of any size is verified without loading it whole. All-zero
+/// pages cost no hashing (their hash is `zero(0)`).
+pub struct MemoryRootBuilder {
+    /// `levels[l]` holds the finished level-`l` hashes of the current, incomplete level-`l+1`
+    /// node (at most 15).
+    levels: Vec<Vec<Hash>>,
+    /// A partial page waiting for more bytes.
+    pending: Vec<u8>,
+    size: u64,
+}
+
+impl Default for MemoryRootBuilder {
+    fn default() -> Self {
+        Self::new()
     }
-    if level == 0 {
-        let start = first_page as usize * PAGE_SIZE;
-        let end = (start + PAGE_SIZE).min(bytes.len());
-        let mut page = [0u8; PAGE_SIZE];
-        page[..end - start].copy_from_slice(&bytes[start..end]);
-        if page.iter().all(|&b| b == 0) {
-            return *zero_subtree_hash(0);
+}
+
+impl MemoryRootBuilder {
+    pub fn new() -> Self {
+        MemoryRootBuilder {
+            levels: vec![Vec::with_capacity(FANOUT); MAX_HEIGHT as usize],
+            pending: Vec::with_capacity(PAGE_SIZE),
+            size: 0,
         }
-        return leaf_hash(&page);
     }
-    let child_span = (FANOUT as u64).pow(level - 1);
-    let mut children = [[0u8; 32]; FANOUT];
-    for (i, child) in children.iter_mut().enumerate() {
-        *child = subtree_from_bytes(bytes, pages, level - 1, first_page + i as u64 * child_span);
+
+    /// Appends `bytes` to the memory image.
+    pub fn push_bytes(&mut self, mut bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        if !self.pending.is_empty() {
+            let take = (PAGE_SIZE - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.pending.len() == PAGE_SIZE {
+                let page = std::mem::take(&mut self.pending);
+                self.push_page(page.as_slice().try_into().expect("one page"));
+            }
+        }
+        let mut pages = bytes.chunks_exact(PAGE_SIZE);
+        for page in &mut pages {
+            self.push_page(page.try_into().expect("chunks_exact yields pages"));
+        }
+        self.pending.extend_from_slice(pages.remainder());
     }
-    node_hash(&children)
+
+    fn push_page(&mut self, page: &[u8; PAGE_SIZE]) {
+        let hash = if page.iter().all(|&b| b == 0) {
+            *zero_subtree_hash(0)
+        } else {
+            leaf_hash(page)
+        };
+        self.push_hash(0, hash);
+    }
+
+    fn push_hash(&mut self, level: usize, hash: Hash) {
+        self.levels[level].push(hash);
+        if self.levels[level].len() == FANOUT && level + 1 < self.levels.len() {
+            let children: [Hash; FANOUT] = std::mem::take(&mut self.levels[level])
+                .try_into()
+                .expect("16 children");
+            self.push_hash(level + 1, node_hash(&children));
+        }
+    }
+
+    /// The memory root of everything pushed; a partial last page is zero-padded.
+    pub fn finish(mut self) -> Hash {
+        if !self.pending.is_empty() {
+            let mut page = [0u8; PAGE_SIZE];
+            page[..self.pending.len()].copy_from_slice(&self.pending);
+            self.pending.clear();
+            self.push_page(&page);
+        }
+        // Close every incomplete node bottom-up, padding with zero subtrees.
+        let mut carry: Option<Hash> = None;
+        for level in 0..self.levels.len() {
+            let mut children = std::mem::take(&mut self.levels[level]);
+            if let Some(hash) = carry.take() {
+                children.push(hash);
+            }
+            if children.is_empty() {
+                continue;
+            }
+            children.resize(FANOUT, *zero_subtree_hash(level as u32));
+            carry = Some(node_hash(&children.try_into().expect("16 children")));
+        }
+        let tree = carry.unwrap_or(*zero_subtree_hash(MAX_HEIGHT));
+        memory_root(self.size, &tree)
+    }
 }
 
 /// SHA-256 of a byte string (module hashes, chunk hashes).

@@ -122,6 +122,21 @@ impl Memory {
         Ok(())
     }
 
+    /// Sets the size to `size_bytes` (a multiple of [`WASM_PAGE_SIZE`], at most `limit`):
+    /// growing adds zeros, shrinking drops the pages beyond the new size.
+    pub fn resize(&mut self, size_bytes: u64, limit: u64) -> Result<(), MemoryError> {
+        if !size_bytes.is_multiple_of(WASM_PAGE_SIZE) {
+            return Err(MemoryError::SizeNotMultipleOfWasmPage { size: size_bytes });
+        }
+        if size_bytes >= self.size_bytes {
+            self.grow((size_bytes - self.size_bytes) / WASM_PAGE_SIZE, limit)?;
+        } else {
+            self.pages.truncate(size_bytes / PAGE_SIZE as u64);
+            self.size_bytes = size_bytes;
+        }
+        Ok(())
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<(), MemoryError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size_bytes => Ok(()),
@@ -200,6 +215,20 @@ mod tests {
         assert_eq!(memory.size_bytes(), 2 * WASM_PAGE_SIZE);
         assert!(memory.grow(u64::MAX, u64::MAX).is_err());
         assert!(Memory::zeroed(100, MAX_WASM_MEMORY_BYTES).is_err());
+    }
+
+    #[test]
+    fn resize_shrinks_and_grows_with_zeros() {
+        let mut memory = Memory::zeroed(4 * WASM_PAGE_SIZE, MAX_WASM_MEMORY_BYTES).unwrap();
+        memory.fill(0, 4 * WASM_PAGE_SIZE, 1).unwrap();
+        memory
+            .resize(WASM_PAGE_SIZE, MAX_WASM_MEMORY_BYTES)
+            .unwrap();
+        memory
+            .resize(2 * WASM_PAGE_SIZE, MAX_WASM_MEMORY_BYTES)
+            .unwrap();
+        assert_eq!(memory.read_vec(WASM_PAGE_SIZE - 1, 2).unwrap(), vec![1, 0]);
+        assert!(memory.resize(3, MAX_WASM_MEMORY_BYTES).is_err());
     }
 
     #[test]

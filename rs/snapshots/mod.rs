@@ -10,6 +10,7 @@
 //! so the snapshots of one canister form one contiguous, ordered range on every replica.
 
 mod id;
+mod ranges;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;
@@ -22,6 +23,7 @@ use crate::memory::{Hash, Memory, PAGE_SIZE};
 use crate::state::{CanisterState, ChunkStore, ExecutionState, Global, HookStatus, WasmModule};
 
 pub use id::{InvalidSnapshotId, SnapshotId};
+pub use ranges::ByteRanges;
 
 /// How a snapshot came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +48,36 @@ pub struct CanisterSnapshot {
     pub wasm_chunk_store: ChunkStore,
     pub global_timer: Option<u64>,
     pub on_low_wasm_memory_hook_status: HookStatus,
+    /// For a snapshot created by `upload_canister_snapshot_metadata`: what has been written.
+    pub upload: Option<UploadState>,
     /// Memoised [`snapshot_checksum`]; cleared by anything that changes the content.
     checksum: OnceLock<Hash>,
+}
+
+/// The byte ranges an upload has written, per region (`spec/transfer.md`, completeness).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UploadState {
+    pub wasm_module: ByteRanges,
+    pub wasm_memory: ByteRanges,
+    pub stable_memory: ByteRanges,
+}
+
+/// A region of a snapshot that data is read from or uploaded to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotRegion {
+    WasmModule,
+    WasmMemory,
+    StableMemory,
+}
+
+impl SnapshotRegion {
+    pub fn name(self) -> &'static str {
+        match self {
+            SnapshotRegion::WasmModule => "wasm_module",
+            SnapshotRegion::WasmMemory => "wasm_memory",
+            SnapshotRegion::StableMemory => "stable_memory",
+        }
+    }
 }
 
 /// Why the store refuses a request. Messages are the replica's.
@@ -148,13 +178,16 @@ impl CanisterSnapshot {
             wasm_chunk_store: canister.wasm_chunk_store.clone(),
             global_timer: canister.global_timer,
             on_low_wasm_memory_hook_status: canister.on_low_wasm_memory_hook_status,
+            upload: None,
             checksum: OnceLock::new(),
         };
         canister.next_snapshot_id += 1;
         Ok(snapshot)
     }
 
-    /// An uploaded snapshot's starting point: declared sizes, zero contents, a fresh id.
+    /// An uploaded snapshot's starting point: the declared sizes and a fresh id. The contents
+    /// are zeros, or a base snapshot's (an incremental upload); `upload` records what counts
+    /// as written already.
     #[allow(clippy::too_many_arguments)]
     pub fn for_upload(
         canister: &mut CanisterState,
@@ -166,6 +199,7 @@ impl CanisterSnapshot {
         certified_data: Vec<u8>,
         global_timer: Option<u64>,
         on_low_wasm_memory_hook_status: HookStatus,
+        upload: UploadState,
     ) -> Self {
         let id = SnapshotId::new(canister.canister_id, canister.next_snapshot_id);
         canister.next_snapshot_id += 1;
@@ -183,6 +217,7 @@ impl CanisterSnapshot {
             wasm_chunk_store: ChunkStore::new(),
             global_timer,
             on_low_wasm_memory_hook_status,
+            upload: Some(upload),
             checksum: OnceLock::new(),
         }
     }
@@ -242,10 +277,74 @@ impl CanisterSnapshot {
         })
     }
 
-    /// Mutable access for uploads: clears the memoised checksum.
-    pub fn content_mut(&mut self) -> &mut Self {
+    /// The recorded size of a region.
+    pub fn region_size(&self, region: SnapshotRegion) -> u64 {
+        match region {
+            SnapshotRegion::WasmModule => self.wasm_module.len(),
+            SnapshotRegion::WasmMemory => self.wasm_memory.size_bytes(),
+            SnapshotRegion::StableMemory => self.stable_memory.size_bytes(),
+        }
+    }
+
+    /// Reads `[offset, offset + len)` of a region; `None` if the range is outside it.
+    pub fn read_region(&self, region: SnapshotRegion, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let end = offset.checked_add(len)?;
+        if end > self.region_size(region) {
+            return None;
+        }
+        match region {
+            SnapshotRegion::WasmModule => {
+                Some(self.wasm_module.bytes()[offset as usize..end as usize].to_vec())
+            }
+            SnapshotRegion::WasmMemory => self.wasm_memory.read_vec(offset, len).ok(),
+            SnapshotRegion::StableMemory => self.stable_memory.read_vec(offset, len).ok(),
+        }
+    }
+
+    /// Writes uploaded bytes into a region and records them as written. The caller has
+    /// checked that this is an uploaded snapshot and that the range is inside the region.
+    pub fn write_region(&mut self, region: SnapshotRegion, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        debug_assert!(
+            end <= self.region_size(region),
+            "range checked by the caller"
+        );
+        match region {
+            SnapshotRegion::WasmModule => self.wasm_module.write(offset as usize, data),
+            SnapshotRegion::WasmMemory => {
+                let _ = self.wasm_memory.write(offset, data);
+            }
+            SnapshotRegion::StableMemory => {
+                let _ = self.stable_memory.write(offset, data);
+            }
+        }
+        if let Some(upload) = &mut self.upload {
+            let ranges = match region {
+                SnapshotRegion::WasmModule => &mut upload.wasm_module,
+                SnapshotRegion::WasmMemory => &mut upload.wasm_memory,
+                SnapshotRegion::StableMemory => &mut upload.stable_memory,
+            };
+            ranges.insert(offset, end);
+        }
         self.checksum.take();
-        self
+    }
+
+    /// Adds a chunk to the chunk store (an upload), keyed by its SHA-256.
+    pub fn add_chunk(&mut self, chunk: Vec<u8>) -> Hash {
+        let hash = crate::memory::checksum::sha256(&chunk);
+        self.wasm_chunk_store.insert(hash, chunk.into());
+        self.checksum.take();
+        hash
+    }
+
+    /// Whether an uploaded snapshot may be loaded: its module must be complete (a module with
+    /// holes is not a module). Memories need not be: a range never written reads as zero, which
+    /// is what a downloaded memory's all-zero slices, skipped by uploaders, mean
+    /// (`spec/transfer.md`). Returns the first missing module range.
+    pub fn missing_module_range(&self) -> Option<(u64, u64)> {
+        self.upload
+            .as_ref()
+            .and_then(|u| u.wasm_module.first_gap(self.wasm_module.len()))
     }
 }
 

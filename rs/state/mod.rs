@@ -10,7 +10,7 @@
 //! argument (the batch time).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candid::Principal;
 use ic_management_canister_types::{
@@ -34,20 +34,33 @@ pub enum CanisterStatus {
     Stopped,
 }
 
-/// An installed Wasm module: its bytes (shared, never copied by a snapshot) and their SHA-256.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An installed Wasm module: its bytes (shared, never copied by a snapshot) and their SHA-256,
+/// computed once on first use.
+#[derive(Clone, Debug)]
 pub struct WasmModule {
     bytes: Arc<[u8]>,
-    hash: Hash,
+    hash: OnceLock<Hash>,
 }
+
+impl PartialEq for WasmModule {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for WasmModule {}
 
 impl WasmModule {
     pub fn new(bytes: Vec<u8>) -> Self {
-        let hash = checksum::sha256(&bytes);
         WasmModule {
             bytes: bytes.into(),
-            hash,
+            hash: OnceLock::new(),
         }
+    }
+
+    /// A module of `len` zero bytes, to be filled by an upload.
+    pub fn zeroed(len: usize) -> Self {
+        Self::new(vec![0; len])
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -55,7 +68,7 @@ impl WasmModule {
     }
 
     pub fn hash(&self) -> &Hash {
-        &self.hash
+        self.hash.get_or_init(|| checksum::sha256(&self.bytes))
     }
 
     pub fn len(&self) -> u64 {
@@ -64,6 +77,13 @@ impl WasmModule {
 
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// Writes `data` at `offset` (an upload), copying the bytes first if a canister or another
+    /// snapshot still shares them. The caller has checked the range.
+    pub fn write(&mut self, offset: usize, data: &[u8]) {
+        Arc::make_mut(&mut self.bytes)[offset..offset + data.len()].copy_from_slice(data);
+        self.hash.take();
     }
 
     /// Whether two modules share one allocation (a snapshot and the canister it came from).

@@ -1,0 +1,316 @@
+//! Local snapshot directories, in the layout `dfx canister snapshot download` and icp-cli write
+//! (`spec/transfer.md`):
+//!
+//! ```text
+//! DIR/metadata.json                 serde_json of ReadCanisterSnapshotMetadataResult
+//! DIR/wasm_module.bin               exactly wasm_module_size bytes
+//! DIR/wasm_memory.bin               exactly wasm_memory_size bytes
+//! DIR/stable_memory.bin             exactly stable_memory_size bytes
+//! DIR/wasm_chunk_store/<hex>.bin    one file per chunk, named by its SHA-256
+//! DIR/checksum.json                 ours: the snapshot checksum recorded at download
+//! ```
+//!
+//! Everything read from a directory is untrusted: sizes are checked against the metadata,
+//! chunk files against their names, and the snapshot checksum against `checksum.json`.
+
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use ic_management_canister_types::ReadCanisterSnapshotMetadataResult;
+use serde::{Deserialize, Serialize};
+
+use super::TransferError;
+use crate::memory::checksum::{self, Hash, MemoryRootBuilder, hex};
+use crate::memory::{PAGE_SIZE, WASM_PAGE_SIZE};
+use crate::snapshots::{SnapshotDigest, SnapshotRegion, snapshot_checksum};
+use crate::state::Global;
+
+/// Bytes read per step when streaming a file.
+const READ_BUFFER: usize = 1 << 20;
+
+/// What `checksum.json` records: the snapshot's checksum and where it came from.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ChecksumRecord {
+    /// Hex of the 32-byte snapshot checksum (`spec/checksum.md`).
+    pub checksum: String,
+    pub canister_id: String,
+    /// Hex of the snapshot id bytes.
+    pub snapshot_id: String,
+    pub label: Option<String>,
+}
+
+/// A snapshot directory on disk.
+#[derive(Debug, Clone)]
+pub struct SnapshotDir {
+    root: PathBuf,
+}
+
+impl SnapshotDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SnapshotDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn metadata_path(&self) -> PathBuf {
+        self.root.join("metadata.json")
+    }
+
+    pub fn checksum_path(&self) -> PathBuf {
+        self.root.join("checksum.json")
+    }
+
+    pub fn region_path(&self, region: SnapshotRegion) -> PathBuf {
+        self.root.join(format!("{}.bin", region.name()))
+    }
+
+    pub fn chunk_store_dir(&self) -> PathBuf {
+        self.root.join("wasm_chunk_store")
+    }
+
+    pub fn chunk_path(&self, hash: &[u8]) -> PathBuf {
+        self.chunk_store_dir().join(format!("{}.bin", hex(hash)))
+    }
+
+    /// Parses `metadata.json` and checks that the sizes it declares are possible.
+    pub fn read_metadata(&self) -> Result<ReadCanisterSnapshotMetadataResult, TransferError> {
+        let path = self.metadata_path();
+        let text = fs::read(&path).map_err(|e| TransferError::io(&path, e))?;
+        let metadata: ReadCanisterSnapshotMetadataResult =
+            serde_json::from_slice(&text).map_err(|e| TransferError::Metadata {
+                path: path.clone(),
+                reason: format!("it does not parse as snapshot metadata: {e}"),
+            })?;
+        let invalid = |reason: String| TransferError::Metadata {
+            path: path.clone(),
+            reason,
+        };
+        if metadata.wasm_module_size == 0 {
+            return Err(invalid(
+                "wasm_module_size is 0: a snapshot has a module".into(),
+            ));
+        }
+        for (name, size) in [
+            ("wasm_memory_size", metadata.wasm_memory_size),
+            ("stable_memory_size", metadata.stable_memory_size),
+        ] {
+            if !size.is_multiple_of(WASM_PAGE_SIZE) {
+                return Err(invalid(format!(
+                    "{name} {size} is not a multiple of 65536 (the Wasm page size)"
+                )));
+            }
+        }
+        if metadata.globals.iter().any(Option::is_none) {
+            return Err(invalid(
+                "a global has a type this tool does not know (null in globals)".into(),
+            ));
+        }
+        Ok(metadata)
+    }
+
+    pub fn write_metadata(
+        &self,
+        metadata: &ReadCanisterSnapshotMetadataResult,
+    ) -> Result<(), TransferError> {
+        let json = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+        write_atomically(&self.metadata_path(), &json)
+    }
+
+    pub fn read_checksum_record(&self) -> Result<Option<ChecksumRecord>, TransferError> {
+        let path = self.checksum_path();
+        match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| TransferError::Metadata {
+                        path,
+                        reason: format!("it does not parse as a checksum record: {e}"),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TransferError::io(&path, e)),
+        }
+    }
+
+    pub fn write_checksum_record(&self, record: &ChecksumRecord) -> Result<(), TransferError> {
+        let json = serde_json::to_vec_pretty(record).expect("record serialises");
+        write_atomically(&self.checksum_path(), &json)
+    }
+
+    /// The declared size of a region.
+    pub fn region_size(
+        metadata: &ReadCanisterSnapshotMetadataResult,
+        region: SnapshotRegion,
+    ) -> u64 {
+        match region {
+            SnapshotRegion::WasmModule => metadata.wasm_module_size,
+            SnapshotRegion::WasmMemory => metadata.wasm_memory_size,
+            SnapshotRegion::StableMemory => metadata.stable_memory_size,
+        }
+    }
+
+    /// Checks that every file is present with the size the metadata declares and every chunk
+    /// file hashes to its name. Returns the metadata.
+    pub fn validate(&self) -> Result<ReadCanisterSnapshotMetadataResult, TransferError> {
+        let metadata = self.read_metadata()?;
+        for region in REGIONS {
+            let path = self.region_path(region);
+            let expected = Self::region_size(&metadata, region);
+            let actual = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(TransferError::MissingFile { path });
+                }
+                Err(e) => return Err(TransferError::io(&path, e)),
+            };
+            if actual != expected {
+                return Err(TransferError::FileSize {
+                    path,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        for chunk in &metadata.wasm_chunk_store {
+            let path = self.chunk_path(&chunk.hash);
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(TransferError::MissingFile { path });
+                }
+                Err(e) => return Err(TransferError::io(&path, e)),
+            };
+            let actual = checksum::sha256(&bytes);
+            if actual.as_slice() != chunk.hash.as_slice() {
+                return Err(TransferError::ChunkHash {
+                    path,
+                    actual: hex(&actual),
+                });
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// Recomputes the snapshot checksum from the files alone (`spec/checksum.md`), streaming
+    /// each file. Validates the directory first.
+    pub fn compute_checksum(&self) -> Result<Hash, TransferError> {
+        let metadata = self.validate()?;
+        let module_path = self.region_path(SnapshotRegion::WasmModule);
+        let wasm_module_hash = checksum::sha256(
+            &fs::read(&module_path).map_err(|e| TransferError::io(&module_path, e))?,
+        );
+        let wasm_memory_root = self.memory_root(SnapshotRegion::WasmMemory)?;
+        let stable_memory_root = self.memory_root(SnapshotRegion::StableMemory)?;
+        let globals = metadata_globals(&metadata)?;
+        let mut chunk_hashes: Vec<Hash> = metadata
+            .wasm_chunk_store
+            .iter()
+            .filter_map(|c| c.hash.as_slice().try_into().ok())
+            .collect();
+        chunk_hashes.sort_unstable();
+        Ok(snapshot_checksum(&SnapshotDigest {
+            wasm_module_hash,
+            wasm_memory_root,
+            stable_memory_root,
+            exported_globals: &globals,
+            certified_data: &metadata.certified_data,
+            chunk_hashes,
+        }))
+    }
+
+    fn memory_root(&self, region: SnapshotRegion) -> Result<Hash, TransferError> {
+        let mut builder = MemoryRootBuilder::new();
+        for_each_block(&self.region_path(region), |_, block| {
+            builder.push_bytes(block)
+        })?;
+        Ok(builder.finish())
+    }
+}
+
+/// The three regions, in the order files are transferred.
+pub const REGIONS: [SnapshotRegion; 3] = [
+    SnapshotRegion::WasmModule,
+    SnapshotRegion::WasmMemory,
+    SnapshotRegion::StableMemory,
+];
+
+/// The metadata's globals in this crate's form.
+pub fn metadata_globals(
+    metadata: &ReadCanisterSnapshotMetadataResult,
+) -> Result<Vec<Global>, TransferError> {
+    metadata
+        .globals
+        .iter()
+        .flatten()
+        .map(|g| {
+            Global::try_from(g).map_err(|reason| TransferError::Metadata {
+                path: PathBuf::from("metadata.json"),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// Streams a file in blocks of [`READ_BUFFER`] bytes (the last may be shorter), with offsets.
+pub fn for_each_block(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), TransferError> {
+    let file = File::open(path).map_err(|e| TransferError::io(path, e))?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut reader, &mut buf).map_err(|e| TransferError::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        f(offset, &buf[..n]);
+        offset += n as u64;
+    }
+}
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Writes `bytes` to `path` through a temporary name, then renames: readers see the old file
+/// or the whole new one, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TransferError> {
+    let tmp = part_path(path);
+    let mut file = File::create(&tmp).map_err(|e| TransferError::io(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| TransferError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| TransferError::io(path, e))
+}
+
+/// `name.part`: where a file is written before it is complete.
+pub fn part_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    path.with_file_name(name)
+}
+
+/// Runs of changed 4 KiB pages between two equally long blocks, as (first page, page count),
+/// relative to the block.
+pub fn changed_page_runs(old: &[u8], new: &[u8]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (i, (a, b)) in old.chunks(PAGE_SIZE).zip(new.chunks(PAGE_SIZE)).enumerate() {
+        if a != b {
+            match runs.last_mut() {
+                Some((start, count)) if *start + *count == i as u64 => *count += 1,
+                _ => runs.push((i as u64, 1)),
+            }
+        }
+    }
+    runs
+}

@@ -1,0 +1,448 @@
+//! Download, upload and cross-canister load through the harness, and the directory format.
+
+use std::path::Path;
+
+use candid::{Decode, Encode, Principal};
+use canister_snapshots::transfer::{SnapshotDir, TransferError, TransferOptions, UploadBase};
+use canister_snapshots::{StateMachine, TEST_CANISTER_WASM};
+use ic_error_types::ErrorCode;
+use serde_bytes::ByteBuf;
+
+const MIB: u64 = 1 << 20;
+
+fn user() -> Principal {
+    Principal::from_slice(&[0x11; 29])
+}
+
+fn canister_with_data(sm: &mut StateMachine, heap: u64, stable: u64) -> Principal {
+    let canister = sm.create_canister_with_settings(Some(user()), None);
+    sm.install_canister(canister, TEST_CANISTER_WASM.to_vec(), vec![], Some(user()));
+    let pattern: Vec<u8> = (0..heap).map(|i| (i * 7 % 251) as u8).collect();
+    for (i, piece) in pattern.chunks(MIB as usize).enumerate() {
+        let arg = Encode!(&(i as u64 * MIB), &ByteBuf::from(piece.to_vec())).unwrap();
+        sm.update_call(canister, user(), "write_heap", arg).unwrap();
+    }
+    if stable > 0 {
+        // Sparse stable memory: a record at the start and one at the end.
+        sm.update_call(
+            canister,
+            user(),
+            "fill_stable",
+            Encode!(&0u64, &stable, &0u8).unwrap(),
+        )
+        .unwrap();
+        sm.update_call(
+            canister,
+            user(),
+            "fill_stable",
+            Encode!(&5u64, &100u64, &0xAAu8).unwrap(),
+        )
+        .unwrap();
+        sm.update_call(
+            canister,
+            user(),
+            "fill_stable",
+            Encode!(&(stable - 10), &10u64, &0xBBu8).unwrap(),
+        )
+        .unwrap();
+    }
+    sm.update_call(
+        canister,
+        user(),
+        "set_global",
+        Encode!(&1u32, &-5i64).unwrap(),
+    )
+    .unwrap();
+    sm.update_call(
+        canister,
+        user(),
+        "set_certified_data",
+        Encode!(&ByteBuf::from(vec![3u8; 32])).unwrap(),
+    )
+    .unwrap();
+    canister
+}
+
+fn read(
+    sm: &mut StateMachine,
+    canister: Principal,
+    method: &str,
+    offset: u64,
+    len: u64,
+) -> Vec<u8> {
+    let reply = sm
+        .update_call(canister, user(), method, Encode!(&offset, &len).unwrap())
+        .unwrap();
+    Decode!(&reply, ByteBuf).unwrap().into_vec()
+}
+
+fn live_root(sm: &StateMachine, canister: Principal) -> ([u8; 32], [u8; 32]) {
+    let e = sm.state().canisters[&canister]
+        .execution_state
+        .as_ref()
+        .unwrap();
+    (e.wasm_memory.root_hash(), e.stable_memory.root_hash())
+}
+
+fn sm_with_quota(n: usize) -> StateMachine {
+    StateMachine::with_config(canister_snapshots::Config {
+        max_snapshots_per_canister: n,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn round_trip_restores_identical_memory_and_checksum() {
+    let mut sm = sm_with_quota(2);
+    let canister = canister_with_data(&mut sm, 3 * MIB + 5, 2 * MIB);
+    let before = live_root(&sm, canister);
+    let snapshot = sm
+        .take_canister_snapshot(canister, Some(user()), None)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("snap");
+    sm.download_canister_snapshot(canister, Some(user()), snapshot.id.clone(), &dir)
+        .unwrap();
+    let local = SnapshotDir::new(&dir).compute_checksum().unwrap();
+    let listed = sm
+        .list_canister_snapshots_with_info(canister, Some(user()))
+        .unwrap();
+    assert_eq!(listed[0].checksum, local.to_vec());
+
+    // Wreck the canister, upload the directory, load it.
+    sm.update_call(
+        canister,
+        user(),
+        "fill_heap",
+        Encode!(&0u64, &MIB, &0xFFu8).unwrap(),
+    )
+    .unwrap();
+    let uploaded = sm
+        .upload_canister_snapshot(canister, Some(user()), &dir, None)
+        .unwrap();
+    assert_ne!(uploaded, snapshot.id);
+    sm.load_canister_snapshot(canister, Some(user()), uploaded.clone())
+        .unwrap();
+    assert_eq!(live_root(&sm, canister), before);
+    let listed = sm
+        .list_canister_snapshots_with_info(canister, Some(user()))
+        .unwrap();
+    assert_eq!(
+        listed[0].checksum, listed[1].checksum,
+        "uploaded equals taken"
+    );
+    let global = sm
+        .update_call(canister, user(), "get_global", Encode!(&1u32).unwrap())
+        .unwrap();
+    assert_eq!(Decode!(&global, i64).unwrap(), -5);
+    let history = sm.canister_info(canister, Some(1)).unwrap();
+    let Some(ic_management_canister_types::ChangeDetails::LoadSnapshot(record)) =
+        &history.recent_changes[0].details
+    else {
+        panic!("expected a load_snapshot entry")
+    };
+    assert_eq!(
+        record.source,
+        ic_management_canister_types::SnapshotSource::MetadataUpload(candid::Reserved)
+    );
+}
+
+#[test]
+fn directory_uses_the_dfx_layout_and_crate_types() {
+    let mut sm = StateMachine::new();
+    let canister = canister_with_data(&mut sm, MIB, 0);
+    let snapshot = sm
+        .take_canister_snapshot(canister, Some(user()), None)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    sm.download_canister_snapshot(canister, Some(user()), snapshot.id, tmp.path())
+        .unwrap();
+    for file in [
+        "metadata.json",
+        "wasm_module.bin",
+        "wasm_memory.bin",
+        "stable_memory.bin",
+    ] {
+        assert!(tmp.path().join(file).is_file(), "{file}");
+    }
+    assert!(tmp.path().join("wasm_chunk_store").is_dir());
+    let json = std::fs::read(tmp.path().join("metadata.json")).unwrap();
+    let metadata: ic_management_canister_types::ReadCanisterSnapshotMetadataResult =
+        serde_json::from_slice(&json).unwrap();
+    assert_eq!(metadata.wasm_memory_size, MIB);
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("wasm_memory.bin"))
+            .unwrap()
+            .len(),
+        MIB
+    );
+    assert!(!tmp.path().join(".download_progress.json").exists());
+}
+
+/// A directory written by "another tool": only the crate's types and plain files, no
+/// checksum.json, extra files lying around.
+fn write_foreign_dir(dir: &Path, heap: &[u8], stable: &[u8]) {
+    use ic_management_canister_types::*;
+    std::fs::create_dir_all(dir.join("wasm_chunk_store")).unwrap();
+    let metadata = ReadCanisterSnapshotMetadataResult {
+        source: Some(SnapshotSource::TakenFromCanister(candid::Reserved)),
+        taken_at_timestamp: 1_700_000_000_000_000_000,
+        wasm_module_size: TEST_CANISTER_WASM.len() as u64,
+        globals: vec![
+            Some(SnapshotMetadataGlobal::I64(9)),
+            Some(SnapshotMetadataGlobal::I64(0)),
+        ],
+        wasm_memory_size: heap.len() as u64,
+        stable_memory_size: stable.len() as u64,
+        wasm_chunk_store: vec![],
+        canister_version: 3,
+        certified_data: vec![1, 2, 3],
+        global_timer: Some(CanisterTimer::Inactive),
+        on_low_wasm_memory_hook_status: Some(OnLowWasmMemoryHookStatus::ConditionNotSatisfied),
+    };
+    std::fs::write(
+        dir.join("metadata.json"),
+        serde_json::to_vec(&metadata).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("wasm_module.bin"), TEST_CANISTER_WASM).unwrap();
+    std::fs::write(dir.join("wasm_memory.bin"), heap).unwrap();
+    std::fs::write(dir.join("stable_memory.bin"), stable).unwrap();
+    std::fs::write(dir.join(".lock"), b"").unwrap();
+}
+
+#[test]
+fn a_directory_written_from_the_crate_types_uploads_and_loads() {
+    let mut sm = StateMachine::new();
+    let canister = canister_with_data(&mut sm, 0, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut heap = vec![0u8; 2 * 65536];
+    heap[70_000..70_004].copy_from_slice(b"dfx!");
+    write_foreign_dir(tmp.path(), &heap, &vec![0u8; 65536]);
+    let id = sm
+        .upload_canister_snapshot(canister, Some(user()), tmp.path(), None)
+        .unwrap();
+    sm.load_canister_snapshot(canister, Some(user()), id)
+        .unwrap();
+    assert_eq!(read(&mut sm, canister, "read_heap", 70_000, 4), b"dfx!");
+    let global = sm
+        .update_call(canister, user(), "get_global", Encode!(&0u32).unwrap())
+        .unwrap();
+    assert_eq!(Decode!(&global, i64).unwrap(), 9);
+}
+
+#[test]
+fn edit_and_incremental_upload_sends_only_changed_pages() {
+    let mut sm = sm_with_quota(3);
+    let canister = canister_with_data(&mut sm, 4 * MIB, 4 * MIB);
+    let base = sm
+        .take_canister_snapshot(canister, Some(user()), None)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (base_dir, edited) = (tmp.path().join("base"), tmp.path().join("edited"));
+    sm.download_canister_snapshot(canister, Some(user()), base.id.clone(), &base_dir)
+        .unwrap();
+    sm.download_canister_snapshot(canister, Some(user()), base.id.clone(), &edited)
+        .unwrap();
+    // Repair a record in stable memory, as the seeds' users wanted to.
+    let mut stable = std::fs::read(edited.join("stable_memory.bin")).unwrap();
+    stable[3 * MIB as usize + 1..3 * MIB as usize + 6].copy_from_slice(b"fixed");
+    std::fs::write(edited.join("stable_memory.bin"), &stable).unwrap();
+    std::fs::remove_file(edited.join("checksum.json")).unwrap();
+    let report = canister_snapshots::transfer::diff(&base_dir, &edited).unwrap();
+    assert_eq!(report.regions[2].changed, vec![(3 * MIB / 4096, 1)]);
+
+    let upload = sm
+        .upload_canister_snapshot_incremental(
+            canister,
+            Some(user()),
+            &edited,
+            UploadBase {
+                snapshot_id: base.id.clone(),
+                dir: &base_dir,
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(upload.bytes_sent, 4096, "one page, not 8 MiB");
+    assert_eq!(upload.messages, 1);
+    sm.load_canister_snapshot(canister, Some(user()), upload.snapshot_id)
+        .unwrap();
+    assert_eq!(
+        read(&mut sm, canister, "read_stable", 3 * MIB + 1, 5),
+        b"fixed"
+    );
+    assert_eq!(read(&mut sm, canister, "read_stable", 5, 1), vec![0xAA]);
+}
+
+#[test]
+fn interrupted_download_and_upload_resume_without_restarting() {
+    let mut sm = sm_with_quota(2);
+    let canister = canister_with_data(&mut sm, 6 * MIB, 0);
+    let snapshot = sm
+        .take_canister_snapshot(canister, Some(user()), None)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = TransferOptions {
+        stop_after_bytes: Some(2 * MIB),
+    };
+    let err = sm
+        .download_canister_snapshot_with(
+            canister,
+            Some(user()),
+            snapshot.id.clone(),
+            tmp.path(),
+            &stop,
+        )
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Interrupted { .. }), "{err}");
+    assert!(
+        !tmp.path().join("metadata.json").exists(),
+        "no metadata before completion"
+    );
+    assert!(tmp.path().join("wasm_memory.bin.part").exists());
+    let round_before = sm.state().round;
+    sm.download_canister_snapshot(canister, Some(user()), snapshot.id.clone(), tmp.path())
+        .unwrap();
+    let reads = sm.state().round - round_before;
+    assert!(
+        reads < 6 * MIB.div_ceil(1_998_848) + 3,
+        "resumed, {reads} calls"
+    );
+    // A second download into the same directory is refused.
+    let again = sm
+        .download_canister_snapshot(canister, Some(user()), snapshot.id.clone(), tmp.path())
+        .unwrap_err();
+    assert!(
+        matches!(again, TransferError::DirectoryNotEmpty { .. }),
+        "{again}"
+    );
+
+    let err = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &stop)
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Interrupted { .. }), "{err}");
+    assert_eq!(
+        sm.list_canister_snapshots(canister, Some(user()))
+            .unwrap()
+            .len(),
+        2
+    );
+    let id = sm
+        .upload_canister_snapshot(canister, Some(user()), tmp.path(), None)
+        .unwrap();
+    assert_eq!(
+        sm.list_canister_snapshots(canister, Some(user()))
+            .unwrap()
+            .len(),
+        2
+    );
+    sm.load_canister_snapshot(canister, Some(user()), id)
+        .unwrap();
+}
+
+#[test]
+fn corrupted_directories_are_refused_with_the_problem_named() {
+    let mut sm = StateMachine::new();
+    let canister = canister_with_data(&mut sm, MIB, 0);
+    let snapshot = sm
+        .take_canister_snapshot(canister, Some(user()), None)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    sm.download_canister_snapshot(canister, Some(user()), snapshot.id.clone(), dir)
+        .unwrap();
+    let snapshot_dir = SnapshotDir::new(dir);
+
+    // Edited bytes: caught by the recorded checksum.
+    let mut heap = std::fs::read(dir.join("wasm_memory.bin")).unwrap();
+    heap[100] ^= 1;
+    std::fs::write(dir.join("wasm_memory.bin"), &heap).unwrap();
+    let err = sm.upload_canister_snapshot(canister, Some(user()), dir, Some(snapshot.id.clone()));
+    assert!(
+        matches!(err, Err(TransferError::ChecksumMismatch { .. })),
+        "{err:?}"
+    );
+    let recorded = snapshot_dir.read_checksum_record().unwrap().unwrap();
+    assert_ne!(
+        canister_snapshots::memory::checksum::hex(&snapshot_dir.compute_checksum().unwrap()),
+        recorded.checksum
+    );
+
+    // Wrong length.
+    heap.truncate(1000);
+    std::fs::write(dir.join("wasm_memory.bin"), &heap).unwrap();
+    let err = snapshot_dir.validate().unwrap_err();
+    assert!(
+        matches!(err, TransferError::FileSize { expected, actual: 1000, .. } if expected == MIB),
+        "{err}"
+    );
+    assert!(err.to_string().contains("wasm_memory.bin"));
+
+    // Missing file.
+    std::fs::remove_file(dir.join("wasm_memory.bin")).unwrap();
+    assert!(matches!(
+        snapshot_dir.validate(),
+        Err(TransferError::MissingFile { .. })
+    ));
+
+    // metadata.json that does not parse, and one with impossible sizes.
+    std::fs::write(dir.join("metadata.json"), b"{not json").unwrap();
+    let err = snapshot_dir.validate().unwrap_err();
+    assert!(err.to_string().contains("metadata.json"), "{err}");
+    let mut bad: serde_json::Value = serde_json::to_value(minimal_metadata()).unwrap();
+    bad["wasm_memory_size"] = serde_json::json!(1000);
+    std::fs::write(dir.join("metadata.json"), bad.to_string()).unwrap();
+    let err = snapshot_dir.validate().unwrap_err();
+    assert!(err.to_string().contains("multiple of 65536"), "{err}");
+    // Nothing was created on the replica by the refused upload.
+    assert_eq!(
+        sm.list_canister_snapshots(canister, Some(user()))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn minimal_metadata() -> ic_management_canister_types::ReadCanisterSnapshotMetadataResult {
+    ic_management_canister_types::ReadCanisterSnapshotMetadataResult {
+        source: None,
+        taken_at_timestamp: 0,
+        wasm_module_size: 8,
+        globals: vec![],
+        wasm_memory_size: 0,
+        stable_memory_size: 0,
+        wasm_chunk_store: vec![],
+        canister_version: 0,
+        certified_data: vec![],
+        global_timer: None,
+        on_low_wasm_memory_hook_status: None,
+    }
+}
+
+#[test]
+fn cross_canister_load_needs_control_of_both() {
+    let mut sm = StateMachine::new();
+    let a = canister_with_data(&mut sm, MIB, 0);
+    let b = canister_with_data(&mut sm, 0, 0);
+    let snapshot = sm.take_canister_snapshot(a, Some(user()), None).unwrap();
+    sm.load_canister_snapshot(b, Some(user()), snapshot.id.clone())
+        .unwrap();
+    assert_eq!(live_root(&sm, a), live_root(&sm, b));
+    let info = sm.canister_info(b, Some(1)).unwrap();
+    let Some(ic_management_canister_types::ChangeDetails::LoadSnapshot(record)) =
+        &info.recent_changes[0].details
+    else {
+        panic!("expected load_snapshot")
+    };
+    assert_eq!(record.from_canister_id, Some(a));
+
+    // A stranger's canister C cannot take A's snapshot.
+    let stranger = Principal::from_slice(&[0x22; 29]);
+    let c = sm.create_canister_with_settings(Some(stranger), None);
+    sm.install_canister(c, TEST_CANISTER_WASM.to_vec(), vec![], Some(stranger));
+    let err = sm
+        .load_canister_snapshot(c, Some(stranger), snapshot.id)
+        .unwrap_err();
+    assert_eq!(err.error_code, ErrorCode::CanisterInvalidController);
+}
