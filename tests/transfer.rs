@@ -446,3 +446,327 @@ fn cross_canister_load_needs_control_of_both() {
         .unwrap_err();
     assert_eq!(err.error_code, ErrorCode::CanisterInvalidController);
 }
+
+mod methods {
+    use super::*;
+    use canister_snapshots::management::types::UploadCanisterSnapshotMetadataArgs as UploadMeta;
+    use ic_management_canister_types::{
+        CanisterSettings, ReadCanisterSnapshotDataArgs, ReadCanisterSnapshotDataResult,
+        SnapshotDataKind, SnapshotDataOffset, SnapshotVisibility, UpdateSettingsArgs,
+        UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+        UploadCanisterSnapshotMetadataResult,
+    };
+
+    fn read_data(
+        sm: &mut StateMachine,
+        canister: Principal,
+        sender: Principal,
+        id: &[u8],
+        kind: SnapshotDataKind,
+    ) -> Result<Vec<u8>, canister_snapshots::RejectResponse> {
+        let args = ReadCanisterSnapshotDataArgs {
+            canister_id: canister,
+            snapshot_id: id.to_vec(),
+            kind,
+        };
+        sm.management::<(ReadCanisterSnapshotDataResult,)>(
+            Some(sender),
+            "read_canister_snapshot_data",
+            (args,),
+        )
+        .map(|(r,)| r.chunk)
+    }
+
+    fn upload_meta(
+        sm: &mut StateMachine,
+        canister: Principal,
+        module: u64,
+        heap: u64,
+    ) -> Result<Vec<u8>, canister_snapshots::RejectResponse> {
+        // The plain crate type: standard clients work without the extension field.
+        let args = UploadCanisterSnapshotMetadataArgs {
+            canister_id: canister,
+            replace_snapshot: None,
+            wasm_module_size: module,
+            globals: vec![],
+            wasm_memory_size: heap,
+            stable_memory_size: 0,
+            certified_data: vec![],
+            global_timer: None,
+            on_low_wasm_memory_hook_status: None,
+        };
+        sm.management::<(UploadCanisterSnapshotMetadataResult,)>(
+            Some(user()),
+            "upload_canister_snapshot_metadata",
+            (args,),
+        )
+        .map(|(r,)| r.snapshot_id)
+    }
+
+    fn upload_data(
+        sm: &mut StateMachine,
+        canister: Principal,
+        id: &[u8],
+        kind: SnapshotDataOffset,
+        chunk: Vec<u8>,
+    ) -> Result<(), canister_snapshots::RejectResponse> {
+        let args = UploadCanisterSnapshotDataArgs {
+            canister_id: canister,
+            snapshot_id: id.to_vec(),
+            kind,
+            chunk,
+        };
+        sm.management::<()>(Some(user()), "upload_canister_snapshot_data", (args,))
+    }
+
+    #[test]
+    fn read_slices_are_bounded_and_checked() {
+        let mut sm = StateMachine::new();
+        let canister = canister_with_data(&mut sm, MIB, 0);
+        let id = sm
+            .take_canister_snapshot(canister, Some(user()), None)
+            .unwrap()
+            .id;
+        let ok = read_data(
+            &mut sm,
+            canister,
+            user(),
+            &id,
+            SnapshotDataKind::WasmMemory {
+                offset: 10,
+                size: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(ok, vec![70, 77, 84]);
+        for (kind, needle) in [
+            (
+                SnapshotDataKind::WasmMemory {
+                    offset: 0,
+                    size: 2_000_001,
+                },
+                "at most 2000000",
+            ),
+            (
+                SnapshotDataKind::WasmMemory {
+                    offset: MIB - 1,
+                    size: 2,
+                },
+                "outside the wasm_memory",
+            ),
+            (
+                SnapshotDataKind::WasmModule {
+                    offset: u64::MAX,
+                    size: 2,
+                },
+                "outside the wasm_module",
+            ),
+            (
+                SnapshotDataKind::WasmChunk { hash: vec![1; 32] },
+                "no Wasm chunk",
+            ),
+        ] {
+            let err = read_data(&mut sm, canister, user(), &id, kind).unwrap_err();
+            assert_eq!(err.error_code, ErrorCode::InvalidManagementPayload);
+            assert!(
+                err.reject_message.contains(needle),
+                "{}",
+                err.reject_message
+            );
+        }
+    }
+
+    #[test]
+    fn visibility_governs_list_and_read_but_not_upload() {
+        let mut sm = StateMachine::new();
+        let canister = canister_with_data(&mut sm, MIB, 0);
+        let id = sm
+            .take_canister_snapshot(canister, Some(user()), None)
+            .unwrap()
+            .id;
+        let viewer = Principal::from_slice(&[0x33; 29]);
+        let kind = || SnapshotDataKind::WasmMemory { offset: 0, size: 1 };
+        let err = read_data(&mut sm, canister, viewer, &id, kind()).unwrap_err();
+        assert_eq!(err.error_code, ErrorCode::CanisterInvalidController);
+        assert!(sm.list_canister_snapshots(canister, Some(viewer)).is_err());
+
+        for visibility in [
+            SnapshotVisibility::Public,
+            SnapshotVisibility::AllowedViewers(vec![viewer]),
+        ] {
+            let args = UpdateSettingsArgs {
+                canister_id: canister,
+                settings: CanisterSettings {
+                    snapshot_visibility: Some(visibility),
+                    ..Default::default()
+                },
+                sender_canister_version: None,
+            };
+            sm.management::<()>(Some(user()), "update_settings", (args,))
+                .unwrap();
+            assert!(read_data(&mut sm, canister, viewer, &id, kind()).is_ok());
+            assert_eq!(
+                sm.list_canister_snapshots(canister, Some(viewer))
+                    .unwrap()
+                    .len(),
+                1
+            );
+            assert!(
+                sm.read_canister_snapshot_metadata(canister, Some(viewer), id.clone())
+                    .is_ok()
+            );
+            // Viewers read; they do not take, load, delete or upload.
+            let err = sm
+                .take_canister_snapshot(canister, Some(viewer), Some(id.clone()))
+                .unwrap_err();
+            assert_eq!(err.error_code, ErrorCode::CanisterInvalidController);
+            let err = sm
+                .delete_canister_snapshot(canister, Some(viewer), id.clone())
+                .unwrap_err();
+            assert_eq!(err.error_code, ErrorCode::CanisterInvalidController);
+        }
+        let status = sm.canister_status(canister, Some(user())).unwrap();
+        assert_eq!(
+            status.settings.snapshot_visibility,
+            SnapshotVisibility::AllowedViewers(vec![viewer])
+        );
+    }
+
+    #[test]
+    fn upload_metadata_is_validated() {
+        let mut sm = StateMachine::new();
+        let canister = canister_with_data(&mut sm, 0, 0);
+        for (module, heap, needle) in [
+            (0, 0, "wasm_module_size"),
+            (200 << 20, 0, "wasm_module_size"),
+            (8, 1000, "wasm_memory_size"),
+            (8, 5 << 30, "wasm_memory_size"),
+        ] {
+            let err = upload_meta(&mut sm, canister, module, heap).unwrap_err();
+            assert_eq!(err.error_code, ErrorCode::InvalidManagementPayload);
+            assert!(
+                err.reject_message.contains(needle),
+                "{}",
+                err.reject_message
+            );
+        }
+        let args = UploadMeta {
+            canister_id: canister,
+            replace_snapshot: None,
+            wasm_module_size: 8,
+            globals: vec![],
+            wasm_memory_size: 0,
+            stable_memory_size: 0,
+            certified_data: vec![0; 33],
+            global_timer: None,
+            on_low_wasm_memory_hook_status: None,
+            base_snapshot: None,
+        };
+        let err = sm
+            .management::<(UploadCanisterSnapshotMetadataResult,)>(
+                Some(user()),
+                "upload_canister_snapshot_metadata",
+                (args,),
+            )
+            .unwrap_err();
+        assert!(
+            err.reject_message.contains("certified_data"),
+            "{}",
+            err.reject_message
+        );
+        assert!(
+            sm.list_canister_snapshots(canister, Some(user()))
+                .unwrap()
+                .is_empty()
+        );
+        // The quota applies to uploads as to takes.
+        upload_meta(&mut sm, canister, 8, 0).unwrap();
+        let err = upload_meta(&mut sm, canister, 8, 0).unwrap_err();
+        assert_eq!(err.error_code, ErrorCode::CanisterRejectedMessage);
+    }
+
+    #[test]
+    fn upload_data_goes_only_into_uploaded_snapshots_within_bounds() {
+        let mut sm = sm_with_quota(3);
+        let canister = canister_with_data(&mut sm, 0, 0);
+        let taken = sm
+            .take_canister_snapshot(canister, Some(user()), None)
+            .unwrap()
+            .id;
+        let err = upload_data(
+            &mut sm,
+            canister,
+            &taken,
+            SnapshotDataOffset::WasmMemory { offset: 0 },
+            vec![1],
+        )
+        .unwrap_err();
+        assert_eq!(err.error_code, ErrorCode::CanisterSnapshotImmutable);
+
+        let id = upload_meta(&mut sm, canister, 8, 65536).unwrap();
+        for (kind, len, needle) in [
+            (
+                SnapshotDataOffset::WasmMemory { offset: 65535 },
+                2,
+                "outside",
+            ),
+            (SnapshotDataOffset::WasmModule { offset: 0 }, 9, "outside"),
+            (SnapshotDataOffset::StableMemory { offset: 0 }, 1, "outside"),
+            (
+                SnapshotDataOffset::WasmMemory { offset: 0 },
+                2_000_001,
+                "at most",
+            ),
+        ] {
+            let err = upload_data(&mut sm, canister, &id, kind, vec![0; len]).unwrap_err();
+            assert_eq!(err.error_code, ErrorCode::InvalidManagementPayload);
+            assert!(
+                err.reject_message.contains(needle),
+                "{}",
+                err.reject_message
+            );
+        }
+        // Another canister's snapshot id through this canister.
+        let other = canister_with_data(&mut sm, 0, 0);
+        let err = upload_data(
+            &mut sm,
+            other,
+            &id,
+            SnapshotDataOffset::WasmModule { offset: 0 },
+            vec![0],
+        )
+        .unwrap_err();
+        assert_eq!(err.error_code, ErrorCode::CanisterRejectedMessage);
+
+        // An incomplete module cannot be loaded; the message names the gap.
+        upload_data(
+            &mut sm,
+            canister,
+            &id,
+            SnapshotDataOffset::WasmModule { offset: 0 },
+            TEST_CANISTER_WASM[..4].to_vec(),
+        )
+        .unwrap();
+        let err = sm
+            .load_canister_snapshot(canister, Some(user()), id.clone())
+            .unwrap_err();
+        assert_eq!(err.error_code, ErrorCode::CanisterRejectedMessage);
+        assert!(
+            err.reject_message.contains("[4, 8)"),
+            "{}",
+            err.reject_message
+        );
+        upload_data(
+            &mut sm,
+            canister,
+            &id,
+            SnapshotDataOffset::WasmModule { offset: 4 },
+            TEST_CANISTER_WASM[4..].to_vec(),
+        )
+        .unwrap();
+        // The memory was never written: zero fill is intended.
+        sm.load_canister_snapshot(canister, Some(user()), id)
+            .unwrap();
+        assert_eq!(read(&mut sm, canister, "read_heap", 65535, 1), vec![0]);
+    }
+}

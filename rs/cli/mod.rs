@@ -5,6 +5,9 @@
 //! The top layer: may use everything below; nothing below uses it.
 
 pub mod demo;
+pub mod snapshot;
+
+use std::path::PathBuf;
 
 pub use crate::progress::{human_bytes, progress_bar};
 
@@ -32,6 +35,27 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         stable_mib: u64,
     },
+    /// Tools on local snapshot directories (the layout of `dfx canister snapshot download`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Sizes, globals, certified data, checksum and non-zero page ranges of a directory.
+    Inspect { dir: PathBuf },
+    /// Check the files against metadata.json and recompute the checksum; fails if it differs
+    /// from checksum.json.
+    Verify { dir: PathBuf },
+    /// Changed page ranges per memory between two directories.
+    Diff { a: PathBuf, b: PathBuf },
+    /// Upload a directory into a canister of the embedded replica, load it and verify it; with
+    /// --base, send only the pages that differ from BASE.
+    Upload {
+        dir: PathBuf,
+        #[arg(long)]
+        base: Option<PathBuf>,
+    },
 }
 
 /// Runs the parsed command; the error is printed by `main`, which exits non-zero.
@@ -52,6 +76,12 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 heap_mib,
                 stable_mib,
             })
+        }
+        Command::Snapshot(SnapshotCommand::Inspect { dir }) => snapshot::run_inspect(&dir),
+        Command::Snapshot(SnapshotCommand::Verify { dir }) => snapshot::run_verify(&dir),
+        Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),
+        Command::Snapshot(SnapshotCommand::Upload { dir, base }) => {
+            snapshot::run_upload(&dir, base.as_deref())
         }
     }
 }
