@@ -17,12 +17,12 @@ impl ByteRanges {
             return;
         }
         // Merge with an interval that starts before and reaches `start`.
-        if let Some((&s, &e)) = self.intervals.range(..=start).next_back() {
-            if e >= start {
-                start = s;
-                end = end.max(e);
-                self.intervals.remove(&s);
-            }
+        if let Some((&s, &e)) = self.intervals.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
+            self.intervals.remove(&s);
         }
         // Swallow every interval that starts inside `[start, end]`.
         let inside: Vec<(u64, u64)> = self

@@ -460,18 +460,18 @@ impl StateMachine {
         let snapshot_dir = SnapshotDir::new(dir);
         let metadata = snapshot_dir.validate()?;
         let local_checksum = snapshot_dir.compute_checksum()?;
-        if let Some(record) = snapshot_dir.read_checksum_record()? {
-            if record.checksum != hex(&local_checksum) {
-                return Err(TransferError::ChecksumMismatch {
-                    what: format!(
-                        "{} against its checksum.json (edited files? delete checksum.json to \
+        if let Some(record) = snapshot_dir.read_checksum_record()?
+            && record.checksum != hex(&local_checksum)
+        {
+            return Err(TransferError::ChecksumMismatch {
+                what: format!(
+                    "{} against its checksum.json (edited files? delete checksum.json to \
                          upload them anyway)",
-                        dir.display()
-                    ),
-                    expected: record.checksum,
-                    actual: hex(&local_checksum),
-                });
-            }
+                    dir.display()
+                ),
+                expected: record.checksum,
+                actual: hex(&local_checksum),
+            });
         }
         let base_dir = match &base {
             Some(base) => {
