@@ -34,6 +34,10 @@ pub enum Command {
         /// Stable memory to fill, in MiB.
         #[arg(long, default_value_t = 256)]
         stable_mib: u64,
+        /// Keep the downloaded and repaired snapshot directories here (default: a temporary
+        /// directory, removed at the end).
+        #[arg(long)]
+        download_dir: Option<PathBuf>,
     },
     /// Tools on local snapshot directories (the layout of `dfx canister snapshot download`).
     #[command(subcommand)]
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Demo {
             heap_mib,
             stable_mib,
+            download_dir,
         } => {
             if heap_mib > 3 * 1024 || stable_mib > 64 * 1024 {
                 return Err(
@@ -75,6 +80,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             demo::run(&demo::DemoOptions {
                 heap_mib,
                 stable_mib,
+                download_dir,
             })
         }
         Command::Snapshot(SnapshotCommand::Inspect { dir }) => snapshot::run_inspect(&dir),
