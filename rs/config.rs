@@ -28,6 +28,9 @@ pub struct Config {
     pub storage_cycles_per_gib_second: Cycles,
     /// The largest reply a canister method may return.
     pub max_reply_bytes: u64,
+    /// The most one canister message may write (bytes of pages touched), as the IC bounds a
+    /// message by instructions and dirty pages; a larger write is refused before any work.
+    pub max_heap_delta_per_message_bytes: u64,
     /// Decoding budget for one management payload (Candid decoding quota, in the units of
     /// `candid::DecoderConfig`): bounds the work a hostile payload can cause.
     pub management_payload_decoding_quota: usize,
@@ -46,6 +49,7 @@ impl Default for Config {
             cycles_per_ten_instructions: 4,
             storage_cycles_per_gib_second: 127_000,
             max_reply_bytes: 2 << 20,
+            max_heap_delta_per_message_bytes: 1 << 30,
             management_payload_decoding_quota: 20_000_000,
         }
     }

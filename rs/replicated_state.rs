@@ -5,7 +5,7 @@
 //! the batch time handed in by the execution loop, and [`ReplicatedState::state_hash`] walks
 //! everything in a fixed order with a fixed encoding (`spec/execution.md`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candid::Principal;
 use sha2::{Digest, Sha256};
@@ -37,6 +37,8 @@ pub struct ReplicatedState {
     pub round: u64,
     /// Index of the next canister id to allocate.
     pub next_canister_index: u64,
+    /// Ids of deleted canisters: never given out again, so snapshot ids are never reused.
+    pub deleted_canisters: BTreeSet<Principal>,
 }
 
 impl ReplicatedState {
@@ -47,6 +49,7 @@ impl ReplicatedState {
             time: GENESIS_TIME_NANOS,
             round: 0,
             next_canister_index: 0,
+            deleted_canisters: BTreeSet::new(),
         }
     }
 
@@ -69,6 +72,10 @@ impl ReplicatedState {
         h.u64(self.time);
         h.u64(self.round);
         h.u64(self.next_canister_index);
+        h.u64(self.deleted_canisters.len() as u64);
+        for id in &self.deleted_canisters {
+            h.bytes(id.as_slice());
+        }
         h.u64(self.canisters.len() as u64);
         for canister in self.canisters.values() {
             hash_canister(&mut h, canister);

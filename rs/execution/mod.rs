@@ -32,26 +32,69 @@ pub struct ExecutionContext<'a> {
     pub stable_memory_limit: u64,
     /// Bytes of pages written so far by this message (rounded up to whole pages).
     pub heap_delta: u64,
+    /// The most this message may write (its heap delta), like the IC's per-message limits.
+    pub max_heap_delta: u64,
+    /// The largest reply this message may produce; a method refuses to build a larger one.
+    pub max_reply_bytes: u64,
 }
 
 impl ExecutionContext<'_> {
     /// Writes into the heap or stable memory, growing it to fit, and counts the heap delta.
     pub fn write(&mut self, stable: bool, offset: u64, data: &[u8]) -> Result<(), UserError> {
+        self.charge_heap_delta(offset, data.len() as u64)?;
         self.grow_to_fit(stable, offset, data.len() as u64)?;
         self.memory_mut(stable)
             .write(offset, data)
-            .map_err(trap_on_memory_error)?;
-        self.heap_delta += touched_pages(offset, data.len() as u64) * PAGE_SIZE as u64;
-        Ok(())
+            .map_err(trap_on_memory_error)
     }
 
     /// Fills a byte range, growing the memory to fit, and counts the heap delta.
     pub fn fill(&mut self, stable: bool, offset: u64, len: u64, byte: u8) -> Result<(), UserError> {
+        self.charge_heap_delta(offset, len)?;
         self.grow_to_fit(stable, offset, len)?;
         self.memory_mut(stable)
             .fill(offset, len, byte)
-            .map_err(trap_on_memory_error)?;
-        self.heap_delta += touched_pages(offset, len) * PAGE_SIZE as u64;
+            .map_err(trap_on_memory_error)
+    }
+
+    /// Reads `len` bytes for a reply, refusing before allocating anything if the reply could
+    /// not be sent anyway.
+    pub fn read_for_reply(
+        &self,
+        stable: bool,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, UserError> {
+        if len > self.max_reply_bytes {
+            return Err(UserError::new(
+                ErrorCode::CanisterContractViolation,
+                format!(
+                    "a reply of {len} bytes exceeds the limit of {} bytes: read less per call",
+                    self.max_reply_bytes
+                ),
+            ));
+        }
+        self.memory(stable)
+            .read_vec(offset, len)
+            .map_err(trap_on_memory_error)
+    }
+
+    /// Counts the pages a write of `len` bytes at `offset` touches, refusing (before any work)
+    /// a message that would write more than its limit.
+    fn charge_heap_delta(&mut self, offset: u64, len: u64) -> Result<(), UserError> {
+        let delta = touched_pages(offset, len).saturating_mul(PAGE_SIZE as u64);
+        let total = self.heap_delta.saturating_add(delta);
+        if total > self.max_heap_delta {
+            return Err(UserError::new(
+                ErrorCode::CanisterInstructionLimitExceeded,
+                format!(
+                    "Canister exceeded the limit of {} bytes written per message (this one \
+                     would write {total}): split the work across messages.",
+                    self.max_heap_delta
+                ),
+            ));
+        }
+        self.heap_delta = total;
         Ok(())
     }
 
@@ -94,7 +137,8 @@ fn touched_pages(offset: u64, len: u64) -> u64 {
         return 0;
     }
     let page = PAGE_SIZE as u64;
-    (offset + len - 1) / page - offset / page + 1
+    let last = offset.saturating_add(len - 1);
+    last / page - offset / page + 1
 }
 
 /// A canister's own memory fault: the canister traps.
@@ -170,6 +214,8 @@ pub fn execute_canister_message(
             .min(MAX_WASM_MEMORY_BYTES),
         stable_memory_limit: config.stable_memory_limit_bytes,
         heap_delta: 0,
+        max_heap_delta: config.max_heap_delta_per_message_bytes,
+        max_reply_bytes: config.max_reply_bytes,
     };
     let reply = engine.execute(&mut ctx, method, arg)?;
     if reply.len() as u64 > config.max_reply_bytes {

@@ -18,7 +18,7 @@ use candid::{DecoderConfig, decode_args_with_config, encode_args};
 use ic_error_types::{ErrorCode, UserError};
 use serde_bytes::ByteBuf;
 
-use super::{ExecutionContext, WasmEngine, trap_on_memory_error};
+use super::{ExecutionContext, WasmEngine};
 use crate::state::{Global, WasmModule};
 
 /// The Wasm binary header: `\0asm` and version 1. Installing any module that starts with it
@@ -104,10 +104,7 @@ impl WasmEngine for TestCanisterEngine {
             }
             "read_heap" | "read_stable" => {
                 let (offset, len): (u64, u64) = decode(method, arg)?;
-                let bytes = ctx
-                    .memory(stable)
-                    .read_vec(offset, len)
-                    .map_err(trap_on_memory_error)?;
+                let bytes = ctx.read_for_reply(stable, offset, len)?;
                 Ok(encode((ByteBuf::from(bytes),)))
             }
             "fill_heap" | "fill_stable" => {

@@ -133,10 +133,20 @@ impl ManagementCanister<'_> {
             .controllers
             .unwrap_or_else(|| BTreeSet::from([sender]));
         let canister_id = match specified_id {
-            Some(id) if state.canisters.contains_key(&id) => {
+            Some(id) if id == Principal::management_canister() || id == Principal::anonymous() => {
+                return Err(invalid_payload(format!(
+                    "specified_id {id} is reserved: choose another principal"
+                )));
+            }
+            Some(id)
+                if state.canisters.contains_key(&id) || state.deleted_canisters.contains(&id) =>
+            {
                 return Err(UserError::new(
                     ErrorCode::CanisterIdAlreadyExists,
-                    format!("Canister {id} already exists: choose another specified_id."),
+                    format!(
+                        "Canister {id} exists or existed: canister ids are never reused, so that \
+                         snapshot ids are not either. Choose another specified_id."
+                    ),
                 ));
             }
             Some(id) => id,
@@ -144,7 +154,7 @@ impl ManagementCanister<'_> {
                 // Skip ids taken by earlier `specified_id` creations.
                 let id = canister_id_from_index(state.next_canister_index);
                 state.next_canister_index += 1;
-                if !state.canisters.contains_key(&id) {
+                if !state.canisters.contains_key(&id) && !state.deleted_canisters.contains(&id) {
                     break id;
                 }
             },
@@ -208,9 +218,11 @@ impl ManagementCanister<'_> {
             stable_memory,
             exported_globals,
         });
+        // Every install deactivates the global timer, as on the IC; only upgrade keeps
+        // certified data.
+        canister.global_timer = None;
         if mode != CodeDeploymentMode::Upgrade {
             canister.certified_data.clear();
-            canister.global_timer = None;
         }
         canister.canister_version += 1;
         canister.record_change(
@@ -393,6 +405,7 @@ impl ManagementCanister<'_> {
         }
         state.snapshots.delete_all(args.canister_id);
         state.canisters.remove(&args.canister_id);
+        state.deleted_canisters.insert(args.canister_id);
         reply(())
     }
 }
