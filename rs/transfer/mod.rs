@@ -187,6 +187,42 @@ impl Budget {
     }
 }
 
+/// Where a transfer is within a region, after a slice.
+struct Step {
+    region: SnapshotRegion,
+    offset: u64,
+    size: u64,
+    slices: u64,
+}
+
+/// Every [`SYNC_EVERY_SLICES`] slices, at the end of a region, and when the budget is spent:
+/// makes the data durable (`sync`) and then records the offset, so the progress file never
+/// claims bytes that could still be lost. Then stops the transfer if the budget is spent.
+fn checkpoint(
+    progress: &mut Progress,
+    progress_path: &Path,
+    step: &Step,
+    budget: &Budget,
+    bar: &indicatif::ProgressBar,
+    sync: impl FnOnce() -> Result<(), TransferError>,
+) -> Result<(), TransferError> {
+    if step.slices.is_multiple_of(SYNC_EVERY_SLICES)
+        || step.offset == step.size
+        || budget.exhausted()
+    {
+        sync()?;
+        *progress.offset(step.region) = step.offset;
+        progress.save(progress_path)?;
+    }
+    if budget.exhausted() && step.offset < step.size {
+        bar.abandon();
+        return Err(TransferError::Interrupted {
+            bytes: budget.moved,
+        });
+    }
+    Ok(())
+}
+
 fn read_kind(region: SnapshotRegion, offset: u64, size: u64) -> SnapshotDataKind {
     match region {
         SnapshotRegion::WasmModule => SnapshotDataKind::WasmModule { offset, size },
@@ -346,18 +382,15 @@ impl StateMachine {
                 slices += 1;
                 budget.spend(len);
                 bar.set_position(offset);
-                if slices.is_multiple_of(SYNC_EVERY_SLICES) || offset == size || budget.exhausted()
-                {
-                    file.sync_data().map_err(|e| TransferError::io(&part, e))?;
-                    *progress.offset(region) = offset;
-                    progress.save(&progress_path)?;
-                }
-                if budget.exhausted() && offset < size {
-                    bar.abandon();
-                    return Err(TransferError::Interrupted {
-                        bytes: budget.moved,
-                    });
-                }
+                let step = Step {
+                    region,
+                    offset,
+                    size,
+                    slices,
+                };
+                checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
+                    file.sync_data().map_err(|e| TransferError::io(&part, e))
+                })?;
             }
             bar.finish_and_clear();
             drop(file);
@@ -627,17 +660,15 @@ impl StateMachine {
                 offset += len as u64;
                 slices += 1;
                 bar.set_position(offset);
-                if slices.is_multiple_of(SYNC_EVERY_SLICES) || offset == size || budget.exhausted()
-                {
-                    *progress.offset(region) = offset;
-                    progress.save(&progress_path)?;
-                }
-                if budget.exhausted() && offset < size {
-                    bar.abandon();
-                    return Err(TransferError::Interrupted {
-                        bytes: budget.moved,
-                    });
-                }
+                let step = Step {
+                    region,
+                    offset,
+                    size,
+                    slices,
+                };
+                checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
+                    Ok(())
+                })?;
             }
             bar.finish_and_clear();
         }
