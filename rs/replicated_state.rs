@@ -63,6 +63,16 @@ impl ReplicatedState {
             + self.snapshots.total_size()
     }
 
+    /// Bytes every snapshot on the subnet really holds beyond the live canisters (pages and
+    /// modules no canister shares any more, each counted once): the RAM snapshots cost, beside
+    /// the logical [`SnapshotStore::total_size`]. O(pages changed since the snapshots were taken).
+    pub fn snapshots_unique_bytes(&self) -> u64 {
+        self.canisters
+            .values()
+            .map(|canister| self.snapshots.unique_bytes(canister))
+            .sum()
+    }
+
     /// SHA-256 over the whole replicated state, in a fixed order and encoding. Equal for equal
     /// histories; any difference in a canister, a snapshot, a counter or the time changes it.
     /// Costs the hashing of pages changed since the last call (memory roots are cached).

@@ -2603,3 +2603,29 @@ mod limits {
         assert!(sm.state().snapshots.is_empty());
     }
 }
+
+#[test]
+fn subnet_accounting_sums_logical_and_unique_bytes_over_canisters() {
+    let mut sm = StateMachine::with_config(Config {
+        max_snapshots_per_canister: 2,
+        ..Config::default()
+    });
+    let a = install_new(&mut sm, controller());
+    let b = install_new(&mut sm, controller());
+    a.fill(&mut sm, false, 0, 8 * 4096, 1);
+    b.fill(&mut sm, true, 0, 4 * 4096, 2);
+    let sa = sm
+        .take_canister_snapshot(a.id, Some(a.sender), None)
+        .unwrap();
+    let sb = sm
+        .take_canister_snapshot(b.id, Some(b.sender), None)
+        .unwrap();
+    assert_eq!(sm.state().snapshots_unique_bytes(), 0);
+    a.fill(&mut sm, false, 0, 3 * 4096, 9);
+    b.fill(&mut sm, true, 4096, 1, 9);
+    assert_eq!(sm.state().snapshots_unique_bytes(), 4 * 4096);
+    assert_eq!(
+        sm.state().snapshots.total_size(),
+        sa.total_size + sb.total_size
+    );
+}
