@@ -202,3 +202,7 @@ fn round_trip(c: &mut Criterion) {
 
 criterion_group!(benches, transfer, round_trip);
 criterion_main!(benches);
+
+// The IC replica allocates with jemalloc; so does this benchmark, like the binary.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -202,8 +202,13 @@ impl SnapshotDir {
         let wasm_module_hash = checksum::sha256(
             &fs::read(&module_path).map_err(|e| TransferError::io(&module_path, e))?,
         );
-        let wasm_memory_root = self.memory_root(SnapshotRegion::WasmMemory)?;
-        let stable_memory_root = self.memory_root(SnapshotRegion::StableMemory)?;
+        // The two memories hash independently: one thread each.
+        let (wasm_memory_root, stable_memory_root) = std::thread::scope(|scope| {
+            let stable = scope.spawn(|| self.memory_root(SnapshotRegion::StableMemory));
+            let wasm = self.memory_root(SnapshotRegion::WasmMemory);
+            (wasm, stable.join().expect("hashing a file does not panic"))
+        });
+        let (wasm_memory_root, stable_memory_root) = (wasm_memory_root?, stable_memory_root?);
         let globals = metadata_globals(&metadata)?;
         let mut chunk_hashes: Vec<Hash> = metadata
             .wasm_chunk_store
