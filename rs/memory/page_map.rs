@@ -13,14 +13,16 @@
 //! |---|---|
 //! | `clone` | O(1): one `Arc` increment |
 //! | read or write one page | O(height) pointer steps, height = ⌈log16(pages)⌉ ≤ 8 |
-//! | first write to a page shared with a clone | one 4 KiB copy + `height` node copies (16 pointers each) |
+//! | first write to a page shared with a clone | one 4 KiB copy + `height` node copies (16 pointers and 16 cached hashes each) |
 //! | `root_hash` after k pages changed | O(k · height) SHA-256 compressions of 4 KiB leaves and 528-byte nodes |
 //! | memory for never-written pages | none: an absent subtree reads as zero |
 //!
-//! Each node and page caches its Merkle hash (see [`crate::memory::checksum`]). A cached hash is
-//! valid for as long as the node is not mutated, and mutation happens only through `make_mut`
-//! on a uniquely owned node, which clears the cache on the way down. So after k pages change,
-//! rehashing touches only the k paths from those pages to the root.
+//! Each node caches the Merkle hashes of its 16 children (see [`crate::memory::checksum`]): leaf
+//! hashes of its pages at level 1, hashes of its child nodes above. A cached child hash is valid
+//! for as long as that child is not mutated, and mutation happens only through `make_mut` on a
+//! uniquely owned path, which forgets the cached hash of the child on the path at every level on
+//! the way down. So after k pages change, rehashing touches only the k paths from those pages to
+//! the root, and never reads an unchanged sibling (a 4 KiB page, or a node, elsewhere in memory).
 //!
 //! # The page-source seam
 //!
@@ -33,10 +35,12 @@
 //!
 //! - A node at level 1 holds pages; a node at level `l > 1` holds nodes of level `l - 1`.
 //! - The root's level is `height`; it covers page indices `[0, 16^height)`.
-//! - A node's `hash` cache, when set, equals the hash of its current contents.
+//! - A node's cached hash of child `i`, when known, equals the hash of that child's current
+//!   contents (a zero-subtree hash when the child is absent).
 //! - Nothing here reads the clock, iterates a hashed collection or depends on an address.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use super::checksum::{self, Hash};
 
@@ -55,18 +59,17 @@ pub const MAX_PAGES: u64 = 1 << (FANOUT_BITS * MAX_HEIGHT);
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
-/// One 4 KiB page and its cached leaf hash.
+/// One 4 KiB page. Its leaf hash is cached by the level-1 node that holds it (in the node's
+/// `ChildHashes`), not here, so that rehashing a node never touches the page's siblings.
 #[derive(Clone)]
 pub struct Page {
     data: [u8; PAGE_SIZE],
-    hash: OnceLock<Hash>,
 }
 
 impl Page {
     fn zeroed() -> Self {
         Page {
             data: [0; PAGE_SIZE],
-            hash: OnceLock::new(),
         }
     }
 
@@ -76,9 +79,81 @@ impl Page {
         &self.data
     }
 
-    /// The leaf hash of this page, computed once and cached.
-    pub fn hash(&self) -> &Hash {
-        self.hash.get_or_init(|| checksum::leaf_hash(&self.data))
+    /// The leaf hash of this page, computed on each call. (Inside a [`PageMap`], leaf hashes are
+    /// cached in the page's parent node.)
+    pub fn hash(&self) -> Hash {
+        checksum::leaf_hash(&self.data)
+    }
+}
+
+/// The cached hashes of a node's 16 children: slot `i` holds the hash of child `i` (a zero-subtree
+/// hash for an absent child) when bit `i` of `known` is set.
+///
+/// Filled lazily through `&self` while hashing, so it is made of atomics: a slot's words are
+/// stored before its bit is set (`Release`) and read only after the bit is seen (`Acquire`).
+/// Two threads hashing the same shared node at once may both fill a slot; they store the same
+/// value, because a node's children never change while it is shared or borrowed. Bits are
+/// cleared only through `&mut self`, on the write path, before the child changes.
+///
+/// Keeping the hashes here rather than in each child means that rehashing a node after one of
+/// its children changed reads this node alone plus the changed child: no cache miss on the 15
+/// unchanged siblings (pages 4 KiB apart, or nodes scattered between them).
+struct ChildHashes {
+    words: [[AtomicU64; 4]; FANOUT],
+    known: AtomicU16,
+}
+
+impl ChildHashes {
+    fn new() -> Self {
+        ChildHashes {
+            words: Default::default(),
+            known: AtomicU16::new(0),
+        }
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> Option<Hash> {
+        if self.known.load(Ordering::Acquire) & (1 << i) == 0 {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (out, word) in hash.chunks_exact_mut(8).zip(&self.words[i]) {
+            out.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        Some(hash)
+    }
+
+    #[inline]
+    fn set(&self, i: usize, hash: &Hash) {
+        for (word, bytes) in self.words[i].iter().zip(hash.chunks_exact(8)) {
+            let bytes: [u8; 8] = bytes.try_into().expect("8-byte chunk");
+            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        }
+        self.known.fetch_or(1 << i, Ordering::Release);
+    }
+
+    /// Forgets child `i`'s hash: the caller is about to change that child.
+    #[inline]
+    fn forget(&mut self, i: usize) {
+        *self.known.get_mut() &= !(1 << i);
+    }
+}
+
+impl Clone for ChildHashes {
+    /// Copies the slots known at the time of the call (a slot being filled concurrently may be
+    /// left out, which only costs a recomputation later).
+    fn clone(&self) -> Self {
+        let known = self.known.load(Ordering::Acquire);
+        let copy = ChildHashes::new();
+        for (i, (to, from)) in copy.words.iter().zip(&self.words).enumerate() {
+            if known & (1 << i) != 0 {
+                for (to, from) in to.iter().zip(from) {
+                    to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+            }
+        }
+        copy.known.store(known, Ordering::Relaxed);
+        copy
     }
 }
 
@@ -93,7 +168,7 @@ enum Children {
 #[derive(Clone)]
 struct Node {
     children: Children,
-    hash: OnceLock<Hash>,
+    child_hashes: ChildHashes,
 }
 
 impl Node {
@@ -106,34 +181,61 @@ impl Node {
         };
         Node {
             children,
-            hash: OnceLock::new(),
+            child_hashes: ChildHashes::new(),
         }
     }
 
     /// The Merkle hash of this node at `level`; absent children count as all-zero subtrees.
-    fn hash(&self, level: u32) -> &Hash {
-        self.hash.get_or_init(|| {
-            let mut child_hashes = [[0u8; 32]; FANOUT];
-            match &self.children {
-                Children::Pages(pages) => {
-                    for (slot, page) in child_hashes.iter_mut().zip(pages) {
-                        *slot = match page {
-                            Some(page) => *page.hash(),
-                            None => *checksum::zero_subtree_hash(0),
-                        };
-                    }
+    /// Children whose hash is cached are not visited: the cost is one node hash plus the
+    /// rehashing of the children changed since the last call.
+    fn hash(&self, level: u32) -> Hash {
+        let mut hashes = [[0u8; 32]; FANOUT];
+        for (i, hash) in hashes.iter_mut().enumerate() {
+            *hash = match self.child_hashes.get(i) {
+                Some(cached) => cached,
+                None => {
+                    let computed = self.child_hash(i, level);
+                    self.child_hashes.set(i, &computed);
+                    computed
                 }
-                Children::Nodes(nodes) => {
-                    for (slot, node) in child_hashes.iter_mut().zip(nodes) {
-                        *slot = match node {
-                            Some(node) => *node.hash(level - 1),
-                            None => *checksum::zero_subtree_hash(level - 1),
-                        };
-                    }
+            };
+        }
+        checksum::node_hash(&hashes)
+    }
+
+    /// Reads every child's reference count, so that the cache misses on them (one per child:
+    /// 4 KiB pages apart) overlap. Copying a shared node increments the 16 counts one after
+    /// another, and each atomic increment would otherwise wait for its own miss.
+    #[inline]
+    fn touch_children(&self) {
+        let mut sum = 0usize;
+        match &self.children {
+            Children::Pages(pages) => {
+                for page in pages.iter().flatten() {
+                    sum = sum.wrapping_add(Arc::strong_count(page));
                 }
             }
-            checksum::node_hash(&child_hashes)
-        })
+            Children::Nodes(nodes) => {
+                for node in nodes.iter().flatten() {
+                    sum = sum.wrapping_add(Arc::strong_count(node));
+                }
+            }
+        }
+        std::hint::black_box(sum);
+    }
+
+    /// The hash of child `i` of this level-`level` node, computed (not read from the cache).
+    fn child_hash(&self, i: usize, level: u32) -> Hash {
+        match &self.children {
+            Children::Pages(pages) => match &pages[i] {
+                Some(page) => checksum::leaf_hash(page.bytes()),
+                None => *checksum::zero_subtree_hash(0),
+            },
+            Children::Nodes(nodes) => match &nodes[i] {
+                Some(node) => node.hash(level - 1),
+                None => *checksum::zero_subtree_hash(level - 1),
+            },
+        }
     }
 }
 
@@ -243,7 +345,6 @@ impl PageMap {
             if n == PAGE_SIZE {
                 let page = Page {
                     data: [byte; PAGE_SIZE],
-                    hash: OnceLock::new(),
                 };
                 *self.page_slot(page_index) = Some(Arc::new(page));
             } else {
@@ -257,12 +358,12 @@ impl PageMap {
     pub fn page_mut(&mut self, page_index: u64) -> &mut [u8; PAGE_SIZE] {
         let slot = self.page_slot(page_index);
         let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
-        page.hash.take();
         &mut page.data
     }
 
-    /// The slot holding page `page_index`, with every node on the path made unique and its hash
-    /// cache cleared (the caller is about to change what the slot holds).
+    /// The slot holding page `page_index`, with every node on the path made unique and its cached
+    /// hash of the next node down (or of the page) forgotten: the caller is about to change what
+    /// the slot holds.
     fn page_slot(&mut self, page_index: u64) -> &mut Option<Arc<Page>> {
         assert!(
             page_index < MAX_PAGES,
@@ -275,11 +376,15 @@ impl PageMap {
                 .get_or_insert_with(|| Arc::new(Node::empty(level))),
         );
         loop {
-            node.hash.take();
+            node.child_hashes.forget(slot(page_index, level));
             match &mut node.children {
                 Children::Nodes(nodes) => {
                     let child = nodes[slot(page_index, level)]
                         .get_or_insert_with(|| Arc::new(Node::empty(level - 1)));
+                    if Arc::strong_count(child) > 1 {
+                        // About to be copied: see `touch_children`.
+                        child.touch_children();
+                    }
                     node = Arc::make_mut(child);
                     level -= 1;
                 }
@@ -342,7 +447,7 @@ impl PageMap {
         let Some(root) = &self.root else {
             return *checksum::zero_subtree_hash(level);
         };
-        let mut hash = *root.hash(self.height);
+        let mut hash = root.hash(self.height);
         // The root is child 0 of each missing level above it; its siblings are zero subtrees.
         for l in self.height + 1..=level {
             let mut children = [*checksum::zero_subtree_hash(l - 1); FANOUT];
@@ -556,6 +661,79 @@ mod tests {
         }
         let pages: Vec<u64> = map.iter().map(|(i, _)| i).collect();
         assert_eq!(pages, vec![3, 15, 16, 17, 900, 70_000]);
+    }
+
+    /// The root over the cached child hashes equals the root computed from the flat bytes.
+    fn assert_root_matches_flat(map: &PageMap, pages: u64) {
+        let mut flat = vec![0u8; pages as usize * PAGE_SIZE];
+        map.read(0, &mut flat);
+        let cached = checksum::memory_root(flat.len() as u64, &map.tree_hash(MAX_HEIGHT));
+        assert_eq!(cached, checksum::memory_root_from_bytes(&flat));
+    }
+
+    #[test]
+    fn cached_child_hashes_follow_writes_through_clones() {
+        let mut live = PageMap::new();
+        for i in 0..300u64 {
+            live.write(i * PAGE_SIZE as u64 + i, &[(i % 250) as u8 + 1]);
+        }
+        assert_root_matches_flat(&live, 300);
+        // The snapshot shares every node, and so every cached hash, with `live`.
+        let snapshot = live.clone();
+        live.write(17 * PAGE_SIZE as u64, &[0xEE]);
+        live.fill(200 * PAGE_SIZE as u64, PAGE_SIZE as u64, 3);
+        live.write(299 * PAGE_SIZE as u64 - 2, &[4; 4]);
+        assert_root_matches_flat(&live, 300);
+        assert_root_matches_flat(&snapshot, 300);
+        // A clone of a map changed since its last hash, then changed again on both sides.
+        live.write(40 * PAGE_SIZE as u64, &[1]);
+        let mut copy = live.clone();
+        copy.write(41 * PAGE_SIZE as u64, &[2]);
+        live.write(5_000 * PAGE_SIZE as u64, &[3]);
+        assert_root_matches_flat(&copy, 300);
+        assert_root_matches_flat(&live, 5_001);
+        live.truncate(100);
+        assert_root_matches_flat(&live, 5_001);
+        assert_root_matches_flat(&snapshot, 300);
+    }
+
+    #[test]
+    fn shared_nodes_hashed_from_several_threads_agree() {
+        const SIZE: u64 = 2_000 * PAGE_SIZE as u64;
+        let mut base = PageMap::new();
+        for i in 0..2_000u64 {
+            base.write(i * PAGE_SIZE as u64, &(i as u32 + 1).to_le_bytes());
+        }
+        let mut changed = base.clone();
+        changed.write(1_000 * PAGE_SIZE as u64, &[0xFF]);
+        let expected = |map: &PageMap| {
+            let mut flat = vec![0u8; SIZE as usize];
+            map.read(0, &mut flat);
+            checksum::memory_root_from_bytes(&flat)
+        };
+        let root = |map: &PageMap| checksum::memory_root(SIZE, &map.tree_hash(MAX_HEIGHT));
+        let (want_base, want_changed) = (expected(&base), expected(&changed));
+        // Nothing is hashed yet: the threads fill the same shared caches at the same time.
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (base, changed, root) = (&base, &changed, &root);
+                scope.spawn(move || {
+                    for _ in 0..3 {
+                        if t % 2 == 0 {
+                            assert_eq!(root(base), want_base);
+                            assert_eq!(root(changed), want_changed);
+                        } else {
+                            assert_eq!(root(changed), want_changed);
+                            assert_eq!(root(base), want_base);
+                        }
+                    }
+                });
+            }
+        });
+        // A clone made after concurrent hashing carries the filled caches and stays correct.
+        let mut after = changed.clone();
+        after.write(3, &[7]);
+        assert_root_matches_flat(&after, 2_000);
     }
 
     #[test]

@@ -259,7 +259,7 @@ pub fn metadata_globals(
         .collect()
 }
 
-/// Streams a file in blocks of [`READ_BUFFER`] bytes (the last may be shorter), with offsets.
+/// Streams a file in blocks of 1 MiB (the last may be shorter), with their offsets.
 pub fn for_each_block(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), TransferError> {
     let file = File::open(path).map_err(|e| TransferError::io(path, e))?;
     let mut reader = BufReader::with_capacity(READ_BUFFER, file);
