@@ -21,6 +21,8 @@
 //!
 //! The shrunk failing sequence of operations is printed by proptest as `minimal failing input`.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use candid::Principal;
@@ -32,7 +34,7 @@ use canister_snapshots::snapshots::{
 use canister_snapshots::state::{CanisterState, ExecutionState, Global, WasmModule};
 use ic_error_types::ErrorCode;
 use proptest::prelude::*;
-use proptest::test_runner::{FileFailurePersistence, RngSeed, TestCaseError};
+use proptest::test_runner::TestCaseError;
 
 const MODULE: &[u8] = b"\0asm\x01\0\0\0";
 /// Snapshots per canister.
@@ -708,29 +710,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// proptest's standard configuration (every `PROPTEST_*` variable applies), with 64 cases
-/// unless `PROPTEST_CASES` says otherwise, failures persisted next to this file, and a seed
-/// that is always fixed and printed so that any run can be replayed.
 fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = DEFAULT_CASES;
-    }
-    if config.failure_persistence.is_some() {
-        config.failure_persistence =
-            Some(Box::new(FileFailurePersistence::WithSource("regressions")));
-    }
-    if config.rng_seed == RngSeed::Random {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        config.rng_seed = RngSeed::Fixed(nanos ^ u64::from(std::process::id()).rotate_left(32));
-    }
-    eprintln!(
-        "core_model: PROPTEST_RNG_SEED={} PROPTEST_CASES={} (set both to replay this run)",
-        config.rng_seed, config.cases
-    );
-    config
+    common::proptest_config("core_model", DEFAULT_CASES)
 }
 
 proptest! {

@@ -37,7 +37,6 @@ use ic_management_canister_types::{
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{FileFailurePersistence, RngSeed};
 use serde_bytes::ByteBuf;
 
 use common::*;
@@ -574,28 +573,8 @@ fn heap_delta_debit_drains_at_the_end_of_each_round() {
 
 const DEFAULT_CASES: u32 = 128;
 
-/// proptest's standard configuration (`PROPTEST_*` variables apply) with 128 cases unless
-/// `PROPTEST_CASES` says otherwise, failures persisted next to this file, and a printed seed.
 fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = DEFAULT_CASES;
-    }
-    if config.failure_persistence.is_some() {
-        config.failure_persistence =
-            Some(Box::new(FileFailurePersistence::WithSource("regressions")));
-    }
-    if config.rng_seed == RngSeed::Random {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        config.rng_seed = RngSeed::Fixed(nanos ^ u64::from(std::process::id()).rotate_left(32));
-    }
-    eprintln!(
-        "determinism: PROPTEST_RNG_SEED={} PROPTEST_CASES={} (set both to replay this run)",
-        config.rng_seed, config.cases
-    );
-    config
+    common::proptest_config("determinism", DEFAULT_CASES)
 }
 
 /// Management methods that create canisters: any caller may, so they are kept out of the

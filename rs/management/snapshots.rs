@@ -39,6 +39,30 @@ pub(super) struct MemoryChange {
     pub instructions: u64,
 }
 
+impl MemoryChange {
+    /// Adding a snapshot of `size` bytes to `canister`'s snapshots, `replace` (if any) being
+    /// removed: what the memory checks see, and the `2 × 10⁹ + size` instructions it costs.
+    pub(super) fn new_snapshot(
+        config: &crate::config::Config,
+        state: &ReplicatedState,
+        canister: &CanisterState,
+        replace: Option<&SnapshotId>,
+        size: u64,
+    ) -> Result<Self, UserError> {
+        let id = canister.canister_id;
+        let freed = match replace {
+            Some(replaced) => state.snapshots.get(id, replaced)?.total_size(),
+            None => 0,
+        };
+        let before = canister.memory_usage() + state.snapshots.snapshots_size(id);
+        Ok(MemoryChange {
+            after: before - freed + size,
+            before,
+            instructions: config.snapshot_base_instructions + size,
+        })
+    }
+}
+
 impl ManagementCanister<'_> {
     /// Heap-delta rate limit, then [`Self::check_memory_and_cycles`], in the replica's order.
     /// Returns the cycles to charge. Changes nothing.
@@ -140,16 +164,8 @@ impl ManagementCanister<'_> {
             .snapshots
             .check_room(canister.canister_id, replace.as_ref())?;
         let new_size = canister.memory_usage();
-        let freed = match &replace {
-            Some(id) => state.snapshots.get(canister.canister_id, id)?.total_size(),
-            None => 0,
-        };
-        let before = canister.memory_usage() + state.snapshots.snapshots_size(canister.canister_id);
-        let change = MemoryChange {
-            after: before - freed + new_size,
-            before,
-            instructions: self.config.snapshot_base_instructions + new_size,
-        };
+        let change =
+            MemoryChange::new_snapshot(self.config, state, canister, replace.as_ref(), new_size)?;
         let cost = self.check_resources(state, canister, &change)?;
 
         let time = state.time;

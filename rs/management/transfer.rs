@@ -256,16 +256,8 @@ impl ManagementCanister<'_> {
             + args.stable_memory_size
             + globals.iter().map(Global::size).sum::<u64>()
             + args.certified_data.len() as u64;
-        let freed = match &replace {
-            Some(id) => state.snapshots.get(args.canister_id, id)?.total_size(),
-            None => 0,
-        };
-        let before = canister.memory_usage() + state.snapshots.snapshots_size(args.canister_id);
-        let change = MemoryChange {
-            after: before - freed + declared,
-            before,
-            instructions: self.config.snapshot_base_instructions + declared,
-        };
+        let change =
+            MemoryChange::new_snapshot(self.config, state, canister, replace.as_ref(), declared)?;
         let cost = self.check_memory_and_cycles(state, canister, &change)?;
 
         // Start from zeros, or from the base snapshot resized to the declared sizes.

@@ -401,3 +401,29 @@ pub fn assert_refused_without_effect<F, R: Debug>(
 pub fn encode<T: ArgumentEncoder>(args: T) -> Vec<u8> {
     candid::encode_args(args).unwrap()
 }
+
+/// proptest's standard configuration (every `PROPTEST_*` variable applies) with `default_cases`
+/// unless `PROPTEST_CASES` says otherwise, failures persisted next to the test file, and a seed
+/// that is always fixed and printed, so that any run can be replayed by setting both variables.
+pub fn proptest_config(test: &str, default_cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
+    let mut config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = default_cases;
+    }
+    if config.failure_persistence.is_some() {
+        config.failure_persistence =
+            Some(Box::new(FileFailurePersistence::WithSource("regressions")));
+    }
+    if config.rng_seed == RngSeed::Random {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        config.rng_seed = RngSeed::Fixed(nanos ^ u64::from(std::process::id()).rotate_left(32));
+    }
+    eprintln!(
+        "{test}: PROPTEST_RNG_SEED={} PROPTEST_CASES={} (set both to replay this run)",
+        config.rng_seed, config.cases
+    );
+    config
+}
