@@ -590,20 +590,6 @@ const READ_ONLY_MANAGEMENT: &[&str] = &[
     "read_canister_snapshot_data",
 ];
 
-const TEST_CANISTER_METHODS: &[&str] = &[
-    "write_heap",
-    "read_heap",
-    "fill_heap",
-    "write_stable",
-    "read_stable",
-    "fill_stable",
-    "memory_sizes",
-    "set_certified_data",
-    "set_global",
-    "get_global",
-    "trap",
-];
-
 const READ_ONLY_CANISTER: &[&str] = &["read_heap", "read_stable", "memory_sizes", "get_global"];
 
 /// Codes a refused management call may carry.
@@ -927,7 +913,7 @@ proptest! {
 
     #[test]
     fn hostile_canister_messages_are_refused_without_effect(
-        method in method_name(TEST_CANISTER_METHODS.to_vec()),
+        method in method_name(canister_snapshots::execution::test_canister::METHODS.to_vec()),
         payload in payload(),
         sender in sender(),
     ) {

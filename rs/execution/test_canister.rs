@@ -30,6 +30,21 @@ pub const MAX_CERTIFIED_DATA_BYTES: usize = 32;
 
 const NUM_GLOBALS: usize = 2;
 
+/// The test canister's update methods, in the order of its interface.
+pub const METHODS: &[&str] = &[
+    "write_heap",
+    "read_heap",
+    "fill_heap",
+    "write_stable",
+    "read_stable",
+    "fill_stable",
+    "memory_sizes",
+    "set_certified_data",
+    "set_global",
+    "get_global",
+    "trap",
+];
+
 /// Work a single argument may cost to decode (Candid decoding quota).
 const DECODING_QUOTA: usize = 10_000_000;
 
@@ -153,9 +168,9 @@ impl WasmEngine for TestCanisterEngine {
             _ => Err(UserError::new(
                 ErrorCode::CanisterMethodNotFound,
                 format!(
-                    "Canister has no update method '{method}'. The test canister's methods are \
-                     write_heap, read_heap, fill_heap, write_stable, read_stable, fill_stable, \
-                     memory_sizes, set_certified_data, set_global, get_global and trap."
+                    "Canister has no update method '{method}'. The test canister's methods are: \
+                     {}.",
+                    METHODS.join(", ")
                 ),
             )),
         }

@@ -197,6 +197,13 @@ impl SnapshotDir {
     /// Recomputes the snapshot checksum from the files alone (`spec/checksum.md`), streaming
     /// each file. Validates the directory first.
     pub fn compute_checksum(&self) -> Result<Hash, TransferError> {
+        self.validate_and_checksum().map(|(_, checksum)| checksum)
+    }
+
+    /// [`Self::validate`] and [`Self::compute_checksum`] in one pass over the files.
+    pub fn validate_and_checksum(
+        &self,
+    ) -> Result<(ReadCanisterSnapshotMetadataResult, Hash), TransferError> {
         let metadata = self.validate()?;
         let module_path = self.region_path(SnapshotRegion::WasmModule);
         let wasm_module_hash = checksum::sha256(
@@ -216,14 +223,15 @@ impl SnapshotDir {
             .filter_map(|c| c.hash.as_slice().try_into().ok())
             .collect();
         chunk_hashes.sort_unstable();
-        Ok(snapshot_checksum(&SnapshotDigest {
+        let checksum = snapshot_checksum(&SnapshotDigest {
             wasm_module_hash,
             wasm_memory_root,
             stable_memory_root,
             exported_globals: &globals,
             certified_data: &metadata.certified_data,
             chunk_hashes,
-        }))
+        });
+        Ok((metadata, checksum))
     }
 
     fn memory_root(&self, region: SnapshotRegion) -> Result<Hash, TransferError> {

@@ -491,8 +491,7 @@ impl StateMachine {
         options: &TransferOptions,
     ) -> Result<UploadReport, TransferError> {
         let snapshot_dir = SnapshotDir::new(dir);
-        let metadata = snapshot_dir.validate()?;
-        let local_checksum = snapshot_dir.compute_checksum()?;
+        let (metadata, local_checksum) = snapshot_dir.validate_and_checksum()?;
         if let Some(record) = snapshot_dir.read_checksum_record()?
             && record.checksum != hex(&local_checksum)
         {
@@ -514,7 +513,7 @@ impl StateMachine {
                     .map_err(TransferError::reject(
                         "read_canister_snapshot_metadata (base)",
                     ))?;
-                let local = base_dir.compute_checksum()?;
+                let (base_metadata, local) = base_dir.validate_and_checksum()?;
                 if on_chain.checksum.as_slice() != local.as_slice() {
                     return Err(TransferError::ChecksumMismatch {
                         what: format!(
@@ -526,7 +525,6 @@ impl StateMachine {
                         actual: hex(&local),
                     });
                 }
-                let base_metadata = base_dir.read_metadata()?;
                 Some((base_dir, base_metadata))
             }
             None => None,

@@ -53,8 +53,7 @@ fn format_ranges(ranges: &PageRanges, limit: usize) -> String {
 /// checksum (recomputed, and compared with `checksum.json` if present), non-zero page ranges.
 pub fn inspect(path: &Path) -> Result<String, TransferError> {
     let snapshot_dir = SnapshotDir::new(path);
-    let metadata = snapshot_dir.validate()?;
-    let checksum = snapshot_dir.compute_checksum()?;
+    let (metadata, checksum) = snapshot_dir.validate_and_checksum()?;
     let mut out = String::new();
     let _ = writeln!(out, "snapshot directory {}", path.display());
     if let Some(record) = snapshot_dir.read_checksum_record()? {
