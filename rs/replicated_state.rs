@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::memory::Hash;
 use crate::snapshots::{SnapshotSource, SnapshotStore};
-use crate::state::{CanisterState, CanisterStatus, HookStatus};
+use crate::state::{CanisterState, CanisterStatus, GlobalTimer, HookStatus};
 
 /// The fixed time a fresh subnet starts at (ns since the Unix epoch; PocketIC's genesis).
 pub const GENESIS_TIME_NANOS: u64 = 1_620_328_630_000_000_000;
@@ -101,11 +101,19 @@ impl ReplicatedState {
             });
             h.opt_bytes(snapshot.label.as_deref().map(str::as_bytes));
             h.bytes(&snapshot.checksum());
-            hash_timer_and_hook(
-                &mut h,
-                snapshot.global_timer,
-                snapshot.on_low_wasm_memory_hook_status,
-            );
+            // An uploaded snapshot may leave either unset ("not given": 2 and 3).
+            match snapshot.global_timer {
+                Some(GlobalTimer::Inactive) => h.u8(0),
+                Some(GlobalTimer::Active(t)) => {
+                    h.u8(1);
+                    h.u64(t)
+                }
+                None => h.u8(2),
+            }
+            match snapshot.on_low_wasm_memory_hook_status {
+                Some(status) => h.u8(status as u8),
+                None => h.u8(3),
+            }
             match &snapshot.upload {
                 None => h.u8(0),
                 Some(upload) => {

@@ -17,7 +17,7 @@ use candid::Principal;
 use ic_error_types::{ErrorCode, UserError};
 
 use crate::config::Config;
-use crate::execution::{WasmEngine, execute_canister_message};
+use crate::execution::{MemoryContext, WasmEngine, execute_canister_message};
 use crate::management::ManagementCanister;
 use crate::replicated_state::ReplicatedState;
 
@@ -97,6 +97,10 @@ impl ExecutionLoop {
         }
         for (canister_id, messages) in per_canister {
             for message in messages {
+                let memory = MemoryContext {
+                    subnet_memory_usage: state.memory_usage(),
+                    snapshots_size: state.snapshots.snapshots_size(canister_id),
+                };
                 let result = match state.canisters.get_mut(&canister_id) {
                     None => Err(UserError::new(
                         ErrorCode::CanisterNotFound,
@@ -106,6 +110,7 @@ impl ExecutionLoop {
                         self.engine.as_ref(),
                         &self.config,
                         canister,
+                        memory,
                         message.sender,
                         state.time,
                         &message.method,

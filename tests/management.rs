@@ -2522,7 +2522,9 @@ mod limits {
     #[test]
     fn every_install_deactivates_the_global_timer() {
         use canister_snapshots::management::types::UploadCanisterSnapshotMetadataArgs as Upload;
-        use ic_management_canister_types::{CanisterTimer, SnapshotDataOffset};
+        use ic_management_canister_types::{
+            CanisterTimer, SnapshotDataOffset, SnapshotMetadataGlobal,
+        };
         let (mut sm, c) = env_with_config(Config {
             max_snapshots_per_canister: 3,
             ..Config::default()
@@ -2533,7 +2535,8 @@ mod limits {
             canister_id: c.id,
             replace_snapshot: None,
             wasm_module_size: TEST_CANISTER_WASM.len() as u64,
-            globals: vec![],
+            // The test canister's two i64 globals: a load checks them against the module.
+            globals: vec![SnapshotMetadataGlobal::I64(0); 2],
             wasm_memory_size: 0,
             stable_memory_size: 0,
             certified_data: vec![],

@@ -488,7 +488,8 @@ mod methods {
             canister_id: canister,
             replace_snapshot: None,
             wasm_module_size: module,
-            globals: vec![],
+            // The test canister's two i64 globals: a load checks them against the module.
+            globals: vec![ic_management_canister_types::SnapshotMetadataGlobal::I64(0); 2],
             wasm_memory_size: heap,
             stable_memory_size: 0,
             certified_data: vec![],

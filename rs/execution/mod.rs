@@ -16,7 +16,7 @@ use ic_error_types::{ErrorCode, UserError};
 
 use crate::config::Config;
 use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, MemoryError, PAGE_SIZE};
-use crate::state::{CanisterState, CanisterStatus, ExecutionState, Global, WasmModule};
+use crate::state::{CanisterState, CanisterStatus, Cycles, ExecutionState, Global, WasmModule};
 
 pub use test_canister::{TEST_CANISTER_WASM, TestCanisterEngine};
 
@@ -164,12 +164,66 @@ pub trait WasmEngine: Send + Sync {
     ) -> Result<Vec<u8>, UserError>;
 }
 
+/// What a canister's memory growth is checked against, from the replicated state this layer
+/// does not see: the caller computes it before the message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryContext {
+    /// Bytes the whole subnet holds now: canisters and snapshots.
+    pub subnet_memory_usage: u64,
+    /// Bytes this canister's snapshots hold (`total_size`), which count toward its own usage.
+    pub snapshots_size: u64,
+}
+
+/// The replica's checks on a canister growing from `before` to `after` bytes (its snapshots
+/// included), in its order: the subnet's capacity (`SubnetOversubscribed`), then the freezing
+/// threshold (`InsufficientCyclesInMemoryGrow`). Returns the cycles the freezing threshold
+/// reserves at `after`, which an operation's cost must leave untouched. Changes nothing.
+/// Shared by canister messages and the management canister.
+pub fn check_memory_growth(
+    config: &Config,
+    subnet_memory_usage: u64,
+    canister: &CanisterState,
+    before: u64,
+    after: u64,
+) -> Result<Cycles, UserError> {
+    let id = canister.canister_id;
+    let grows_by = after.saturating_sub(before);
+    let subnet_after = subnet_memory_usage.saturating_add(grows_by);
+    if grows_by > 0 && subnet_after > config.subnet_memory_capacity_bytes {
+        return Err(UserError::new(
+            ErrorCode::SubnetOversubscribed,
+            format!(
+                "Canister {id} needs {grows_by} more bytes, but the subnet's memory capacity of \
+                 {} bytes would be exceeded. Delete snapshots or canisters.",
+                config.subnet_memory_capacity_bytes
+            ),
+        ));
+    }
+    let reserve = config.storage_cost(after, canister.settings.freezing_threshold);
+    if canister.cycles < reserve {
+        return Err(UserError::new(
+            ErrorCode::InsufficientCyclesInMemoryGrow,
+            format!(
+                "Canister {id} does not have enough cycles to grow its memory to {after} bytes: \
+                 its freezing threshold requires {reserve} cycles, it has {}. Top up the \
+                 canister or lower its freezing_threshold.",
+                canister.cycles
+            ),
+        ));
+    }
+    Ok(reserve)
+}
+
 /// Executes one update call to `canister`, atomically: on error the canister is unchanged.
-/// Charges the message's heap delta to the canister's debit on success.
+/// Memory the message grows is checked against the subnet's capacity and the canister's
+/// freezing threshold ([`check_memory_growth`]), as the replica checks `memory.grow`; a message
+/// that fails them traps. Charges the message's heap delta to the canister's debit on success.
+#[allow(clippy::too_many_arguments)]
 pub fn execute_canister_message(
     engine: &dyn WasmEngine,
     config: &Config,
     canister: &mut CanisterState,
+    memory: MemoryContext,
     caller: Principal,
     time: u64,
     method: &str,
@@ -230,6 +284,21 @@ pub fn execute_canister_message(
         ));
     }
     let heap_delta = ctx.heap_delta;
+    let usage = |execution: &ExecutionState, certified_data: &[u8]| {
+        execution.memory_usage() + certified_data.len() as u64
+    };
+    let grows_by = usage(&scratch, &certified_data)
+        .saturating_sub(usage(execution_state, &canister.certified_data));
+    if grows_by > 0 {
+        let before = canister.memory_usage() + memory.snapshots_size;
+        check_memory_growth(
+            config,
+            memory.subnet_memory_usage,
+            canister,
+            before,
+            before + grows_by,
+        )?;
+    }
     canister.execution_state = Some(scratch);
     canister.certified_data = certified_data;
     canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);

@@ -8,7 +8,8 @@
 //! write_stable, read_stable, fill_stable                 // the same on stable memory
 //! memory_sizes : () -> (nat64, nat64)                     // Wasm memory bytes, stable memory bytes
 //! set_certified_data : (blob) -> ()                       // more than 32 bytes: trap
-//! set_global : (index : nat32, value : int64) -> ()       // two exported i64 globals, 0 and 1
+//! set_global : (index : nat32, value : int64) -> ()       // two exported i64 globals, 0 and 1;
+//!                                                         // missing or not i64: trap
 //! get_global : (index : nat32) -> (int64)
 //! trap : (message : text) -> ()                           // reject CanisterCalledTrap, state unchanged
 //! ```
@@ -72,6 +73,14 @@ fn called_trap(message: impl std::fmt::Display) -> UserError {
         ErrorCode::CanisterCalledTrap,
         format!("Canister called `ic0.trap` with message: '{message}'"),
     )
+}
+
+/// The trap of a method that finds global `index` missing or of another type than `i64`.
+fn not_an_i64(index: usize, found: Option<&Global>) -> UserError {
+    called_trap(format_args!(
+        "global {index} is not an i64 (it is {found:?}); was a snapshot of another module \
+         loaded?"
+    ))
 }
 
 impl TestCanisterEngine {
@@ -147,18 +156,21 @@ impl WasmEngine for TestCanisterEngine {
             "set_global" => {
                 let (index, value): (u32, i64) = decode(method, arg)?;
                 let index = Self::global_index(index)?;
-                ctx.execution_state.exported_globals[index] = Global::I64(value);
-                Ok(encode(()))
+                // Checked, not indexed: the globals are whatever the last load put there.
+                match ctx.execution_state.exported_globals.get_mut(index) {
+                    Some(global @ Global::I64(_)) => {
+                        *global = Global::I64(value);
+                        Ok(encode(()))
+                    }
+                    other => Err(not_an_i64(index, other.as_deref())),
+                }
             }
             "get_global" => {
                 let (index,): (u32,) = decode(method, arg)?;
                 let index = Self::global_index(index)?;
                 match ctx.execution_state.exported_globals.get(index) {
                     Some(Global::I64(value)) => Ok(encode((*value,))),
-                    other => Err(called_trap(format_args!(
-                        "global {index} is not an i64 (it is {other:?}); was a snapshot of \
-                         another module loaded?"
-                    ))),
+                    other => Err(not_an_i64(index, other)),
                 }
             }
             "trap" => {
@@ -173,6 +185,66 @@ impl WasmEngine for TestCanisterEngine {
                     METHODS.join(", ")
                 ),
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::Memory;
+    use crate::state::ExecutionState;
+    use candid::Principal;
+
+    /// Runs `method` on an execution state holding `globals`, as a load of an uploaded
+    /// snapshot could leave it if nothing checked the globals.
+    fn run(globals: Vec<Global>, method: &str, arg: Vec<u8>) -> Result<Vec<u8>, UserError> {
+        let mut execution_state = ExecutionState {
+            wasm_module: WasmModule::new(TEST_CANISTER_WASM.to_vec()),
+            wasm_memory: Memory::new(),
+            stable_memory: Memory::new(),
+            exported_globals: globals,
+        };
+        let mut certified_data = vec![];
+        let mut ctx = ExecutionContext {
+            execution_state: &mut execution_state,
+            certified_data: &mut certified_data,
+            caller: Principal::anonymous(),
+            time: 0,
+            wasm_memory_limit: 1 << 20,
+            stable_memory_limit: 1 << 20,
+            heap_delta: 0,
+            max_heap_delta: 1 << 20,
+            max_reply_bytes: 1 << 20,
+        };
+        TestCanisterEngine.execute(&mut ctx, method, &arg)
+    }
+
+    /// Every global method traps, never panics, whatever globals the state holds: none, too
+    /// few, or of another type.
+    #[test]
+    fn global_methods_trap_on_any_globals() {
+        for globals in [
+            vec![],
+            vec![Global::I64(1)],
+            vec![Global::F32(0), Global::F64(0)],
+            vec![Global::V128(3), Global::I32(-1)],
+        ] {
+            for index in 0..2u32 {
+                let set = run(globals.clone(), "set_global", encode((index, 5i64)));
+                let get = run(globals.clone(), "get_global", encode((index,)));
+                let fits = matches!(globals.get(index as usize), Some(Global::I64(_)));
+                for result in [set, get] {
+                    match result {
+                        Ok(_) => assert!(fits, "{globals:?} {index}"),
+                        Err(err) => {
+                            assert!(!fits, "{globals:?} {index}: {err}");
+                            assert_eq!(err.code(), ErrorCode::CanisterCalledTrap);
+                            assert!(err.description().contains("is not an i64"), "{err}");
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -14,9 +14,10 @@ use super::{
     ManagementCanister, canister, check_controller, check_snapshot_viewer, controlled, from_user,
     invalid_payload, reply,
 };
+use crate::execution::check_memory_growth;
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotSource};
-use crate::state::{CanisterState, Cycles};
+use crate::state::{CanisterState, Cycles, Global};
 
 impl From<SnapshotSource> for WireSnapshotSource {
     fn from(source: SnapshotSource) -> Self {
@@ -63,6 +64,36 @@ impl MemoryChange {
     }
 }
 
+/// The replica's `CanisterSnapshotInconsistent`, reported as `InvalidManagementPayload`.
+fn inconsistent(id: &SnapshotId, what: String) -> UserError {
+    invalid_payload(format!(
+        "Snapshot {id} is inconsistent: {what}. Upload its metadata again with values that fit \
+         its module."
+    ))
+}
+
+/// How an uploaded snapshot's globals differ from those its module exports, if they do.
+fn globals_mismatch(module: &[Global], snapshot: &[Global]) -> Option<String> {
+    if module.len() != snapshot.len() {
+        return Some(format!(
+            "the module exports {} globals, the snapshot has {}",
+            module.len(),
+            snapshot.len()
+        ));
+    }
+    module
+        .iter()
+        .zip(snapshot)
+        .position(|(m, s)| m.type_name() != s.type_name())
+        .map(|i| {
+            format!(
+                "global {i} is {} in the module but {} in the snapshot",
+                module[i].type_name(),
+                snapshot[i].type_name()
+            )
+        })
+}
+
 impl ManagementCanister<'_> {
     /// Heap-delta rate limit, then [`Self::check_memory_and_cycles`], in the replica's order.
     /// Returns the cycles to charge. Changes nothing.
@@ -87,8 +118,8 @@ impl ManagementCanister<'_> {
         self.check_memory_and_cycles(state, canister, change)
     }
 
-    /// Subnet capacity, freezing threshold, then the cost in cycles. Returns the cycles to
-    /// charge. Changes nothing.
+    /// Subnet capacity, freezing threshold ([`check_memory_growth`]), then the cost in cycles.
+    /// Returns the cycles to charge. Changes nothing.
     pub(super) fn check_memory_and_cycles(
         &self,
         state: &ReplicatedState,
@@ -96,32 +127,13 @@ impl ManagementCanister<'_> {
         change: &MemoryChange,
     ) -> Result<Cycles, UserError> {
         let id = canister.canister_id;
-        let grows_by = change.after.saturating_sub(change.before);
-        let subnet_after = state.memory_usage().saturating_add(grows_by);
-        if grows_by > 0 && subnet_after > self.config.subnet_memory_capacity_bytes {
-            return Err(UserError::new(
-                ErrorCode::SubnetOversubscribed,
-                format!(
-                    "Canister {id} needs {grows_by} more bytes, but the subnet's memory \
-                     capacity of {} bytes would be exceeded. Delete snapshots or canisters.",
-                    self.config.subnet_memory_capacity_bytes
-                ),
-            ));
-        }
-        let reserve = self
-            .config
-            .storage_cost(change.after, canister.settings.freezing_threshold);
-        if canister.cycles < reserve {
-            return Err(UserError::new(
-                ErrorCode::InsufficientCyclesInMemoryGrow,
-                format!(
-                    "Canister {id} does not have enough cycles to grow its memory to {} bytes: \
-                     its freezing threshold requires {reserve} cycles, it has {}. Top up the \
-                     canister or lower its freezing_threshold.",
-                    change.after, canister.cycles
-                ),
-            ));
-        }
+        let reserve = check_memory_growth(
+            self.config,
+            state.memory_usage(),
+            canister,
+            change.before,
+            change.after,
+        )?;
         let cost = self.config.instructions_cost(change.instructions);
         if canister.cycles - reserve < cost {
             return Err(UserError::new(
@@ -210,7 +222,7 @@ impl ManagementCanister<'_> {
             check_controller(canister(state, source_id)?, sender)?;
             found
         };
-        self.check_loadable(snapshot)?;
+        self.check_loadable(snapshot, target)?;
         let before = target.memory_usage() + state.snapshots.snapshots_size(target.canister_id);
         let change = MemoryChange {
             after: before - target.memory_usage() + snapshot.total_size(),
@@ -240,19 +252,62 @@ impl ManagementCanister<'_> {
         reply(())
     }
 
-    /// Whether a snapshot may be loaded: every taken snapshot may; an uploaded one once its
-    /// module is complete.
-    fn check_loadable(&self, snapshot: &CanisterSnapshot) -> Result<(), UserError> {
-        match snapshot.missing_module_range() {
-            None => Ok(()),
-            Some((start, end)) => Err(UserError::new(
+    /// Whether `snapshot` may be loaded into `target`, checked as the replica does before a
+    /// load: the module must be complete and one the engine accepts; an uploaded snapshot's
+    /// globals must match the module's in number and type, and its hook status (when given)
+    /// must be consistent with the target's settings and the snapshot's heap. A taken snapshot
+    /// came from a running module, so only the engine's check applies to it.
+    fn check_loadable(
+        &self,
+        snapshot: &CanisterSnapshot,
+        target: &CanisterState,
+    ) -> Result<(), UserError> {
+        let id = snapshot.id();
+        if let Some((start, end)) = snapshot.missing_module_range() {
+            return Err(UserError::new(
                 ErrorCode::CanisterRejectedMessage,
                 format!(
-                    "Snapshot {} is incomplete: bytes [{start}, {end}) of its Wasm module were                      never uploaded. Upload them with upload_canister_snapshot_data, then load.",
-                    snapshot.id()
+                    "Snapshot {id} is incomplete: bytes [{start}, {end}) of its Wasm module were \
+                     never uploaded. Upload them with upload_canister_snapshot_data, then load."
                 ),
-            )),
+            ));
         }
+        self.engine
+            .validate(snapshot.wasm_module.bytes())
+            .map_err(|err| {
+                UserError::new(
+                    err.code(),
+                    format!("Snapshot {id} cannot be loaded: {}", err.description()),
+                )
+            })?;
+        if snapshot.source != SnapshotSource::MetadataUpload {
+            return Ok(());
+        }
+        let expected = self.engine.initial_globals(&snapshot.wasm_module);
+        if let Some(mismatch) = globals_mismatch(&expected, &snapshot.exported_globals) {
+            return Err(inconsistent(
+                id,
+                format!("its globals do not match its Wasm module's: {mismatch}"),
+            ));
+        }
+        if let Some(status) = snapshot.on_low_wasm_memory_hook_status {
+            let heap = snapshot.wasm_memory.size_bytes();
+            let condition = target.settings.low_wasm_memory_condition(heap);
+            if !status.is_consistent_with(condition) {
+                return Err(inconsistent(
+                    id,
+                    format!(
+                        "its low-memory hook status is {status:?}, but with a heap of {heap} \
+                         bytes, a wasm_memory_limit of {} and a wasm_memory_threshold of {} the \
+                         hook condition is {}satisfied",
+                        target.settings.wasm_memory_limit,
+                        target.settings.wasm_memory_threshold,
+                        if condition { "" } else { "not " }
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn list_canister_snapshots(

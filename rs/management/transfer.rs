@@ -21,7 +21,7 @@ use super::{
 use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, WASM_PAGE_SIZE};
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotRegion, UploadState};
-use crate::state::{Global, HookStatus, WasmModule};
+use crate::state::{Global, GlobalTimer, HookStatus, WasmModule};
 
 fn region_of_read(kind: &SnapshotDataKind) -> Option<(SnapshotRegion, u64, u64)> {
     match *kind {
@@ -102,11 +102,8 @@ impl ManagementCanister<'_> {
                 .collect(),
             canister_version: snapshot.canister_version,
             certified_data: snapshot.certified_data.clone(),
-            global_timer: Some(match snapshot.global_timer {
-                None => CanisterTimer::Inactive,
-                Some(t) => CanisterTimer::Active(t),
-            }),
-            on_low_wasm_memory_hook_status: Some(snapshot.on_low_wasm_memory_hook_status.into()),
+            global_timer: snapshot.global_timer.map(CanisterTimer::from),
+            on_low_wasm_memory_hook_status: snapshot.on_low_wasm_memory_hook_status.map(Into::into),
             label: snapshot.label.clone(),
             checksum: snapshot.checksum().to_vec(),
         },))
@@ -223,15 +220,12 @@ impl ManagementCanister<'_> {
             .map(Global::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid_payload)?;
-        let global_timer = match args.global_timer {
-            None | Some(CanisterTimer::Inactive) => None,
-            Some(CanisterTimer::Active(t)) => Some(t),
-        };
+        // Kept as given: `null` means "leave the canister's as is" on load.
+        let global_timer = args.global_timer.as_ref().map(GlobalTimer::from);
         let hook = args
             .on_low_wasm_memory_hook_status
             .as_ref()
-            .map(HookStatus::from)
-            .unwrap_or_default();
+            .map(HookStatus::from);
         let replace = args
             .replace_snapshot
             .as_deref()
@@ -264,7 +258,11 @@ impl ManagementCanister<'_> {
         let mut upload = UploadState::default();
         let (wasm_module, mut wasm_memory, mut stable_memory) = match base {
             Some(base) => {
-                let module = if base.wasm_module.len() == args.wasm_module_size {
+                // Only a complete module is inherited: the never-written bytes of an
+                // incomplete base are zeros, not a module.
+                let module = if base.wasm_module.len() == args.wasm_module_size
+                    && base.missing_module_range().is_none()
+                {
                     upload.wasm_module.insert(0, args.wasm_module_size);
                     base.wasm_module.clone()
                 } else {

@@ -20,7 +20,9 @@ use ic_error_types::{ErrorCode, UserError};
 use sha2::{Digest, Sha256};
 
 use crate::memory::{Hash, Memory, PAGE_SIZE};
-use crate::state::{CanisterState, ChunkStore, ExecutionState, Global, HookStatus, WasmModule};
+use crate::state::{
+    CanisterState, ChunkStore, ExecutionState, Global, GlobalTimer, HookStatus, WasmModule,
+};
 
 pub use id::{InvalidSnapshotId, SnapshotId};
 pub use ranges::ByteRanges;
@@ -46,8 +48,12 @@ pub struct CanisterSnapshot {
     pub exported_globals: Vec<Global>,
     pub certified_data: Vec<u8>,
     pub wasm_chunk_store: ChunkStore,
-    pub global_timer: Option<u64>,
-    pub on_low_wasm_memory_hook_status: HookStatus,
+    /// The global timer and low-memory hook status as recorded: the canister's at a take, and
+    /// what the uploader declared for an upload (`None`: not given). Loading restores them only
+    /// for an uploaded snapshot, and only where given; a taken snapshot leaves the canister's
+    /// current ones in place, as the replica does.
+    pub global_timer: Option<GlobalTimer>,
+    pub on_low_wasm_memory_hook_status: Option<HookStatus>,
     /// For a snapshot created by `upload_canister_snapshot_metadata`: what has been written.
     pub upload: Option<UploadState>,
     /// Memoised [`snapshot_checksum`]; cleared by anything that changes the content.
@@ -176,8 +182,8 @@ impl CanisterSnapshot {
             exported_globals: execution.exported_globals.clone(),
             certified_data: canister.certified_data.clone(),
             wasm_chunk_store: canister.wasm_chunk_store.clone(),
-            global_timer: canister.global_timer,
-            on_low_wasm_memory_hook_status: canister.on_low_wasm_memory_hook_status,
+            global_timer: Some(canister.global_timer.into()),
+            on_low_wasm_memory_hook_status: Some(canister.on_low_wasm_memory_hook_status),
             upload: None,
             checksum: OnceLock::new(),
         };
@@ -197,8 +203,8 @@ impl CanisterSnapshot {
         stable_memory: Memory,
         exported_globals: Vec<Global>,
         certified_data: Vec<u8>,
-        global_timer: Option<u64>,
-        on_low_wasm_memory_hook_status: HookStatus,
+        global_timer: Option<GlobalTimer>,
+        on_low_wasm_memory_hook_status: Option<HookStatus>,
         upload: UploadState,
     ) -> Self {
         let id = SnapshotId::new(canister.canister_id, canister.next_snapshot_id);
@@ -230,9 +236,10 @@ impl CanisterSnapshot {
         self.id.canister_id()
     }
 
-    /// Replaces `canister`'s code, memories, globals, certified data, chunk store, timer and
-    /// hook status with this snapshot's (O(1): the memories are shared). Cycles, controllers,
-    /// settings, version and history are left to the caller.
+    /// Replaces `canister`'s code, memories, globals, certified data and chunk store with this
+    /// snapshot's (O(1): the memories are shared); for an uploaded snapshot, also the timer and
+    /// hook status it declared. Cycles, controllers, settings, version and history are left to
+    /// the caller.
     pub fn restore_into(&self, canister: &mut CanisterState) {
         canister.execution_state = Some(ExecutionState {
             wasm_module: self.wasm_module.clone(),
@@ -242,8 +249,14 @@ impl CanisterSnapshot {
         });
         canister.certified_data = self.certified_data.clone();
         canister.wasm_chunk_store = self.wasm_chunk_store.clone();
-        canister.global_timer = self.global_timer;
-        canister.on_low_wasm_memory_hook_status = self.on_low_wasm_memory_hook_status;
+        if self.source == SnapshotSource::MetadataUpload {
+            if let Some(timer) = self.global_timer {
+                canister.global_timer = timer.deadline();
+            }
+            if let Some(status) = self.on_low_wasm_memory_hook_status {
+                canister.on_low_wasm_memory_hook_status = status;
+            }
+        }
     }
 
     /// The logical size, as the IC defines `total_size`: module + both memories + globals +

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use candid::Principal;
 use ic_management_canister_types::{
-    Change, ChangeDetails, ChangeOrigin, LogVisibility, OnLowWasmMemoryHookStatus,
+    CanisterTimer, Change, ChangeDetails, ChangeOrigin, LogVisibility, OnLowWasmMemoryHookStatus,
     SnapshotMetadataGlobal, SnapshotVisibility,
 };
 
@@ -111,6 +111,17 @@ impl Global {
         }
     }
 
+    /// The Wasm value type: `i32`, `i64`, `f32`, `f64` or `v128`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Global::I32(_) => "i32",
+            Global::I64(_) => "i64",
+            Global::F32(_) => "f32",
+            Global::F64(_) => "f64",
+            Global::V128(_) => "v128",
+        }
+    }
+
     /// Canonical encoding, used by checksums and the state hash: a tag byte then the value,
     /// big-endian.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -177,6 +188,60 @@ pub enum HookStatus {
     Executed,
 }
 
+/// A canister's global timer as a snapshot records it (the canister itself keeps an
+/// `Option<u64>`: the deadline, if active).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalTimer {
+    Inactive,
+    Active(u64),
+}
+
+impl From<Option<u64>> for GlobalTimer {
+    fn from(deadline: Option<u64>) -> Self {
+        deadline.map_or(GlobalTimer::Inactive, GlobalTimer::Active)
+    }
+}
+
+impl GlobalTimer {
+    /// The deadline, if active: the canister's own form.
+    pub fn deadline(self) -> Option<u64> {
+        match self {
+            GlobalTimer::Inactive => None,
+            GlobalTimer::Active(t) => Some(t),
+        }
+    }
+}
+
+impl From<GlobalTimer> for CanisterTimer {
+    fn from(timer: GlobalTimer) -> Self {
+        match timer {
+            GlobalTimer::Inactive => CanisterTimer::Inactive,
+            GlobalTimer::Active(t) => CanisterTimer::Active(t),
+        }
+    }
+}
+
+impl From<&CanisterTimer> for GlobalTimer {
+    fn from(timer: &CanisterTimer) -> Self {
+        match *timer {
+            CanisterTimer::Inactive => GlobalTimer::Inactive,
+            CanisterTimer::Active(t) => GlobalTimer::Active(t),
+        }
+    }
+}
+
+impl HookStatus {
+    /// Whether this status can be the canister's when the hook condition is (or is not)
+    /// satisfied, as the replica checks an uploaded snapshot's status on load: "not satisfied"
+    /// goes with a condition that does not hold, "ready" and "executed" with one that does.
+    pub fn is_consistent_with(self, condition_satisfied: bool) -> bool {
+        match self {
+            HookStatus::ConditionNotSatisfied => !condition_satisfied,
+            HookStatus::Ready | HookStatus::Executed => condition_satisfied,
+        }
+    }
+}
+
 impl From<HookStatus> for OnLowWasmMemoryHookStatus {
     fn from(status: HookStatus) -> Self {
         match status {
@@ -210,6 +275,16 @@ pub struct ExecutionState {
     pub exported_globals: Vec<Global>,
 }
 
+impl ExecutionState {
+    /// Bytes of module, memories and globals, as they count toward the canister's memory.
+    pub fn memory_usage(&self) -> u64 {
+        self.wasm_module.len()
+            + self.wasm_memory.size_bytes()
+            + self.stable_memory.size_bytes()
+            + self.exported_globals.iter().map(Global::size).sum::<u64>()
+    }
+}
+
 /// Settings a controller can change with `update_settings`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanisterSettings {
@@ -221,6 +296,15 @@ pub struct CanisterSettings {
     pub wasm_memory_threshold: u64,
     pub log_visibility: LogVisibility,
     pub snapshot_visibility: SnapshotVisibility,
+}
+
+impl CanisterSettings {
+    /// The low-memory hook condition for a heap of `wasm_memory_bytes`: a threshold is set and
+    /// less than it remains below `wasm_memory_limit`.
+    pub fn low_wasm_memory_condition(&self, wasm_memory_bytes: u64) -> bool {
+        self.wasm_memory_threshold > 0
+            && self.wasm_memory_limit.saturating_sub(wasm_memory_bytes) < self.wasm_memory_threshold
+    }
 }
 
 impl Default for CanisterSettings {
@@ -344,12 +428,10 @@ impl CanisterState {
     /// data and chunk store. This is what `canister_status` reports as `memory_size` before
     /// snapshots are added.
     pub fn memory_usage(&self) -> u64 {
-        let execution = self.execution_state.as_ref().map_or(0, |e| {
-            e.wasm_module.len()
-                + e.wasm_memory.size_bytes()
-                + e.stable_memory.size_bytes()
-                + e.exported_globals.iter().map(Global::size).sum::<u64>()
-        });
+        let execution = self
+            .execution_state
+            .as_ref()
+            .map_or(0, ExecutionState::memory_usage);
         execution + self.certified_data.len() as u64 + self.chunk_store_size()
     }
 }
