@@ -868,8 +868,8 @@ fn update_settings_changes_controllers_threshold_and_visibility() {
     // snapshot_visibility: controllers (default) → public → allowed viewers → controllers.
     assert_reject(
         sm.list_canister_snapshots(c.id, Some(user(5))),
-        ErrorCode::CanisterInvalidController,
-        RejectCode::CanisterError,
+        ErrorCode::CanisterRejectedMessage,
+        RejectCode::CanisterReject,
         &["snapshot_visibility"],
     );
     for (visibility, viewer_ok, stranger_ok) in [
@@ -1397,11 +1397,15 @@ fn load_onto_another_canister_needs_control_of_both() {
     let err = assert_refused_without_effect(setup, |sm, (b, id)| {
         sm.load_canister_snapshot(b.id, Some(user(7)), id.clone())
     });
+    // The replica's CanisterSnapshotNotController: CanisterRejectedMessage.
     assert_reject::<()>(
         Err(err),
-        ErrorCode::CanisterInvalidController,
-        RejectCode::CanisterError,
-        &["Only the controllers", &user(7).to_string()],
+        ErrorCode::CanisterRejectedMessage,
+        RejectCode::CanisterReject,
+        &[
+            "Only a controller of the canister that snapshot",
+            &user(7).to_string(),
+        ],
     );
 }
 
@@ -1745,10 +1749,11 @@ fn error_invalid_controller() {
         let err = assert_refused_without_effect(setup, |sm, (c, _)| {
             sm.list_canister_snapshots(c.id, Some(stranger()))
         });
+        // The replica's CanisterSnapshotAccessDenied is a reject, not a controller error.
         assert_reject::<()>(
             Err(err),
-            ErrorCode::CanisterInvalidController,
-            RejectCode::CanisterError,
+            ErrorCode::CanisterRejectedMessage,
+            RejectCode::CanisterReject,
             &[
                 &stranger().to_string(),
                 &setup().1.0.id.to_string(),
@@ -2209,7 +2214,7 @@ fn error_heap_delta_rate_limited_until_rounds_drain_it() {
     // Each round drains one allowance; once the debit is within the limit, take succeeds.
     let (mut sm, c) = setup();
     let mut rounds = 0;
-    while sm.state().canisters[&c.id].heap_delta_debit > LIMIT {
+    while sm.state().canisters[&c.id].heap_delta_debit >= LIMIT {
         assert_eq!(
             sm.take_canister_snapshot(c.id, Some(controller()), None)
                 .unwrap_err()
@@ -2219,15 +2224,18 @@ fn error_heap_delta_rate_limited_until_rounds_drain_it() {
         sm.tick();
         rounds += 2;
     }
+    // The debit after the fill is 15 allowances; each step drains two (the refused take's
+    // round and the tick); the take is refused until the debit is *below* the limit (the
+    // replica refuses at `>=`), so 8 steps.
     assert_eq!(
-        rounds, 14,
-        "(1 MiB - 2 · 64 KiB) / 64 KiB rounds after the fill"
+        rounds, 16,
+        "15 allowances of debit, drained two per step to below one"
     );
     let snapshot = sm
         .take_canister_snapshot(c.id, Some(controller()), None)
         .unwrap();
     // The take charges its size to the debit, so an immediate load is refused in turn.
-    assert!(sm.state().canisters[&c.id].heap_delta_debit > LIMIT);
+    assert!(sm.state().canisters[&c.id].heap_delta_debit >= LIMIT);
     assert_reject(
         sm.load_canister_snapshot(c.id, Some(controller()), snapshot.id.clone()),
         ErrorCode::CanisterHeapDeltaRateLimited,

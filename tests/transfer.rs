@@ -444,7 +444,8 @@ fn cross_canister_load_needs_control_of_both() {
     let err = sm
         .load_canister_snapshot(c, Some(stranger), snapshot.id)
         .unwrap_err();
-    assert_eq!(err.error_code, ErrorCode::CanisterInvalidController);
+    // The replica's CanisterSnapshotNotController.
+    assert_eq!(err.error_code, ErrorCode::CanisterRejectedMessage);
 }
 
 mod methods {
@@ -562,10 +563,6 @@ mod methods {
                 },
                 "outside the wasm_module",
             ),
-            (
-                SnapshotDataKind::WasmChunk { hash: vec![1; 32] },
-                "no Wasm chunk",
-            ),
         ] {
             let err = read_data(&mut sm, canister, user(), &id, kind).unwrap_err();
             assert_eq!(err.error_code, ErrorCode::InvalidManagementPayload);
@@ -575,6 +572,11 @@ mod methods {
                 err.reject_message
             );
         }
+        // An unknown chunk is the replica's WasmChunkStoreError: a contract violation.
+        let kind = SnapshotDataKind::WasmChunk { hash: vec![1; 32] };
+        let err = read_data(&mut sm, canister, user(), &id, kind).unwrap_err();
+        assert_eq!(err.error_code, ErrorCode::CanisterContractViolation);
+        assert!(err.reject_message.contains("no Wasm chunk"), "{err}");
     }
 
     #[test]
@@ -588,7 +590,7 @@ mod methods {
         let viewer = Principal::from_slice(&[0x33; 29]);
         let kind = || SnapshotDataKind::WasmMemory { offset: 0, size: 1 };
         let err = read_data(&mut sm, canister, viewer, &id, kind()).unwrap_err();
-        assert_eq!(err.error_code, ErrorCode::CanisterInvalidController);
+        assert_eq!(err.error_code, ErrorCode::CanisterRejectedMessage);
         assert!(sm.list_canister_snapshots(canister, Some(viewer)).is_err());
 
         for visibility in [

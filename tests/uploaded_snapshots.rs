@@ -4,63 +4,16 @@
 
 mod common;
 
-use canister_snapshots::management::types::{
-    SnapshotMetadata, UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
-};
+use canister_snapshots::management::types::{SnapshotMetadata, UploadCanisterSnapshotMetadataArgs};
 use canister_snapshots::state::HookStatus;
 use canister_snapshots::{Config, RejectResponse, StateMachine, TEST_CANISTER_WASM};
 use ic_error_types::{ErrorCode, RejectCode};
 use ic_management_canister_types::{
-    CanisterSettings, CanisterTimer, OnLowWasmMemoryHookStatus, SnapshotDataOffset,
-    SnapshotMetadataGlobal, UploadCanisterSnapshotMetadataResult,
+    CanisterSettings, CanisterTimer, OnLowWasmMemoryHookStatus, SnapshotMetadataGlobal,
 };
 use serde_bytes::ByteBuf;
 
 use common::*;
-
-/// The globals the test canister's module exports: two `i64`.
-fn module_globals() -> Vec<SnapshotMetadataGlobal> {
-    vec![SnapshotMetadataGlobal::I64(0); 2]
-}
-
-/// Metadata for an uploaded snapshot of `module_size` bytes of module and one Wasm page of heap,
-/// with the module's globals, no timer and no hook status.
-fn metadata(c: &TestCanister, module_size: u64) -> UploadCanisterSnapshotMetadataArgs {
-    UploadCanisterSnapshotMetadataArgs {
-        canister_id: c.id,
-        replace_snapshot: None,
-        wasm_module_size: module_size,
-        globals: module_globals(),
-        wasm_memory_size: 65_536,
-        stable_memory_size: 0,
-        certified_data: vec![],
-        global_timer: None,
-        on_low_wasm_memory_hook_status: None,
-        base_snapshot: None,
-    }
-}
-
-fn upload_metadata(
-    sm: &mut StateMachine,
-    c: &TestCanister,
-    args: UploadCanisterSnapshotMetadataArgs,
-) -> Vec<u8> {
-    let (result,): (UploadCanisterSnapshotMetadataResult,) = sm
-        .management(Some(c.sender), "upload_canister_snapshot_metadata", (args,))
-        .unwrap_or_else(|err| panic!("upload_canister_snapshot_metadata: {err}"));
-    result.snapshot_id
-}
-
-fn upload_module(sm: &mut StateMachine, c: &TestCanister, snapshot_id: &[u8], module: &[u8]) {
-    let args = UploadCanisterSnapshotDataArgs {
-        canister_id: c.id,
-        snapshot_id: snapshot_id.to_vec(),
-        kind: SnapshotDataOffset::WasmModule { offset: 0 },
-        chunk: module.to_vec(),
-    };
-    sm.management::<()>(Some(c.sender), "upload_canister_snapshot_data", (args,))
-        .unwrap_or_else(|err| panic!("upload_canister_snapshot_data: {err}"));
-}
 
 /// A machine (quota 3) with the test canister and a complete uploaded snapshot made from
 /// `args` (its module the test canister's own), ready to load.
@@ -71,7 +24,7 @@ fn with_upload(
         max_snapshots_per_canister: 3,
         ..Config::default()
     });
-    let mut args = metadata(&c, TEST_CANISTER_WASM.len() as u64);
+    let mut args = upload_args(&c, TEST_CANISTER_WASM.len() as u64);
     edit(&mut args);
     let id = upload_metadata(&mut sm, &c, args);
     upload_module(&mut sm, &c, &id, TEST_CANISTER_WASM);
@@ -165,7 +118,7 @@ fn an_upload_whose_module_the_engine_refuses_is_refused_at_load() {
             max_snapshots_per_canister: 3,
             ..Config::default()
         });
-        let id = upload_metadata(&mut sm, &c, metadata(&c, 8));
+        let id = upload_metadata(&mut sm, &c, upload_args(&c, 8));
         upload_module(&mut sm, &c, &id, b"not wasm");
         (sm, (c, id))
     };
@@ -189,14 +142,14 @@ fn an_incomplete_base_gives_no_module_to_an_upload() {
             max_snapshots_per_canister: 3,
             ..Config::default()
         });
-        let base = upload_metadata(&mut sm, &c, metadata(&c, 1_000));
+        let base = upload_metadata(&mut sm, &c, upload_args(&c, 1_000));
         assert_reject(
             load(&mut sm, &c, &base),
             ErrorCode::CanisterRejectedMessage,
             RejectCode::CanisterReject,
             &["incomplete", "[0, 1000)"],
         );
-        let mut second = metadata(&c, 1_000);
+        let mut second = upload_args(&c, 1_000);
         second.base_snapshot = Some(ByteBuf::from(base));
         let id = upload_metadata(&mut sm, &c, second);
         (sm, (c, id))
@@ -217,7 +170,7 @@ fn an_incomplete_base_gives_no_module_to_an_upload() {
 #[test]
 fn a_complete_base_gives_its_module_to_an_upload() {
     let (mut sm, (c, base)) = with_upload(|_| {});
-    let mut args = metadata(&c, TEST_CANISTER_WASM.len() as u64);
+    let mut args = upload_args(&c, TEST_CANISTER_WASM.len() as u64);
     args.base_snapshot = Some(ByteBuf::from(base));
     let id = upload_metadata(&mut sm, &c, args);
     load(&mut sm, &c, &id).unwrap();
@@ -292,7 +245,7 @@ fn with_timer_and_hook(sm: &mut StateMachine, c: &TestCanister) {
         ..CanisterSettings::default()
     };
     update_settings(sm, c.sender, c.id, settings).unwrap();
-    let mut args = metadata(c, TEST_CANISTER_WASM.len() as u64);
+    let mut args = upload_args(c, TEST_CANISTER_WASM.len() as u64);
     args.global_timer = Some(CanisterTimer::Active(123));
     args.on_low_wasm_memory_hook_status = Some(OnLowWasmMemoryHookStatus::Ready);
     let id = upload_metadata(sm, c, args);
@@ -335,7 +288,11 @@ fn an_upload_restores_the_timer_and_hook_status_only_when_given() {
         ..Config::default()
     });
     with_timer_and_hook(&mut sm, &c);
-    let id = upload_metadata(&mut sm, &c, metadata(&c, TEST_CANISTER_WASM.len() as u64));
+    let id = upload_metadata(
+        &mut sm,
+        &c,
+        upload_args(&c, TEST_CANISTER_WASM.len() as u64),
+    );
     upload_module(&mut sm, &c, &id, TEST_CANISTER_WASM);
     let read: SnapshotMetadata = sm
         .read_canister_snapshot_metadata(c.id, Some(c.sender), id.clone())
@@ -349,7 +306,7 @@ fn an_upload_restores_the_timer_and_hook_status_only_when_given() {
     sm.delete_canister_snapshot(c.id, Some(c.sender), id)
         .unwrap();
 
-    let mut args = metadata(&c, TEST_CANISTER_WASM.len() as u64);
+    let mut args = upload_args(&c, TEST_CANISTER_WASM.len() as u64);
     args.global_timer = Some(CanisterTimer::Inactive);
     args.on_low_wasm_memory_hook_status = Some(OnLowWasmMemoryHookStatus::Executed);
     let id = upload_metadata(&mut sm, &c, args);

@@ -410,11 +410,18 @@ impl ManagementCanister<'_> {
     }
 }
 
-/// Drops the code, memories, globals, certified data and timer; keeps snapshots, cycles and
-/// the chunk store. Version + 1 and a `code_uninstall` history entry.
+/// Bytes an uninstall frees: the module, memories and globals, the certified data and the
+/// chunk store (everything [`uninstall`] drops that counts toward memory).
+pub(super) fn uninstall_frees(canister: &CanisterState) -> u64 {
+    canister.memory_usage()
+}
+
+/// Drops the code, memories, globals, certified data, timer and Wasm chunk store (as the
+/// interface spec says of `uninstall_code`); snapshots and cycles stay. Version + 1 and a `code_uninstall` history entry.
 pub(super) fn uninstall(canister: &mut CanisterState, time: u64, sender: Principal) {
     canister.execution_state = None;
     canister.certified_data.clear();
+    canister.wasm_chunk_store.clear();
     canister.global_timer = None;
     canister.canister_version += 1;
     canister.record_change(time, from_user(sender), ChangeDetails::CodeUninstall);

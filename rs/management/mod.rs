@@ -198,8 +198,10 @@ fn check_snapshot_viewer(canister: &CanisterState, sender: Principal) -> Result<
     if allowed {
         Ok(())
     } else {
+        // The replica's `CanisterSnapshotAccessDenied`: a reject, like its refusal of a caller
+        // that `log_visibility` does not admit.
         Err(UserError::new(
-            ErrorCode::CanisterInvalidController,
+            ErrorCode::CanisterRejectedMessage,
             format!(
                 "Caller {sender} is not allowed to read the snapshots of canister {}: its \
                  snapshot_visibility admits only its controllers{}.",

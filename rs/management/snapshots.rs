@@ -8,11 +8,11 @@ use ic_management_canister_types::{
     LoadSnapshotRecord, Snapshot, SnapshotSource as WireSnapshotSource,
 };
 
-use super::canisters::uninstall;
+use super::canisters::{uninstall, uninstall_frees};
 use super::types::{MAX_SNAPSHOT_LABEL_BYTES, SnapshotInfo, TakeCanisterSnapshotArgs};
 use super::{
-    ManagementCanister, canister, check_controller, check_snapshot_viewer, controlled, from_user,
-    invalid_payload, reply,
+    ManagementCanister, canister, check_snapshot_viewer, controlled, from_user, invalid_payload,
+    reply,
 };
 use crate::execution::check_memory_growth;
 use crate::replicated_state::ReplicatedState;
@@ -103,19 +103,45 @@ impl ManagementCanister<'_> {
         canister: &CanisterState,
         change: &MemoryChange,
     ) -> Result<Cycles, UserError> {
-        let id = canister.canister_id;
-        let limit = self.config.heap_delta_rate_limit_bytes;
-        if canister.heap_delta_debit > limit {
-            return Err(UserError::new(
-                ErrorCode::CanisterHeapDeltaRateLimited,
-                format!(
-                    "Canister {id} is heap delta rate limited: current delta debit: {}, limit: \
-                     {limit}. Retry after a few rounds.",
-                    canister.heap_delta_debit
-                ),
-            ));
-        }
+        self.check_heap_delta_rate(canister)?;
         self.check_memory_and_cycles(state, canister, change)
+    }
+
+    /// The heap-delta rate limit: refused once the canister's debit has reached the limit
+    /// (`>=`, as the replica compares), until rounds have drained it.
+    pub(super) fn check_heap_delta_rate(&self, canister: &CanisterState) -> Result<(), UserError> {
+        let limit = self.config.heap_delta_rate_limit_bytes;
+        if canister.heap_delta_debit < limit {
+            return Ok(());
+        }
+        Err(UserError::new(
+            ErrorCode::CanisterHeapDeltaRateLimited,
+            format!(
+                "Canister {} is heap delta rate limited: current delta debit is {}, but limit is \
+                 {limit}. Retry after a few rounds.",
+                canister.canister_id, canister.heap_delta_debit
+            ),
+        ))
+    }
+
+    /// Whether `canister` can pay `instructions` above what its freezing threshold reserves for
+    /// its current memory: the replica's up-front baseline charge, as a check. Changes nothing.
+    fn check_affordable(
+        &self,
+        state: &ReplicatedState,
+        canister: &CanisterState,
+        instructions: u64,
+    ) -> Result<Cycles, UserError> {
+        let usage = canister.memory_usage() + state.snapshots.snapshots_size(canister.canister_id);
+        self.check_memory_and_cycles(
+            state,
+            canister,
+            &MemoryChange {
+                after: usage,
+                before: usage,
+                instructions,
+            },
+        )
     }
 
     /// Subnet capacity, freezing threshold ([`check_memory_growth`]), then the cost in cycles.
@@ -176,8 +202,13 @@ impl ManagementCanister<'_> {
             .snapshots
             .check_room(canister.canister_id, replace.as_ref())?;
         let new_size = canister.memory_usage();
-        let change =
+        let mut change =
             MemoryChange::new_snapshot(self.config, state, canister, replace.as_ref(), new_size)?;
+        if args.uninstall_code == Some(true) {
+            // The uninstall that follows frees the canister's own memory: the checks count the
+            // memory after both, as the replica does.
+            change.after -= uninstall_frees(canister);
+        }
         let cost = self.check_resources(state, canister, &change)?;
 
         let time = state.time;
@@ -206,22 +237,30 @@ impl ManagementCanister<'_> {
         sender: Principal,
         args: LoadCanisterSnapshotArgs,
     ) -> Result<Vec<u8>, UserError> {
+        // The replica's order: target's controller, heap-delta rate, the snapshot, the source
+        // canister's controller, the baseline charge, the snapshot's consistency, then memory
+        // and cycles. The first failing check decides the error.
         let snapshot_id = SnapshotId::from_bytes(&args.snapshot_id)?;
         let target = controlled(state, args.canister_id, sender)?;
+        self.check_heap_delta_rate(target)?;
         let source_id = snapshot_id.canister_id();
-        let snapshot = if source_id == target.canister_id {
-            state.snapshots.get(target.canister_id, &snapshot_id)?
-        } else {
-            // Loading another canister's snapshot needs control of both canisters.
-            let found = state.snapshots.get(source_id, &snapshot_id).map_err(|_| {
-                crate::snapshots::SnapshotError::NotFound {
-                    snapshot_id: snapshot_id.clone(),
-                    canister_id: target.canister_id,
-                }
-            })?;
-            check_controller(canister(state, source_id)?, sender)?;
-            found
-        };
+        let snapshot = state.snapshots.get(source_id, &snapshot_id).map_err(|_| {
+            crate::snapshots::SnapshotError::NotFound {
+                snapshot_id: snapshot_id.clone(),
+                canister_id: target.canister_id,
+            }
+        })?;
+        if source_id != target.canister_id && !canister(state, source_id)?.is_controller(&sender) {
+            return Err(UserError::new(
+                ErrorCode::CanisterRejectedMessage,
+                format!(
+                    "Only a controller of the canister that snapshot {snapshot_id} belongs to \
+                     can load it on canister {}. Sender: {sender}.",
+                    target.canister_id
+                ),
+            ));
+        }
+        self.check_affordable(state, target, self.config.snapshot_base_instructions)?;
         self.check_loadable(snapshot, target)?;
         let before = target.memory_usage() + state.snapshots.snapshots_size(target.canister_id);
         let change = MemoryChange {
@@ -229,7 +268,7 @@ impl ManagementCanister<'_> {
             before,
             instructions: self.config.snapshot_base_instructions + snapshot.total_size(),
         };
-        let cost = self.check_resources(state, target, &change)?;
+        let cost = self.check_memory_and_cycles(state, target, &change)?;
 
         let record = LoadSnapshotRecord {
             from_canister_id: (source_id != args.canister_id).then_some(source_id),
@@ -249,6 +288,7 @@ impl ManagementCanister<'_> {
         canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(size);
         canister.canister_version += 1;
         canister.record_change(time, from_user(sender), ChangeDetails::LoadSnapshot(record));
+        state.snapshots.get_mut(source_id, &snapshot_id)?.seal();
         reply(())
     }
 

@@ -16,12 +16,13 @@ use super::types::{
     UploadCanisterSnapshotMetadataArgs,
 };
 use super::{
-    ManagementCanister, canister, check_snapshot_viewer, controlled, invalid_payload, reply,
+    ManagementCanister, canister, canister_mut, check_snapshot_viewer, controlled, invalid_payload,
+    reply,
 };
 use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, WASM_PAGE_SIZE};
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotRegion, UploadState};
-use crate::state::{Global, GlobalTimer, HookStatus, WasmModule};
+use crate::state::{Global, GlobalTimer, HookStatus, WASM_CHUNK_ACCOUNTED_BYTES, WasmModule};
 
 fn region_of_read(kind: &SnapshotDataKind) -> Option<(SnapshotRegion, u64, u64)> {
     match *kind {
@@ -47,28 +48,49 @@ fn region_of_upload(kind: &SnapshotDataOffset) -> Option<(SnapshotRegion, u64)> 
     }
 }
 
-/// `InvalidManagementPayload` unless `[offset, offset + len)` is a slice the region allows.
-fn check_slice(
-    snapshot: &CanisterSnapshot,
-    region: SnapshotRegion,
-    offset: u64,
-    len: u64,
-) -> Result<(), UserError> {
+/// `InvalidManagementPayload` for a slice larger than [`MAX_SLICE_BYTES`].
+fn check_slice_size(len: u64) -> Result<(), UserError> {
     if len > MAX_SLICE_BYTES {
         return Err(invalid_payload(format!(
             "a slice is at most {MAX_SLICE_BYTES} bytes, got {len}: split it"
         )));
     }
-    let size = snapshot.region_size(region);
+    Ok(())
+}
+
+/// `InvalidManagementPayload` unless `[offset, offset + len)` lies inside the region.
+fn check_slice_bounds(
+    snapshot: &CanisterSnapshot,
+    region: SnapshotRegion,
+    offset: u64,
+    len: u64,
+) -> Result<(), UserError> {
     match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(invalid_payload(format!(
-            "slice [{offset}, {offset} + {len}) is outside the {} of snapshot {}, which has \
-             {size} bytes",
-            region.name(),
-            snapshot.id()
-        ))),
+        Some(end) if end <= snapshot.region_size(region) => Ok(()),
+        _ => Err(outside(snapshot, region, offset, len)),
     }
+}
+
+fn outside(
+    snapshot: &CanisterSnapshot,
+    region: SnapshotRegion,
+    offset: u64,
+    len: u64,
+) -> UserError {
+    invalid_payload(format!(
+        "slice [{offset}, {offset} + {len}) is outside the {} of snapshot {}, which has {} bytes",
+        region.name(),
+        snapshot.id(),
+        snapshot.region_size(region)
+    ))
+}
+
+/// The replica's `WasmChunkStoreError`: `CanisterContractViolation`.
+fn chunk_store_error(message: String) -> UserError {
+    UserError::new(
+        ErrorCode::CanisterContractViolation,
+        format!("Error from Wasm chunk store: {message}."),
+    )
 }
 
 impl ManagementCanister<'_> {
@@ -109,6 +131,11 @@ impl ManagementCanister<'_> {
         },))
     }
 
+    /// The replica's order (canister_manager.rs, `read_snapshot_data`): the viewer, the
+    /// snapshot, the slice size, then the charge for the baseline plus the size *requested* (a
+    /// chunk counts as [`WASM_CHUNK_ACCOUNTED_BYTES`]), paid up front by the canister whoever
+    /// reads; then the bounds and the chunk lookup. A refusal after the charge keeps it, as on
+    /// the replica: the only refusals here that change the state.
     pub(super) fn read_canister_snapshot_data(
         &self,
         state: &mut ReplicatedState,
@@ -118,55 +145,59 @@ impl ManagementCanister<'_> {
         let snapshot_id = SnapshotId::from_bytes(&args.snapshot_id)?;
         let canister = canister(state, args.canister_id)?;
         check_snapshot_viewer(canister, sender)?;
+        state.snapshots.get(args.canister_id, &snapshot_id)?;
+        let requested = match region_of_read(&args.kind) {
+            Some((_, _, size)) => {
+                check_slice_size(size)?;
+                size
+            }
+            None => WASM_CHUNK_ACCOUNTED_BYTES,
+        };
+        self.charge(
+            state,
+            args.canister_id,
+            self.config.read_data_base_instructions + requested,
+        )?;
         let snapshot = state.snapshots.get(args.canister_id, &snapshot_id)?;
-        let chunk = match region_of_read(&args.kind) {
-            Some((region, offset, size)) => {
-                check_slice(snapshot, region, offset, size)?;
+        let chunk = match (region_of_read(&args.kind), &args.kind) {
+            (Some((region, offset, size)), _) => {
+                check_slice_bounds(snapshot, region, offset, size)?;
                 snapshot
                     .read_region(region, offset, size)
-                    .expect("range checked above")
+                    .ok_or_else(|| outside(snapshot, region, offset, size))?
             }
-            None => {
-                let SnapshotDataKind::WasmChunk { hash } = &args.kind else {
-                    unreachable!("region_of_read covers the other kinds")
-                };
-                let key: [u8; 32] = hash.as_slice().try_into().unwrap_or([0; 32]);
-                match snapshot.wasm_chunk_store.get(&key) {
-                    Some(chunk) => chunk.to_vec(),
-                    None => {
-                        return Err(invalid_payload(format!(
-                            "snapshot {snapshot_id} has no Wasm chunk with hash {}",
-                            crate::memory::checksum::hex(hash)
-                        )));
-                    }
-                }
-            }
+            (None, SnapshotDataKind::WasmChunk { hash }) => <[u8; 32]>::try_from(hash.as_slice())
+                .ok()
+                .and_then(|key| snapshot.wasm_chunk_store.get(&key))
+                .map(|chunk| chunk.to_vec())
+                .ok_or_else(|| {
+                    chunk_store_error(format!(
+                        "snapshot {snapshot_id} has no Wasm chunk with hash {}",
+                        crate::memory::checksum::hex(hash)
+                    ))
+                })?,
+            (None, _) => unreachable!("region_of_read covers every kind but WasmChunk"),
         };
-        self.charge_data_transfer(state, args.canister_id, chunk.len() as u64)?;
         reply((ReadCanisterSnapshotDataResult { chunk },))
     }
 
-    /// Charges `read_data_base_instructions + bytes` instructions, refusing if the canister
-    /// cannot pay above its freezing threshold.
-    fn charge_data_transfer(
+    /// Charges `instructions` to the canister, refusing (and charging nothing) if it cannot pay
+    /// above its freezing threshold.
+    fn charge(
         &self,
         state: &mut ReplicatedState,
         canister_id: Principal,
-        bytes: u64,
+        instructions: u64,
     ) -> Result<(), UserError> {
         let canister = canister(state, canister_id)?;
         let usage = canister.memory_usage() + state.snapshots.snapshots_size(canister_id);
         let change = MemoryChange {
             after: usage,
             before: usage,
-            instructions: self.config.read_data_base_instructions + bytes,
+            instructions,
         };
         let cost = self.check_memory_and_cycles(state, canister, &change)?;
-        state
-            .canisters
-            .get_mut(&canister_id)
-            .expect("checked above")
-            .cycles -= cost;
+        canister_mut(state, canister_id)?.cycles -= cost;
         Ok(())
     }
 
@@ -176,7 +207,10 @@ impl ManagementCanister<'_> {
         sender: Principal,
         args: UploadCanisterSnapshotMetadataArgs,
     ) -> Result<Vec<u8>, UserError> {
-        // Payload first: every declared size and field must make sense.
+        // The replica's order (canister_manager.rs, create_snapshot_from_metadata): the
+        // canister and its controller, the metadata, `replace_snapshot` or the quota, the
+        // heap-delta rate, then memory and cycles.
+        controlled(state, args.canister_id, sender)?;
         if args.wasm_module_size == 0 || args.wasm_module_size > MAX_WASM_MODULE_BYTES {
             return Err(invalid_payload(format!(
                 "wasm_module_size must be between 1 and {MAX_WASM_MODULE_BYTES} bytes, got {}",
@@ -241,6 +275,7 @@ impl ManagementCanister<'_> {
         state
             .snapshots
             .check_room(args.canister_id, replace.as_ref())?;
+        self.check_heap_delta_rate(canister)?;
         let base = base_id
             .as_ref()
             .map(|id| state.snapshots.get(args.canister_id, id))
@@ -310,6 +345,13 @@ impl ManagementCanister<'_> {
         reply((UploadCanisterSnapshotMetadataResult { snapshot_id },))
     }
 
+    /// The replica's order (canister_manager.rs, `write_snapshot_data`): the controller, the
+    /// snapshot, a snapshot that accepts data (uploaded and never loaded: #11029), the
+    /// heap-delta rate (a chunk-store error there), then the data: a slice is charged its bytes
+    /// and then bounds-checked, and the charge stays if the bounds are wrong, as on the replica;
+    /// a chunk already present is accepted without a charge, a new one must fit the chunk
+    /// store and the canister's memory (it counts [`WASM_CHUNK_ACCOUNTED_BYTES`]) and is charged
+    /// its bytes.
     pub(super) fn upload_canister_snapshot_data(
         &self,
         state: &mut ReplicatedState,
@@ -317,43 +359,65 @@ impl ManagementCanister<'_> {
         args: UploadCanisterSnapshotDataArgs,
     ) -> Result<Vec<u8>, UserError> {
         let snapshot_id = SnapshotId::from_bytes(&args.snapshot_id)?;
-        controlled(state, args.canister_id, sender)?;
+        let canister = controlled(state, args.canister_id, sender)?;
         let snapshot = state.snapshots.get(args.canister_id, &snapshot_id)?;
-        if snapshot.upload.is_none() {
+        if !snapshot.accepts_data() {
             return Err(UserError::new(
                 ErrorCode::CanisterSnapshotImmutable,
                 format!(
-                    "Snapshot {snapshot_id} was taken from the canister, not created by \
-                     upload_canister_snapshot_metadata: only uploaded snapshots accept data."
+                    "Snapshot {snapshot_id} does not accept data: only snapshots created by \
+                     upload_canister_snapshot_metadata and not yet loaded can be mutated. Upload \
+                     its metadata again to start a new one."
                 ),
             ));
         }
-        let region = region_of_upload(&args.kind);
-        match region {
+        if canister.heap_delta_debit >= self.config.heap_delta_rate_limit_bytes {
+            return Err(chunk_store_error(format!(
+                "canister {} is heap delta rate limited: current delta debit is {}, but limit \
+                 is {}; retry after a few rounds",
+                args.canister_id,
+                canister.heap_delta_debit,
+                self.config.heap_delta_rate_limit_bytes
+            )));
+        }
+        let bytes = args.chunk.len() as u64;
+        match region_of_upload(&args.kind) {
             Some((region, offset)) => {
-                check_slice(snapshot, region, offset, args.chunk.len() as u64)?;
+                check_slice_size(bytes)?;
+                self.charge(state, args.canister_id, bytes)?;
+                let snapshot = state.snapshots.get_mut(args.canister_id, &snapshot_id)?;
+                check_slice_bounds(snapshot, region, offset, bytes)?;
+                snapshot.write_region(region, offset, &args.chunk);
             }
             None => {
                 if args.chunk.len() > MAX_WASM_CHUNK_BYTES {
-                    return Err(invalid_payload(format!(
-                        "a Wasm chunk is at most {MAX_WASM_CHUNK_BYTES} bytes, got {}",
-                        args.chunk.len()
+                    return Err(chunk_store_error(format!(
+                        "a Wasm chunk is at most {MAX_WASM_CHUNK_BYTES} bytes, got {bytes}"
                     )));
                 }
+                let hash = crate::memory::checksum::sha256(&args.chunk);
+                if snapshot.wasm_chunk_store.contains_key(&hash) {
+                    return reply(());
+                }
                 if snapshot.wasm_chunk_store.len() >= MAX_WASM_CHUNKS {
-                    return Err(invalid_payload(format!(
+                    return Err(chunk_store_error(format!(
                         "the Wasm chunk store of snapshot {snapshot_id} is full \
                          ({MAX_WASM_CHUNKS} chunks)"
                     )));
                 }
-            }
-        }
-        self.charge_data_transfer(state, args.canister_id, args.chunk.len() as u64)?;
-        let snapshot = state.snapshots.get_mut(args.canister_id, &snapshot_id)?;
-        match region {
-            Some((region, offset)) => snapshot.write_region(region, offset, &args.chunk),
-            None => {
-                snapshot.add_chunk(args.chunk);
+                let usage =
+                    canister.memory_usage() + state.snapshots.snapshots_size(args.canister_id);
+                let change = MemoryChange {
+                    after: usage + WASM_CHUNK_ACCOUNTED_BYTES,
+                    before: usage,
+                    instructions: bytes,
+                };
+                let cost = self.check_memory_and_cycles(state, canister, &change)?;
+                canister_mut(state, args.canister_id)?.cycles -= cost;
+                state
+                    .snapshots
+                    .get_mut(args.canister_id, &snapshot_id)?
+                    .add_chunk(args.chunk);
             }
         }
         reply(())

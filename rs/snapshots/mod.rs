@@ -21,7 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::memory::{Hash, Memory, PAGE_SIZE};
 use crate::state::{
-    CanisterState, ChunkStore, ExecutionState, Global, GlobalTimer, HookStatus, WasmModule,
+    CanisterState, ChunkStore, ExecutionState, Global, GlobalTimer, HookStatus,
+    WASM_CHUNK_ACCOUNTED_BYTES, WasmModule,
 };
 
 pub use id::{InvalidSnapshotId, SnapshotId};
@@ -260,7 +261,8 @@ impl CanisterSnapshot {
     }
 
     /// The logical size, as the IC defines `total_size`: module + both memories + globals +
-    /// certified data + chunk store. Not the bytes the snapshot really holds (see
+    /// certified data + chunk store (a chunk counts [`WASM_CHUNK_ACCOUNTED_BYTES`]). Not the
+    /// bytes the snapshot really holds (see
     /// [`SnapshotStore::unique_bytes`]). O(globals + chunks).
     pub fn total_size(&self) -> u64 {
         self.wasm_module.len()
@@ -268,11 +270,7 @@ impl CanisterSnapshot {
             + self.stable_memory.size_bytes()
             + self.exported_globals.iter().map(Global::size).sum::<u64>()
             + self.certified_data.len() as u64
-            + self
-                .wasm_chunk_store
-                .values()
-                .map(|c| c.len() as u64)
-                .sum::<u64>()
+            + self.wasm_chunk_store.len() as u64 * WASM_CHUNK_ACCOUNTED_BYTES
     }
 
     /// The snapshot checksum of `spec/checksum.md`, memoised. The first call costs the hashing
@@ -340,6 +338,18 @@ impl CanisterSnapshot {
             ranges.insert(offset, end);
         }
         self.checksum.take();
+    }
+
+    /// Whether uploads may still write into this snapshot: created by an upload and never
+    /// loaded. A load seals it ([`Self::seal`]), as the replica makes a loaded snapshot
+    /// immutable (dfinity/ic #11029), so what a canister runs is never changed under it.
+    pub fn accepts_data(&self) -> bool {
+        self.upload.is_some()
+    }
+
+    /// Makes an uploaded snapshot immutable: called when it is loaded.
+    pub fn seal(&mut self) {
+        self.upload = None;
     }
 
     /// Adds a chunk to the chunk store (an upload), keyed by its SHA-256.

@@ -262,6 +262,10 @@ impl From<&OnLowWasmMemoryHookStatus> for HookStatus {
     }
 }
 
+/// What one stored Wasm chunk counts toward memory and a snapshot's `total_size`, whatever its
+/// length: the replica stores each chunk in a 1 MiB slot.
+pub const WASM_CHUNK_ACCOUNTED_BYTES: u64 = 1 << 20;
+
 /// The Wasm chunk store: chunks by SHA-256, in hash order.
 pub type ChunkStore = BTreeMap<Hash, Arc<[u8]>>;
 
@@ -420,8 +424,9 @@ impl CanisterState {
             .map_or(0, |e| e.stable_memory.size_bytes())
     }
 
+    /// What the chunk store counts toward memory: [`WASM_CHUNK_ACCOUNTED_BYTES`] a chunk.
     pub fn chunk_store_size(&self) -> u64 {
-        self.wasm_chunk_store.values().map(|c| c.len() as u64).sum()
+        self.wasm_chunk_store.len() as u64 * WASM_CHUNK_ACCOUNTED_BYTES
     }
 
     /// The canister's own memory, without snapshots: module, both memories, globals, certified

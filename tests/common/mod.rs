@@ -10,6 +10,9 @@ use std::fmt::Debug;
 
 use candid::utils::ArgumentEncoder;
 use candid::{Decode, Encode, Principal};
+use canister_snapshots::management::types::{
+    UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+};
 use canister_snapshots::memory::Hash;
 use canister_snapshots::replicated_state::ReplicatedState;
 use canister_snapshots::state::{CanisterSettings, CanisterStatus, Global};
@@ -17,7 +20,8 @@ use canister_snapshots::{Config, RejectResponse, StateMachine, TEST_CANISTER_WAS
 use ic_error_types::{ErrorCode, RejectCode};
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInstallMode, CanisterSettings as SettingsArgs, Change,
-    InstallCodeArgs, ProvisionalCreateCanisterWithCyclesArgs, UpdateSettingsArgs,
+    InstallCodeArgs, ProvisionalCreateCanisterWithCyclesArgs, SnapshotDataOffset,
+    SnapshotMetadataGlobal, UpdateSettingsArgs, UploadCanisterSnapshotMetadataResult,
 };
 use serde_bytes::ByteBuf;
 
@@ -395,6 +399,54 @@ pub fn assert_refused_without_effect<F, R: Debug>(
         "the refused call changed the state hash: {err}"
     );
     err
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploaded snapshots
+// ---------------------------------------------------------------------------------------------
+
+/// The globals the test canister's module exports: two `i64`.
+pub fn module_globals() -> Vec<SnapshotMetadataGlobal> {
+    vec![SnapshotMetadataGlobal::I64(0); 2]
+}
+
+/// `upload_canister_snapshot_metadata` arguments for a snapshot of `module_size` bytes of module and one Wasm page of heap,
+/// with the module's globals, no timer and no hook status.
+pub fn upload_args(c: &TestCanister, module_size: u64) -> UploadCanisterSnapshotMetadataArgs {
+    UploadCanisterSnapshotMetadataArgs {
+        canister_id: c.id,
+        replace_snapshot: None,
+        wasm_module_size: module_size,
+        globals: module_globals(),
+        wasm_memory_size: 65_536,
+        stable_memory_size: 0,
+        certified_data: vec![],
+        global_timer: None,
+        on_low_wasm_memory_hook_status: None,
+        base_snapshot: None,
+    }
+}
+
+pub fn upload_metadata(
+    sm: &mut StateMachine,
+    c: &TestCanister,
+    args: UploadCanisterSnapshotMetadataArgs,
+) -> Vec<u8> {
+    let (result,): (UploadCanisterSnapshotMetadataResult,) = sm
+        .management(Some(c.sender), "upload_canister_snapshot_metadata", (args,))
+        .unwrap_or_else(|err| panic!("upload_canister_snapshot_metadata: {err}"));
+    result.snapshot_id
+}
+
+pub fn upload_module(sm: &mut StateMachine, c: &TestCanister, snapshot_id: &[u8], module: &[u8]) {
+    let args = UploadCanisterSnapshotDataArgs {
+        canister_id: c.id,
+        snapshot_id: snapshot_id.to_vec(),
+        kind: SnapshotDataOffset::WasmModule { offset: 0 },
+        chunk: module.to_vec(),
+    };
+    sm.management::<()>(Some(c.sender), "upload_canister_snapshot_data", (args,))
+        .unwrap_or_else(|err| panic!("upload_canister_snapshot_data: {err}"));
 }
 
 /// Candid-encodes `args` (a tuple), as `StateMachine::management` does.
