@@ -105,14 +105,10 @@ impl ManagementCanister<'_> {
         check_snapshot_viewer(canister, sender)?;
         let snapshot = state.snapshots.get(args.canister_id, &snapshot_id)?;
         reply((SnapshotMetadata {
-            source: Some(snapshot.source.into()),
+            source: snapshot.source.into(),
             taken_at_timestamp: snapshot.taken_at_timestamp,
             wasm_module_size: snapshot.wasm_module.len(),
-            globals: snapshot
-                .exported_globals
-                .iter()
-                .map(|g| Some(g.into()))
-                .collect(),
+            globals: snapshot.exported_globals.iter().map(Into::into).collect(),
             wasm_memory_size: snapshot.wasm_memory.size_bytes(),
             stable_memory_size: snapshot.stable_memory.size_bytes(),
             wasm_chunk_store: snapshot

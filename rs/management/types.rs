@@ -31,14 +31,18 @@ pub struct SnapshotInfo {
 /// Longest label accepted, in bytes of UTF-8.
 pub const MAX_SNAPSHOT_LABEL_BYTES: usize = 64;
 
-/// `ReadCanisterSnapshotMetadataResult` plus the snapshot's `label` and `checksum`. A client
-/// decoding the crate type skips the two extra fields.
+/// `read_canister_snapshot_metadata`'s reply as `ic.did` types it (`spec/ic-snapshots.did`),
+/// plus the snapshot's `label` and `checksum`. `source` is a `variant` and `globals` a
+/// `vec variant`, not `opt` as in the crate's `ReadCanisterSnapshotMetadataResult` (which
+/// accepts either for older replicas): a client generated from `ic.did` cannot decode an `opt`
+/// where it expects a value, while the crate type decodes a value into its `opt` fields. Both
+/// kinds of client skip the two extra fields.
 #[derive(CandidType, Deserialize, Debug, Clone)]
 pub struct SnapshotMetadata {
-    pub source: Option<ic_management_canister_types::SnapshotSource>,
+    pub source: ic_management_canister_types::SnapshotSource,
     pub taken_at_timestamp: u64,
     pub wasm_module_size: u64,
-    pub globals: Vec<Option<ic_management_canister_types::SnapshotMetadataGlobal>>,
+    pub globals: Vec<ic_management_canister_types::SnapshotMetadataGlobal>,
     pub wasm_memory_size: u64,
     pub stable_memory_size: u64,
     pub wasm_chunk_store: Vec<ic_management_canister_types::ChunkHash>,
