@@ -11,7 +11,9 @@ use std::fmt::Debug;
 use candid::utils::ArgumentEncoder;
 use candid::{Decode, Encode, Principal};
 use canister_snapshots::memory::Hash;
+use canister_snapshots::memory::checksum::{memory_root_from_bytes, sha256};
 use canister_snapshots::replicated_state::ReplicatedState;
+use canister_snapshots::snapshots::{CanisterSnapshot, SnapshotDigest, snapshot_checksum};
 use canister_snapshots::state::{CanisterSettings, CanisterStatus, Global};
 use canister_snapshots::{Config, RejectResponse, StateMachine, TEST_CANISTER_WASM};
 use ic_error_types::{ErrorCode, RejectCode};
@@ -395,6 +397,27 @@ pub fn assert_refused_without_effect<F, R: Debug>(
         "the refused call changed the state hash: {err}"
     );
     err
+}
+
+/// The snapshot checksum of `spec/checksum.md` recomputed from the snapshot's bytes: memory
+/// roots from flat copies of the memories, module and chunk hashes rehashed. Uses none of the
+/// memoised hashes, so comparing it with [`CanisterSnapshot::checksum`] can fail.
+pub fn checksum_from_bytes(snapshot: &CanisterSnapshot) -> Hash {
+    let root = |memory: &canister_snapshots::memory::Memory| {
+        memory_root_from_bytes(&memory.read_vec(0, memory.size_bytes()).unwrap())
+    };
+    snapshot_checksum(&SnapshotDigest {
+        wasm_module_hash: sha256(snapshot.wasm_module.bytes()),
+        wasm_memory_root: root(&snapshot.wasm_memory),
+        stable_memory_root: root(&snapshot.stable_memory),
+        exported_globals: &snapshot.exported_globals,
+        certified_data: &snapshot.certified_data,
+        chunk_hashes: snapshot
+            .wasm_chunk_store
+            .values()
+            .map(|chunk| sha256(chunk))
+            .collect(),
+    })
 }
 
 /// Candid-encodes `args` (a tuple), as `StateMachine::management` does.
