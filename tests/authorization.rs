@@ -12,7 +12,7 @@ mod common;
 use candid::{Encode, Principal};
 use canister_snapshots::management::METHODS;
 use canister_snapshots::management::types::{
-    TakeCanisterSnapshotArgs, UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+    TakeCanisterSnapshotArgs, UploadCanisterSnapshotDataArgs,
 };
 use canister_snapshots::memory::checksum::hex;
 use canister_snapshots::{Config, RejectResponse, StateMachine, TEST_CANISTER_WASM};
@@ -23,7 +23,7 @@ use ic_management_canister_types::{
     CreateCanisterArgs, DeleteCanisterSnapshotArgs, InstallCodeArgs, LoadCanisterSnapshotArgs,
     ProvisionalCreateCanisterWithCyclesArgs, ReadCanisterSnapshotDataArgs,
     ReadCanisterSnapshotMetadataArgs, SnapshotDataKind, SnapshotDataOffset, SnapshotVisibility,
-    UninstallCodeArgs, UpdateSettingsArgs, UploadCanisterSnapshotMetadataResult,
+    UninstallCodeArgs, UpdateSettingsArgs,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -165,14 +165,10 @@ fn world(visibility: Visibility) -> (StateMachine, World) {
         },
     )
     .unwrap();
-    let taken = take_labelled(&mut sm, a.id);
-    let (uploaded,): (UploadCanisterSnapshotMetadataResult,) = sm
-        .management(
-            Some(controller()),
-            "upload_canister_snapshot_metadata",
-            (upload_metadata_args(a.id),),
-        )
-        .unwrap();
+    let taken = take_labelled(&mut sm, controller(), a.id, None, Some(LABEL))
+        .unwrap()
+        .id;
+    let uploaded = upload_metadata(&mut sm, controller(), upload_metadata_args(a.id)).unwrap();
     sm.stop_canister(a.id, Some(controller())).unwrap();
 
     let b = install_new(&mut sm, user(2));
@@ -186,54 +182,15 @@ fn world(visibility: Visibility) -> (StateMachine, World) {
         },
     )
     .unwrap();
-    take_labelled(&mut sm, b.id);
+    take_labelled(&mut sm, user(2), b.id, None, Some(LABEL)).unwrap();
     (
         sm,
         World {
             a: a.id,
             taken,
-            uploaded: uploaded.snapshot_id,
+            uploaded,
         },
     )
-}
-
-fn take_labelled(sm: &mut StateMachine, canister_id: Principal) -> Vec<u8> {
-    let args = TakeCanisterSnapshotArgs {
-        canister_id,
-        replace_snapshot: None,
-        uninstall_code: None,
-        sender_canister_version: None,
-        label: Some(LABEL.to_string()),
-    };
-    let (snapshot,): (ic_management_canister_types::Snapshot,) = sm
-        .management(
-            Some(
-                sm.state().canisters[&canister_id]
-                    .controllers
-                    .first()
-                    .copied()
-                    .unwrap(),
-            ),
-            "take_canister_snapshot",
-            (args,),
-        )
-        .unwrap();
-    snapshot.id
-}
-
-fn upload_metadata_args(canister_id: Principal) -> UploadCanisterSnapshotMetadataArgs {
-    UploadCanisterSnapshotMetadataArgs {
-        canister_id,
-        replace_snapshot: None,
-        wasm_module_size: TEST_CANISTER_WASM.len() as u64,
-        globals: vec![],
-        wasm_memory_size: 65_536,
-        stable_memory_size: 0,
-        certified_data: vec![],
-        global_timer: None,
-        on_low_wasm_memory_hook_status: None,
-        base_snapshot: None,
-    }
 }
 
 /// A well-formed payload of `method` aimed at canister A and its snapshots.

@@ -93,30 +93,6 @@ fn take(
     .map(|reply| Decode!(&reply, Snapshot).unwrap())
 }
 
-/// `take_canister_snapshot` with this project's argument type (with `label`).
-fn take_labelled(
-    sm: &mut StateMachine,
-    sender: Principal,
-    canister_id: Principal,
-    replace_snapshot: Option<Vec<u8>>,
-    label: Option<&str>,
-) -> Result<Snapshot, RejectResponse> {
-    let args = LabelledTakeArgs {
-        canister_id,
-        replace_snapshot: replace_snapshot.map(Into::into),
-        uninstall_code: None,
-        sender_canister_version: None,
-        label: label.map(str::to_string),
-    };
-    sm.update_call(
-        mgmt(),
-        sender,
-        "take_canister_snapshot",
-        Encode!(&args).unwrap(),
-    )
-    .map(|reply| Decode!(&reply, Snapshot).unwrap())
-}
-
 fn take_args(canister_id: Principal) -> TakeCanisterSnapshotArgs {
     TakeCanisterSnapshotArgs {
         canister_id,

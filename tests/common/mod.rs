@@ -10,6 +10,10 @@ use std::fmt::Debug;
 
 use candid::utils::ArgumentEncoder;
 use candid::{Decode, Encode, Principal};
+use canister_snapshots::management::types::{
+    TakeCanisterSnapshotArgs as LabelledTakeArgs, UploadCanisterSnapshotDataArgs,
+    UploadCanisterSnapshotMetadataArgs,
+};
 use canister_snapshots::memory::Hash;
 use canister_snapshots::memory::checksum::{memory_root_from_bytes, sha256};
 use canister_snapshots::replicated_state::ReplicatedState;
@@ -19,7 +23,8 @@ use canister_snapshots::{Config, RejectResponse, StateMachine, TEST_CANISTER_WAS
 use ic_error_types::{ErrorCode, RejectCode};
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInstallMode, CanisterSettings as SettingsArgs, Change,
-    InstallCodeArgs, ProvisionalCreateCanisterWithCyclesArgs, UpdateSettingsArgs,
+    InstallCodeArgs, ProvisionalCreateCanisterWithCyclesArgs, Snapshot, SnapshotDataOffset,
+    UpdateSettingsArgs, UploadCanisterSnapshotMetadataResult,
 };
 use serde_bytes::ByteBuf;
 
@@ -418,6 +423,70 @@ pub fn checksum_from_bytes(snapshot: &CanisterSnapshot) -> Hash {
             .map(|chunk| sha256(chunk))
             .collect(),
     })
+}
+
+/// `take_canister_snapshot` with this project's argument type (with `label`).
+pub fn take_labelled(
+    sm: &mut StateMachine,
+    sender: Principal,
+    canister_id: Principal,
+    replace_snapshot: Option<Vec<u8>>,
+    label: Option<&str>,
+) -> Result<Snapshot, RejectResponse> {
+    let args = LabelledTakeArgs {
+        canister_id,
+        replace_snapshot: replace_snapshot.map(Into::into),
+        uninstall_code: None,
+        sender_canister_version: None,
+        label: label.map(str::to_string),
+    };
+    sm.management(Some(sender), "take_canister_snapshot", (args,))
+        .map(|(snapshot,)| snapshot)
+}
+
+/// Metadata of an uploaded snapshot holding the test canister's module and nothing else: the
+/// starting point that each upload test changes one field of.
+pub fn upload_metadata_args(canister_id: Principal) -> UploadCanisterSnapshotMetadataArgs {
+    UploadCanisterSnapshotMetadataArgs {
+        canister_id,
+        replace_snapshot: None,
+        wasm_module_size: TEST_CANISTER_WASM.len() as u64,
+        globals: vec![],
+        wasm_memory_size: 0,
+        stable_memory_size: 0,
+        certified_data: vec![],
+        global_timer: None,
+        on_low_wasm_memory_hook_status: None,
+        base_snapshot: None,
+    }
+}
+
+/// `upload_canister_snapshot_metadata`; returns the new snapshot's id.
+pub fn upload_metadata(
+    sm: &mut StateMachine,
+    sender: Principal,
+    args: UploadCanisterSnapshotMetadataArgs,
+) -> Result<Vec<u8>, RejectResponse> {
+    sm.management(Some(sender), "upload_canister_snapshot_metadata", (args,))
+        .map(|(result,): (UploadCanisterSnapshotMetadataResult,)| result.snapshot_id)
+}
+
+/// `upload_canister_snapshot_data` of `chunk` at `kind` into snapshot `snapshot_id`.
+pub fn upload_data(
+    sm: &mut StateMachine,
+    sender: Principal,
+    canister_id: Principal,
+    snapshot_id: &[u8],
+    kind: SnapshotDataOffset,
+    chunk: Vec<u8>,
+) -> Result<(), RejectResponse> {
+    let args = UploadCanisterSnapshotDataArgs {
+        canister_id,
+        snapshot_id: snapshot_id.to_vec(),
+        kind,
+        chunk,
+    };
+    sm.management(Some(sender), "upload_canister_snapshot_data", (args,))
 }
 
 /// Candid-encodes `args` (a tuple), as `StateMachine::management` does.
