@@ -31,7 +31,8 @@ pub struct Config {
     /// refused before execution (`spec/execution.md`, "Rounds").
     pub max_ingress_bytes_per_message: u64,
     /// Canisters the subnet may host at once (the IC sets this per subnet in its registry;
-    /// creating one more is `MaxNumberOfCanistersReached`).
+    /// creating one more is `MaxNumberOfCanistersReached`). Not enforced yet: canister creation
+    /// in `rs/management` must check it (`spec/management.md`, "Limits").
     pub max_number_of_canisters: u64,
     /// The largest reply a canister method may return.
     pub max_reply_bytes: u64,
