@@ -181,6 +181,61 @@ fn any_difference_changes_the_state_hash() {
     assert_ne!(one.state_hash(), two.state_hash(), "labels differ");
 }
 
+/// The fields `state_hash` encodes by hand (`spec/execution.md`, "State hash"): settings that
+/// differ only in a visibility or in who the allowed viewers are, and histories that differ only
+/// in one entry's details, must hash apart.
+#[test]
+fn explicitly_encoded_fields_change_the_state_hash() {
+    use ic_management_canister_types::LogVisibility;
+    let with_settings = |settings: SettingsArgs| {
+        let mut sm = StateMachine::new();
+        let c = install_new(&mut sm, user(1));
+        update_settings(&mut sm, user(1), c.id, settings).unwrap();
+        sm.state_hash()
+    };
+    let hashes = [
+        with_settings(SettingsArgs::default()),
+        with_settings(SettingsArgs {
+            log_visibility: Some(LogVisibility::Public),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            log_visibility: Some(LogVisibility::AllowedViewers(vec![user(2)])),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            log_visibility: Some(LogVisibility::AllowedViewers(vec![user(3)])),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            snapshot_visibility: Some(SnapshotVisibility::Public),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            snapshot_visibility: Some(SnapshotVisibility::AllowedViewers(vec![user(2)])),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            snapshot_visibility: Some(SnapshotVisibility::AllowedViewers(vec![user(2), user(3)])),
+            ..Default::default()
+        }),
+        // Other controllers, and so another controllers_change entry in the history.
+        with_settings(SettingsArgs {
+            controllers: Some(vec![user(1), user(2)]),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            controllers: Some(vec![user(1), user(3)]),
+            ..Default::default()
+        }),
+    ];
+    for (i, a) in hashes.iter().enumerate() {
+        for (j, b) in hashes.iter().enumerate().skip(i + 1) {
+            assert_ne!(a, b, "settings {i} and {j} hash alike");
+        }
+    }
+}
+
 #[test]
 fn time_comes_from_the_batch_only() {
     let mut sm = StateMachine::new();
