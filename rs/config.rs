@@ -26,6 +26,13 @@ pub struct Config {
     pub cycles_per_ten_instructions: Cycles,
     /// Storage price in cycles per GiB per second (13-node application subnet: 127,000).
     pub storage_cycles_per_gib_second: Cycles,
+    /// The largest ingress message (method name + argument bytes) the round loop executes (the
+    /// IC's `max_ingress_bytes_per_message` on application subnets: 2 MiB). A larger one is
+    /// refused before execution (`spec/execution.md`, "Rounds").
+    pub max_ingress_bytes_per_message: u64,
+    /// Canisters the subnet may host at once (the IC sets this per subnet in its registry;
+    /// creating one more is `MaxNumberOfCanistersReached`; `spec/management.md`, "Limits").
+    pub max_number_of_canisters: u64,
     /// The largest reply a canister method may return.
     pub max_reply_bytes: u64,
     /// The most one canister message may write (bytes of pages touched), as the IC bounds a
@@ -48,6 +55,8 @@ impl Default for Config {
             read_data_base_instructions: 5_000_000,
             cycles_per_ten_instructions: 4,
             storage_cycles_per_gib_second: 127_000,
+            max_ingress_bytes_per_message: 2 << 20,
+            max_number_of_canisters: 100_000,
             max_reply_bytes: 2 << 20,
             max_heap_delta_per_message_bytes: 1 << 30,
             management_payload_decoding_quota: 20_000_000,

@@ -8,6 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use candid::Principal;
+use ic_management_canister_types::{
+    Change, ChangeDetails, ChangeOrigin, CodeDeploymentMode, CodeDeploymentRecord,
+    ControllersChangeRecord, CreationRecord, FromCanisterRecord, FromUserRecord,
+    LoadSnapshotRecord, LogVisibility, RenameCanisterRecord, SnapshotVisibility,
+};
 use sha2::{Digest, Sha256};
 
 use crate::memory::Hash;
@@ -175,9 +180,9 @@ fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
     h.bytes(&canister.cycles.to_be_bytes());
     h.u64(canister.canister_version);
     h.u64(canister.history.total_num_changes());
+    h.u64(canister.history.changes().len() as u64);
     for change in canister.history.changes() {
-        // Candid encoding of a fixed type is deterministic.
-        h.bytes(&candid::encode_one(change).expect("a Change always encodes"));
+        hash_change(h, change);
     }
     h.u64(canister.next_snapshot_id);
     let settings = &canister.settings;
@@ -187,19 +192,104 @@ fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
     h.bytes(&settings.reserved_cycles_limit.to_be_bytes());
     h.u64(settings.wasm_memory_limit);
     h.u64(settings.wasm_memory_threshold);
-    h.bytes(&candid::encode_one(&settings.log_visibility).expect("encodes"));
-    h.bytes(&candid::encode_one(&settings.snapshot_visibility).expect("encodes"));
+    match &settings.log_visibility {
+        LogVisibility::Controllers => h.u8(0),
+        LogVisibility::Public => h.u8(1),
+        LogVisibility::AllowedViewers(viewers) => {
+            h.u8(2);
+            h.principals(viewers);
+        }
+    }
+    match &settings.snapshot_visibility {
+        SnapshotVisibility::Controllers => h.u8(0),
+        SnapshotVisibility::Public => h.u8(1),
+        SnapshotVisibility::AllowedViewers(viewers) => {
+            h.u8(2);
+            h.principals(viewers);
+        }
+    }
     h.u64(canister.heap_delta_debit);
 }
 
-fn hash_timer_and_hook(h: &mut StateHasher, timer: Option<u64>, hook: HookStatus) {
-    match timer {
-        None => h.u8(0),
-        Some(t) => {
+/// One history entry, field by field (`spec/execution.md`, "State hash"): never through Candid,
+/// whose encoding belongs to another crate's version.
+fn hash_change(h: &mut StateHasher, change: &Change) {
+    h.u64(change.timestamp_nanos);
+    h.u64(change.canister_version);
+    match &change.origin {
+        ChangeOrigin::FromUser(FromUserRecord { user_id }) => {
+            h.u8(0);
+            h.bytes(user_id.as_slice());
+        }
+        ChangeOrigin::FromCanister(FromCanisterRecord {
+            canister_id,
+            canister_version,
+        }) => {
             h.u8(1);
-            h.u64(t)
+            h.bytes(canister_id.as_slice());
+            h.opt_u64(*canister_version);
         }
     }
+    match &change.details {
+        None => h.u8(0),
+        Some(ChangeDetails::Creation(CreationRecord {
+            controllers,
+            environment_variables_hash,
+        })) => {
+            h.u8(1);
+            h.principals(controllers);
+            h.opt_bytes(environment_variables_hash.as_deref());
+        }
+        Some(ChangeDetails::CodeUninstall) => h.u8(2),
+        Some(ChangeDetails::CodeDeployment(CodeDeploymentRecord { mode, module_hash })) => {
+            h.u8(3);
+            h.u8(match mode {
+                CodeDeploymentMode::Install => 0,
+                CodeDeploymentMode::Reinstall => 1,
+                CodeDeploymentMode::Upgrade => 2,
+            });
+            h.bytes(module_hash);
+        }
+        Some(ChangeDetails::LoadSnapshot(LoadSnapshotRecord {
+            from_canister_id,
+            snapshot_id,
+            canister_version,
+            taken_at_timestamp,
+            source,
+        })) => {
+            h.u8(4);
+            h.opt_bytes(from_canister_id.as_ref().map(Principal::as_slice));
+            h.bytes(snapshot_id);
+            h.u64(*canister_version);
+            h.u64(*taken_at_timestamp);
+            h.u8(match source {
+                ic_management_canister_types::SnapshotSource::TakenFromCanister(_) => 0,
+                ic_management_canister_types::SnapshotSource::MetadataUpload(_) => 1,
+            });
+        }
+        Some(ChangeDetails::ControllersChange(ControllersChangeRecord { controllers })) => {
+            h.u8(5);
+            h.principals(controllers);
+        }
+        Some(ChangeDetails::RenameCanister(RenameCanisterRecord {
+            canister_id,
+            total_num_changes,
+            rename_to,
+            requested_by,
+        })) => {
+            h.u8(6);
+            h.bytes(canister_id.as_slice());
+            h.u64(*total_num_changes);
+            h.bytes(rename_to.canister_id.as_slice());
+            h.u64(rename_to.version);
+            h.u64(rename_to.total_num_changes);
+            h.bytes(requested_by.as_slice());
+        }
+    }
+}
+
+fn hash_timer_and_hook(h: &mut StateHasher, timer: Option<u64>, hook: HookStatus) {
+    h.opt_u64(timer);
     h.u8(hook as u8);
 }
 
@@ -217,6 +307,22 @@ impl StateHasher {
     fn bytes(&mut self, v: &[u8]) {
         self.u64(v.len() as u64);
         self.0.update(v);
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1);
+                self.u64(v)
+            }
+        }
+    }
+    /// A list of principals in its stored order: count, then each length-prefixed.
+    fn principals(&mut self, list: &[Principal]) {
+        self.u64(list.len() as u64);
+        for principal in list {
+            self.bytes(principal.as_slice());
+        }
     }
     fn opt_bytes(&mut self, v: Option<&[u8]>) {
         match v {

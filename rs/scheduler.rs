@@ -2,7 +2,8 @@
 //!
 //! Depends on [`crate::management`] and [`crate::execution`]. A round (`spec/execution.md`):
 //! 1. the state's time becomes the batch time (never the wall clock; never moves backwards);
-//! 2. subnet messages (to `aaaaa-aa`) execute in arrival order;
+//! 2. ingress messages larger than `Config::max_ingress_bytes_per_message` are refused without
+//!    reaching their receiver; subnet messages (to `aaaaa-aa`) execute in arrival order;
 //! 3. canister messages execute canister by canister in ascending canister id, each canister's
 //!    messages in arrival order;
 //! 4. every canister's heap-delta debit drains by the per-round allowance; the round counter
@@ -80,7 +81,9 @@ impl ExecutionLoop {
         let mut results = Vec::with_capacity(batch.ingress.len());
         let mut per_canister: BTreeMap<Principal, Vec<Ingress>> = BTreeMap::new();
         for message in batch.ingress {
-            if message.receiver == Principal::management_canister() {
+            if let Err(err) = self.check_ingress_size(&message) {
+                results.push((message.message_id, Err(err)));
+            } else if message.receiver == Principal::management_canister() {
                 let result = self.management_canister().execute(
                     state,
                     message.sender,
@@ -127,5 +130,25 @@ impl ExecutionLoop {
         }
         state.round += 1;
         results
+    }
+
+    /// The IC refuses an ingress message above `max_ingress_bytes_per_message` at its HTTP
+    /// endpoint (413), before consensus, so it never executes. Here the round loop is where
+    /// messages enter: it refuses it before the receiver sees it, with the code this project
+    /// uses for every message-size limit.
+    fn check_ingress_size(&self, message: &Ingress) -> Result<(), UserError> {
+        let size = (message.method.len() as u64).saturating_add(message.payload.len() as u64);
+        let limit = self.config.max_ingress_bytes_per_message;
+        if size > limit {
+            return Err(UserError::new(
+                ErrorCode::CanisterContractViolation,
+                format!(
+                    "Ingress message to {} ({}) is {size} bytes (method name and argument); the \
+                     limit is {limit} bytes. Send the data in several messages.",
+                    message.receiver, message.method
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -78,7 +78,15 @@ fn inspect_verify_diff_and_upload_round_trip() {
     let (ok, out) = cli(&["snapshot", "upload", b_str, "--base", a_str]);
     assert!(ok, "{out}");
     assert!(out.contains("sent 4.00 KiB in 1 messages"), "{out}");
-    assert!(out.contains("equals the directory's"), "{out}");
+    let edited = canister_snapshots::memory::checksum::hex(
+        &canister_snapshots::transfer::SnapshotDir::new(&b)
+            .compute_checksum()
+            .unwrap(),
+    );
+    assert!(
+        out.contains(&format!("replica checksum {edited} equals")),
+        "the replica's checksum must be the edited directory's, {edited}: {out}"
+    );
 }
 
 #[test]

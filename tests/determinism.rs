@@ -110,18 +110,30 @@ fn same_calls_give_the_same_state_hash() {
     script(&mut two, b"hello");
     assert_eq!(contents(one.state()), contents(two.state()));
     assert_eq!(one.state_hash(), two.state_hash());
-    assert_eq!(
-        one.state_hash(),
-        one.state_hash(),
-        "hashing changes nothing"
-    );
     assert_eq!(one.state().round, two.state().round);
     assert_eq!(one.state().time, two.state().time);
 
-    // The same steps keep them together.
-    one.tick();
-    two.tick();
-    assert_eq!(one.state_hash(), two.state_hash());
+    // Hashing changes nothing: `one` has been hashed twice more (its memory roots and checksums
+    // are memoised), a third replica never was; after the same further steps all three agree.
+    let mut three = StateMachine::new();
+    script(&mut three, b"hello");
+    one.state_hash();
+    one.state_hash();
+    let a = TestCanister {
+        id: canister_id_from_index(0),
+        sender: user(1),
+    };
+    for sm in [&mut one, &mut two, &mut three] {
+        sm.tick();
+        a.write(sm, false, 100, b"after hashing");
+    }
+    let third = three.state_hash();
+    assert_eq!(
+        one.state_hash(),
+        third,
+        "hashing changed the hashed replica"
+    );
+    assert_eq!(two.state_hash(), third);
 }
 
 #[test]
@@ -167,6 +179,61 @@ fn any_difference_changes_the_state_hash() {
         .unwrap();
     }
     assert_ne!(one.state_hash(), two.state_hash(), "labels differ");
+}
+
+/// The fields `state_hash` encodes by hand (`spec/execution.md`, "State hash"): settings that
+/// differ only in a visibility or in who the allowed viewers are, and histories that differ only
+/// in one entry's details, must hash apart.
+#[test]
+fn explicitly_encoded_fields_change_the_state_hash() {
+    use ic_management_canister_types::LogVisibility;
+    let with_settings = |settings: SettingsArgs| {
+        let mut sm = StateMachine::new();
+        let c = install_new(&mut sm, user(1));
+        update_settings(&mut sm, user(1), c.id, settings).unwrap();
+        sm.state_hash()
+    };
+    let hashes = [
+        with_settings(SettingsArgs::default()),
+        with_settings(SettingsArgs {
+            log_visibility: Some(LogVisibility::Public),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            log_visibility: Some(LogVisibility::AllowedViewers(vec![user(2)])),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            log_visibility: Some(LogVisibility::AllowedViewers(vec![user(3)])),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            snapshot_visibility: Some(SnapshotVisibility::Public),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            snapshot_visibility: Some(SnapshotVisibility::AllowedViewers(vec![user(2)])),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            snapshot_visibility: Some(SnapshotVisibility::AllowedViewers(vec![user(2), user(3)])),
+            ..Default::default()
+        }),
+        // Other controllers, and so another controllers_change entry in the history.
+        with_settings(SettingsArgs {
+            controllers: Some(vec![user(1), user(2)]),
+            ..Default::default()
+        }),
+        with_settings(SettingsArgs {
+            controllers: Some(vec![user(1), user(3)]),
+            ..Default::default()
+        }),
+    ];
+    for (i, a) in hashes.iter().enumerate() {
+        for (j, b) in hashes.iter().enumerate().skip(i + 1) {
+            assert_ne!(a, b, "settings {i} and {j} hash alike");
+        }
+    }
 }
 
 #[test]

@@ -93,30 +93,6 @@ fn take(
     .map(|reply| Decode!(&reply, Snapshot).unwrap())
 }
 
-/// `take_canister_snapshot` with this project's argument type (with `label`).
-fn take_labelled(
-    sm: &mut StateMachine,
-    sender: Principal,
-    canister_id: Principal,
-    replace_snapshot: Option<Vec<u8>>,
-    label: Option<&str>,
-) -> Result<Snapshot, RejectResponse> {
-    let args = LabelledTakeArgs {
-        canister_id,
-        replace_snapshot: replace_snapshot.map(Into::into),
-        uninstall_code: None,
-        sender_canister_version: None,
-        label: label.map(str::to_string),
-    };
-    sm.update_call(
-        mgmt(),
-        sender,
-        "take_canister_snapshot",
-        Encode!(&args).unwrap(),
-    )
-    .map(|reply| Decode!(&reply, Snapshot).unwrap())
-}
-
 fn take_args(canister_id: Principal) -> TakeCanisterSnapshotArgs {
     TakeCanisterSnapshotArgs {
         canister_id,
@@ -1350,7 +1326,7 @@ fn load_restores_contents_byte_for_byte_but_keeps_cycles_and_controllers() {
     c.fill(&mut sm, false, 0, 131_072, 0x11);
     c.fill(&mut sm, true, 0, 65_536, 0x22);
     let stored = sm.state().snapshots.iter().next().unwrap();
-    assert_eq!(stored.checksum(), checksum);
+    assert_eq!(checksum_from_bytes(stored), checksum);
     sm.load_canister_snapshot(c.id, Some(controller()), snapshot.id)
         .unwrap();
     assert_eq!(c.read(&mut sm, false, 0, 131_072), heap_at_take);
@@ -2379,7 +2355,7 @@ fn label_and_checksum_are_listed() {
     assert_eq!(info.label.as_deref(), Some("before-upgrade"));
     assert_eq!(info.checksum.len(), 32);
     let stored = sm.state().snapshots.iter().next().unwrap();
-    assert_eq!(info.checksum, stored.checksum().to_vec());
+    assert_eq!(info.checksum, checksum_from_bytes(stored).to_vec());
     assert_eq!(stored.label.as_deref(), Some("before-upgrade"));
 
     // A standard client decodes the same reply as Vec<Snapshot>.
@@ -2432,13 +2408,7 @@ fn standard_types_still_work_with_the_extension() {
     assert_eq!(infos[0].id, snapshot.id);
     assert_eq!(
         infos[0].checksum,
-        sm.state()
-            .snapshots
-            .iter()
-            .next()
-            .unwrap()
-            .checksum()
-            .to_vec()
+        checksum_from_bytes(sm.state().snapshots.iter().next().unwrap()).to_vec()
     );
     // The harness's standard list.
     let list = sm

@@ -36,7 +36,7 @@ fn chunk_args(c: &TestCanister, id: &[u8], chunk: Vec<u8>) -> UploadCanisterSnap
     }
 }
 
-fn upload_data(
+fn send_data(
     sm: &mut StateMachine,
     c: &TestCanister,
     args: UploadCanisterSnapshotDataArgs,
@@ -139,7 +139,7 @@ fn load_charges_the_baseline_before_checking_the_snapshot() {
         };
         let mut args = upload_args(&c, TEST_CANISTER_WASM.len() as u64);
         args.globals = vec![]; // inconsistent with the module
-        let snapshot = upload_metadata(&mut sm, &c, args);
+        let snapshot = upload_metadata(&mut sm, c.sender, args).unwrap();
         (sm, (c, snapshot))
     };
     let err = assert_refused_without_effect(setup, |sm, (c, id)| {
@@ -216,34 +216,15 @@ fn upload_metadata_checks_the_controller_before_the_metadata() {
     assert!(!err.reject_message.contains("wasm_module_size"), "{err}");
 }
 
-/// Chunk-store errors are the replica's `WasmChunkStoreError`: `CanisterContractViolation`.
-#[test]
-fn chunk_store_errors_are_contract_violations() {
-    let setup = || {
-        let (mut sm, c) = env_with_config(config());
-        let id = upload_metadata(&mut sm, &c, upload_args(&c, 8));
-        (sm, (c, id))
-    };
-    let err = assert_refused_without_effect(setup, |sm, (c, id)| {
-        upload_data(sm, c, chunk_args(c, id, vec![0; (1 << 20) + 1]))
-    });
-    assert_reject(
-        Err::<(), _>(err),
-        ErrorCode::CanisterContractViolation,
-        RejectCode::CanisterError,
-        &["Error from Wasm chunk store", "at most 1048576 bytes"],
-    );
-}
-
 /// A chunk already in the store is accepted again without a charge; a new chunk is charged its
 /// bytes and counts a whole [`WASM_CHUNK_ACCOUNTED_BYTES`] toward the snapshot's size.
 #[test]
 fn a_chunk_already_present_is_free_and_each_chunk_counts_one_mib() {
     let (mut sm, c) = env_with_config(config());
-    let id = upload_metadata(&mut sm, &c, upload_args(&c, 8));
+    let id = upload_metadata(&mut sm, c.sender, upload_args(&c, 8)).unwrap();
     let size = |sm: &StateMachine| sm.state().snapshots.snapshots_size(c.id);
     let before = (c.cycles(&sm), size(&sm));
-    upload_data(&mut sm, &c, chunk_args(&c, &id, vec![5; 1000])).unwrap();
+    send_data(&mut sm, &c, chunk_args(&c, &id, vec![5; 1000])).unwrap();
     let after_first = (c.cycles(&sm), size(&sm));
     assert_eq!(
         before.0 - after_first.0,
@@ -251,7 +232,7 @@ fn a_chunk_already_present_is_free_and_each_chunk_counts_one_mib() {
         "a new chunk is charged its bytes"
     );
     assert_eq!(after_first.1 - before.1, WASM_CHUNK_ACCOUNTED_BYTES);
-    upload_data(&mut sm, &c, chunk_args(&c, &id, vec![5; 1000])).unwrap();
+    send_data(&mut sm, &c, chunk_args(&c, &id, vec![5; 1000])).unwrap();
     assert_eq!(
         (c.cycles(&sm), size(&sm)),
         after_first,
@@ -267,9 +248,10 @@ fn a_loaded_upload_accepts_no_more_data() {
         let (mut sm, c) = env_with_config(config());
         let id = upload_metadata(
             &mut sm,
-            &c,
+            c.sender,
             upload_args(&c, TEST_CANISTER_WASM.len() as u64),
-        );
+        )
+        .unwrap();
         upload_module(&mut sm, &c, &id, TEST_CANISTER_WASM);
         sm.load_canister_snapshot(c.id, Some(c.sender), id.clone())
             .unwrap();
@@ -282,7 +264,7 @@ fn a_loaded_upload_accepts_no_more_data() {
             kind: SnapshotDataOffset::WasmMemory { offset: 0 },
             chunk: vec![1; 10],
         };
-        upload_data(sm, c, args)
+        send_data(sm, c, args)
     });
     assert_eq!(
         err.error_code,
@@ -352,11 +334,12 @@ fn uninstall_code_clears_the_chunk_store() {
     let (mut sm, c) = env_with_config(config());
     let id = upload_metadata(
         &mut sm,
-        &c,
+        c.sender,
         upload_args(&c, TEST_CANISTER_WASM.len() as u64),
-    );
+    )
+    .unwrap();
     upload_module(&mut sm, &c, &id, TEST_CANISTER_WASM);
-    upload_data(&mut sm, &c, chunk_args(&c, &id, vec![9; 100])).unwrap();
+    send_data(&mut sm, &c, chunk_args(&c, &id, vec![9; 100])).unwrap();
     sm.load_canister_snapshot(c.id, Some(c.sender), id).unwrap();
     assert_eq!(sm.state().canisters[&c.id].wasm_chunk_store.len(), 1);
     let args = ic_management_canister_types::UninstallCodeArgs {

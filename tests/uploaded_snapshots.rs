@@ -26,7 +26,7 @@ fn with_upload(
     });
     let mut args = upload_args(&c, TEST_CANISTER_WASM.len() as u64);
     edit(&mut args);
-    let id = upload_metadata(&mut sm, &c, args);
+    let id = upload_metadata(&mut sm, c.sender, args).unwrap();
     upload_module(&mut sm, &c, &id, TEST_CANISTER_WASM);
     (sm, (c, id))
 }
@@ -118,7 +118,7 @@ fn an_upload_whose_module_the_engine_refuses_is_refused_at_load() {
             max_snapshots_per_canister: 3,
             ..Config::default()
         });
-        let id = upload_metadata(&mut sm, &c, upload_args(&c, 8));
+        let id = upload_metadata(&mut sm, c.sender, upload_args(&c, 8)).unwrap();
         upload_module(&mut sm, &c, &id, b"not wasm");
         (sm, (c, id))
     };
@@ -142,7 +142,7 @@ fn an_incomplete_base_gives_no_module_to_an_upload() {
             max_snapshots_per_canister: 3,
             ..Config::default()
         });
-        let base = upload_metadata(&mut sm, &c, upload_args(&c, 1_000));
+        let base = upload_metadata(&mut sm, c.sender, upload_args(&c, 1_000)).unwrap();
         assert_reject(
             load(&mut sm, &c, &base),
             ErrorCode::CanisterRejectedMessage,
@@ -151,7 +151,7 @@ fn an_incomplete_base_gives_no_module_to_an_upload() {
         );
         let mut second = upload_args(&c, 1_000);
         second.base_snapshot = Some(ByteBuf::from(base));
-        let id = upload_metadata(&mut sm, &c, second);
+        let id = upload_metadata(&mut sm, c.sender, second).unwrap();
         (sm, (c, id))
     };
     let err = assert_refused_without_effect(setup, |sm, (c, id)| load(sm, c, id));
@@ -172,7 +172,7 @@ fn a_complete_base_gives_its_module_to_an_upload() {
     let (mut sm, (c, base)) = with_upload(|_| {});
     let mut args = upload_args(&c, TEST_CANISTER_WASM.len() as u64);
     args.base_snapshot = Some(ByteBuf::from(base));
-    let id = upload_metadata(&mut sm, &c, args);
+    let id = upload_metadata(&mut sm, c.sender, args).unwrap();
     load(&mut sm, &c, &id).unwrap();
     assert_eq!(c.memory_sizes(&mut sm), (65_536, 0));
 }
@@ -248,7 +248,7 @@ fn with_timer_and_hook(sm: &mut StateMachine, c: &TestCanister) {
     let mut args = upload_args(c, TEST_CANISTER_WASM.len() as u64);
     args.global_timer = Some(CanisterTimer::Active(123));
     args.on_low_wasm_memory_hook_status = Some(OnLowWasmMemoryHookStatus::Ready);
-    let id = upload_metadata(sm, c, args);
+    let id = upload_metadata(sm, c.sender, args).unwrap();
     upload_module(sm, c, &id, TEST_CANISTER_WASM);
     load(sm, c, &id).unwrap();
     sm.delete_canister_snapshot(c.id, Some(c.sender), id)
@@ -290,9 +290,10 @@ fn an_upload_restores_the_timer_and_hook_status_only_when_given() {
     with_timer_and_hook(&mut sm, &c);
     let id = upload_metadata(
         &mut sm,
-        &c,
+        c.sender,
         upload_args(&c, TEST_CANISTER_WASM.len() as u64),
-    );
+    )
+    .unwrap();
     upload_module(&mut sm, &c, &id, TEST_CANISTER_WASM);
     let read: SnapshotMetadata = sm
         .read_canister_snapshot_metadata(c.id, Some(c.sender), id.clone())
@@ -309,7 +310,7 @@ fn an_upload_restores_the_timer_and_hook_status_only_when_given() {
     let mut args = upload_args(&c, TEST_CANISTER_WASM.len() as u64);
     args.global_timer = Some(CanisterTimer::Inactive);
     args.on_low_wasm_memory_hook_status = Some(OnLowWasmMemoryHookStatus::Executed);
-    let id = upload_metadata(&mut sm, &c, args);
+    let id = upload_metadata(&mut sm, c.sender, args).unwrap();
     upload_module(&mut sm, &c, &id, TEST_CANISTER_WASM);
     let read = sm
         .read_canister_snapshot_metadata(c.id, Some(c.sender), id.clone())

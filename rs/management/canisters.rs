@@ -127,6 +127,16 @@ impl ManagementCanister<'_> {
         specified_id: Option<Principal>,
         cycles: u128,
     ) -> Result<Vec<u8>, UserError> {
+        let max = self.config.max_number_of_canisters;
+        if state.canisters.len() as u64 >= max {
+            return Err(UserError::new(
+                ErrorCode::MaxNumberOfCanistersReached,
+                format!(
+                    "Canister creation failed: the subnet hosts the maximum of {max} canisters. \
+                     Delete a canister or use another subnet."
+                ),
+            ));
+        }
         let settings = settings.unwrap_or_default();
         let valid = validate_settings(&settings, &CanisterSettings::default())?;
         let controllers = valid

@@ -31,14 +31,16 @@ const NODE_TAG: u8 = 0x01;
 const MEMORY_ROOT_TAG: u8 = 0x02;
 const MEMORY_DOMAIN: &[u8] = b"ic-canister-snapshots/memory/v1";
 
-pub(crate) fn leaf_hash(page: &[u8; PAGE_SIZE]) -> Hash {
+/// `leaf(page)` of `spec/checksum.md`: the hash of one 4 KiB page (the page root).
+pub fn leaf_hash(page: &[u8; PAGE_SIZE]) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update([LEAF_TAG]);
     hasher.update(page);
     hasher.finalize().into()
 }
 
-pub(crate) fn node_hash(children: &[Hash; FANOUT]) -> Hash {
+/// `node(c0..c15)` of `spec/checksum.md`: the hash of an inner node from its 16 children.
+pub fn node_hash(children: &[Hash; FANOUT]) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update([NODE_TAG]);
     for child in children {

@@ -11,16 +11,19 @@ use std::fmt::Debug;
 use candid::utils::ArgumentEncoder;
 use candid::{Decode, Encode, Principal};
 use canister_snapshots::management::types::{
-    UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+    TakeCanisterSnapshotArgs as LabelledTakeArgs, UploadCanisterSnapshotDataArgs,
+    UploadCanisterSnapshotMetadataArgs,
 };
 use canister_snapshots::memory::Hash;
+use canister_snapshots::memory::checksum::{memory_root_from_bytes, sha256};
 use canister_snapshots::replicated_state::ReplicatedState;
+use canister_snapshots::snapshots::{CanisterSnapshot, SnapshotDigest, snapshot_checksum};
 use canister_snapshots::state::{CanisterSettings, CanisterStatus, Global};
 use canister_snapshots::{Config, RejectResponse, StateMachine, TEST_CANISTER_WASM};
 use ic_error_types::{ErrorCode, RejectCode};
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInstallMode, CanisterSettings as SettingsArgs, Change,
-    InstallCodeArgs, ProvisionalCreateCanisterWithCyclesArgs, SnapshotDataOffset,
+    InstallCodeArgs, ProvisionalCreateCanisterWithCyclesArgs, Snapshot, SnapshotDataOffset,
     SnapshotMetadataGlobal, UpdateSettingsArgs, UploadCanisterSnapshotMetadataResult,
 };
 use serde_bytes::ByteBuf;
@@ -405,20 +408,61 @@ pub fn assert_refused_without_effect<F, R: Debug>(
 // Uploaded snapshots
 // ---------------------------------------------------------------------------------------------
 
-/// The globals the test canister's module exports: two `i64`.
+/// The globals the test canister's module exports: two `i64` (a load checks an upload's
+/// globals against them).
 pub fn module_globals() -> Vec<SnapshotMetadataGlobal> {
     vec![SnapshotMetadataGlobal::I64(0); 2]
 }
 
-/// `upload_canister_snapshot_metadata` arguments for a snapshot of `module_size` bytes of module and one Wasm page of heap,
-/// with the module's globals, no timer and no hook status.
-pub fn upload_args(c: &TestCanister, module_size: u64) -> UploadCanisterSnapshotMetadataArgs {
+/// The snapshot checksum of `spec/checksum.md` recomputed from the snapshot's bytes: memory
+/// roots from flat copies of the memories, module and chunk hashes rehashed. Uses none of the
+/// memoised hashes, so comparing it with [`CanisterSnapshot::checksum`] can fail.
+pub fn checksum_from_bytes(snapshot: &CanisterSnapshot) -> Hash {
+    let root = |memory: &canister_snapshots::memory::Memory| {
+        memory_root_from_bytes(&memory.read_vec(0, memory.size_bytes()).unwrap())
+    };
+    snapshot_checksum(&SnapshotDigest {
+        wasm_module_hash: sha256(snapshot.wasm_module.bytes()),
+        wasm_memory_root: root(&snapshot.wasm_memory),
+        stable_memory_root: root(&snapshot.stable_memory),
+        exported_globals: &snapshot.exported_globals,
+        certified_data: &snapshot.certified_data,
+        chunk_hashes: snapshot
+            .wasm_chunk_store
+            .values()
+            .map(|chunk| sha256(chunk))
+            .collect(),
+    })
+}
+
+/// `take_canister_snapshot` with this project's argument type (with `label`).
+pub fn take_labelled(
+    sm: &mut StateMachine,
+    sender: Principal,
+    canister_id: Principal,
+    replace_snapshot: Option<Vec<u8>>,
+    label: Option<&str>,
+) -> Result<Snapshot, RejectResponse> {
+    let args = LabelledTakeArgs {
+        canister_id,
+        replace_snapshot: replace_snapshot.map(Into::into),
+        uninstall_code: None,
+        sender_canister_version: None,
+        label: label.map(str::to_string),
+    };
+    sm.management(Some(sender), "take_canister_snapshot", (args,))
+        .map(|(snapshot,)| snapshot)
+}
+
+/// Metadata of an uploaded snapshot holding the test canister's module and nothing else: the
+/// starting point that each upload test changes one field of.
+pub fn upload_metadata_args(canister_id: Principal) -> UploadCanisterSnapshotMetadataArgs {
     UploadCanisterSnapshotMetadataArgs {
-        canister_id: c.id,
+        canister_id,
         replace_snapshot: None,
-        wasm_module_size: module_size,
+        wasm_module_size: TEST_CANISTER_WASM.len() as u64,
         globals: module_globals(),
-        wasm_memory_size: 65_536,
+        wasm_memory_size: 0,
         stable_memory_size: 0,
         certified_data: vec![],
         global_timer: None,
@@ -427,26 +471,55 @@ pub fn upload_args(c: &TestCanister, module_size: u64) -> UploadCanisterSnapshot
     }
 }
 
+/// `upload_canister_snapshot_metadata`; returns the new snapshot's id.
 pub fn upload_metadata(
     sm: &mut StateMachine,
-    c: &TestCanister,
+    sender: Principal,
     args: UploadCanisterSnapshotMetadataArgs,
-) -> Vec<u8> {
-    let (result,): (UploadCanisterSnapshotMetadataResult,) = sm
-        .management(Some(c.sender), "upload_canister_snapshot_metadata", (args,))
-        .unwrap_or_else(|err| panic!("upload_canister_snapshot_metadata: {err}"));
-    result.snapshot_id
+) -> Result<Vec<u8>, RejectResponse> {
+    sm.management(Some(sender), "upload_canister_snapshot_metadata", (args,))
+        .map(|(result,): (UploadCanisterSnapshotMetadataResult,)| result.snapshot_id)
 }
 
-pub fn upload_module(sm: &mut StateMachine, c: &TestCanister, snapshot_id: &[u8], module: &[u8]) {
+/// `upload_canister_snapshot_data` of `chunk` at `kind` into snapshot `snapshot_id`.
+pub fn upload_data(
+    sm: &mut StateMachine,
+    sender: Principal,
+    canister_id: Principal,
+    snapshot_id: &[u8],
+    kind: SnapshotDataOffset,
+    chunk: Vec<u8>,
+) -> Result<(), RejectResponse> {
     let args = UploadCanisterSnapshotDataArgs {
-        canister_id: c.id,
+        canister_id,
         snapshot_id: snapshot_id.to_vec(),
-        kind: SnapshotDataOffset::WasmModule { offset: 0 },
-        chunk: module.to_vec(),
+        kind,
+        chunk,
     };
-    sm.management::<()>(Some(c.sender), "upload_canister_snapshot_data", (args,))
-        .unwrap_or_else(|err| panic!("upload_canister_snapshot_data: {err}"));
+    sm.management(Some(sender), "upload_canister_snapshot_data", (args,))
+}
+
+/// [`upload_metadata_args`] for a module of `module_size` bytes and one Wasm page of heap.
+pub fn upload_args(c: &TestCanister, module_size: u64) -> UploadCanisterSnapshotMetadataArgs {
+    UploadCanisterSnapshotMetadataArgs {
+        wasm_module_size: module_size,
+        wasm_memory_size: 65_536,
+        ..upload_metadata_args(c.id)
+    }
+}
+
+/// Uploads `module` as the whole Wasm module of snapshot `snapshot_id`.
+#[track_caller]
+pub fn upload_module(sm: &mut StateMachine, c: &TestCanister, snapshot_id: &[u8], module: &[u8]) {
+    upload_data(
+        sm,
+        c.sender,
+        c.id,
+        snapshot_id,
+        SnapshotDataOffset::WasmModule { offset: 0 },
+        module.to_vec(),
+    )
+    .unwrap_or_else(|err| panic!("upload_canister_snapshot_data: {err}"));
 }
 
 /// Candid-encodes `args` (a tuple), as `StateMachine::management` does.
