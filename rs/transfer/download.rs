@@ -22,6 +22,63 @@ use crate::memory::checksum::hex;
 use crate::progress::progress_bar;
 use crate::snapshots::SnapshotRegion;
 
+/// The progress file of a download, in the directory it downloads into.
+const DOWNLOAD_PROGRESS: &str = ".download_progress.json";
+
+/// What a directory holds before a download starts (one without a progress file).
+enum Contents {
+    /// Absent, empty, or only the temporary file of a first progress file that a crash cut
+    /// short.
+    Empty,
+    /// `metadata.json`: a complete snapshot (ours, dfx's or icp-cli's).
+    CompleteSnapshot,
+    /// Something else, named by its first entry: not ours to write into.
+    Foreign(String),
+}
+
+fn directory_contents(snapshot_dir: &SnapshotDir) -> Result<Contents, TransferError> {
+    let root = snapshot_dir.root();
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::Empty),
+        Err(e) => return Err(TransferError::io(root, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| TransferError::io(root, e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    let interrupted_start = dir::part_path(Path::new(DOWNLOAD_PROGRESS));
+    names.retain(|name| Path::new(name) != interrupted_start);
+    if dir::plain_file_len(&snapshot_dir.metadata_path())?.is_some() {
+        return Ok(Contents::CompleteSnapshot);
+    }
+    Ok(match names.into_iter().next() {
+        None => Contents::Empty,
+        Some(name) => Contents::Foreign(name),
+    })
+}
+
+/// Removes the files of the complete snapshot a forced download overwrites, `metadata.json`
+/// first so that the directory never looks complete with a mix of two snapshots. Chunk files
+/// stay: each is named by its hash, so a stale one is never mistaken for another, and readers
+/// ignore chunks `metadata.json` does not list.
+fn remove_snapshot_files(snapshot_dir: &SnapshotDir) -> Result<(), TransferError> {
+    let files = [snapshot_dir.metadata_path(), snapshot_dir.checksum_path()]
+        .into_iter()
+        .chain(REGIONS.map(|region| snapshot_dir.region_path(region)));
+    for path in files {
+        dir::refuse_symlink(&path)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TransferError::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
 fn read_kind(region: SnapshotRegion, offset: u64, size: u64) -> SnapshotDataKind {
     match region {
         SnapshotRegion::WasmModule => SnapshotDataKind::WasmModule { offset, size },
@@ -61,9 +118,7 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
     let extended: SnapshotMetadata = candid::decode_one(&metadata_bytes).map_err(decode_error)?;
 
     let snapshot_dir = SnapshotDir::new(dir);
-    fs::create_dir_all(snapshot_dir.chunk_store_dir())
-        .map_err(|e| TransferError::io(&snapshot_dir.chunk_store_dir(), e))?;
-    let progress_path = dir.join(".download_progress.json");
+    let progress_path = dir.join(DOWNLOAD_PROGRESS);
     let id_hex = hex(&snapshot_id);
     let mut progress = match Progress::load(&progress_path)? {
         Some(p) if p.snapshot_id != id_hex => {
@@ -76,26 +131,49 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
             });
         }
         Some(p) => p,
-        None if snapshot_dir.metadata_path().exists() => {
-            return Err(TransferError::DirectoryNotEmpty {
-                path: dir.to_path_buf(),
-            });
+        None => {
+            let overwrite = match directory_contents(&snapshot_dir)? {
+                Contents::Empty => false,
+                Contents::CompleteSnapshot if options.force => true,
+                Contents::CompleteSnapshot => {
+                    return Err(TransferError::DirectoryNotEmpty {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                Contents::Foreign(entry) => {
+                    return Err(TransferError::ForeignDirectory {
+                        path: dir.to_path_buf(),
+                        entry,
+                    });
+                }
+            };
+            fs::create_dir_all(dir).map_err(|e| TransferError::io(dir, e))?;
+            let progress = Progress {
+                snapshot_id: id_hex,
+                ..Progress::default()
+            };
+            // The progress file first: from here on the directory is a download in progress,
+            // which a rerun resumes, whatever step a crash interrupts.
+            progress.save(&progress_path)?;
+            if overwrite {
+                remove_snapshot_files(&snapshot_dir)?;
+            }
+            progress
         }
-        None => Progress {
-            snapshot_id: id_hex,
-            ..Progress::default()
-        },
     };
-    progress.save(&progress_path)?;
+    dir::refuse_symlink(&snapshot_dir.chunk_store_dir())?;
+    fs::create_dir_all(snapshot_dir.chunk_store_dir())
+        .map_err(|e| TransferError::io(&snapshot_dir.chunk_store_dir(), e))?;
 
     let mut budget = Budget::new(options);
     for region in REGIONS {
         let size = SnapshotDir::region_size(&metadata, region);
         let final_path = snapshot_dir.region_path(region);
-        if *progress.offset(region) >= size && final_path.exists() {
+        if *progress.offset(region) >= size && dir::plain_file_len(&final_path)? == Some(size) {
             continue;
         }
         let part = dir::part_path(&final_path);
+        dir::refuse_symlink(&part)?;
         let mut file = OpenOptions::new()
             .create(true)
             .write(true)

@@ -26,9 +26,13 @@ use crate::management::types::{MAX_SLICE_BYTES, SnapshotMetadata};
 use crate::memory::PAGE_SIZE;
 use crate::memory::checksum::Hash;
 
-pub use dir::{ChecksumRecord, REGIONS, SnapshotDir, changed_page_runs, for_each_block};
+pub use dir::{
+    ChecksumRecord, MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES, MAX_METADATA_JSON_BYTES,
+    MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS, SnapshotDir, changed_page_runs,
+    chunk_hashes, for_each_block,
+};
 pub use download::download_canister_snapshot;
-pub use tools::{DiffReport, PageRanges, RegionDiff, diff, inspect, nonzero_page_ranges};
+pub use tools::{DiffReport, PageRanges, RegionDiff, diff, inspect, nonzero_page_ranges, unhex};
 pub use upload::upload_canister_snapshot;
 
 /// Slices are whole pages: 488 pages = 1,998,848 bytes, the most that fits in
@@ -68,8 +72,51 @@ pub enum TransferError {
         expected: String,
         actual: String,
     },
-    #[error("{path} already holds a complete snapshot: download into an empty directory")]
+    #[error(
+        "{path} already holds a complete snapshot: download into a new or empty directory, or \
+         pass force (`--force`) to overwrite it"
+    )]
     DirectoryNotEmpty { path: PathBuf },
+    #[error(
+        "{path} is not empty ({entry} is there) and is not a snapshot download of this tool: \
+         download into a new or empty directory; this tool never deletes what it did not write"
+    )]
+    ForeignDirectory { path: PathBuf, entry: String },
+    #[error(
+        "{path} is a symbolic link: a snapshot directory holds plain files and directories only \
+         (nothing is followed out of it); replace the link by the file itself"
+    )]
+    Symlink { path: PathBuf },
+    #[error(
+        "{path} has {size} bytes, more than the {limit} a {what} may have: it is not a file of \
+         a snapshot directory"
+    )]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "the snapshot quota of canister {canister_id} is full (it holds {existing}): uploading \
+         must replace one of them, which destroys it when the upload starts, before the upload \
+         is verified. Pass the snapshot it supersedes explicitly (`replace_snapshot`, \
+         `--replace ID`), delete a snapshot, or raise the quota"
+    )]
+    QuotaForcesReplace {
+        canister_id: Principal,
+        /// Hex ids of the canister's snapshots.
+        existing: String,
+    },
+    #[error(
+        "snapshot {uploaded} was uploaded and verified, but deleting snapshot {replaced}, which \
+         it supersedes, failed: {reject}; delete it yourself"
+    )]
+    SupersededNotDeleted {
+        uploaded: String,
+        replaced: String,
+        reject: RejectResponse,
+    },
     #[error("cannot resume from {path}: {reason}; delete it to start over")]
     Resume { path: PathBuf, reason: String },
     #[error("the transfer stopped after {bytes} bytes as asked; run it again to resume")]
@@ -95,6 +142,24 @@ pub struct TransferOptions {
     /// Stop (as if interrupted) once this many bytes have been transferred; for testing
     /// resumption.
     pub stop_after_bytes: Option<u64>,
+    /// Let a download overwrite a directory that holds a complete snapshot (its
+    /// `metadata.json`, `checksum.json` and region files). Never lets it write into a directory
+    /// holding anything else.
+    pub force: bool,
+}
+
+/// What an upload did to the snapshot it supersedes (`replace_snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replaced {
+    /// Nothing was to be replaced.
+    Nothing,
+    /// The upload went into a new snapshot; once its checksum was verified, the superseded one
+    /// was deleted (`delete_canister_snapshot`).
+    DeletedAfterVerification(Vec<u8>),
+    /// The quota left no room: the upload passed `replace_snapshot`, which destroyed the
+    /// superseded snapshot when the upload started, before it was verified (the caller
+    /// consented by naming it).
+    ReplacedAtStart(Vec<u8>),
 }
 
 /// What an upload did.
@@ -105,6 +170,7 @@ pub struct UploadReport {
     pub bytes_sent: u64,
     pub messages: u64,
     pub checksum: Hash,
+    pub replaced: Replaced,
 }
 
 /// The snapshot an incremental upload starts from: on the replica, and its download on disk.

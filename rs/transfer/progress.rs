@@ -2,7 +2,6 @@
 //! byte budget that stops a transfer on purpose (for tests of resumption), and the checkpoint
 //! routine both directions share (`spec/transfer.md`, "Writing safely, resuming").
 
-use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,14 @@ pub(super) struct Progress {
     pub stable_memory: u64,
     /// Hex hashes of the chunks already transferred.
     pub chunks: Vec<String>,
+    /// Upload only: hex id of the snapshot this upload supersedes, deleted once the upload is
+    /// verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
+    /// Upload only: hex id of the snapshot `replace_snapshot` destroyed when the upload
+    /// started (the quota was full and the caller named it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_at_start: Option<String>,
 }
 
 impl Progress {
@@ -35,8 +42,8 @@ impl Progress {
     }
 
     pub fn load(path: &Path) -> Result<Option<Progress>, TransferError> {
-        match fs::read(path) {
-            Ok(bytes) => {
+        match dir::read_small_file(path, dir::MAX_PROGRESS_JSON_BYTES, "progress file")? {
+            Some(bytes) => {
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|e| TransferError::Resume {
@@ -44,8 +51,7 @@ impl Progress {
                         reason: format!("the progress file does not parse: {e}"),
                     })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(TransferError::io(path, e)),
+            None => Ok(None),
         }
     }
 

@@ -3,19 +3,23 @@
 //! resumption and the replica's checksum compared with the directory's at the end
 //! (`spec/transfer.md`).
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candid::Principal;
-use ic_management_canister_types::{SnapshotDataOffset, UploadCanisterSnapshotMetadataResult};
+use ic_error_types::ErrorCode;
+use ic_management_canister_types::{
+    CanisterIdRecord, DeleteCanisterSnapshotArgs, Snapshot, SnapshotDataOffset,
+    UploadCanisterSnapshotMetadataResult,
+};
 
 use super::progress::{Budget, Progress, Step, checkpoint};
 use super::{
-    REGIONS, SLICE_BYTES, SnapshotDir, TransferError, TransferOptions, UploadBase, UploadReport,
-    changed_page_runs, dir, read_canister_snapshot_metadata,
+    REGIONS, Replaced, SLICE_BYTES, SnapshotDir, TransferError, TransferOptions, UploadBase,
+    UploadReport, changed_page_runs, chunk_hashes, dir, read_canister_snapshot_metadata,
 };
-use crate::client::ManagementClient;
+use crate::client::{ManagementClient, RejectResponse};
 use crate::management::types::{
     UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
 };
@@ -92,12 +96,11 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
     let progress_path = dir.join(".upload_progress.json");
     let mut progress = match Progress::load(&progress_path)? {
         Some(p) => {
-            let id = crate::transfer::tools::unhex(&p.snapshot_id).ok_or_else(|| {
-                TransferError::Resume {
+            let id =
+                crate::transfer::unhex(&p.snapshot_id).ok_or_else(|| TransferError::Resume {
                     path: progress_path.clone(),
                     reason: "its snapshot id is not hex".into(),
-                }
-            })?;
+                })?;
             read_canister_snapshot_metadata(client, canister_id, sender, id).map_err(|reject| {
                 TransferError::Resume {
                     path: progress_path.clone(),
@@ -107,12 +110,12 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
             p
         }
         None => {
-            let globals = metadata.globals.iter().flatten().cloned().collect();
-            let args = UploadCanisterSnapshotMetadataArgs {
+            let globals: Vec<_> = metadata.globals.iter().flatten().cloned().collect();
+            let args = |replace: Option<&Vec<u8>>| UploadCanisterSnapshotMetadataArgs {
                 canister_id,
-                replace_snapshot: replace_snapshot.map(serde_bytes::ByteBuf::from),
+                replace_snapshot: replace.cloned().map(serde_bytes::ByteBuf::from),
                 wasm_module_size: metadata.wasm_module_size,
-                globals,
+                globals: globals.clone(),
                 wasm_memory_size: metadata.wasm_memory_size,
                 stable_memory_size: metadata.stable_memory_size,
                 certified_data: metadata.certified_data.clone(),
@@ -122,18 +125,53 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
                     .as_ref()
                     .map(|b| serde_bytes::ByteBuf::from(b.snapshot_id.clone())),
             };
-            let (result,): (UploadCanisterSnapshotMetadataResult,) = client
-                .management_call(sender, "upload_canister_snapshot_metadata", (args,))
-                .map_err(TransferError::reject("upload_canister_snapshot_metadata"))?;
-            let progress = Progress {
-                snapshot_id: hex(&result.snapshot_id),
-                ..Progress::default()
+            if let Some(old) = &replace_snapshot {
+                // Before anything is created: the snapshot to supersede must exist.
+                read_canister_snapshot_metadata(client, canister_id, sender, old.clone()).map_err(
+                    TransferError::reject(
+                        "read_canister_snapshot_metadata (the snapshot to replace)",
+                    ),
+                )?;
+            }
+            // Verify before destroy: into a new snapshot while the quota has room; the one it
+            // supersedes is deleted only once the new one's checksum is verified.
+            let metadata_step = "upload_canister_snapshot_metadata";
+            let progress = match client.management_call::<(UploadCanisterSnapshotMetadataResult,)>(
+                sender,
+                metadata_step,
+                (args(None),),
+            ) {
+                Ok((result,)) => Progress {
+                    snapshot_id: hex(&result.snapshot_id),
+                    supersedes: replace_snapshot.as_deref().map(hex),
+                    ..Progress::default()
+                },
+                Err(reject) if is_quota_reached(&reject) => match &replace_snapshot {
+                    // Named by the caller: consent to lose it before verification.
+                    Some(old) => {
+                        let (result,): (UploadCanisterSnapshotMetadataResult,) = client
+                            .management_call(sender, metadata_step, (args(Some(old)),))
+                            .map_err(TransferError::reject(metadata_step))?;
+                        Progress {
+                            snapshot_id: hex(&result.snapshot_id),
+                            replaced_at_start: Some(hex(old)),
+                            ..Progress::default()
+                        }
+                    }
+                    None => {
+                        return Err(TransferError::QuotaForcesReplace {
+                            canister_id,
+                            existing: existing_snapshots(client, canister_id, sender),
+                        });
+                    }
+                },
+                Err(reject) => return Err(TransferError::reject(metadata_step)(reject)),
             };
             progress.save(&progress_path)?;
             progress
         }
     };
-    let snapshot_id = crate::transfer::tools::unhex(&progress.snapshot_id)
+    let snapshot_id = crate::transfer::unhex(&progress.snapshot_id)
         .expect("written as hex above or checked on resume");
 
     let mut report = UploadReport {
@@ -141,6 +179,10 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         bytes_sent: 0,
         messages: 0,
         checksum: local_checksum,
+        replaced: match &progress.replaced_at_start {
+            Some(old) => Replaced::ReplacedAtStart(unhex_recorded(old, &progress_path)?),
+            None => Replaced::Nothing,
+        },
     };
     let mut budget = Budget::new(options);
     for region in REGIONS {
@@ -157,11 +199,9 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
             (None, _) => Some(None),
         };
         let path = snapshot_dir.region_path(region);
-        let mut file = BufReader::new(File::open(&path).map_err(|e| TransferError::io(&path, e))?);
+        let mut file = BufReader::new(dir::open_plain_file(&path)?);
         let mut reference_file = match &reference {
-            Some(Some(p)) => Some(BufReader::new(
-                File::open(p).map_err(|e| TransferError::io(p, e))?,
-            )),
+            Some(Some(p)) => Some(BufReader::new(dir::open_plain_file(p)?)),
             _ => None,
         };
         let mut offset = *progress.offset(region);
@@ -230,13 +270,14 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         }
         bar.finish_and_clear();
     }
-    for chunk in &metadata.wasm_chunk_store {
-        let hash_hex = hex(&chunk.hash);
+    for hash in chunk_hashes(&metadata) {
+        let hash_hex = hex(&hash);
         if progress.chunks.contains(&hash_hex) {
             continue;
         }
-        let path = snapshot_dir.chunk_path(&chunk.hash);
-        let bytes = fs::read(&path).map_err(|e| TransferError::io(&path, e))?;
+        let path = snapshot_dir.chunk_path(&hash);
+        let bytes = dir::read_small_file(&path, dir::MAX_CHUNK_FILE_BYTES, "Wasm chunk")?
+            .ok_or_else(|| TransferError::MissingFile { path: path.clone() })?;
         let args = UploadCanisterSnapshotDataArgs {
             canister_id,
             snapshot_id: snapshot_id.clone(),
@@ -258,12 +299,93 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
             TransferError::reject("read_canister_snapshot_metadata (check)"),
         )?;
     if uploaded.checksum.as_slice() != local_checksum.as_slice() {
+        // The new snapshot is not the directory: delete it (best effort) rather than leave a
+        // wrong copy that looks like a backup. Nothing else was touched, unless the quota
+        // forced `replace_snapshot` with the caller's consent.
+        let deleted = delete_snapshot(client, canister_id, sender, &snapshot_id).is_ok();
+        let _ = fs::remove_file(&progress_path);
         return Err(TransferError::ChecksumMismatch {
-            what: format!("the uploaded snapshot {}", hex(&snapshot_id)),
+            what: format!(
+                "the uploaded snapshot {} ({}; {})",
+                hex(&snapshot_id),
+                if deleted {
+                    "deleted"
+                } else {
+                    "deleting it failed: delete it yourself"
+                },
+                match (&progress.supersedes, &progress.replaced_at_start) {
+                    (Some(old), _) => format!("snapshot {old}, which it was to replace, is kept"),
+                    (None, Some(old)) => format!("snapshot {old} was replaced when it started"),
+                    (None, None) => "no other snapshot was touched".to_string(),
+                }
+            ),
             expected: hex(&local_checksum),
             actual: hex(&uploaded.checksum),
         });
     }
     fs::remove_file(&progress_path).map_err(|e| TransferError::io(&progress_path, e))?;
+    if let Some(old) = &progress.supersedes {
+        let old_id = unhex_recorded(old, &progress_path)?;
+        delete_snapshot(client, canister_id, sender, &old_id).map_err(|reject| {
+            TransferError::SupersededNotDeleted {
+                uploaded: hex(&snapshot_id),
+                replaced: old.clone(),
+                reject,
+            }
+        })?;
+        report.replaced = Replaced::DeletedAfterVerification(old_id);
+    }
     Ok(report)
+}
+
+/// Whether a refused `upload_canister_snapshot_metadata` was refused for the quota alone (the
+/// replica's `CanisterRejectedMessage` and its message, `spec/transfer.md`).
+fn is_quota_reached(reject: &RejectResponse) -> bool {
+    reject.error_code == ErrorCode::CanisterRejectedMessage
+        && reject
+            .reject_message
+            .contains("reached the maximum number of snapshots")
+}
+
+/// The hex ids of the canister's snapshots, for a message; "its snapshots" if listing fails.
+fn existing_snapshots<C: ManagementClient + ?Sized>(
+    client: &mut C,
+    canister_id: Principal,
+    sender: Principal,
+) -> String {
+    client
+        .management_call::<(Vec<Snapshot>,)>(
+            sender,
+            "list_canister_snapshots",
+            (CanisterIdRecord { canister_id },),
+        )
+        .map(|(list,)| {
+            let ids: Vec<String> = list
+                .iter()
+                .map(|s| format!("snapshot {}", hex(&s.id)))
+                .collect();
+            ids.join(", ")
+        })
+        .unwrap_or_else(|_| "its snapshots".to_string())
+}
+
+fn delete_snapshot<C: ManagementClient + ?Sized>(
+    client: &mut C,
+    canister_id: Principal,
+    sender: Principal,
+    snapshot_id: &[u8],
+) -> Result<(), RejectResponse> {
+    let args = DeleteCanisterSnapshotArgs {
+        canister_id,
+        snapshot_id: snapshot_id.to_vec(),
+    };
+    client.management_call(sender, "delete_canister_snapshot", (args,))
+}
+
+/// A snapshot id the progress file records in hex.
+fn unhex_recorded(text: &str, progress_path: &Path) -> Result<Vec<u8>, TransferError> {
+    crate::transfer::unhex(text).ok_or_else(|| TransferError::Resume {
+        path: progress_path.to_path_buf(),
+        reason: format!("{text:?} is not a hex snapshot id"),
+    })
 }
