@@ -5,6 +5,7 @@
 //!   occupied directories);
 //! - verify before destroy (an upload deletes the snapshot it supersedes only once verified;
 //!   a duplicated chunk hash no longer makes a directory impossible to upload);
+//! - non-finite float globals leave the replica and come back bit for bit;
 //! - every file read from a directory is size-checked first, and no symbolic link is followed.
 
 mod common;
@@ -14,7 +15,9 @@ use std::process::Command;
 
 use candid::Principal;
 use canister_snapshots::client::{ManagementClient, RejectResponse};
-use canister_snapshots::management::types::UploadCanisterSnapshotDataArgs;
+use canister_snapshots::management::types::{
+    UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+};
 use canister_snapshots::memory::checksum::{hex, sha256};
 use canister_snapshots::transfer::{
     self, MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES, MAX_METADATA_JSON_BYTES,
@@ -26,7 +29,9 @@ use common::{TestCanister, contents, install_new};
 use ic_management_canister_types::{
     CanisterTimer, ChunkHash, OnLowWasmMemoryHookStatus, ReadCanisterSnapshotMetadataResult,
     SnapshotDataOffset, SnapshotMetadataGlobal, SnapshotSource,
+    UploadCanisterSnapshotMetadataResult,
 };
+use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -477,8 +482,182 @@ fn a_chunk_listed_twice_is_uploaded_once() {
     assert_eq!(on_chain.checksum, report.checksum.to_vec());
 }
 
+// ---------------------------------------------------------------------------------------------
+// 3. Non-finite globals
+// ---------------------------------------------------------------------------------------------
+
+fn f32_global(bits: u32) -> SnapshotMetadataGlobal {
+    SnapshotMetadataGlobal::F32(f32::from_bits(bits))
+}
+
 fn f64_global(bits: u64) -> SnapshotMetadataGlobal {
     SnapshotMetadataGlobal::F64(f64::from_bits(bits))
+}
+
+/// The exact bits of a global (a float's bit pattern, not its value: NaN != NaN).
+fn bits(global: &SnapshotMetadataGlobal) -> (u8, u128) {
+    match global {
+        SnapshotMetadataGlobal::I32(v) => (0, *v as u32 as u128),
+        SnapshotMetadataGlobal::I64(v) => (1, *v as u64 as u128),
+        SnapshotMetadataGlobal::F32(v) => (2, v.to_bits() as u128),
+        SnapshotMetadataGlobal::F64(v) => (3, v.to_bits() as u128),
+        SnapshotMetadataGlobal::V128(n) => (4, u128::try_from(n.0.clone()).unwrap()),
+    }
+}
+
+fn all_bits(globals: &[Option<SnapshotMetadataGlobal>]) -> Vec<(u8, u128)> {
+    globals.iter().map(|g| bits(g.as_ref().unwrap())).collect()
+}
+
+/// Creates a snapshot with `globals` on the replica through `upload_canister_snapshot_metadata`.
+fn snapshot_with_globals(
+    sm: &mut StateMachine,
+    canister: &TestCanister,
+    globals: Vec<SnapshotMetadataGlobal>,
+) -> Vec<u8> {
+    let args = UploadCanisterSnapshotMetadataArgs {
+        canister_id: canister.id,
+        replace_snapshot: None,
+        wasm_module_size: 8,
+        globals,
+        wasm_memory_size: 65536,
+        stable_memory_size: 0,
+        certified_data: vec![],
+        global_timer: None,
+        on_low_wasm_memory_hook_status: None,
+        base_snapshot: None,
+    };
+    let (result,): (UploadCanisterSnapshotMetadataResult,) = sm
+        .management(
+            Some(canister.sender),
+            "upload_canister_snapshot_metadata",
+            (args,),
+        )
+        .unwrap();
+    result.snapshot_id
+}
+
+/// serde_json writes NaN and infinities as `null`, so such a snapshot failed at the very end of
+/// its download, and NaN payloads would have been lost even if it parsed. Now every global
+/// comes back bit for bit: download, upload, read metadata.
+#[test]
+fn non_finite_globals_round_trip_bit_exactly() {
+    let (mut sm, canister) = machine(3);
+    let globals = vec![
+        f32_global(0x7fc0_0001),           // quiet NaN with a payload
+        f32_global(0xffc0_0000),           // negative quiet NaN
+        f32_global(0x7f80_0001),           // signalling NaN
+        f32_global(0x7f80_0000),           // +inf
+        f32_global(0xff80_0000),           // -inf
+        f64_global(0x7ff8_0000_0000_0123), // quiet NaN with a payload
+        f64_global(0x7ff0_0000_0000_0001), // signalling NaN
+        f64_global(0xfff0_0000_0000_0000), // -inf
+        f64_global(0x8000_0000_0000_0000), // -0.0
+        f64_global(1),                     // the smallest subnormal
+        f32_global(1.1f32.to_bits()),
+        SnapshotMetadataGlobal::I64(-7),
+        SnapshotMetadataGlobal::V128(candid::Nat::from(u128::MAX)),
+    ];
+    let expected: Vec<(u8, u128)> = globals.iter().map(bits).collect();
+    let id = snapshot_with_globals(&mut sm, &canister, globals);
+    let tmp = tempfile::tempdir().unwrap();
+    sm.download_canister_snapshot(canister.id, Some(canister.sender), id, tmp.path())
+        .unwrap();
+    let local = SnapshotDir::new(tmp.path()).read_metadata().unwrap();
+    assert_eq!(all_bits(&local.globals), expected);
+
+    let uploaded = sm
+        .upload_canister_snapshot(canister.id, Some(canister.sender), tmp.path(), None)
+        .unwrap();
+    let on_chain = sm
+        .read_canister_snapshot_metadata(canister.id, Some(canister.sender), uploaded)
+        .unwrap();
+    assert_eq!(all_bits(&on_chain.globals), expected);
+
+    // dfx's reader (the crate type) ignores the extension field; where the file holds `null`
+    // it fails, as it would on the file serde_json alone writes, rather than take a wrong value.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(json["globals"][0], serde_json::json!({"f32": null}));
+    assert_eq!(
+        json[transfer::EXACT_FLOAT_GLOBALS][0],
+        serde_json::json!({"index": 0, "type": "f32", "bits": "7fc00001"})
+    );
+}
+
+/// For a snapshot whose globals are all finite, metadata.json is byte for byte what serde_json
+/// writes for the crate type (what dfx writes).
+#[test]
+fn finite_metadata_is_written_exactly_as_dfx_writes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut sm, canister, id) = downloaded(1, tmp.path());
+    let args = ic_management_canister_types::ReadCanisterSnapshotMetadataArgs {
+        canister_id: canister.id,
+        snapshot_id: id,
+    };
+    let (metadata,): (ReadCanisterSnapshotMetadataResult,) = sm
+        .management(
+            Some(canister.sender),
+            "read_canister_snapshot_metadata",
+            (args,),
+        )
+        .unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("metadata.json")).unwrap(),
+        serde_json::to_vec_pretty(&metadata).unwrap()
+    );
+}
+
+/// The extension is checked: it stands only for a `null` global of its type, once, with the
+/// bits of a non-finite value.
+#[test]
+fn a_malformed_exact_float_globals_field_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = SnapshotDir::new(tmp.path());
+    let mut metadata = minimal_metadata();
+    metadata.globals = vec![Some(f64_global(0x7ff8_0000_0000_0001)), Some(f32_global(0))];
+    dir.write_metadata(&metadata).unwrap();
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.metadata_path()).unwrap()).unwrap();
+    let field = transfer::EXACT_FLOAT_GLOBALS;
+    for (edit, needle) in [
+        (
+            serde_json::json!([{"index": 1, "type": "f32", "bits": "7fc00000"}]),
+            "globals[1]",
+        ),
+        (
+            serde_json::json!([{"index": 9, "type": "f64", "bits": "7ff8000000000001"}]),
+            "global 9",
+        ),
+        (
+            serde_json::json!([{"index": 0, "type": "f32", "bits": "7fc00000"}]),
+            "globals[0]",
+        ),
+        (
+            serde_json::json!([{"index": 0, "type": "f64", "bits": "3ff0000000000000"}]),
+            "not the hex",
+        ),
+        (
+            serde_json::json!([{"index": 0, "type": "f64", "bits": "7ff8"}]),
+            "not the hex",
+        ),
+        (
+            serde_json::json!([
+                {"index": 0, "type": "f64", "bits": "7ff8000000000001"},
+                {"index": 0, "type": "f64", "bits": "7ff8000000000001"}
+            ]),
+            "once",
+        ),
+    ] {
+        let mut edited = good.clone();
+        edited[field] = edit;
+        std::fs::write(dir.metadata_path(), edited.to_string()).unwrap();
+        let err = dir.read_metadata().unwrap_err();
+        assert!(
+            matches!(err, TransferError::Metadata { .. }) && err.to_string().contains(needle),
+            "{needle}: {err}"
+        );
+    }
 }
 
 fn minimal_metadata() -> ReadCanisterSnapshotMetadataResult {
@@ -494,6 +673,25 @@ fn minimal_metadata() -> ReadCanisterSnapshotMetadataResult {
         certified_data: vec![],
         global_timer: None,
         on_low_wasm_memory_hook_status: None,
+    }
+}
+
+proptest! {
+    #![proptest_config(common::proptest_config("float_globals_round_trip", 512))]
+
+    /// Any f32 and f64 bit pattern, finite or not, survives metadata.json exactly.
+    #[test]
+    fn any_float_global_survives_metadata_json(f32_bits: u32, f64_bits: u64) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::new(tmp.path());
+        let mut metadata = minimal_metadata();
+        metadata.globals = vec![Some(f32_global(f32_bits)), Some(f64_global(f64_bits))];
+        dir.write_metadata(&metadata).unwrap();
+        let read = dir.read_metadata().unwrap();
+        prop_assert_eq!(
+            all_bits(&read.globals),
+            vec![(2, f32_bits as u128), (3, f64_bits as u128)]
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`spec/transfer.md`):
 //!
 //! ```text
-//! DIR/metadata.json                 serde_json of ReadCanisterSnapshotMetadataResult
+//! DIR/metadata.json                 serde_json of ReadCanisterSnapshotMetadataResult (+ below)
 //! DIR/wasm_module.bin               exactly wasm_module_size bytes
 //! DIR/wasm_memory.bin               exactly wasm_memory_size bytes
 //! DIR/stable_memory.bin             exactly stable_memory_size bytes
@@ -14,12 +14,17 @@
 //! chunk files against their names, and the snapshot checksum against `checksum.json`. Every
 //! file's size is checked before it is read (the `MAX_*` bounds below), and no symbolic link
 //! inside the directory is followed, for reading or writing.
+//!
+//! `metadata.json` is exactly what serde_json writes for `ReadCanisterSnapshotMetadataResult`
+//! (what dfx writes), except that a snapshot with a NaN or infinite float global also carries
+//! `exact_float_globals`, the exact bits of those globals, which JSON numbers cannot hold
+//! (`spec/transfer.md`, "Non-finite globals").
 
 use std::fs::{self, File};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use ic_management_canister_types::ReadCanisterSnapshotMetadataResult;
+use ic_management_canister_types::{ReadCanisterSnapshotMetadataResult, SnapshotMetadataGlobal};
 use serde::{Deserialize, Serialize};
 
 use super::TransferError;
@@ -49,6 +54,36 @@ pub const MAX_CHUNK_FILE_BYTES: u64 = MAX_WASM_CHUNK_BYTES as u64;
 /// Largest `wasm_module.bin` (read whole, to hash it): the IC's module limit. The memories are
 /// streamed, never read whole; their sizes must equal what `metadata.json` declares.
 pub const MAX_WASM_MODULE_FILE_BYTES: u64 = MAX_WASM_MODULE_BYTES;
+
+/// The `metadata.json` field with the exact bits of non-finite float globals.
+pub const EXACT_FLOAT_GLOBALS: &str = "exact_float_globals";
+
+/// One entry of `exact_float_globals`: `globals[index]` is `{"f32": null}` or `{"f64": null}`
+/// in the dfx part of the file, and holds these bits (lower-case hex, 8 or 16 digits).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct ExactFloatGlobal {
+    index: usize,
+    #[serde(rename = "type")]
+    ty: FloatType,
+    bits: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum FloatType {
+    F32,
+    F64,
+}
+
+/// What `write_metadata` writes: the crate type's fields in its order (flattened), then the
+/// extension field only when there is something to put in it.
+#[derive(Serialize)]
+struct MetadataFile<'a> {
+    #[serde(flatten)]
+    metadata: &'a ReadCanisterSnapshotMetadataResult,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    exact_float_globals: Vec<ExactFloatGlobal>,
+}
 
 /// What `checksum.json` records: the snapshot's checksum and where it came from.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -105,8 +140,7 @@ impl SnapshotDir {
             path: path.clone(),
             reason,
         };
-        let metadata: ReadCanisterSnapshotMetadataResult = serde_json::from_slice(&text)
-            .map_err(|e| invalid(format!("it does not parse as snapshot metadata: {e}")))?;
+        let metadata = parse_metadata(&text).map_err(invalid)?;
         if metadata.wasm_module_size == 0 {
             return Err(invalid(
                 "wasm_module_size is 0: a snapshot has a module".into(),
@@ -141,7 +175,11 @@ impl SnapshotDir {
         &self,
         metadata: &ReadCanisterSnapshotMetadataResult,
     ) -> Result<(), TransferError> {
-        let json = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+        let file = MetadataFile {
+            metadata,
+            exact_float_globals: exact_float_globals(metadata),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("metadata serialises");
         write_atomically(&self.metadata_path(), &json)
     }
 
@@ -299,6 +337,100 @@ pub fn chunk_hashes(metadata: &ReadCanisterSnapshotMetadataResult) -> Vec<Vec<u8
     hashes.sort_unstable();
     hashes.dedup();
     hashes
+}
+
+/// Parses `metadata.json`: the crate type, with the globals listed in `exact_float_globals`
+/// set to their exact bits. The reason names what is wrong.
+fn parse_metadata(text: &[u8]) -> Result<ReadCanisterSnapshotMetadataResult, String> {
+    let parse_error = |e: serde_json::Error| format!("it does not parse as snapshot metadata: {e}");
+    let mut value: serde_json::Value = serde_json::from_slice(text).map_err(parse_error)?;
+    let exact: Vec<ExactFloatGlobal> = match value
+        .as_object_mut()
+        .and_then(|fields| fields.remove(EXACT_FLOAT_GLOBALS))
+    {
+        None => Vec::new(),
+        Some(list) => serde_json::from_value(list)
+            .map_err(|e| format!("{EXACT_FLOAT_GLOBALS} does not parse: {e}"))?,
+    };
+    let mut bits = Vec::with_capacity(exact.len());
+    for entry in &exact {
+        let (null, placeholder) = match entry.ty {
+            FloatType::F32 => (
+                serde_json::json!({"f32": null}),
+                serde_json::json!({"f32": 0.0}),
+            ),
+            FloatType::F64 => (
+                serde_json::json!({"f64": null}),
+                serde_json::json!({"f64": 0.0}),
+            ),
+        };
+        let slot = value
+            .get_mut("globals")
+            .and_then(|globals| globals.get_mut(entry.index))
+            .filter(|slot| **slot == null)
+            .ok_or_else(|| {
+                format!(
+                    "{EXACT_FLOAT_GLOBALS} names global {}, but globals[{0}] is not {null}: \
+                     the exact bits stand only for a non-finite value, once",
+                    entry.index
+                )
+            })?;
+        *slot = placeholder;
+        let global = parse_exact_bits(entry).ok_or_else(|| {
+            format!(
+                "{EXACT_FLOAT_GLOBALS}: global {} has bits {:?}, not the hex of a NaN or an \
+                 infinity of its type",
+                entry.index, entry.bits
+            )
+        })?;
+        bits.push((entry.index, global));
+    }
+    let mut metadata: ReadCanisterSnapshotMetadataResult =
+        serde_json::from_value(value).map_err(parse_error)?;
+    for (index, global) in bits {
+        metadata.globals[index] = Some(global);
+    }
+    Ok(metadata)
+}
+
+/// The global an `exact_float_globals` entry stands for, if its bits are hex of the right
+/// width and encode a non-finite value (finite values are written as JSON numbers).
+fn parse_exact_bits(entry: &ExactFloatGlobal) -> Option<SnapshotMetadataGlobal> {
+    let digits =
+        |n: usize| entry.bits.len() == n && entry.bits.bytes().all(|b| b.is_ascii_hexdigit());
+    match entry.ty {
+        FloatType::F32 if digits(8) => {
+            let value = f32::from_bits(u32::from_str_radix(&entry.bits, 16).ok()?);
+            (!value.is_finite()).then_some(SnapshotMetadataGlobal::F32(value))
+        }
+        FloatType::F64 if digits(16) => {
+            let value = f64::from_bits(u64::from_str_radix(&entry.bits, 16).ok()?);
+            (!value.is_finite()).then_some(SnapshotMetadataGlobal::F64(value))
+        }
+        _ => None,
+    }
+}
+
+/// The `exact_float_globals` entries for `metadata`'s non-finite float globals.
+fn exact_float_globals(metadata: &ReadCanisterSnapshotMetadataResult) -> Vec<ExactFloatGlobal> {
+    metadata
+        .globals
+        .iter()
+        .enumerate()
+        .filter_map(|(index, global)| match global {
+            Some(SnapshotMetadataGlobal::F32(v)) if !v.is_finite() => Some(ExactFloatGlobal {
+                index,
+                ty: FloatType::F32,
+                bits: format!("{:08x}", v.to_bits()),
+            }),
+            Some(SnapshotMetadataGlobal::F64(v)) if !v.is_finite() => Some(ExactFloatGlobal {
+                index,
+                ty: FloatType::F64,
+                bits: format!("{:016x}", v.to_bits()),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Refuses a symbolic link at `path`; an absent path passes (absence is the caller's concern).

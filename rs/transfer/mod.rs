@@ -27,9 +27,9 @@ use crate::memory::PAGE_SIZE;
 use crate::memory::checksum::Hash;
 
 pub use dir::{
-    ChecksumRecord, MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES, MAX_METADATA_JSON_BYTES,
-    MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS, SnapshotDir, changed_page_runs,
-    chunk_hashes, for_each_block,
+    ChecksumRecord, EXACT_FLOAT_GLOBALS, MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES,
+    MAX_METADATA_JSON_BYTES, MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS,
+    SnapshotDir, changed_page_runs, chunk_hashes, for_each_block,
 };
 pub use download::download_canister_snapshot;
 pub use tools::{DiffReport, PageRanges, RegionDiff, diff, inspect, nonzero_page_ranges, unhex};
