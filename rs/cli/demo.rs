@@ -445,19 +445,6 @@ fn transfer_into(
             Some(snapshot_id.to_vec()),
         )
         .map_err(|e| format!("upload: {e}"))?;
-    let replaced = match &report.replaced {
-        crate::transfer::Replaced::DeletedAfterVerification(old) => format!(
-            "; it went into a new snapshot {}, and the original {} was deleted only after the \
-             replica's checksum matched",
-            hex(&report.snapshot_id),
-            hex(old)
-        ),
-        crate::transfer::Replaced::ReplacedAtStart(old) => format!(
-            "; the quota was full, so it replaced {} when it started",
-            hex(old)
-        ),
-        crate::transfer::Replaced::Nothing => String::new(),
-    };
     let upload_time = started.elapsed();
     sm.load_canister_snapshot(canister, Some(user), report.snapshot_id.clone())
         .map_err(fail("load the repaired snapshot"))?;
@@ -467,13 +454,33 @@ fn transfer_into(
     }
     println!(
         "8. edited stable_memory.bin offline, uploaded only the changed pages ({} in {} \
-         message, {:.1} ms, checksum verified by the replica{replaced}) and loaded it: the \
-         repaired record reads back",
+         message, {:.1} ms, checksum verified by the replica) and loaded it: the repaired \
+         record reads back",
         human_bytes(report.bytes_sent),
         report.messages,
         upload_time.as_secs_f64() * 1e3
     );
+    match &report.replaced {
+        crate::transfer::Replaced::DeletedAfterVerification(old) => println!(
+            "   verify before destroy: the upload went into a new snapshot {} beside the original \
+             {}, which was deleted only once the replica's checksum matched the directory's",
+            snapshot_name(&report.snapshot_id),
+            snapshot_name(old)
+        ),
+        crate::transfer::Replaced::ReplacedAtStart(old) => println!(
+            "   the quota was full: the upload replaced {} when it started, before verification",
+            snapshot_name(old)
+        ),
+        crate::transfer::Replaced::Nothing => {}
+    }
     Ok(())
+}
+
+/// A snapshot id as the IC displays it (`{canister}-{counter}`), or in hex if it is not one.
+fn snapshot_name(id: &[u8]) -> String {
+    crate::snapshots::SnapshotId::from_bytes(id)
+        .map(|id| id.to_string())
+        .unwrap_or_else(|_| hex(id))
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
