@@ -315,9 +315,8 @@ impl StateMachine {
         transfer::read_canister_snapshot_metadata(self, canister_id, anonymous(sender), snapshot_id)
     }
 
-    /// Downloads a snapshot into `dir` (created if needed) in 2 MB slices, resuming an
-    /// interrupted download of the same snapshot, and verifies the files against the
-    /// snapshot's checksum. `dir` then has the dfx layout (`spec/transfer.md`).
+    /// [`transfer::download_canister_snapshot`]: downloads a snapshot into `dir` in 2 MB
+    /// slices, resumably, checksum-verified, in the dfx layout (`spec/transfer.md`).
     pub fn download_canister_snapshot(
         &mut self,
         canister_id: Principal,
@@ -353,10 +352,9 @@ impl StateMachine {
         )
     }
 
-    /// Uploads the snapshot in `dir` as a new snapshot of `canister_id` (replacing
-    /// `replace_snapshot` if given), resuming an interrupted upload of the same directory, and
-    /// checks that the replica's checksum of the result equals the directory's. Returns the new
-    /// snapshot id.
+    /// [`transfer::upload_canister_snapshot`] without a base: uploads `dir` as a new snapshot,
+    /// resumably, checksum-verified, deleting `replace_snapshot` (the snapshot it supersedes)
+    /// only after verification unless the quota forces otherwise. Returns the new snapshot id.
     pub fn upload_canister_snapshot(
         &mut self,
         canister_id: Principal,

@@ -90,6 +90,9 @@ fn read_kind(region: SnapshotRegion, offset: u64, size: u64) -> SnapshotDataKind
 /// Downloads a snapshot into `dir` (created if needed) in 2 MB slices, resuming an interrupted
 /// download of the same snapshot, and verifies the files against the snapshot's checksum.
 /// `dir` then has the dfx layout (`spec/transfer.md`).
+///
+/// `dir` must be absent, empty, or this snapshot's interrupted download; a complete snapshot
+/// is overwritten only with `options.force`, and a directory holding anything else is refused.
 pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
     client: &mut C,
     canister_id: Principal,

@@ -36,10 +36,14 @@ fn upload_kind(region: SnapshotRegion, offset: u64) -> SnapshotDataOffset {
     }
 }
 
-/// Uploads the snapshot in `dir` as a new snapshot of `canister_id` (replacing
-/// `replace_snapshot` if given), sending only the pages that differ from `base` if given,
-/// resuming an interrupted upload of the same directory, and checks that the replica's checksum
-/// of the result equals the directory's.
+/// Uploads the snapshot in `dir` as a new snapshot of `canister_id`, sending only the pages that
+/// differ from `base` if given, resuming an interrupted upload of the same directory, and checks
+/// that the replica's checksum of the result equals the directory's.
+///
+/// `replace_snapshot: Some(id)` means "this upload supersedes `id`": `id` is deleted once the
+/// new snapshot is verified, or, only if the quota leaves no room for a new one, replaced when
+/// the upload starts. Without it, a full quota is an error (`QuotaForcesReplace`), never a
+/// silent replacement (`spec/transfer.md`, "Replacing a snapshot").
 pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
     client: &mut C,
     canister_id: Principal,
