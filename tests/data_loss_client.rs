@@ -585,6 +585,22 @@ fn non_finite_globals_round_trip_bit_exactly() {
     );
 }
 
+/// `snapshot diff` compared globals by their printed form, in which every NaN is "NaN".
+#[test]
+fn diff_tells_nan_payloads_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (dir, bits) in [(&a, 0x7ff8_0000_0000_0001), (&b, 0x7ff8_0000_0000_0002)] {
+        write_dir_with_chunks(dir, &[], &[]);
+        let snapshot_dir = SnapshotDir::new(dir);
+        let mut metadata = snapshot_dir.read_metadata().unwrap();
+        metadata.globals[0] = Some(f64_global(bits));
+        snapshot_dir.write_metadata(&metadata).unwrap();
+    }
+    assert!(transfer::diff(&a, &b).unwrap().globals_differ);
+    assert!(!transfer::diff(&a, &a).unwrap().globals_differ);
+}
+
 /// For a snapshot whose globals are all finite, metadata.json is byte for byte what serde_json
 /// writes for the crate type (what dfx writes).
 #[test]

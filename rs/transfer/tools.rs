@@ -222,7 +222,8 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport, TransferError> {
     }
     Ok(DiffReport {
         regions,
-        globals_differ: format!("{:?}", meta_a.globals) != format!("{:?}", meta_b.globals),
+        // Compared as this crate's globals: floats by their bits, so NaN payloads count.
+        globals_differ: dir::metadata_globals(&meta_a)? != dir::metadata_globals(&meta_b)?,
         certified_data_differ: meta_a.certified_data != meta_b.certified_data,
         chunk_store_differs: dir::chunk_hashes(&meta_a) != dir::chunk_hashes(&meta_b),
     })
