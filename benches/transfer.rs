@@ -46,7 +46,8 @@ fn setup(size: u64) -> (StateMachine, Principal, Vec<u8>) {
         offset += len;
         byte = byte.wrapping_add(1).max(1);
     }
-    while sm.state().canisters[&canister].heap_delta_debit > sm.config().heap_delta_rate_limit_bytes
+    while sm.state().canisters[&canister].heap_delta_debit
+        >= sm.config().heap_delta_rate_limit_bytes
     {
         sm.tick();
     }

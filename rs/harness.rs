@@ -9,48 +9,20 @@ use std::time::Duration;
 
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{Nat, Principal};
-use ic_error_types::{ErrorCode, RejectCode, UserError};
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInfoArgs, CanisterInfoResult, CanisterInstallMode, CanisterSettings,
     CanisterStatusResult, DeleteCanisterSnapshotArgs, InstallCodeArgs, LoadCanisterSnapshotArgs,
     ProvisionalCreateCanisterWithCyclesArgs, Snapshot, TakeCanisterSnapshotArgs,
 };
 
+use crate::client::ManagementClient;
+pub use crate::client::RejectResponse;
 use crate::config::Config;
 use crate::execution::TestCanisterEngine;
-use crate::management::types::SnapshotInfo;
+use crate::management::types::{SnapshotInfo, SnapshotMetadata};
 use crate::replicated_state::ReplicatedState;
 use crate::scheduler::{Batch, ExecutionLoop, Ingress, MessageId};
-
-/// A reject, as PocketIC reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RejectResponse {
-    pub reject_code: RejectCode,
-    pub error_code: ErrorCode,
-    pub reject_message: String,
-}
-
-impl From<UserError> for RejectResponse {
-    fn from(err: UserError) -> Self {
-        RejectResponse {
-            reject_code: err.reject_code(),
-            error_code: err.code(),
-            reject_message: err.description().to_string(),
-        }
-    }
-}
-
-impl std::fmt::Display for RejectResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.error_code, self.reject_code, self.reject_message
-        )
-    }
-}
-
-impl std::error::Error for RejectResponse {}
+use crate::transfer::{self, TransferError, TransferOptions, UploadBase, UploadReport};
 
 /// Cycles a canister created through the harness starts with.
 pub const HARNESS_CANISTER_CYCLES: u128 = 100_000_000_000_000;
@@ -167,10 +139,7 @@ impl StateMachine {
         method: &str,
         args: impl ArgumentEncoder,
     ) -> Result<R, RejectResponse> {
-        let payload = candid::encode_args(args).expect("encoding a crate type cannot fail");
-        let sender = sender.unwrap_or_else(Principal::anonymous);
-        let reply = self.update_call(Principal::management_canister(), sender, method, payload)?;
-        decode_reply(&reply)
+        self.management_call(anonymous(sender), method, args)
     }
 
     pub fn take_canister_snapshot(
@@ -315,12 +284,138 @@ impl StateMachine {
     }
 }
 
-/// Decodes a Candid reply. A reply that does not decode is the caller asking for the wrong
-/// type: reported as a reject, not a panic.
-fn decode_reply<R: for<'a> ArgumentDecoder<'a>>(reply: &[u8]) -> Result<R, RejectResponse> {
-    candid::decode_args::<R>(reply).map_err(|err| RejectResponse {
-        reject_code: RejectCode::SysFatal,
-        error_code: ErrorCode::CanisterContractViolation,
-        reject_message: format!("the reply does not decode as the expected type: {err}"),
-    })
+/// The harness is a management client: each call runs one round.
+impl ManagementClient for StateMachine {
+    fn update_call(
+        &mut self,
+        sender: Principal,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, RejectResponse> {
+        StateMachine::update_call(
+            self,
+            Principal::management_canister(),
+            sender,
+            method,
+            payload,
+        )
+    }
+}
+
+/// Snapshot transfer (`crate::transfer`), with the harness's `Option<Principal>` senders
+/// (`None` is the anonymous principal).
+impl StateMachine {
+    /// `read_canister_snapshot_metadata`, with this project's extension fields.
+    pub fn read_canister_snapshot_metadata(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        snapshot_id: Vec<u8>,
+    ) -> Result<SnapshotMetadata, RejectResponse> {
+        transfer::read_canister_snapshot_metadata(self, canister_id, anonymous(sender), snapshot_id)
+    }
+
+    /// [`transfer::download_canister_snapshot`]: downloads a snapshot into `dir` in 2 MB
+    /// slices, resumably, checksum-verified, in the dfx layout (`spec/transfer.md`).
+    pub fn download_canister_snapshot(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        snapshot_id: Vec<u8>,
+        dir: &std::path::Path,
+    ) -> Result<(), TransferError> {
+        self.download_canister_snapshot_with(
+            canister_id,
+            sender,
+            snapshot_id,
+            dir,
+            &TransferOptions::default(),
+        )
+    }
+
+    /// [`Self::download_canister_snapshot`] with options.
+    pub fn download_canister_snapshot_with(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        snapshot_id: Vec<u8>,
+        dir: &std::path::Path,
+        options: &TransferOptions,
+    ) -> Result<(), TransferError> {
+        transfer::download_canister_snapshot(
+            self,
+            canister_id,
+            anonymous(sender),
+            snapshot_id,
+            dir,
+            options,
+        )
+    }
+
+    /// [`transfer::upload_canister_snapshot`] without a base: uploads `dir` as a new snapshot,
+    /// resumably, checksum-verified, deleting `replace_snapshot` (the snapshot it supersedes)
+    /// only after verification unless the quota forces otherwise. Returns the new snapshot id.
+    pub fn upload_canister_snapshot(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        dir: &std::path::Path,
+        replace_snapshot: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, TransferError> {
+        self.upload_canister_snapshot_with(
+            canister_id,
+            sender,
+            dir,
+            replace_snapshot,
+            None,
+            &TransferOptions::default(),
+        )
+        .map(|report| report.snapshot_id)
+    }
+
+    /// Uploads `dir` sending only the pages that differ from `base` (a snapshot of the same
+    /// canister and its download): the new snapshot starts as a copy-on-write copy of the base.
+    pub fn upload_canister_snapshot_incremental(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        dir: &std::path::Path,
+        base: UploadBase<'_>,
+        replace_snapshot: Option<Vec<u8>>,
+    ) -> Result<UploadReport, TransferError> {
+        self.upload_canister_snapshot_with(
+            canister_id,
+            sender,
+            dir,
+            replace_snapshot,
+            Some(base),
+            &TransferOptions::default(),
+        )
+    }
+
+    /// The upload behind [`Self::upload_canister_snapshot`] and
+    /// [`Self::upload_canister_snapshot_incremental`].
+    pub fn upload_canister_snapshot_with(
+        &mut self,
+        canister_id: Principal,
+        sender: Option<Principal>,
+        dir: &std::path::Path,
+        replace_snapshot: Option<Vec<u8>>,
+        base: Option<UploadBase<'_>>,
+        options: &TransferOptions,
+    ) -> Result<UploadReport, TransferError> {
+        transfer::upload_canister_snapshot(
+            self,
+            canister_id,
+            anonymous(sender),
+            dir,
+            replace_snapshot,
+            base,
+            options,
+        )
+    }
+}
+
+fn anonymous(sender: Option<Principal>) -> Principal {
+    sender.unwrap_or_else(Principal::anonymous)
 }

@@ -2,9 +2,11 @@
 //!
 //! The layers, bottom up (each depends only on the ones before it): [`memory`] ← [`state`] ←
 //! [`snapshots`] ← [`replicated_state`] ← [`execution`] / [`management`] ← [`scheduler`] ←
-//! [`harness`] ← [`cli`]. `ARCHITECTURE.md` has the codemap and the invariants.
+//! [`harness`] ← [`cli`], and [`client`] ← [`transfer`] ← [`harness`]. `ARCHITECTURE.md` has
+//! the codemap and the invariants.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod execution;
 pub mod harness;

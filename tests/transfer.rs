@@ -285,6 +285,7 @@ fn interrupted_download_and_upload_resume_without_restarting() {
     let tmp = tempfile::tempdir().unwrap();
     let stop = TransferOptions {
         stop_after_bytes: Some(2 * MIB),
+        ..TransferOptions::default()
     };
     let err = sm
         .download_canister_snapshot_with(

@@ -19,7 +19,9 @@ use crate::{Config, TEST_CANISTER_WASM};
 pub struct DemoOptions {
     pub heap_mib: u64,
     pub stable_mib: u64,
-    /// Where to download the snapshot; a temporary directory (removed) when `None`.
+    /// Where to keep the downloaded and repaired directories: the demo creates a new
+    /// subdirectory of its own inside it and leaves everything else alone. `None`: a new
+    /// temporary directory, removed at the end.
     pub download_dir: Option<std::path::PathBuf>,
 }
 
@@ -88,7 +90,7 @@ fn fill_records(
 fn wait_for_heap_delta_allowance(sm: &mut StateMachine, canister: Principal) -> u32 {
     let limit = sm.config().heap_delta_rate_limit_bytes;
     let mut rounds = 0;
-    while sm.state().canisters[&canister].heap_delta_debit > limit {
+    while sm.state().canisters[&canister].heap_delta_debit >= limit {
         sm.tick();
         rounds += 1;
     }
@@ -149,7 +151,12 @@ fn ms(d: Duration) -> String {
 
 /// Runs the demo, printing what happens. Returns an error if any step misbehaves.
 pub fn run(options: &DemoOptions) -> Result<(), String> {
-    let mut sm = StateMachine::with_config(Config::default());
+    // Room for two snapshots: the repaired upload goes in beside the original, is verified,
+    // and only then replaces it (verify before destroy, `spec/transfer.md`).
+    let mut sm = StateMachine::with_config(Config {
+        max_snapshots_per_canister: 2,
+        ..Config::default()
+    });
     let user = Principal::from_slice(&[0xAB; 29]);
     println!("canister-snapshots demo: a backup and a restore on the embedded replica\n");
 
@@ -343,11 +350,59 @@ fn transfer(
     options: &DemoOptions,
 ) -> Result<(), String> {
     let keep = options.download_dir.is_some();
-    let root = options.download_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("canister-snapshots-demo-{}", std::process::id()))
-    });
+    let parent = options
+        .download_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let root = create_unique_dir(&parent)
+        .map_err(|e| format!("creating a directory in {}: {e}", parent.display()))?;
+    let result = transfer_into(sm, canister, user, snapshot_id, &root);
+    if keep {
+        if result.is_ok() {
+            println!(
+                "   directories kept: try `canister-snapshots snapshot diff {} {}`",
+                root.join("snapshot").display(),
+                root.join("repaired").display()
+            );
+        }
+    } else {
+        // Only the directory this run created.
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    result
+}
+
+/// Creates a new directory `canister-snapshots-demo-PID[-N]` in `parent` (created if needed)
+/// and returns it. `create_dir` fails on an existing name, so the directory is this run's own:
+/// nothing that was there before is ever written into or removed.
+fn create_unique_dir(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(parent)?;
+    let stem = format!("canister-snapshots-demo-{}", std::process::id());
+    for n in 0u32.. {
+        let name = if n == 0 {
+            stem.clone()
+        } else {
+            format!("{stem}-{n}")
+        };
+        let path = parent.join(name);
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free directory name"))
+}
+
+/// Step 7 and 8 inside `root`, a directory this run created.
+fn transfer_into(
+    sm: &mut StateMachine,
+    canister: Principal,
+    user: Principal,
+    snapshot_id: &[u8],
+    root: &std::path::Path,
+) -> Result<(), String> {
     let (base, repaired) = (root.join("snapshot"), root.join("repaired"));
-    let _ = std::fs::remove_dir_all(&root);
     let started = Instant::now();
     sm.download_canister_snapshot(canister, Some(user), snapshot_id.to_vec(), &base)
         .map_err(|e| format!("download: {e}"))?;
@@ -385,6 +440,8 @@ fn transfer(
                 snapshot_id: snapshot_id.to_vec(),
                 dir: &base,
             },
+            // The repaired snapshot supersedes the original: the upload goes into a new
+            // snapshot and deletes the original only after verifying it.
             Some(snapshot_id.to_vec()),
         )
         .map_err(|e| format!("upload: {e}"))?;
@@ -403,16 +460,27 @@ fn transfer(
         report.messages,
         upload_time.as_secs_f64() * 1e3
     );
-    if keep {
-        println!(
-            "   directories kept: try `canister-snapshots snapshot diff {} {}`",
-            base.display(),
-            repaired.display()
-        );
-    } else {
-        let _ = std::fs::remove_dir_all(&root);
+    match &report.replaced {
+        crate::transfer::Replaced::DeletedAfterVerification(old) => println!(
+            "   verify before destroy: the upload went into a new snapshot {} beside the original \
+             {}, which was deleted only once the replica's checksum matched the directory's",
+            snapshot_name(&report.snapshot_id),
+            snapshot_name(old)
+        ),
+        crate::transfer::Replaced::ReplacedAtStart(old) => println!(
+            "   the quota was full: the upload replaced {} when it started, before verification",
+            snapshot_name(old)
+        ),
+        crate::transfer::Replaced::Nothing => {}
     }
     Ok(())
+}
+
+/// A snapshot id as the IC displays it (`{canister}-{counter}`), or in hex if it is not one.
+fn snapshot_name(id: &[u8]) -> String {
+    crate::snapshots::SnapshotId::from_bytes(id)
+        .map(|id| id.to_string())
+        .unwrap_or_else(|_| hex(id))
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {

@@ -34,8 +34,9 @@ pub enum Command {
         /// Stable memory to fill, in MiB.
         #[arg(long, default_value_t = 256)]
         stable_mib: u64,
-        /// Keep the downloaded and repaired snapshot directories here (default: a temporary
-        /// directory, removed at the end).
+        /// Keep the downloaded and repaired snapshot directories in a new subdirectory of DIR
+        /// (nothing already in DIR is touched). Default: a new temporary directory, removed at
+        /// the end.
         #[arg(long)]
         download_dir: Option<PathBuf>,
     },
@@ -59,6 +60,10 @@ pub enum SnapshotCommand {
         dir: PathBuf,
         #[arg(long)]
         base: Option<PathBuf>,
+        /// The snapshot (hex id) this upload supersedes: deleted once the upload is verified,
+        /// or, if the quota is full, replaced when the upload starts (before it is verified).
+        #[arg(long, value_name = "ID")]
+        replace: Option<String>,
     },
 }
 
@@ -86,8 +91,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Snapshot(SnapshotCommand::Inspect { dir }) => snapshot::run_inspect(&dir),
         Command::Snapshot(SnapshotCommand::Verify { dir }) => snapshot::run_verify(&dir),
         Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),
-        Command::Snapshot(SnapshotCommand::Upload { dir, base }) => {
-            snapshot::run_upload(&dir, base.as_deref())
+        Command::Snapshot(SnapshotCommand::Upload { dir, base, replace }) => {
+            snapshot::run_upload(&dir, base.as_deref(), replace.as_deref())
         }
     }
 }

@@ -11,7 +11,7 @@ use candid::Principal;
 use crate::StateMachine;
 use crate::memory::checksum::hex;
 use crate::progress::human_bytes;
-use crate::transfer::{SnapshotDir, UploadBase, diff, inspect};
+use crate::transfer::{Replaced, SnapshotDir, UploadBase, diff, inspect};
 use crate::{Config, TEST_CANISTER_WASM};
 
 /// `snapshot inspect DIR`.
@@ -57,7 +57,16 @@ pub fn run_diff(a: &Path, b: &Path) -> Result<(), String> {
 /// `snapshot upload DIR [--base BASE]`: uploads into a canister of the embedded replica —
 /// the base first if given, then `DIR` sending only the pages that differ from it — loads the
 /// result and checks the live canister against the directory's checksum.
-pub fn run_upload(dir: &Path, base: Option<&Path>) -> Result<(), String> {
+///
+/// `replace` (hex) names the snapshot the upload supersedes: the upload goes into a new
+/// snapshot and deletes it once verified; only a full quota makes it replace it up front.
+pub fn run_upload(dir: &Path, base: Option<&Path>, replace: Option<&str>) -> Result<(), String> {
+    let replace = replace
+        .map(|text| {
+            crate::transfer::unhex(text)
+                .ok_or_else(|| format!("--replace {text:?} is not a hex snapshot id"))
+        })
+        .transpose()?;
     let mut sm = StateMachine::with_config(Config {
         max_snapshots_per_canister: 2,
         ..Config::default()
@@ -78,7 +87,7 @@ pub fn run_upload(dir: &Path, base: Option<&Path>) -> Result<(), String> {
                 canister,
                 Some(user),
                 dir,
-                None,
+                replace,
                 None,
                 &Default::default(),
             )
@@ -100,7 +109,7 @@ pub fn run_upload(dir: &Path, base: Option<&Path>) -> Result<(), String> {
                     snapshot_id: base_id,
                     dir: base_dir,
                 },
-                None,
+                replace,
             )
             .map_err(|e| e.to_string())?
         }
@@ -113,6 +122,17 @@ pub fn run_upload(dir: &Path, base: Option<&Path>) -> Result<(), String> {
         report.messages,
         human_bytes(total)
     );
+    match &report.replaced {
+        Replaced::Nothing => {}
+        Replaced::DeletedAfterVerification(old) => println!(
+            "deleted snapshot {}, which it supersedes, after the upload was verified",
+            hex(old)
+        ),
+        Replaced::ReplacedAtStart(old) => println!(
+            "the quota was full: snapshot {} was replaced when the upload started",
+            hex(old)
+        ),
+    }
     sm.load_canister_snapshot(canister, Some(user), report.snapshot_id.clone())
         .map_err(|e| format!("loading the uploaded snapshot: {e}"))?;
     println!(

@@ -2,7 +2,7 @@
 //! (`spec/transfer.md`):
 //!
 //! ```text
-//! DIR/metadata.json                 serde_json of ReadCanisterSnapshotMetadataResult
+//! DIR/metadata.json                 serde_json of ReadCanisterSnapshotMetadataResult (+ below)
 //! DIR/wasm_module.bin               exactly wasm_module_size bytes
 //! DIR/wasm_memory.bin               exactly wasm_memory_size bytes
 //! DIR/stable_memory.bin             exactly stable_memory_size bytes
@@ -11,16 +11,24 @@
 //! ```
 //!
 //! Everything read from a directory is untrusted: sizes are checked against the metadata,
-//! chunk files against their names, and the snapshot checksum against `checksum.json`.
+//! chunk files against their names, and the snapshot checksum against `checksum.json`. Every
+//! file's size is checked before it is read (the `MAX_*` bounds below), and no symbolic link
+//! inside the directory is followed, for reading or writing.
+//!
+//! `metadata.json` is exactly what serde_json writes for `ReadCanisterSnapshotMetadataResult`
+//! (what dfx writes), except that a snapshot with a NaN or infinite float global also carries
+//! `exact_float_globals`, the exact bits of those globals, which JSON numbers cannot hold
+//! (`spec/transfer.md`, "Non-finite globals").
 
 use std::fs::{self, File};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use ic_management_canister_types::ReadCanisterSnapshotMetadataResult;
+use ic_management_canister_types::{ReadCanisterSnapshotMetadataResult, SnapshotMetadataGlobal};
 use serde::{Deserialize, Serialize};
 
 use super::TransferError;
+use crate::management::types::{MAX_WASM_CHUNK_BYTES, MAX_WASM_MODULE_BYTES};
 use crate::memory::checksum::{self, Hash, MemoryRootBuilder, hex};
 use crate::memory::{PAGE_SIZE, WASM_PAGE_SIZE};
 use crate::snapshots::{SnapshotDigest, SnapshotRegion, snapshot_checksum};
@@ -28,6 +36,54 @@ use crate::state::Global;
 
 /// Bytes read per step when streaming a file.
 const READ_BUFFER: usize = 1 << 20;
+
+/// Largest `metadata.json` read. The largest a valid snapshot produces (100 chunk hashes and
+/// 1000 globals, pretty-printed, with every float global non-finite) is under 256 KiB.
+pub const MAX_METADATA_JSON_BYTES: u64 = 1 << 20;
+
+/// Largest `checksum.json` read (a valid one is under 1 KiB).
+pub const MAX_CHECKSUM_JSON_BYTES: u64 = 64 << 10;
+
+/// Largest `.download_progress.json` / `.upload_progress.json` read (a valid one, with 100
+/// chunk hashes, is under 8 KiB).
+pub const MAX_PROGRESS_JSON_BYTES: u64 = 64 << 10;
+
+/// Largest chunk file read: the IC's chunk size limit.
+pub const MAX_CHUNK_FILE_BYTES: u64 = MAX_WASM_CHUNK_BYTES as u64;
+
+/// Largest `wasm_module.bin` (read whole, to hash it): the IC's module limit. The memories are
+/// streamed, never read whole; their sizes must equal what `metadata.json` declares.
+pub const MAX_WASM_MODULE_FILE_BYTES: u64 = MAX_WASM_MODULE_BYTES;
+
+/// The `metadata.json` field with the exact bits of non-finite float globals.
+pub const EXACT_FLOAT_GLOBALS: &str = "exact_float_globals";
+
+/// One entry of `exact_float_globals`: `globals[index]` is `{"f32": null}` or `{"f64": null}`
+/// in the dfx part of the file, and holds these bits (lower-case hex, 8 or 16 digits).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct ExactFloatGlobal {
+    index: usize,
+    #[serde(rename = "type")]
+    ty: FloatType,
+    bits: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum FloatType {
+    F32,
+    F64,
+}
+
+/// What `write_metadata` writes: the crate type's fields in its order (flattened), then the
+/// extension field only when there is something to put in it.
+#[derive(Serialize)]
+struct MetadataFile<'a> {
+    #[serde(flatten)]
+    metadata: &'a ReadCanisterSnapshotMetadataResult,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    exact_float_globals: Vec<ExactFloatGlobal>,
+}
 
 /// What `checksum.json` records: the snapshot's checksum and where it came from.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -78,20 +134,24 @@ impl SnapshotDir {
     /// Parses `metadata.json` and checks that the sizes it declares are possible.
     pub fn read_metadata(&self) -> Result<ReadCanisterSnapshotMetadataResult, TransferError> {
         let path = self.metadata_path();
-        let text = fs::read(&path).map_err(|e| TransferError::io(&path, e))?;
-        let metadata: ReadCanisterSnapshotMetadataResult =
-            serde_json::from_slice(&text).map_err(|e| TransferError::Metadata {
-                path: path.clone(),
-                reason: format!("it does not parse as snapshot metadata: {e}"),
-            })?;
+        let text = read_small_file(&path, MAX_METADATA_JSON_BYTES, "metadata.json")?
+            .ok_or_else(|| TransferError::MissingFile { path: path.clone() })?;
         let invalid = |reason: String| TransferError::Metadata {
             path: path.clone(),
             reason,
         };
+        let metadata = parse_metadata(&text).map_err(invalid)?;
         if metadata.wasm_module_size == 0 {
             return Err(invalid(
                 "wasm_module_size is 0: a snapshot has a module".into(),
             ));
+        }
+        if metadata.wasm_module_size > MAX_WASM_MODULE_FILE_BYTES {
+            return Err(invalid(format!(
+                "wasm_module_size {} is more than {MAX_WASM_MODULE_FILE_BYTES} (the IC's module \
+                 limit)",
+                metadata.wasm_module_size
+            )));
         }
         for (name, size) in [
             ("wasm_memory_size", metadata.wasm_memory_size),
@@ -115,14 +175,18 @@ impl SnapshotDir {
         &self,
         metadata: &ReadCanisterSnapshotMetadataResult,
     ) -> Result<(), TransferError> {
-        let json = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+        let file = MetadataFile {
+            metadata,
+            exact_float_globals: exact_float_globals(metadata),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("metadata serialises");
         write_atomically(&self.metadata_path(), &json)
     }
 
     pub fn read_checksum_record(&self) -> Result<Option<ChecksumRecord>, TransferError> {
         let path = self.checksum_path();
-        match fs::read(&path) {
-            Ok(bytes) => {
+        match read_small_file(&path, MAX_CHECKSUM_JSON_BYTES, "checksum.json")? {
+            Some(bytes) => {
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|e| TransferError::Metadata {
@@ -130,8 +194,7 @@ impl SnapshotDir {
                         reason: format!("it does not parse as a checksum record: {e}"),
                     })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(TransferError::io(&path, e)),
+            None => Ok(None),
         }
     }
 
@@ -159,12 +222,9 @@ impl SnapshotDir {
         for region in REGIONS {
             let path = self.region_path(region);
             let expected = Self::region_size(&metadata, region);
-            let actual = match fs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(TransferError::MissingFile { path });
-                }
-                Err(e) => return Err(TransferError::io(&path, e)),
+            let actual = match plain_file_len(&path)? {
+                Some(len) => len,
+                None => return Err(TransferError::MissingFile { path }),
             };
             if actual != expected {
                 return Err(TransferError::FileSize {
@@ -174,17 +234,13 @@ impl SnapshotDir {
                 });
             }
         }
-        for chunk in &metadata.wasm_chunk_store {
-            let path = self.chunk_path(&chunk.hash);
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(TransferError::MissingFile { path });
-                }
-                Err(e) => return Err(TransferError::io(&path, e)),
-            };
+        refuse_symlink(&self.chunk_store_dir())?;
+        for hash in chunk_hashes(&metadata) {
+            let path = self.chunk_path(&hash);
+            let bytes = read_small_file(&path, MAX_CHUNK_FILE_BYTES, "Wasm chunk")?
+                .ok_or_else(|| TransferError::MissingFile { path: path.clone() })?;
             let actual = checksum::sha256(&bytes);
-            if actual.as_slice() != chunk.hash.as_slice() {
+            if actual.as_slice() != hash.as_slice() {
                 return Err(TransferError::ChunkHash {
                     path,
                     actual: hex(&actual),
@@ -205,10 +261,7 @@ impl SnapshotDir {
         &self,
     ) -> Result<(ReadCanisterSnapshotMetadataResult, Hash), TransferError> {
         let metadata = self.validate()?;
-        let module_path = self.region_path(SnapshotRegion::WasmModule);
-        let wasm_module_hash = checksum::sha256(
-            &fs::read(&module_path).map_err(|e| TransferError::io(&module_path, e))?,
-        );
+        let wasm_module_hash = checksum::sha256(&self.read_module()?);
         // The two memories hash independently: one thread each.
         let (wasm_memory_root, stable_memory_root) = std::thread::scope(|scope| {
             let stable = scope.spawn(|| self.memory_root(SnapshotRegion::StableMemory));
@@ -217,12 +270,11 @@ impl SnapshotDir {
         });
         let (wasm_memory_root, stable_memory_root) = (wasm_memory_root?, stable_memory_root?);
         let globals = metadata_globals(&metadata)?;
-        let mut chunk_hashes: Vec<Hash> = metadata
-            .wasm_chunk_store
+        // `validate` checked that every hash is the SHA-256 of its file: all are 32 bytes.
+        let chunk_hashes: Vec<Hash> = chunk_hashes(&metadata)
             .iter()
-            .filter_map(|c| c.hash.as_slice().try_into().ok())
+            .filter_map(|h| h.as_slice().try_into().ok())
             .collect();
-        chunk_hashes.sort_unstable();
         let checksum = snapshot_checksum(&SnapshotDigest {
             wasm_module_hash,
             wasm_memory_root,
@@ -232,6 +284,13 @@ impl SnapshotDir {
             chunk_hashes,
         });
         Ok((metadata, checksum))
+    }
+
+    /// `wasm_module.bin`, whole (at most [`MAX_WASM_MODULE_FILE_BYTES`]).
+    pub fn read_module(&self) -> Result<Vec<u8>, TransferError> {
+        let path = self.region_path(SnapshotRegion::WasmModule);
+        read_small_file(&path, MAX_WASM_MODULE_FILE_BYTES, "Wasm module")?
+            .ok_or(TransferError::MissingFile { path })
     }
 
     fn memory_root(&self, region: SnapshotRegion) -> Result<Hash, TransferError> {
@@ -267,9 +326,176 @@ pub fn metadata_globals(
         .collect()
 }
 
+/// The chunk hashes `metadata.json` lists, sorted, each once: the replica's chunk store is a
+/// set, and a listing that names a chunk twice (dfx writes what it is given) means one chunk.
+pub fn chunk_hashes(metadata: &ReadCanisterSnapshotMetadataResult) -> Vec<Vec<u8>> {
+    let mut hashes: Vec<Vec<u8>> = metadata
+        .wasm_chunk_store
+        .iter()
+        .map(|c| c.hash.clone())
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes
+}
+
+/// Parses `metadata.json`: the crate type, with the globals listed in `exact_float_globals`
+/// set to their exact bits. The reason names what is wrong.
+fn parse_metadata(text: &[u8]) -> Result<ReadCanisterSnapshotMetadataResult, String> {
+    let parse_error = |e: serde_json::Error| format!("it does not parse as snapshot metadata: {e}");
+    let mut value: serde_json::Value = serde_json::from_slice(text).map_err(parse_error)?;
+    let exact: Vec<ExactFloatGlobal> = match value
+        .as_object_mut()
+        .and_then(|fields| fields.remove(EXACT_FLOAT_GLOBALS))
+    {
+        None => Vec::new(),
+        Some(list) => serde_json::from_value(list)
+            .map_err(|e| format!("{EXACT_FLOAT_GLOBALS} does not parse: {e}"))?,
+    };
+    let mut bits = Vec::with_capacity(exact.len());
+    for entry in &exact {
+        let (null, placeholder) = match entry.ty {
+            FloatType::F32 => (
+                serde_json::json!({"f32": null}),
+                serde_json::json!({"f32": 0.0}),
+            ),
+            FloatType::F64 => (
+                serde_json::json!({"f64": null}),
+                serde_json::json!({"f64": 0.0}),
+            ),
+        };
+        let slot = value
+            .get_mut("globals")
+            .and_then(|globals| globals.get_mut(entry.index))
+            .filter(|slot| **slot == null)
+            .ok_or_else(|| {
+                format!(
+                    "{EXACT_FLOAT_GLOBALS} names global {}, but globals[{0}] is not {null}: \
+                     the exact bits stand only for a non-finite value, once",
+                    entry.index
+                )
+            })?;
+        *slot = placeholder;
+        let global = parse_exact_bits(entry).ok_or_else(|| {
+            format!(
+                "{EXACT_FLOAT_GLOBALS}: global {} has bits {:?}, not the hex of a NaN or an \
+                 infinity of its type",
+                entry.index, entry.bits
+            )
+        })?;
+        bits.push((entry.index, global));
+    }
+    let mut metadata: ReadCanisterSnapshotMetadataResult =
+        serde_json::from_value(value).map_err(parse_error)?;
+    for (index, global) in bits {
+        metadata.globals[index] = Some(global);
+    }
+    Ok(metadata)
+}
+
+/// The global an `exact_float_globals` entry stands for, if its bits are hex of the right
+/// width and encode a non-finite value (finite values are written as JSON numbers).
+fn parse_exact_bits(entry: &ExactFloatGlobal) -> Option<SnapshotMetadataGlobal> {
+    let digits =
+        |n: usize| entry.bits.len() == n && entry.bits.bytes().all(|b| b.is_ascii_hexdigit());
+    match entry.ty {
+        FloatType::F32 if digits(8) => {
+            let value = f32::from_bits(u32::from_str_radix(&entry.bits, 16).ok()?);
+            (!value.is_finite()).then_some(SnapshotMetadataGlobal::F32(value))
+        }
+        FloatType::F64 if digits(16) => {
+            let value = f64::from_bits(u64::from_str_radix(&entry.bits, 16).ok()?);
+            (!value.is_finite()).then_some(SnapshotMetadataGlobal::F64(value))
+        }
+        _ => None,
+    }
+}
+
+/// The `exact_float_globals` entries for `metadata`'s non-finite float globals.
+fn exact_float_globals(metadata: &ReadCanisterSnapshotMetadataResult) -> Vec<ExactFloatGlobal> {
+    metadata
+        .globals
+        .iter()
+        .enumerate()
+        .filter_map(|(index, global)| match global {
+            Some(SnapshotMetadataGlobal::F32(v)) if !v.is_finite() => Some(ExactFloatGlobal {
+                index,
+                ty: FloatType::F32,
+                bits: format!("{:08x}", v.to_bits()),
+            }),
+            Some(SnapshotMetadataGlobal::F64(v)) if !v.is_finite() => Some(ExactFloatGlobal {
+                index,
+                ty: FloatType::F64,
+                bits: format!("{:016x}", v.to_bits()),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Refuses a symbolic link at `path`; an absent path passes (absence is the caller's concern).
+pub fn refuse_symlink(path: &Path) -> Result<(), TransferError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(TransferError::Symlink {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(TransferError::io(path, e)),
+    }
+}
+
+/// The length of the plain file at `path`, `None` if absent; refuses a symbolic link.
+pub fn plain_file_len(path: &Path) -> Result<Option<u64>, TransferError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(TransferError::Symlink {
+            path: path.to_path_buf(),
+        }),
+        Ok(m) => Ok(Some(m.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TransferError::io(path, e)),
+    }
+}
+
+/// Opens a plain file for reading; refuses a symbolic link.
+pub fn open_plain_file(path: &Path) -> Result<File, TransferError> {
+    refuse_symlink(path)?;
+    File::open(path).map_err(|e| TransferError::io(path, e))
+}
+
+/// Reads a whole file of at most `limit` bytes (`what` names it in the error), `None` if it is
+/// absent. Its size is checked before reading, and the read stops past `limit` in case the file
+/// grows meanwhile; a symbolic link is refused.
+pub fn read_small_file(
+    path: &Path,
+    limit: u64,
+    what: &'static str,
+) -> Result<Option<Vec<u8>>, TransferError> {
+    let too_large = |size| TransferError::TooLarge {
+        path: path.to_path_buf(),
+        what,
+        size,
+        limit,
+    };
+    match plain_file_len(path)? {
+        None => return Ok(None),
+        Some(size) if size > limit => return Err(too_large(size)),
+        Some(_) => {}
+    }
+    let file = File::open(path).map_err(|e| TransferError::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| TransferError::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
 /// Streams a file in blocks of 1 MiB (the last may be shorter), with their offsets.
 pub fn for_each_block(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), TransferError> {
-    let file = File::open(path).map_err(|e| TransferError::io(path, e))?;
+    let file = open_plain_file(path)?;
     let mut reader = BufReader::with_capacity(READ_BUFFER, file);
     let mut buf = vec![0u8; READ_BUFFER];
     let mut offset = 0u64;
@@ -299,6 +525,7 @@ pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usiz
 /// or the whole new one, never a part.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TransferError> {
     let tmp = part_path(path);
+    refuse_symlink(&tmp)?;
     let mut file = File::create(&tmp).map_err(|e| TransferError::io(&tmp, e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())

@@ -78,8 +78,7 @@ pub fn inspect(path: &Path) -> Result<String, TransferError> {
         let size = SnapshotDir::region_size(&metadata, region);
         let line = match region {
             SnapshotRegion::WasmModule => {
-                let bytes = std::fs::read(snapshot_dir.region_path(region))
-                    .map_err(|e| TransferError::io(&snapshot_dir.region_path(region), e))?;
+                let bytes = snapshot_dir.read_module()?;
                 format!("sha256 {}", hex(&crate::memory::checksum::sha256(&bytes)))
             }
             _ => {
@@ -194,7 +193,7 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport, TransferError> {
         let size_a = SnapshotDir::region_size(&meta_a, region);
         let size_b = SnapshotDir::region_size(&meta_b, region);
         let path_a = dir_a.region_path(region);
-        let file_a = std::fs::File::open(&path_a).map_err(|e| TransferError::io(&path_a, e))?;
+        let file_a = dir::open_plain_file(&path_a)?;
         let mut reader_a = std::io::BufReader::new(file_a);
         let mut block_a = Vec::new();
         let mut changed = PageRanges::new();
@@ -221,16 +220,12 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport, TransferError> {
             changed,
         });
     }
-    let chunks = |m: &ic_management_canister_types::ReadCanisterSnapshotMetadataResult| {
-        let mut c: Vec<Vec<u8>> = m.wasm_chunk_store.iter().map(|c| c.hash.clone()).collect();
-        c.sort();
-        c
-    };
     Ok(DiffReport {
         regions,
-        globals_differ: format!("{:?}", meta_a.globals) != format!("{:?}", meta_b.globals),
+        // Compared as this crate's globals: floats by their bits, so NaN payloads count.
+        globals_differ: dir::metadata_globals(&meta_a)? != dir::metadata_globals(&meta_b)?,
         certified_data_differ: meta_a.certified_data != meta_b.certified_data,
-        chunk_store_differs: chunks(&meta_a) != chunks(&meta_b),
+        chunk_store_differs: dir::chunk_hashes(&meta_a) != dir::chunk_hashes(&meta_b),
     })
 }
 

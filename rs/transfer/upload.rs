@@ -1,0 +1,395 @@
+//! Upload: a local directory into a new snapshot on the replica, in page-aligned slices (only
+//! the pages that differ from a base, for an incremental upload), with a progress file for
+//! resumption and the replica's checksum compared with the directory's at the end
+//! (`spec/transfer.md`).
+
+use std::fs;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candid::Principal;
+use ic_error_types::ErrorCode;
+use ic_management_canister_types::{
+    CanisterIdRecord, DeleteCanisterSnapshotArgs, Snapshot, SnapshotDataOffset,
+    UploadCanisterSnapshotMetadataResult,
+};
+
+use super::progress::{Budget, Progress, Step, checkpoint};
+use super::{
+    REGIONS, Replaced, SLICE_BYTES, SnapshotDir, TransferError, TransferOptions, UploadBase,
+    UploadReport, changed_page_runs, chunk_hashes, dir, read_canister_snapshot_metadata,
+};
+use crate::client::{ManagementClient, RejectResponse};
+use crate::management::types::{
+    UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+};
+use crate::memory::PAGE_SIZE;
+use crate::memory::checksum::hex;
+use crate::progress::progress_bar;
+use crate::snapshots::SnapshotRegion;
+
+fn upload_kind(region: SnapshotRegion, offset: u64) -> SnapshotDataOffset {
+    match region {
+        SnapshotRegion::WasmModule => SnapshotDataOffset::WasmModule { offset },
+        SnapshotRegion::WasmMemory => SnapshotDataOffset::WasmMemory { offset },
+        SnapshotRegion::StableMemory => SnapshotDataOffset::StableMemory { offset },
+    }
+}
+
+/// Uploads the snapshot in `dir` as a new snapshot of `canister_id`, sending only the pages that
+/// differ from `base` if given, resuming an interrupted upload of the same directory, and checks
+/// that the replica's checksum of the result equals the directory's.
+///
+/// `replace_snapshot: Some(id)` means "this upload supersedes `id`": `id` is deleted once the
+/// new snapshot is verified, or, only if the quota leaves no room for a new one, replaced when
+/// the upload starts. Without it, a full quota is an error (`QuotaForcesReplace`), never a
+/// silent replacement (`spec/transfer.md`, "Replacing a snapshot").
+pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
+    client: &mut C,
+    canister_id: Principal,
+    sender: Principal,
+    dir: &Path,
+    replace_snapshot: Option<Vec<u8>>,
+    base: Option<UploadBase<'_>>,
+    options: &TransferOptions,
+) -> Result<UploadReport, TransferError> {
+    let snapshot_dir = SnapshotDir::new(dir);
+    let (metadata, local_checksum) = snapshot_dir.validate_and_checksum()?;
+    if let Some(record) = snapshot_dir.read_checksum_record()?
+        && record.checksum != hex(&local_checksum)
+    {
+        return Err(TransferError::ChecksumMismatch {
+            what: format!(
+                "{} against its checksum.json (edited files? delete checksum.json to \
+                         upload them anyway)",
+                dir.display()
+            ),
+            expected: record.checksum,
+            actual: hex(&local_checksum),
+        });
+    }
+    let base_dir = match &base {
+        Some(base) => {
+            let base_dir = SnapshotDir::new(base.dir);
+            let on_chain = read_canister_snapshot_metadata(
+                client,
+                canister_id,
+                sender,
+                base.snapshot_id.clone(),
+            )
+            .map_err(TransferError::reject(
+                "read_canister_snapshot_metadata (base)",
+            ))?;
+            let (base_metadata, local) = base_dir.validate_and_checksum()?;
+            if on_chain.checksum.as_slice() != local.as_slice() {
+                return Err(TransferError::ChecksumMismatch {
+                    what: format!(
+                        "the base directory {} against snapshot {}",
+                        base.dir.display(),
+                        hex(&base.snapshot_id)
+                    ),
+                    expected: hex(&on_chain.checksum),
+                    actual: hex(&local),
+                });
+            }
+            Some((base_dir, base_metadata))
+        }
+        None => None,
+    };
+
+    let progress_path = dir.join(".upload_progress.json");
+    let mut progress = match Progress::load(&progress_path)? {
+        Some(p) => {
+            let id =
+                crate::transfer::unhex(&p.snapshot_id).ok_or_else(|| TransferError::Resume {
+                    path: progress_path.clone(),
+                    reason: "its snapshot id is not hex".into(),
+                })?;
+            read_canister_snapshot_metadata(client, canister_id, sender, id).map_err(|reject| {
+                TransferError::Resume {
+                    path: progress_path.clone(),
+                    reason: format!("the snapshot it was uploading is gone ({reject})"),
+                }
+            })?;
+            p
+        }
+        None => {
+            let globals: Vec<_> = metadata.globals.iter().flatten().cloned().collect();
+            let args = |replace: Option<&Vec<u8>>| UploadCanisterSnapshotMetadataArgs {
+                canister_id,
+                replace_snapshot: replace.cloned().map(serde_bytes::ByteBuf::from),
+                wasm_module_size: metadata.wasm_module_size,
+                globals: globals.clone(),
+                wasm_memory_size: metadata.wasm_memory_size,
+                stable_memory_size: metadata.stable_memory_size,
+                certified_data: metadata.certified_data.clone(),
+                global_timer: metadata.global_timer.clone(),
+                on_low_wasm_memory_hook_status: metadata.on_low_wasm_memory_hook_status.clone(),
+                base_snapshot: base
+                    .as_ref()
+                    .map(|b| serde_bytes::ByteBuf::from(b.snapshot_id.clone())),
+            };
+            if let Some(old) = &replace_snapshot {
+                // Before anything is created: the snapshot to supersede must exist.
+                read_canister_snapshot_metadata(client, canister_id, sender, old.clone()).map_err(
+                    TransferError::reject(
+                        "read_canister_snapshot_metadata (the snapshot to replace)",
+                    ),
+                )?;
+            }
+            // Verify before destroy: into a new snapshot while the quota has room; the one it
+            // supersedes is deleted only once the new one's checksum is verified.
+            let metadata_step = "upload_canister_snapshot_metadata";
+            let progress = match client.management_call::<(UploadCanisterSnapshotMetadataResult,)>(
+                sender,
+                metadata_step,
+                (args(None),),
+            ) {
+                Ok((result,)) => Progress {
+                    snapshot_id: hex(&result.snapshot_id),
+                    supersedes: replace_snapshot.as_deref().map(hex),
+                    ..Progress::default()
+                },
+                Err(reject) if is_quota_reached(&reject) => match &replace_snapshot {
+                    // Named by the caller: consent to lose it before verification.
+                    Some(old) => {
+                        let (result,): (UploadCanisterSnapshotMetadataResult,) = client
+                            .management_call(sender, metadata_step, (args(Some(old)),))
+                            .map_err(TransferError::reject(metadata_step))?;
+                        Progress {
+                            snapshot_id: hex(&result.snapshot_id),
+                            replaced_at_start: Some(hex(old)),
+                            ..Progress::default()
+                        }
+                    }
+                    None => {
+                        return Err(TransferError::QuotaForcesReplace {
+                            canister_id,
+                            existing: existing_snapshots(client, canister_id, sender),
+                        });
+                    }
+                },
+                Err(reject) => return Err(TransferError::reject(metadata_step)(reject)),
+            };
+            progress.save(&progress_path)?;
+            progress
+        }
+    };
+    let snapshot_id = crate::transfer::unhex(&progress.snapshot_id)
+        .expect("written as hex above or checked on resume");
+
+    let mut report = UploadReport {
+        snapshot_id: snapshot_id.clone(),
+        bytes_sent: 0,
+        messages: 0,
+        checksum: local_checksum,
+        replaced: match &progress.replaced_at_start {
+            Some(old) => Replaced::ReplacedAtStart(unhex_recorded(old, &progress_path)?),
+            None => Replaced::Nothing,
+        },
+    };
+    let mut budget = Budget::new(options);
+    for region in REGIONS {
+        let size = SnapshotDir::region_size(&metadata, region);
+        // What the new snapshot already holds where nothing is sent: the base's bytes
+        // (if the base module has the same size), else zeros for memories. A fresh module
+        // has no reference: every byte must be sent.
+        let reference: Option<Option<PathBuf>> = match (&base_dir, region) {
+            (Some((base_dir, base_meta)), SnapshotRegion::WasmModule) => {
+                (base_meta.wasm_module_size == size).then(|| Some(base_dir.region_path(region)))
+            }
+            (Some((base_dir, _)), _) => Some(Some(base_dir.region_path(region))),
+            (None, SnapshotRegion::WasmModule) => None,
+            (None, _) => Some(None),
+        };
+        let path = snapshot_dir.region_path(region);
+        let mut file = BufReader::new(dir::open_plain_file(&path)?);
+        let mut reference_file = match &reference {
+            Some(Some(p)) => Some(BufReader::new(dir::open_plain_file(p)?)),
+            _ => None,
+        };
+        let mut offset = *progress.offset(region);
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| TransferError::io(&path, e))?;
+        if let Some(r) = &mut reference_file {
+            r.seek(SeekFrom::Start(offset))
+                .map_err(|e| TransferError::io(&path, e))?;
+        }
+        let bar = progress_bar(size, region.name());
+        bar.set_position(offset);
+        let mut slices = 0u64;
+        let mut block = vec![0u8; SLICE_BYTES as usize];
+        let mut reference_block = vec![0u8; SLICE_BYTES as usize];
+        while offset < size {
+            let len = SLICE_BYTES.min(size - offset) as usize;
+            let n = dir::read_full(&mut file, &mut block[..len])
+                .map_err(|e| TransferError::io(&path, e))?;
+            if n != len {
+                return Err(TransferError::FileSize {
+                    path: path.clone(),
+                    expected: size,
+                    actual: offset + n as u64,
+                });
+            }
+            let runs = match &reference {
+                None => vec![(0, (len as u64).div_ceil(PAGE_SIZE as u64))],
+                Some(_) => {
+                    reference_block[..len].fill(0);
+                    if let Some(r) = &mut reference_file {
+                        // A shorter base reads as zeros past its end.
+                        dir::read_full(r, &mut reference_block[..len])
+                            .map_err(|e| TransferError::io(&path, e))?;
+                    }
+                    changed_page_runs(&reference_block[..len], &block[..len])
+                }
+            };
+            for (first_page, pages) in runs {
+                let start = first_page as usize * PAGE_SIZE;
+                let end = (start + pages as usize * PAGE_SIZE).min(len);
+                let args = UploadCanisterSnapshotDataArgs {
+                    canister_id,
+                    snapshot_id: snapshot_id.clone(),
+                    kind: upload_kind(region, offset + start as u64),
+                    chunk: block[start..end].to_vec(),
+                };
+                client
+                    .management_call::<()>(sender, "upload_canister_snapshot_data", (args,))
+                    .map_err(TransferError::reject("upload_canister_snapshot_data"))?;
+                report.bytes_sent += (end - start) as u64;
+                report.messages += 1;
+                budget.spend((end - start) as u64);
+            }
+            offset += len as u64;
+            slices += 1;
+            bar.set_position(offset);
+            let step = Step {
+                region,
+                offset,
+                size,
+                slices,
+            };
+            checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
+                Ok(())
+            })?;
+        }
+        bar.finish_and_clear();
+    }
+    for hash in chunk_hashes(&metadata) {
+        let hash_hex = hex(&hash);
+        if progress.chunks.contains(&hash_hex) {
+            continue;
+        }
+        let path = snapshot_dir.chunk_path(&hash);
+        let bytes = dir::read_small_file(&path, dir::MAX_CHUNK_FILE_BYTES, "Wasm chunk")?
+            .ok_or_else(|| TransferError::MissingFile { path: path.clone() })?;
+        let args = UploadCanisterSnapshotDataArgs {
+            canister_id,
+            snapshot_id: snapshot_id.clone(),
+            kind: SnapshotDataOffset::WasmChunk,
+            chunk: bytes,
+        };
+        client
+            .management_call::<()>(sender, "upload_canister_snapshot_data", (args,))
+            .map_err(TransferError::reject(
+                "upload_canister_snapshot_data (chunk)",
+            ))?;
+        report.messages += 1;
+        progress.chunks.push(hash_hex);
+        progress.save(&progress_path)?;
+    }
+
+    let uploaded =
+        read_canister_snapshot_metadata(client, canister_id, sender, snapshot_id.clone()).map_err(
+            TransferError::reject("read_canister_snapshot_metadata (check)"),
+        )?;
+    if uploaded.checksum.as_slice() != local_checksum.as_slice() {
+        // The new snapshot is not the directory: delete it (best effort) rather than leave a
+        // wrong copy that looks like a backup. Nothing else was touched, unless the quota
+        // forced `replace_snapshot` with the caller's consent.
+        let deleted = delete_snapshot(client, canister_id, sender, &snapshot_id).is_ok();
+        let _ = fs::remove_file(&progress_path);
+        return Err(TransferError::ChecksumMismatch {
+            what: format!(
+                "the uploaded snapshot {} ({}; {})",
+                hex(&snapshot_id),
+                if deleted {
+                    "deleted"
+                } else {
+                    "deleting it failed: delete it yourself"
+                },
+                match (&progress.supersedes, &progress.replaced_at_start) {
+                    (Some(old), _) => format!("snapshot {old}, which it was to replace, is kept"),
+                    (None, Some(old)) => format!("snapshot {old} was replaced when it started"),
+                    (None, None) => "no other snapshot was touched".to_string(),
+                }
+            ),
+            expected: hex(&local_checksum),
+            actual: hex(&uploaded.checksum),
+        });
+    }
+    fs::remove_file(&progress_path).map_err(|e| TransferError::io(&progress_path, e))?;
+    if let Some(old) = &progress.supersedes {
+        let old_id = unhex_recorded(old, &progress_path)?;
+        delete_snapshot(client, canister_id, sender, &old_id).map_err(|reject| {
+            TransferError::SupersededNotDeleted {
+                uploaded: hex(&snapshot_id),
+                replaced: old.clone(),
+                reject,
+            }
+        })?;
+        report.replaced = Replaced::DeletedAfterVerification(old_id);
+    }
+    Ok(report)
+}
+
+/// Whether a refused `upload_canister_snapshot_metadata` was refused for the quota alone (the
+/// replica's `CanisterRejectedMessage` and its message, `spec/transfer.md`).
+fn is_quota_reached(reject: &RejectResponse) -> bool {
+    reject.error_code == ErrorCode::CanisterRejectedMessage
+        && reject
+            .reject_message
+            .contains("reached the maximum number of snapshots")
+}
+
+/// The hex ids of the canister's snapshots, for a message; "its snapshots" if listing fails.
+fn existing_snapshots<C: ManagementClient + ?Sized>(
+    client: &mut C,
+    canister_id: Principal,
+    sender: Principal,
+) -> String {
+    client
+        .management_call::<(Vec<Snapshot>,)>(
+            sender,
+            "list_canister_snapshots",
+            (CanisterIdRecord { canister_id },),
+        )
+        .map(|(list,)| {
+            let ids: Vec<String> = list
+                .iter()
+                .map(|s| format!("snapshot {}", hex(&s.id)))
+                .collect();
+            ids.join(", ")
+        })
+        .unwrap_or_else(|_| "its snapshots".to_string())
+}
+
+fn delete_snapshot<C: ManagementClient + ?Sized>(
+    client: &mut C,
+    canister_id: Principal,
+    sender: Principal,
+    snapshot_id: &[u8],
+) -> Result<(), RejectResponse> {
+    let args = DeleteCanisterSnapshotArgs {
+        canister_id,
+        snapshot_id: snapshot_id.to_vec(),
+    };
+    client.management_call(sender, "delete_canister_snapshot", (args,))
+}
+
+/// A snapshot id the progress file records in hex.
+fn unhex_recorded(text: &str, progress_path: &Path) -> Result<Vec<u8>, TransferError> {
+    crate::transfer::unhex(text).ok_or_else(|| TransferError::Resume {
+        path: progress_path.to_path_buf(),
+        reason: format!("{text:?} is not a hex snapshot id"),
+    })
+}
