@@ -107,7 +107,7 @@ impl ReplicatedState {
             h.opt_bytes(snapshot.label.as_deref().map(str::as_bytes));
             h.bytes(&snapshot.checksum());
             // An uploaded snapshot may leave either unset ("not given": 2 and 3).
-            match snapshot.global_timer {
+            match snapshot.content().global_timer {
                 Some(GlobalTimer::Inactive) => h.u8(0),
                 Some(GlobalTimer::Active(t)) => {
                     h.u8(1);
@@ -115,11 +115,11 @@ impl ReplicatedState {
                 }
                 None => h.u8(2),
             }
-            match snapshot.on_low_wasm_memory_hook_status {
+            match snapshot.content().on_low_wasm_memory_hook_status {
                 Some(status) => h.u8(status as u8),
                 None => h.u8(3),
             }
-            match &snapshot.upload {
+            match snapshot.upload() {
                 None => h.u8(0),
                 Some(upload) => {
                     h.u8(1);

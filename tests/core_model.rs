@@ -539,12 +539,14 @@ fn apply(
                     let live = execution(canister);
                     prop_assert!(
                         snapshot
+                            .content()
                             .wasm_memory
                             .page_map()
                             .shares_root_with(live.wasm_memory.page_map())
                     );
                     prop_assert!(
                         snapshot
+                            .content()
                             .stable_memory
                             .page_map()
                             .shares_root_with(live.stable_memory.page_map())
@@ -566,6 +568,7 @@ fn apply(
                     let live = execution(canister);
                     prop_assert!(
                         snapshot
+                            .content()
                             .wasm_memory
                             .page_map()
                             .shares_root_with(live.wasm_memory.page_map())
@@ -670,12 +673,13 @@ fn check(
         let what = format!("snapshot {local}");
         let id = SnapshotId::new(canister_id(), local);
         let snapshot = accepted(store.get(canister_id(), &id), &what)?;
-        prop_assert!(snapshot.wasm_module.shares_bytes_with(&live.wasm_module));
+        let content = snapshot.content();
+        prop_assert!(content.wasm_module.shares_bytes_with(&live.wasm_module));
         check_image(
             &what,
-            (&snapshot.wasm_memory, &snapshot.stable_memory),
-            &snapshot.exported_globals,
-            &snapshot.certified_data,
+            (&content.wasm_memory, &content.stable_memory),
+            &content.exported_globals,
+            &content.certified_data,
             image,
         )?;
         prop_assert_eq!(snapshot.total_size(), image.logical_size(), "{}", what);
@@ -743,6 +747,7 @@ fn ten_snapshots_hold_exactly_the_rewritten_pages() {
             let snapshot = store.get(canister_id(), &id).unwrap();
             assert!(
                 snapshot
+                    .content()
                     .wasm_memory
                     .page_map()
                     .shares_root_with(execution(&canister).wasm_memory.page_map()),
@@ -790,6 +795,7 @@ fn ten_snapshots_hold_exactly_the_rewritten_pages() {
         let newest = store.get(canister_id(), ids.last().unwrap()).unwrap();
         assert!(
             newest
+                .content()
                 .wasm_memory
                 .page_map()
                 .shares_root_with(execution(&canister).wasm_memory.page_map()),

@@ -400,6 +400,7 @@ fn number_of_chunks() {
             .iter()
             .last()
             .unwrap()
+            .content()
             .wasm_chunk_store
             .len(),
         100

@@ -1212,7 +1212,10 @@ fn take_with_uninstall_code_uninstalls_atomically_and_still_loads() {
     // The snapshot was taken before the uninstall.
     let stored = sm.state().snapshots.iter().next().unwrap();
     assert_eq!(stored.canister_version, version);
-    assert_eq!(Some(*stored.wasm_module.hash()), before.module_hash);
+    assert_eq!(
+        Some(*stored.content().wasm_module.hash()),
+        before.module_hash
+    );
     assert_reject(
         c.try_read(&mut sm, false, 0, 1),
         ErrorCode::CanisterWasmModuleNotFound,

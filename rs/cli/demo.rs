@@ -127,17 +127,13 @@ fn read(
 }
 
 /// The live canister's memory roots, as the snapshot checksum defines them.
-fn live_checksum(sm: &StateMachine, canister: Principal) -> [u8; 32] {
-    let state = &sm.state().canisters[&canister];
-    let execution = state.execution_state.as_ref().expect("installed");
-    crate::snapshots::snapshot_checksum(&crate::snapshots::SnapshotDigest {
-        wasm_module_hash: *execution.wasm_module.hash(),
-        wasm_memory_root: execution.wasm_memory.root_hash(),
-        stable_memory_root: execution.stable_memory.root_hash(),
-        exported_globals: &execution.exported_globals,
-        certified_data: &state.certified_data,
-        chunk_hashes: state.wasm_chunk_store.keys().copied().collect(),
-    })
+fn live_checksum(sm: &StateMachine, canister: Principal) -> Result<[u8; 32], String> {
+    sm.state()
+        .canisters
+        .get(&canister)
+        .and_then(crate::snapshots::SnapshotContent::of_canister)
+        .map(|content| content.checksum())
+        .ok_or_else(|| format!("canister {canister} has no code"))
 }
 
 /// Turns a reject into the demo's error, naming the step that failed.
@@ -185,7 +181,7 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
     )
     .map_err(fail("set_certified_data"))?;
     let filled = started.elapsed();
-    let before = live_checksum(&sm, canister);
+    let before = live_checksum(&sm, canister)?;
     println!(
         "2. wrote {} of records to the heap and {} to stable memory in {:.2} s ({} messages)",
         human_bytes(options.heap_mib * CHUNK),
@@ -270,7 +266,7 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
         human_bytes(unique),
         human_bytes(snapshot.total_size)
     );
-    if live_checksum(&sm, canister) == before {
+    if live_checksum(&sm, canister)? == before {
         return Err("the bad upgrade did not change the state".into());
     }
 
@@ -279,7 +275,7 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
     sm.load_canister_snapshot(canister, Some(user), snapshot.id.clone())
         .map_err(fail("load_canister_snapshot"))?;
     let load_time = started.elapsed();
-    let after = live_checksum(&sm, canister);
+    let after = live_checksum(&sm, canister)?;
     println!(
         "5. loaded the snapshot in {}{}",
         ms(load_time),

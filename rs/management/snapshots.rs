@@ -313,7 +313,7 @@ impl ManagementCanister<'_> {
             ));
         }
         self.engine
-            .validate(snapshot.wasm_module.bytes())
+            .validate(snapshot.content().wasm_module.bytes())
             .map_err(|err| {
                 UserError::new(
                     err.code(),
@@ -323,15 +323,15 @@ impl ManagementCanister<'_> {
         if snapshot.source != SnapshotSource::MetadataUpload {
             return Ok(());
         }
-        let expected = self.engine.initial_globals(&snapshot.wasm_module);
-        if let Some(mismatch) = globals_mismatch(&expected, &snapshot.exported_globals) {
+        let expected = self.engine.initial_globals(&snapshot.content().wasm_module);
+        if let Some(mismatch) = globals_mismatch(&expected, &snapshot.content().exported_globals) {
             return Err(inconsistent(
                 id,
                 format!("its globals do not match its Wasm module's: {mismatch}"),
             ));
         }
-        if let Some(status) = snapshot.on_low_wasm_memory_hook_status {
-            let heap = snapshot.wasm_memory.size_bytes();
+        if let Some(status) = snapshot.content().on_low_wasm_memory_hook_status {
+            let heap = snapshot.content().wasm_memory.size_bytes();
             let condition = target.settings.low_wasm_memory_condition(heap);
             if !status.is_consistent_with(condition) {
                 return Err(inconsistent(

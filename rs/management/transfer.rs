@@ -21,8 +21,12 @@ use super::{
 };
 use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, WASM_PAGE_SIZE};
 use crate::replicated_state::ReplicatedState;
-use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotRegion, UploadState};
-use crate::state::{Global, GlobalTimer, HookStatus, WASM_CHUNK_ACCOUNTED_BYTES, WasmModule};
+use crate::snapshots::{
+    CanisterSnapshot, SnapshotContent, SnapshotId, SnapshotRegion, UploadState,
+};
+use crate::state::{
+    ChunkStore, Global, GlobalTimer, HookStatus, WASM_CHUNK_ACCOUNTED_BYTES, WasmModule,
+};
 
 fn region_of_read(kind: &SnapshotDataKind) -> Option<(SnapshotRegion, u64, u64)> {
     match *kind {
@@ -104,14 +108,15 @@ impl ManagementCanister<'_> {
         let canister = canister(state, args.canister_id)?;
         check_snapshot_viewer(canister, sender)?;
         let snapshot = state.snapshots.get(args.canister_id, &snapshot_id)?;
+        let content = snapshot.content();
         reply((SnapshotMetadata {
             source: snapshot.source.into(),
             taken_at_timestamp: snapshot.taken_at_timestamp,
-            wasm_module_size: snapshot.wasm_module.len(),
-            globals: snapshot.exported_globals.iter().map(Into::into).collect(),
-            wasm_memory_size: snapshot.wasm_memory.size_bytes(),
-            stable_memory_size: snapshot.stable_memory.size_bytes(),
-            wasm_chunk_store: snapshot
+            wasm_module_size: content.wasm_module.len(),
+            globals: content.exported_globals.iter().map(Into::into).collect(),
+            wasm_memory_size: content.wasm_memory.size_bytes(),
+            stable_memory_size: content.stable_memory.size_bytes(),
+            wasm_chunk_store: content
                 .wasm_chunk_store
                 .keys()
                 .map(|hash| ChunkHash {
@@ -119,9 +124,9 @@ impl ManagementCanister<'_> {
                 })
                 .collect(),
             canister_version: snapshot.canister_version,
-            certified_data: snapshot.certified_data.clone(),
-            global_timer: snapshot.global_timer.map(CanisterTimer::from),
-            on_low_wasm_memory_hook_status: snapshot.on_low_wasm_memory_hook_status.map(Into::into),
+            certified_data: content.certified_data.clone(),
+            global_timer: content.global_timer.map(CanisterTimer::from),
+            on_low_wasm_memory_hook_status: content.on_low_wasm_memory_hook_status.map(Into::into),
             label: snapshot.label.clone(),
             checksum: snapshot.checksum().to_vec(),
         },))
@@ -164,7 +169,7 @@ impl ManagementCanister<'_> {
             }
             (None, SnapshotDataKind::WasmChunk { hash }) => <[u8; 32]>::try_from(hash.as_slice())
                 .ok()
-                .and_then(|key| snapshot.wasm_chunk_store.get(&key))
+                .and_then(|key| snapshot.content().wasm_chunk_store.get(&key))
                 .map(|chunk| chunk.to_vec())
                 .ok_or_else(|| {
                     chunk_store_error(format!(
@@ -276,30 +281,25 @@ impl ManagementCanister<'_> {
             .as_ref()
             .map(|id| state.snapshots.get(args.canister_id, id))
             .transpose()?;
-        let declared = args.wasm_module_size
-            + args.wasm_memory_size
-            + args.stable_memory_size
-            + globals.iter().map(Global::size).sum::<u64>()
-            + args.certified_data.len() as u64;
-        let change =
-            MemoryChange::new_snapshot(self.config, state, canister, replace.as_ref(), declared)?;
-        let cost = self.check_memory_and_cycles(state, canister, &change)?;
-
         // Start from zeros, or from the base snapshot resized to the declared sizes.
         let mut upload = UploadState::default();
-        let (wasm_module, mut wasm_memory, mut stable_memory) = match base {
-            Some(base) => {
+        let (wasm_module, mut wasm_memory, mut stable_memory) = match base.map(|b| b.content()) {
+            Some(base_content) => {
                 // Only a complete module is inherited: the never-written bytes of an
                 // incomplete base are zeros, not a module.
-                let module = if base.wasm_module.len() == args.wasm_module_size
-                    && base.missing_module_range().is_none()
+                let complete = base.is_some_and(|b| b.missing_module_range().is_none());
+                let module = if complete && base_content.wasm_module.len() == args.wasm_module_size
                 {
                     upload.wasm_module.insert(0, args.wasm_module_size);
-                    base.wasm_module.clone()
+                    base_content.wasm_module.clone()
                 } else {
                     WasmModule::zeroed(args.wasm_module_size as usize)
                 };
-                (module, base.wasm_memory.clone(), base.stable_memory.clone())
+                (
+                    module,
+                    base_content.wasm_memory.clone(),
+                    base_content.stable_memory.clone(),
+                )
             }
             None => (
                 WasmModule::zeroed(args.wasm_module_size as usize),
@@ -317,24 +317,31 @@ impl ManagementCanister<'_> {
                 self.config.stable_memory_limit_bytes,
             )
             .map_err(memory_error)?;
+        let content = SnapshotContent {
+            wasm_module,
+            wasm_memory,
+            stable_memory,
+            exported_globals: globals,
+            certified_data: args.certified_data,
+            wasm_chunk_store: ChunkStore::new(),
+            global_timer,
+            on_low_wasm_memory_hook_status: hook,
+        };
+        let change = MemoryChange::new_snapshot(
+            self.config,
+            state,
+            canister,
+            replace.as_ref(),
+            content.total_size(),
+        )?;
+        let cost = self.check_memory_and_cycles(state, canister, &change)?;
 
         let time = state.time;
         let canister = state
             .canisters
             .get_mut(&args.canister_id)
             .expect("checked by `controlled` above");
-        let snapshot = CanisterSnapshot::for_upload(
-            canister,
-            time,
-            wasm_module,
-            wasm_memory,
-            stable_memory,
-            globals,
-            args.certified_data,
-            global_timer,
-            hook,
-            upload,
-        );
+        let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload);
         let snapshot_id = snapshot.id().to_bytes();
         state.snapshots.commit(snapshot, replace.as_ref());
         canister.cycles -= cost;
@@ -392,10 +399,10 @@ impl ManagementCanister<'_> {
                     )));
                 }
                 let hash = crate::memory::checksum::sha256(&args.chunk);
-                if snapshot.wasm_chunk_store.contains_key(&hash) {
+                if snapshot.content().wasm_chunk_store.contains_key(&hash) {
                     return reply(());
                 }
-                if snapshot.wasm_chunk_store.len() >= MAX_WASM_CHUNKS {
+                if snapshot.content().wasm_chunk_store.len() >= MAX_WASM_CHUNKS {
                     return Err(chunk_store_error(format!(
                         "the Wasm chunk store of snapshot {snapshot_id} is full \
                          ({MAX_WASM_CHUNKS} chunks)"

@@ -35,14 +35,12 @@ pub enum SnapshotSource {
     MetadataUpload,
 }
 
-/// A canister snapshot: what `load_canister_snapshot` restores, plus provenance.
+/// What a snapshot holds and a load restores, as one value: captured from a canister by a
+/// take, declared by an upload, restored by a load, hashed by the checksum and read back by
+/// `read_canister_snapshot_metadata`. Clones are O(1) in the memory size (the memories are
+/// copy-on-write and the module and chunks are shared).
 #[derive(Clone, Debug)]
-pub struct CanisterSnapshot {
-    id: SnapshotId,
-    pub taken_at_timestamp: u64,
-    pub canister_version: u64,
-    pub source: SnapshotSource,
-    pub label: Option<String>,
+pub struct SnapshotContent {
     pub wasm_module: WasmModule,
     pub wasm_memory: Memory,
     pub stable_memory: Memory,
@@ -55,9 +53,80 @@ pub struct CanisterSnapshot {
     /// current ones in place, as the replica does.
     pub global_timer: Option<GlobalTimer>,
     pub on_low_wasm_memory_hook_status: Option<HookStatus>,
-    /// For a snapshot created by `upload_canister_snapshot_metadata`: what has been written.
-    pub upload: Option<UploadState>,
-    /// Memoised [`snapshot_checksum`]; cleared by anything that changes the content.
+}
+
+impl SnapshotContent {
+    /// The content of `canister` as a take records it, or `None` if it has no code. O(globals
+    /// + chunks): the memories and the module are shared, not copied.
+    pub fn of_canister(canister: &CanisterState) -> Option<Self> {
+        let execution = canister.execution_state.as_ref()?;
+        Some(SnapshotContent {
+            wasm_module: execution.wasm_module.clone(),
+            wasm_memory: execution.wasm_memory.clone(),
+            stable_memory: execution.stable_memory.clone(),
+            exported_globals: execution.exported_globals.clone(),
+            certified_data: canister.certified_data.clone(),
+            wasm_chunk_store: canister.wasm_chunk_store.clone(),
+            global_timer: Some(canister.global_timer.into()),
+            on_low_wasm_memory_hook_status: Some(canister.on_low_wasm_memory_hook_status),
+        })
+    }
+
+    /// The parts the checksum binds, each reduced to its hash (cached in the page maps).
+    pub fn digest(&self) -> SnapshotDigest<'_> {
+        SnapshotDigest {
+            wasm_module_hash: *self.wasm_module.hash(),
+            wasm_memory_root: self.wasm_memory.root_hash(),
+            stable_memory_root: self.stable_memory.root_hash(),
+            exported_globals: &self.exported_globals,
+            certified_data: &self.certified_data,
+            chunk_hashes: self.wasm_chunk_store.keys().copied().collect(),
+        }
+    }
+
+    /// The snapshot checksum of `spec/checksum.md` (not memoised: see
+    /// [`CanisterSnapshot::checksum`]).
+    pub fn checksum(&self) -> Hash {
+        snapshot_checksum(&self.digest())
+    }
+
+    /// The logical size, as the IC defines `total_size`: module + both memories + globals +
+    /// certified data + chunk store (a chunk counts [`WASM_CHUNK_ACCOUNTED_BYTES`]). Not the
+    /// bytes the snapshot really holds (see [`SnapshotStore::unique_bytes`]).
+    /// O(globals + chunks).
+    pub fn total_size(&self) -> u64 {
+        self.wasm_module.len()
+            + self.wasm_memory.size_bytes()
+            + self.stable_memory.size_bytes()
+            + self.exported_globals.iter().map(Global::size).sum::<u64>()
+            + self.certified_data.len() as u64
+            + self.wasm_chunk_store.len() as u64 * WASM_CHUNK_ACCOUNTED_BYTES
+    }
+
+    /// The recorded size of a region.
+    pub fn region_size(&self, region: SnapshotRegion) -> u64 {
+        match region {
+            SnapshotRegion::WasmModule => self.wasm_module.len(),
+            SnapshotRegion::WasmMemory => self.wasm_memory.size_bytes(),
+            SnapshotRegion::StableMemory => self.stable_memory.size_bytes(),
+        }
+    }
+}
+
+/// A canister snapshot: its content, which only this module changes (so the memoised checksum
+/// can never go stale), plus provenance.
+#[derive(Clone, Debug)]
+pub struct CanisterSnapshot {
+    id: SnapshotId,
+    pub taken_at_timestamp: u64,
+    pub canister_version: u64,
+    pub source: SnapshotSource,
+    pub label: Option<String>,
+    content: SnapshotContent,
+    /// For a snapshot created by `upload_canister_snapshot_metadata` and not yet loaded: what
+    /// has been written.
+    upload: Option<UploadState>,
+    /// Memoised [`SnapshotContent::checksum`]; cleared by anything that changes the content.
     checksum: OnceLock<Hash>,
 }
 
@@ -165,68 +234,75 @@ impl CanisterSnapshot {
         time: u64,
         label: Option<String>,
     ) -> Result<Self, SnapshotError> {
-        let Some(execution) = &canister.execution_state else {
-            return Err(SnapshotError::NoCode {
-                canister_id: canister.canister_id,
-            });
-        };
-        let id = SnapshotId::new(canister.canister_id, canister.next_snapshot_id);
-        let snapshot = CanisterSnapshot {
-            id,
-            taken_at_timestamp: time,
-            canister_version: canister.canister_version,
-            source: SnapshotSource::TakenFromCanister,
+        let content = SnapshotContent::of_canister(canister).ok_or(SnapshotError::NoCode {
+            canister_id: canister.canister_id,
+        })?;
+        let snapshot = Self::from_parts(
+            SnapshotId::new(canister.canister_id, canister.next_snapshot_id),
+            SnapshotSource::TakenFromCanister,
+            time,
+            canister.canister_version,
             label,
-            wasm_module: execution.wasm_module.clone(),
-            wasm_memory: execution.wasm_memory.clone(),
-            stable_memory: execution.stable_memory.clone(),
-            exported_globals: execution.exported_globals.clone(),
-            certified_data: canister.certified_data.clone(),
-            wasm_chunk_store: canister.wasm_chunk_store.clone(),
-            global_timer: Some(canister.global_timer.into()),
-            on_low_wasm_memory_hook_status: Some(canister.on_low_wasm_memory_hook_status),
-            upload: None,
-            checksum: OnceLock::new(),
-        };
+            content,
+            None,
+        );
         canister.next_snapshot_id += 1;
         Ok(snapshot)
     }
 
-    /// An uploaded snapshot's starting point: the declared sizes and a fresh id. The contents
-    /// are zeros, or a base snapshot's (an incremental upload); `upload` records what counts
-    /// as written already.
-    #[allow(clippy::too_many_arguments)]
+    /// An uploaded snapshot's starting point, with a fresh id: `content` holds the declared
+    /// sizes, zeros or a base snapshot's bytes (an incremental upload); `upload` records what
+    /// counts as written already.
     pub fn for_upload(
         canister: &mut CanisterState,
         time: u64,
-        wasm_module: WasmModule,
-        wasm_memory: Memory,
-        stable_memory: Memory,
-        exported_globals: Vec<Global>,
-        certified_data: Vec<u8>,
-        global_timer: Option<GlobalTimer>,
-        on_low_wasm_memory_hook_status: Option<HookStatus>,
+        content: SnapshotContent,
         upload: UploadState,
     ) -> Self {
-        let id = SnapshotId::new(canister.canister_id, canister.next_snapshot_id);
+        let snapshot = Self::from_parts(
+            SnapshotId::new(canister.canister_id, canister.next_snapshot_id),
+            SnapshotSource::MetadataUpload,
+            time,
+            canister.canister_version,
+            None,
+            content,
+            Some(upload),
+        );
         canister.next_snapshot_id += 1;
+        snapshot
+    }
+
+    /// A snapshot from its parts, as a checkpoint stored it. Advances no counter.
+    pub fn from_parts(
+        id: SnapshotId,
+        source: SnapshotSource,
+        taken_at_timestamp: u64,
+        canister_version: u64,
+        label: Option<String>,
+        content: SnapshotContent,
+        upload: Option<UploadState>,
+    ) -> Self {
         CanisterSnapshot {
             id,
-            taken_at_timestamp: time,
-            canister_version: canister.canister_version,
-            source: SnapshotSource::MetadataUpload,
-            label: None,
-            wasm_module,
-            wasm_memory,
-            stable_memory,
-            exported_globals,
-            certified_data,
-            wasm_chunk_store: ChunkStore::new(),
-            global_timer,
-            on_low_wasm_memory_hook_status,
-            upload: Some(upload),
+            taken_at_timestamp,
+            canister_version,
+            source,
+            label,
+            content,
+            upload,
             checksum: OnceLock::new(),
         }
+    }
+
+    /// What the snapshot holds. Read-only: only uploads change it, through
+    /// [`Self::write_region`] and [`Self::add_chunk`], which forget the memoised checksum.
+    pub fn content(&self) -> &SnapshotContent {
+        &self.content
+    }
+
+    /// What an upload has written so far, while the snapshot still accepts data.
+    pub fn upload(&self) -> Option<&UploadState> {
+        self.upload.as_ref()
     }
 
     pub fn id(&self) -> &SnapshotId {
@@ -242,59 +318,39 @@ impl CanisterSnapshot {
     /// hook status it declared. Cycles, controllers, settings, version and history are left to
     /// the caller.
     pub fn restore_into(&self, canister: &mut CanisterState) {
+        let content = &self.content;
         canister.execution_state = Some(ExecutionState {
-            wasm_module: self.wasm_module.clone(),
-            wasm_memory: self.wasm_memory.clone(),
-            stable_memory: self.stable_memory.clone(),
-            exported_globals: self.exported_globals.clone(),
+            wasm_module: content.wasm_module.clone(),
+            wasm_memory: content.wasm_memory.clone(),
+            stable_memory: content.stable_memory.clone(),
+            exported_globals: content.exported_globals.clone(),
         });
-        canister.certified_data = self.certified_data.clone();
-        canister.wasm_chunk_store = self.wasm_chunk_store.clone();
+        canister.certified_data = content.certified_data.clone();
+        canister.wasm_chunk_store = content.wasm_chunk_store.clone();
         if self.source == SnapshotSource::MetadataUpload {
-            if let Some(timer) = self.global_timer {
+            if let Some(timer) = content.global_timer {
                 canister.global_timer = timer.deadline();
             }
-            if let Some(status) = self.on_low_wasm_memory_hook_status {
+            if let Some(status) = content.on_low_wasm_memory_hook_status {
                 canister.on_low_wasm_memory_hook_status = status;
             }
         }
     }
 
-    /// The logical size, as the IC defines `total_size`: module + both memories + globals +
-    /// certified data + chunk store (a chunk counts [`WASM_CHUNK_ACCOUNTED_BYTES`]). Not the
-    /// bytes the snapshot really holds (see
-    /// [`SnapshotStore::unique_bytes`]). O(globals + chunks).
+    /// [`SnapshotContent::total_size`].
     pub fn total_size(&self) -> u64 {
-        self.wasm_module.len()
-            + self.wasm_memory.size_bytes()
-            + self.stable_memory.size_bytes()
-            + self.exported_globals.iter().map(Global::size).sum::<u64>()
-            + self.certified_data.len() as u64
-            + self.wasm_chunk_store.len() as u64 * WASM_CHUNK_ACCOUNTED_BYTES
+        self.content.total_size()
     }
 
     /// The snapshot checksum of `spec/checksum.md`, memoised. The first call costs the hashing
     /// of the pages changed since any memory sharing them was last hashed.
     pub fn checksum(&self) -> Hash {
-        *self.checksum.get_or_init(|| {
-            snapshot_checksum(&SnapshotDigest {
-                wasm_module_hash: *self.wasm_module.hash(),
-                wasm_memory_root: self.wasm_memory.root_hash(),
-                stable_memory_root: self.stable_memory.root_hash(),
-                exported_globals: &self.exported_globals,
-                certified_data: &self.certified_data,
-                chunk_hashes: self.wasm_chunk_store.keys().copied().collect(),
-            })
-        })
+        *self.checksum.get_or_init(|| self.content.checksum())
     }
 
     /// The recorded size of a region.
     pub fn region_size(&self, region: SnapshotRegion) -> u64 {
-        match region {
-            SnapshotRegion::WasmModule => self.wasm_module.len(),
-            SnapshotRegion::WasmMemory => self.wasm_memory.size_bytes(),
-            SnapshotRegion::StableMemory => self.stable_memory.size_bytes(),
-        }
+        self.content.region_size(region)
     }
 
     /// Reads `[offset, offset + len)` of a region; `None` if the range is outside it.
@@ -303,12 +359,15 @@ impl CanisterSnapshot {
         if end > self.region_size(region) {
             return None;
         }
+        let content = &self.content;
         match region {
-            SnapshotRegion::WasmModule => {
-                Some(self.wasm_module.bytes()[offset as usize..end as usize].to_vec())
-            }
-            SnapshotRegion::WasmMemory => self.wasm_memory.read_vec(offset, len).ok(),
-            SnapshotRegion::StableMemory => self.stable_memory.read_vec(offset, len).ok(),
+            SnapshotRegion::WasmModule => content
+                .wasm_module
+                .bytes()
+                .get(usize::try_from(offset).ok()?..usize::try_from(end).ok()?)
+                .map(<[u8]>::to_vec),
+            SnapshotRegion::WasmMemory => content.wasm_memory.read_vec(offset, len).ok(),
+            SnapshotRegion::StableMemory => content.stable_memory.read_vec(offset, len).ok(),
         }
     }
 
@@ -320,13 +379,14 @@ impl CanisterSnapshot {
             end <= self.region_size(region),
             "range checked by the caller"
         );
+        let content = &mut self.content;
         match region {
-            SnapshotRegion::WasmModule => self.wasm_module.write(offset as usize, data),
+            SnapshotRegion::WasmModule => content.wasm_module.write(offset as usize, data),
             SnapshotRegion::WasmMemory => {
-                let _ = self.wasm_memory.write(offset, data);
+                let _ = content.wasm_memory.write(offset, data);
             }
             SnapshotRegion::StableMemory => {
-                let _ = self.stable_memory.write(offset, data);
+                let _ = content.stable_memory.write(offset, data);
             }
         }
         if let Some(upload) = &mut self.upload {
@@ -355,7 +415,7 @@ impl CanisterSnapshot {
     /// Adds a chunk to the chunk store (an upload), keyed by its SHA-256.
     pub fn add_chunk(&mut self, chunk: Vec<u8>) -> Hash {
         let hash = crate::memory::checksum::sha256(&chunk);
-        self.wasm_chunk_store.insert(hash, chunk.into());
+        self.content.wasm_chunk_store.insert(hash, chunk.into());
         self.checksum.take();
         hash
     }
@@ -367,7 +427,7 @@ impl CanisterSnapshot {
     pub fn missing_module_range(&self) -> Option<(u64, u64)> {
         self.upload
             .as_ref()
-            .and_then(|u| u.wasm_module.first_gap(self.wasm_module.len()))
+            .and_then(|u| u.wasm_module.first_gap(self.content.wasm_module.len()))
     }
 }
 
@@ -578,23 +638,20 @@ impl SnapshotStore {
         let mut pages = 0u64;
         let mut modules: Vec<&WasmModule> = Vec::new();
         for snapshot in self.list(canister.canister_id) {
+            let content = snapshot.content();
             let mut count = |_: u64, _: &crate::memory::Page| pages += 1;
-            snapshot
+            content
                 .wasm_memory
                 .page_map()
                 .for_each_page_not_shared_with(live_wasm.page_map(), &mut seen, &mut count);
-            snapshot
+            content
                 .stable_memory
                 .page_map()
                 .for_each_page_not_shared_with(live_stable.page_map(), &mut seen, &mut count);
-            let shared_with_live =
-                live.is_some_and(|e| e.wasm_module.shares_bytes_with(&snapshot.wasm_module));
-            if !shared_with_live
-                && !modules
-                    .iter()
-                    .any(|m| m.shares_bytes_with(&snapshot.wasm_module))
-            {
-                modules.push(&snapshot.wasm_module);
+            let module = &content.wasm_module;
+            let shared_with_live = live.is_some_and(|e| e.wasm_module.shares_bytes_with(module));
+            if !shared_with_live && !modules.iter().any(|m| m.shares_bytes_with(module)) {
+                modules.push(module);
             }
         }
         pages * PAGE_SIZE as u64 + modules.iter().map(|m| m.len()).sum::<u64>()

@@ -28,7 +28,10 @@ fn a_snapshot_is_unchanged_by_later_writes_and_restores_exactly() {
     let id = store.take(&mut canister, 42, None, None).unwrap();
     heap(&mut canister).fill(100, 10_000, 0x55).unwrap();
     let snapshot = store.get(canister.canister_id, &id).unwrap();
-    assert_eq!(snapshot.wasm_memory.read_vec(100, 1).unwrap(), vec![0xAA]);
+    assert_eq!(
+        snapshot.content().wasm_memory.read_vec(100, 1).unwrap(),
+        vec![0xAA]
+    );
     assert_eq!(snapshot.taken_at_timestamp, 42);
     snapshot.restore_into(&mut canister);
     assert_eq!(heap(&mut canister).read_vec(100, 1).unwrap(), vec![0xAA]);

@@ -421,13 +421,14 @@ pub fn checksum_from_bytes(snapshot: &CanisterSnapshot) -> Hash {
     let root = |memory: &canister_snapshots::memory::Memory| {
         memory_root_from_bytes(&memory.read_vec(0, memory.size_bytes()).unwrap())
     };
+    let content = snapshot.content();
     snapshot_checksum(&SnapshotDigest {
-        wasm_module_hash: sha256(snapshot.wasm_module.bytes()),
-        wasm_memory_root: root(&snapshot.wasm_memory),
-        stable_memory_root: root(&snapshot.stable_memory),
-        exported_globals: &snapshot.exported_globals,
-        certified_data: &snapshot.certified_data,
-        chunk_hashes: snapshot
+        wasm_module_hash: sha256(content.wasm_module.bytes()),
+        wasm_memory_root: root(&content.wasm_memory),
+        stable_memory_root: root(&content.stable_memory),
+        exported_globals: &content.exported_globals,
+        certified_data: &content.certified_data,
+        chunk_hashes: content
             .wasm_chunk_store
             .values()
             .map(|chunk| sha256(chunk))
