@@ -13,6 +13,13 @@ pub struct Config {
     pub stable_memory_limit_bytes: u64,
     /// Memory the subnet can give to canisters and their snapshots together.
     pub subnet_memory_capacity_bytes: u64,
+    /// Subnet memory usage above which growth reserves cycles (storage reservation: the IC's
+    /// `subnet_memory_threshold`). At or above `subnet_memory_capacity_bytes`, nothing is
+    /// ever reserved.
+    pub subnet_memory_threshold_bytes: u64,
+    /// The longest period a reservation pays storage for, reached at full capacity (the IC's
+    /// `max_storage_reservation_period`).
+    pub max_storage_reservation_seconds: u64,
     /// Heap-delta allowance a canister earns per round; a canister whose debit exceeds it may
     /// not take or load a snapshot until rounds have drained it.
     pub heap_delta_rate_limit_bytes: u64,
@@ -49,6 +56,8 @@ impl Default for Config {
             max_snapshots_per_canister: 1,
             stable_memory_limit_bytes: 500 << 30,
             subnet_memory_capacity_bytes: 2 << 40,
+            subnet_memory_threshold_bytes: 450 << 30,
+            max_storage_reservation_seconds: 300_000_000,
             heap_delta_rate_limit_bytes: 75 << 20,
             default_canister_cycles: 100_000_000_000_000,
             snapshot_base_instructions: 2_000_000_000,
@@ -70,8 +79,64 @@ impl Config {
         instructions as Cycles * self.cycles_per_ten_instructions / 10
     }
 
+    /// Cycles a canister must move to its reserved balance to grow by `bytes` while the
+    /// subnet holds `subnet_usage` bytes (the IC's storage reservation): the storage cost of
+    /// the new bytes for a period that rises linearly from zero at
+    /// `subnet_memory_threshold_bytes` to `max_storage_reservation_seconds` at capacity,
+    /// integrated over the growth (the area under that line, as the replica computes it). Zero
+    /// while the subnet stays below the threshold.
+    pub fn storage_reservation_cycles(&self, bytes: u64, subnet_usage: u64) -> Cycles {
+        self.total_reservation(subnet_usage.saturating_add(bytes))
+            .saturating_sub(self.total_reservation(subnet_usage))
+    }
+
+    /// The area of the triangle above the threshold at `usage`: base `usage − threshold`,
+    /// height the period at `usage`.
+    fn total_reservation(&self, usage: u64) -> Cycles {
+        let capacity = self.subnet_memory_capacity_bytes;
+        let threshold = self.subnet_memory_threshold_bytes.min(capacity);
+        let above = usage.min(capacity).saturating_sub(threshold);
+        let span = capacity - threshold;
+        if span == 0 {
+            return 0;
+        }
+        let period =
+            (self.max_storage_reservation_seconds as u128 * above as u128 / span as u128) as u64;
+        self.storage_cost(above, period / 2)
+    }
+
     /// Cycles a canister of `memory_bytes` burns per `seconds` of storage.
     pub fn storage_cost(&self, memory_bytes: u64, seconds: u64) -> Cycles {
         memory_bytes as Cycles * self.storage_cycles_per_gib_second * seconds as Cycles / (1 << 30)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GB: u64 = 1_000_000_000;
+
+    /// The replica's own example (rs/cycles_account_manager/tests, `test_storage_reservation_
+    /// cycles`): 40 GB allocated at usage 90 GB, threshold 100 GB, capacity 200 GB reserve the
+    /// area of the triangle above the threshold: base 30 GB, height the period at 130 GB.
+    #[test]
+    fn storage_reservation_matches_the_replicas_triangle() {
+        let config = Config {
+            subnet_memory_threshold_bytes: 100 * GB,
+            subnet_memory_capacity_bytes: 200 * GB,
+            ..Config::default()
+        };
+        let period = config.max_storage_reservation_seconds * 30 / 100;
+        assert_eq!(
+            config.storage_reservation_cycles(40 * GB, 90 * GB),
+            config.storage_cost(30 * GB, period / 2)
+        );
+        assert_eq!(config.storage_reservation_cycles(10 * GB, 80 * GB), 0);
+        let off = Config {
+            subnet_memory_threshold_bytes: 200 * GB,
+            ..config
+        };
+        assert_eq!(off.storage_reservation_cycles(40 * GB, 190 * GB), 0);
     }
 }

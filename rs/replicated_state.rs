@@ -178,6 +178,7 @@ fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
         h.u64(chunk.len() as u64);
     }
     h.bytes(&canister.cycles.to_be_bytes());
+    h.bytes(&canister.reserved_cycles.to_be_bytes());
     h.u64(canister.canister_version);
     h.u64(canister.history.total_num_changes());
     h.u64(canister.history.changes().len() as u64);

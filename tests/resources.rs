@@ -21,6 +21,16 @@ const GIB: u64 = 1 << 30;
 /// The offset of the last byte of a 500 GiB stable memory (the default stable memory limit).
 const LAST_STABLE_BYTE: u64 = 500 * GIB - 1;
 
+/// The default configuration with storage reservation off (threshold at capacity), so that
+/// the growth tests below exercise the capacity and freezing checks alone.
+fn without_reservation() -> Config {
+    let config = Config::default();
+    Config {
+        subnet_memory_threshold_bytes: config.subnet_memory_capacity_bytes,
+        ..config
+    }
+}
+
 /// A canister with the test canister installed, `cycles` and the given freezing threshold.
 fn canister_with(sm: &mut StateMachine, cycles: u128, freezing_threshold: u64) -> TestCanister {
     let settings = CanisterSettings {
@@ -53,7 +63,7 @@ fn write_last_stable_byte(
 #[test]
 fn growth_beyond_the_freezing_threshold_traps_and_changes_nothing() {
     let setup = || {
-        let mut sm = StateMachine::new();
+        let mut sm = StateMachine::with_config(without_reservation());
         let canisters: Vec<TestCanister> = (0..5)
             .map(|_| canister_with(&mut sm, 1_000_000_000, 2_592_000))
             .collect();
@@ -95,7 +105,7 @@ fn growth_beyond_the_subnet_capacity_traps_and_changes_nothing() {
     let setup = || {
         let mut sm = StateMachine::with_config(Config {
             max_snapshots_per_canister: 2,
-            ..Config::default()
+            ..without_reservation()
         });
         let canisters: Vec<TestCanister> = (0..5)
             .map(|_| canister_with(&mut sm, 1_000_000_000, 0))
@@ -180,6 +190,93 @@ fn snapshots_count_toward_the_growth_check() {
     sm.delete_canister_snapshot(c.id, Some(c.sender), id)
         .unwrap();
     c.write(&mut sm, true, 700 << 20, &[1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage reservation
+// ---------------------------------------------------------------------------------------------
+
+/// A subnet already above its storage threshold: 64 MiB of threshold, 1 GiB of capacity.
+fn saturated_config() -> Config {
+    Config {
+        max_snapshots_per_canister: 2,
+        subnet_memory_threshold_bytes: 64 << 20,
+        subnet_memory_capacity_bytes: 1 << 30,
+        ..Config::default()
+    }
+}
+
+/// Above the threshold, growth moves cycles into the reserved balance, exactly as
+/// `Config::storage_reservation_cycles` prices it, and `canister_status` reports them; a take
+/// reserves for the snapshot's memory like any other growth.
+#[test]
+fn growth_above_the_threshold_reserves_cycles() {
+    let mut sm = StateMachine::with_config(saturated_config());
+    let c = canister_with(&mut sm, 100_000_000_000_000, 0);
+    c.write(&mut sm, true, (100 << 20) - 1, &[1]); // 100 MiB: 36 MiB above the threshold
+    let reserved = sm.state().canisters[&c.id].reserved_cycles;
+    let usage_before = sm.state().memory_usage() - (100 << 20);
+    assert_eq!(
+        reserved,
+        sm.config()
+            .storage_reservation_cycles(100 << 20, usage_before)
+    );
+    assert!(reserved > 0);
+    let status = sm.canister_status(c.id, Some(c.sender)).unwrap();
+    assert_eq!(status.reserved_cycles, candid::Nat::from(reserved));
+
+    let before = (c.cycles(&sm), reserved);
+    let usage = sm.state().memory_usage();
+    let snapshot = sm
+        .take_canister_snapshot(c.id, Some(c.sender), None)
+        .unwrap();
+    let reservation = sm
+        .config()
+        .storage_reservation_cycles(snapshot.total_size, usage);
+    let after = sm.state().canisters[&c.id].reserved_cycles;
+    assert_eq!(
+        after - before.1,
+        reservation,
+        "the take reserved for the snapshot"
+    );
+    assert!(reservation > 0);
+}
+
+/// A growth whose reservation would pass `reserved_cycles_limit` is refused with the
+/// replica's code, and changes nothing.
+#[test]
+fn a_reservation_past_the_limit_is_refused() {
+    let setup = || {
+        let mut sm = StateMachine::with_config(saturated_config());
+        let c = canister_with(&mut sm, 100_000_000_000_000, 0);
+        c.write(&mut sm, true, (100 << 20) - 1, &[1]);
+        let settings = CanisterSettings {
+            reserved_cycles_limit: Some(sm.state().canisters[&c.id].reserved_cycles.into()),
+            ..CanisterSettings::default()
+        };
+        update_settings(&mut sm, c.sender, c.id, settings).unwrap();
+        (sm, c)
+    };
+    let err = assert_refused_without_effect(setup, |sm, c| {
+        c.call(
+            sm,
+            "write_stable",
+            Encode!(&((200u64 << 20) - 1), &ByteBuf::from(vec![1u8])).unwrap(),
+        )
+    });
+    assert_reject(
+        Err::<(), _>(err),
+        ErrorCode::ReservedCyclesLimitExceededInMemoryGrow,
+        RejectCode::CanisterError,
+        &["reserved cycles limit", "reserved_cycles_limit"],
+    );
+    let err = assert_refused_without_effect(setup, |sm, c| {
+        sm.take_canister_snapshot(c.id, Some(c.sender), None)
+    });
+    assert_eq!(
+        err.error_code,
+        ErrorCode::ReservedCyclesLimitExceededInMemoryGrow
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -174,18 +174,49 @@ pub struct MemoryContext {
     pub snapshots_size: u64,
 }
 
+/// What growing a canister's memory commits it to, once [`check_memory_growth`] has accepted it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct MemoryGrowth {
+    /// Cycles the freezing threshold keeps untouchable after the growth: an operation's cost
+    /// must be paid from above them.
+    pub freezing_reserve: Cycles,
+    /// Cycles that move from the balance to the reserved balance (storage reservation).
+    pub storage_reservation: Cycles,
+}
+
+impl MemoryGrowth {
+    /// Cycles available for an operation's cost once the growth is paid for.
+    pub fn available(&self, canister: &CanisterState) -> Cycles {
+        canister
+            .cycles
+            .saturating_sub(self.freezing_reserve)
+            .saturating_sub(self.storage_reservation)
+    }
+
+    /// Moves the storage reservation into the canister's reserved balance.
+    pub fn apply(&self, canister: &mut CanisterState) {
+        canister.cycles = canister.cycles.saturating_sub(self.storage_reservation);
+        canister.reserved_cycles = canister
+            .reserved_cycles
+            .saturating_add(self.storage_reservation);
+    }
+}
+
 /// The replica's checks on a canister growing from `before` to `after` bytes (its snapshots
-/// included), in its order: the subnet's capacity (`SubnetOversubscribed`), then the freezing
-/// threshold (`InsufficientCyclesInMemoryGrow`). Returns the cycles the freezing threshold
-/// reserves at `after`, which an operation's cost must leave untouched. Changes nothing.
-/// Shared by canister messages and the management canister.
+/// included), in its order: the subnet's capacity (`SubnetOversubscribed`), the storage
+/// reservation against `reserved_cycles_limit` (`ReservedCyclesLimitExceededInMemoryGrow`),
+/// then the freezing threshold (`InsufficientCyclesInMemoryGrow`: the canister must keep what
+/// the threshold reserves at `after` on top of the reservation). Changes nothing; the caller
+/// applies the returned [`MemoryGrowth`]. Shared by canister messages and the management
+/// canister.
 pub fn check_memory_growth(
     config: &Config,
     subnet_memory_usage: u64,
     canister: &CanisterState,
     before: u64,
     after: u64,
-) -> Result<Cycles, UserError> {
+) -> Result<MemoryGrowth, UserError> {
     let id = canister.canister_id;
     let grows_by = after.saturating_sub(before);
     let subnet_after = subnet_memory_usage.saturating_add(grows_by);
@@ -199,19 +230,39 @@ pub fn check_memory_growth(
             ),
         ));
     }
-    let reserve = config.storage_cost(after, canister.settings.freezing_threshold);
-    if canister.cycles < reserve {
+    let storage_reservation = config.storage_reservation_cycles(grows_by, subnet_memory_usage);
+    let limit = canister.settings.reserved_cycles_limit;
+    let reserved = canister.reserved_cycles.saturating_add(storage_reservation);
+    if storage_reservation > 0 && reserved > limit {
+        return Err(UserError::new(
+            ErrorCode::ReservedCyclesLimitExceededInMemoryGrow,
+            format!(
+                "Canister {id} cannot grow memory by {grows_by} bytes due to its reserved cycles \
+                 limit: the subnet is above its storage threshold, so the growth reserves \
+                 {storage_reservation} cycles, and the limit ({limit}) would be exceeded by {}. \
+                 Raise reserved_cycles_limit or grow less.",
+                reserved - limit
+            ),
+        ));
+    }
+    let freezing_reserve = config.storage_cost(after, canister.settings.freezing_threshold);
+    let needed = freezing_reserve.saturating_add(storage_reservation);
+    if canister.cycles < needed {
         return Err(UserError::new(
             ErrorCode::InsufficientCyclesInMemoryGrow,
             format!(
                 "Canister {id} does not have enough cycles to grow its memory to {after} bytes: \
-                 its freezing threshold requires {reserve} cycles, it has {}. Top up the \
-                 canister or lower its freezing_threshold.",
+                 its freezing threshold requires {freezing_reserve} cycles and the storage \
+                 reservation {storage_reservation}, it has {}. Top up the canister or lower its \
+                 freezing_threshold.",
                 canister.cycles
             ),
         ));
     }
-    Ok(reserve)
+    Ok(MemoryGrowth {
+        freezing_reserve,
+        storage_reservation,
+    })
 }
 
 /// Executes one update call to `canister`, atomically: on error the canister is unchanged.
@@ -297,7 +348,8 @@ pub fn execute_canister_message(
             canister,
             before,
             before + grows_by,
-        )?;
+        )?
+        .apply(canister);
     }
     canister.execution_state = Some(scratch);
     canister.certified_data = certified_data;

@@ -333,7 +333,7 @@ impl ManagementCanister<'_> {
                 log_memory_store_size: Nat::from(0u64),
             },
             cycles: Nat::from(canister.cycles),
-            reserved_cycles: Nat::from(0u64),
+            reserved_cycles: Nat::from(canister.reserved_cycles),
             idle_cycles_burned_per_day: Nat::from(self.config.storage_cost(memory_size, 86_400)),
             query_stats: QueryStats {
                 num_calls_total: Nat::from(0u64),

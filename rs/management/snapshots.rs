@@ -14,7 +14,7 @@ use super::{
     ManagementCanister, canister, check_snapshot_viewer, controlled, from_user, invalid_payload,
     reply,
 };
-use crate::execution::check_memory_growth;
+use crate::execution::{MemoryGrowth, check_memory_growth};
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotSource};
 use crate::state::{CanisterState, Cycles, Global};
@@ -27,6 +27,23 @@ impl From<SnapshotSource> for WireSnapshotSource {
             }
             SnapshotSource::MetadataUpload => WireSnapshotSource::MetadataUpload(candid::Reserved),
         }
+    }
+}
+
+/// What an accepted operation charges: its cost, and what its memory growth reserves.
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub(super) struct Charge {
+    pub cost: Cycles,
+    pub growth: MemoryGrowth,
+}
+
+impl Charge {
+    /// Takes the cost from the canister's balance and moves the storage reservation to its
+    /// reserved balance. The checks that produced the charge guarantee both fit.
+    pub(super) fn apply(&self, canister: &mut CanisterState) {
+        canister.cycles = canister.cycles.saturating_sub(self.cost);
+        self.growth.apply(canister);
     }
 }
 
@@ -96,13 +113,13 @@ fn globals_mismatch(module: &[Global], snapshot: &[Global]) -> Option<String> {
 
 impl ManagementCanister<'_> {
     /// Heap-delta rate limit, then [`Self::check_memory_and_cycles`], in the replica's order.
-    /// Returns the cycles to charge. Changes nothing.
+    /// Returns what to charge. Changes nothing.
     pub(super) fn check_resources(
         &self,
         state: &ReplicatedState,
         canister: &CanisterState,
         change: &MemoryChange,
-    ) -> Result<Cycles, UserError> {
+    ) -> Result<Charge, UserError> {
         self.check_heap_delta_rate(canister)?;
         self.check_memory_and_cycles(state, canister, change)
     }
@@ -131,7 +148,7 @@ impl ManagementCanister<'_> {
         state: &ReplicatedState,
         canister: &CanisterState,
         instructions: u64,
-    ) -> Result<Cycles, UserError> {
+    ) -> Result<(), UserError> {
         let usage = canister.memory_usage() + state.snapshots.snapshots_size(canister.canister_id);
         self.check_memory_and_cycles(
             state,
@@ -142,18 +159,19 @@ impl ManagementCanister<'_> {
                 instructions,
             },
         )
+        .map(|_| ())
     }
 
-    /// Subnet capacity, freezing threshold ([`check_memory_growth`]), then the cost in cycles.
-    /// Returns the cycles to charge. Changes nothing.
+    /// Subnet capacity, storage reservation, freezing threshold ([`check_memory_growth`]), then
+    /// the cost in cycles. Returns what to charge. Changes nothing.
     pub(super) fn check_memory_and_cycles(
         &self,
         state: &ReplicatedState,
         canister: &CanisterState,
         change: &MemoryChange,
-    ) -> Result<Cycles, UserError> {
+    ) -> Result<Charge, UserError> {
         let id = canister.canister_id;
-        let reserve = check_memory_growth(
+        let growth = check_memory_growth(
             self.config,
             state.memory_usage(),
             canister,
@@ -161,19 +179,19 @@ impl ManagementCanister<'_> {
             change.after,
         )?;
         let cost = self.config.instructions_cost(change.instructions);
-        if canister.cycles - reserve < cost {
+        let available = growth.available(canister);
+        if available < cost {
             return Err(UserError::new(
                 ErrorCode::CanisterOutOfCycles,
                 format!(
                     "Canister {id} is out of cycles: the operation costs {cost} cycles and \
-                     {} are available above the freezing threshold. Please top up the \
+                     {available} are available above the freezing threshold. Please top up the \
                      canister with at least {} additional cycles.",
-                    canister.cycles - reserve,
-                    cost - (canister.cycles - reserve)
+                    cost - available
                 ),
             ));
         }
-        Ok(cost)
+        Ok(Charge { cost, growth })
     }
 
     pub(super) fn take_canister_snapshot(
@@ -209,7 +227,7 @@ impl ManagementCanister<'_> {
             // memory after both, as the replica does.
             change.after -= uninstall_frees(canister);
         }
-        let cost = self.check_resources(state, canister, &change)?;
+        let charge = self.check_resources(state, canister, &change)?;
 
         let time = state.time;
         let canister = state
@@ -223,7 +241,7 @@ impl ManagementCanister<'_> {
             total_size: snapshot.total_size(),
         };
         state.snapshots.commit(snapshot, replace.as_ref());
-        canister.cycles -= cost;
+        charge.apply(canister);
         canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(new_size);
         if args.uninstall_code == Some(true) {
             uninstall(canister, time, sender);
@@ -268,7 +286,7 @@ impl ManagementCanister<'_> {
             before,
             instructions: self.config.snapshot_base_instructions + snapshot.total_size(),
         };
-        let cost = self.check_memory_and_cycles(state, target, &change)?;
+        let charge = self.check_memory_and_cycles(state, target, &change)?;
 
         let record = LoadSnapshotRecord {
             from_canister_id: (source_id != args.canister_id).then_some(source_id),
@@ -284,7 +302,7 @@ impl ManagementCanister<'_> {
             .get_mut(&args.canister_id)
             .expect("checked by `controlled` above");
         snapshot.restore_into(canister);
-        canister.cycles -= cost;
+        charge.apply(canister);
         canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(size);
         canister.canister_version += 1;
         canister.record_change(time, from_user(sender), ChangeDetails::LoadSnapshot(record));

@@ -197,8 +197,8 @@ impl ManagementCanister<'_> {
             before: usage,
             instructions,
         };
-        let cost = self.check_memory_and_cycles(state, canister, &change)?;
-        canister_mut(state, canister_id)?.cycles -= cost;
+        let charge = self.check_memory_and_cycles(state, canister, &change)?;
+        charge.apply(canister_mut(state, canister_id)?);
         Ok(())
     }
 
@@ -334,7 +334,7 @@ impl ManagementCanister<'_> {
             replace.as_ref(),
             content.total_size(),
         )?;
-        let cost = self.check_memory_and_cycles(state, canister, &change)?;
+        let charge = self.check_memory_and_cycles(state, canister, &change)?;
 
         let time = state.time;
         let canister = state
@@ -344,7 +344,7 @@ impl ManagementCanister<'_> {
         let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload);
         let snapshot_id = snapshot.id().to_bytes();
         state.snapshots.commit(snapshot, replace.as_ref());
-        canister.cycles -= cost;
+        charge.apply(canister);
         reply((UploadCanisterSnapshotMetadataResult { snapshot_id },))
     }
 
@@ -415,8 +415,8 @@ impl ManagementCanister<'_> {
                     before: usage,
                     instructions: bytes,
                 };
-                let cost = self.check_memory_and_cycles(state, canister, &change)?;
-                canister_mut(state, args.canister_id)?.cycles -= cost;
+                let charge = self.check_memory_and_cycles(state, canister, &change)?;
+                charge.apply(canister_mut(state, args.canister_id)?);
                 state
                     .snapshots
                     .get_mut(args.canister_id, &snapshot_id)?

@@ -364,6 +364,9 @@ pub struct CanisterState {
     pub on_low_wasm_memory_hook_status: HookStatus,
     pub wasm_chunk_store: ChunkStore,
     pub cycles: Cycles,
+    /// Cycles set aside by storage reservation ([`crate::config::Config::storage_reservation_cycles`]),
+    /// at most `settings.reserved_cycles_limit`; they pay for storage, never for anything else.
+    pub reserved_cycles: Cycles,
     /// Bumped by every change of code, settings, controllers or loaded snapshot.
     pub canister_version: u64,
     pub history: CanisterHistory,
@@ -386,6 +389,7 @@ impl CanisterState {
             on_low_wasm_memory_hook_status: HookStatus::default(),
             wasm_chunk_store: ChunkStore::new(),
             cycles,
+            reserved_cycles: 0,
             canister_version: 0,
             history: CanisterHistory::default(),
             next_snapshot_id: 0,
