@@ -8,6 +8,8 @@
 //!
 //! Owns no state and does no I/O of its own.
 
+#![forbid(unsafe_code)]
+
 use candid::Principal;
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use ic_error_types::{ErrorCode, RejectCode, UserError};

@@ -1,6 +1,20 @@
 //! Subnet configuration: every limit and price the execution layer applies, in one place.
 //! Identical on every replica of a subnet; not part of the state hash.
 
+#![forbid(unsafe_code)]
+// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
+// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
 use crate::state::Cycles;
 
 /// Limits and prices. `Default` follows the IC's application subnets where the IC has a
@@ -76,7 +90,7 @@ impl Default for Config {
 impl Config {
     /// Cycles for executing `instructions`.
     pub fn instructions_cost(&self, instructions: u64) -> Cycles {
-        instructions as Cycles * self.cycles_per_ten_instructions / 10
+        (instructions as Cycles).saturating_mul(self.cycles_per_ten_instructions) / 10
     }
 
     /// Cycles a canister must move to its reserved balance to grow by `bytes` while the
@@ -96,18 +110,26 @@ impl Config {
         let capacity = self.subnet_memory_capacity_bytes;
         let threshold = self.subnet_memory_threshold_bytes.min(capacity);
         let above = usage.min(capacity).saturating_sub(threshold);
-        let span = capacity - threshold;
+        let span = capacity.saturating_sub(threshold);
         if span == 0 {
             return 0;
         }
-        let period =
-            (self.max_storage_reservation_seconds as u128 * above as u128 / span as u128) as u64;
+        // `above <= span`, so the period is at most the maximum and fits in 64 bits.
+        // A u64 times a u64 fits in a u128, and `span > 0` (checked above).
+        #[allow(clippy::arithmetic_side_effects)]
+        let period = u64::try_from(
+            u128::from(self.max_storage_reservation_seconds) * u128::from(above) / u128::from(span),
+        )
+        .unwrap_or(self.max_storage_reservation_seconds);
         self.storage_cost(above, period / 2)
     }
 
     /// Cycles a canister of `memory_bytes` burns per `seconds` of storage.
     pub fn storage_cost(&self, memory_bytes: u64, seconds: u64) -> Cycles {
-        memory_bytes as Cycles * self.storage_cycles_per_gib_second * seconds as Cycles / (1 << 30)
+        (memory_bytes as Cycles)
+            .saturating_mul(self.storage_cycles_per_gib_second)
+            .saturating_mul(seconds as Cycles)
+            / (1 << 30)
     }
 }
 

@@ -5,6 +5,8 @@
 //! `ic-management-canister-types` argument and goes through [`StateMachine::update_call`] to
 //! the management canister, so the Candid path is always the one exercised.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 use clap::Parser;
 
 // The IC replica allocates with jemalloc. It keeps freed memory for reuse instead of returning

@@ -1,6 +1,8 @@
 //! Progress reporting for long work (transfers, the demo): `indicatif` bars on stderr, hidden
 //! when stderr is not a terminal, and human-readable sizes.
 
+#![forbid(unsafe_code)]
+
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Transfers smaller than this show no bar.

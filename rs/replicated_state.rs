@@ -5,6 +5,20 @@
 //! the batch time handed in by the execution loop, and [`ReplicatedState::state_hash`] walks
 //! everything in a fixed order with a fixed encoding (`spec/execution.md`).
 
+#![forbid(unsafe_code)]
+// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
+// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use candid::Principal;
@@ -64,8 +78,15 @@ impl ReplicatedState {
         self.canisters
             .values()
             .map(CanisterState::memory_usage)
-            .sum::<u64>()
-            + self.snapshots.total_size()
+            .fold(self.snapshots.total_size(), u64::saturating_add)
+    }
+
+    /// Bytes `canister` holds with its snapshots: what its freezing threshold and the memory
+    /// checks count.
+    pub fn canister_memory_usage(&self, canister: &CanisterState) -> u64 {
+        canister
+            .memory_usage()
+            .saturating_add(self.snapshots.snapshots_size(canister.canister_id))
     }
 
     /// Bytes every snapshot on the subnet really holds beyond the live canisters (pages and

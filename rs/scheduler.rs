@@ -12,6 +12,8 @@
 //! Nothing here depends on thread timing, hashed iteration order or addresses, so the same
 //! batches give the same [`ReplicatedState::state_hash`] on every replica.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use candid::Principal;

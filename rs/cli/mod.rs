@@ -4,6 +4,8 @@
 //!
 //! The top layer: may use everything below; nothing below uses it.
 
+#![forbid(unsafe_code)]
+
 pub mod demo;
 pub mod snapshot;
 

@@ -9,6 +9,20 @@
 //! No engine may read the clock or anything else outside its [`ExecutionContext`]: the context
 //! carries the batch time.
 
+#![forbid(unsafe_code)]
+// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
+// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
 pub mod test_canister;
 
 use candid::Principal;
@@ -137,8 +151,14 @@ fn touched_pages(offset: u64, len: u64) -> u64 {
         return 0;
     }
     let page = PAGE_SIZE as u64;
-    let last = offset.saturating_add(len - 1);
-    last / page - offset / page + 1
+    // `len > 0` (checked above) and `last >= offset`, so neither can underflow; the count is at
+    // most 2^52 + 1.
+    #[allow(clippy::arithmetic_side_effects)]
+    let pages = {
+        let last = offset.saturating_add(len - 1);
+        last / page - offset / page + 1
+    };
+    pages
 }
 
 /// A canister's own memory fault: the canister traps.
@@ -241,7 +261,7 @@ pub fn check_memory_growth(
                  limit: the subnet is above its storage threshold, so the growth reserves \
                  {storage_reservation} cycles, and the limit ({limit}) would be exceeded by {}. \
                  Raise reserved_cycles_limit or grow less.",
-                reserved - limit
+                reserved.saturating_sub(limit)
             ),
         ));
     }
@@ -336,18 +356,22 @@ pub fn execute_canister_message(
     }
     let heap_delta = ctx.heap_delta;
     let usage = |execution: &ExecutionState, certified_data: &[u8]| {
-        execution.memory_usage() + certified_data.len() as u64
+        execution
+            .memory_usage()
+            .saturating_add(certified_data.len() as u64)
     };
     let grows_by = usage(&scratch, &certified_data)
         .saturating_sub(usage(execution_state, &canister.certified_data));
     if grows_by > 0 {
-        let before = canister.memory_usage() + memory.snapshots_size;
+        let before = canister
+            .memory_usage()
+            .saturating_add(memory.snapshots_size);
         check_memory_growth(
             config,
             memory.subnet_memory_usage,
             canister,
             before,
-            before + grows_by,
+            before.saturating_add(grows_by),
         )?
         .apply(canister);
     }

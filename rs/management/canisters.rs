@@ -163,7 +163,13 @@ impl ManagementCanister<'_> {
             None => loop {
                 // Skip ids taken by earlier `specified_id` creations.
                 let id = canister_id_from_index(state.next_canister_index);
-                state.next_canister_index += 1;
+                state.next_canister_index =
+                    state.next_canister_index.checked_add(1).ok_or_else(|| {
+                        UserError::new(
+                            ErrorCode::SubnetOversubscribed,
+                            "Could not create canister: the subnet has used up its canister ids.",
+                        )
+                    })?;
                 if !state.canisters.contains_key(&id) && !state.deleted_canisters.contains(&id) {
                     break id;
                 }
@@ -234,7 +240,7 @@ impl ManagementCanister<'_> {
         if mode != CodeDeploymentMode::Upgrade {
             canister.certified_data.clear();
         }
-        canister.canister_version += 1;
+        canister.bump_version();
         canister.record_change(
             time,
             from_user(sender),
@@ -286,7 +292,7 @@ impl ManagementCanister<'_> {
     ) -> Result<Vec<u8>, UserError> {
         let canister = controlled(state, args.canister_id, sender)?;
         let snapshots_size = state.snapshots.snapshots_size(canister.canister_id);
-        let memory_size = canister.memory_usage() + snapshots_size;
+        let memory_size = state.canister_memory_usage(canister);
         let execution = canister.execution_state.as_ref();
         let settings = &canister.settings;
         let history_size: u64 = canister
@@ -382,7 +388,7 @@ impl ManagementCanister<'_> {
         let time = state.time;
         let canister = canister_mut(state, args.canister_id)?;
         canister.settings = valid.settings;
-        canister.canister_version += 1;
+        canister.bump_version();
         if let Some(controllers) = valid.controllers {
             canister.controllers = controllers;
             let record = ControllersChangeRecord {
@@ -433,6 +439,6 @@ pub(super) fn uninstall(canister: &mut CanisterState, time: u64, sender: Princip
     canister.certified_data.clear();
     canister.wasm_chunk_store.clear();
     canister.global_timer = None;
-    canister.canister_version += 1;
+    canister.bump_version();
     canister.record_change(time, from_user(sender), ChangeDetails::CodeUninstall);
 }

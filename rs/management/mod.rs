@@ -7,6 +7,20 @@
 //! saying what to fix, and a refused message leaves the state exactly as it was (each handler
 //! validates everything before its first write).
 
+#![forbid(unsafe_code)]
+// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
+// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
 mod canisters;
 mod snapshots;
 mod transfer;
@@ -133,7 +147,12 @@ impl ManagementCanister<'_> {
 
 /// Candid-encodes a reply.
 fn reply<T: ArgumentEncoder>(value: T) -> Result<Vec<u8>, UserError> {
-    Ok(candid::encode_args(value).expect("encoding a reply of fixed Candid type cannot fail"))
+    candid::encode_args(value).map_err(|err| {
+        UserError::new(
+            ErrorCode::CanisterContractViolation,
+            format!("The management canister could not encode its reply: {err}"),
+        )
+    })
 }
 
 fn canister_not_found(canister_id: Principal) -> UserError {

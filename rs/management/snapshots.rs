@@ -11,8 +11,8 @@ use ic_management_canister_types::{
 use super::canisters::{uninstall, uninstall_frees};
 use super::types::{MAX_SNAPSHOT_LABEL_BYTES, SnapshotInfo, TakeCanisterSnapshotArgs};
 use super::{
-    ManagementCanister, canister, check_snapshot_viewer, controlled, from_user, invalid_payload,
-    reply,
+    ManagementCanister, canister, canister_not_found, check_snapshot_viewer, controlled, from_user,
+    invalid_payload, reply,
 };
 use crate::execution::{MemoryGrowth, check_memory_growth};
 use crate::replicated_state::ReplicatedState;
@@ -72,11 +72,11 @@ impl MemoryChange {
             Some(replaced) => state.snapshots.get(id, replaced)?.total_size(),
             None => 0,
         };
-        let before = canister.memory_usage() + state.snapshots.snapshots_size(id);
+        let before = state.canister_memory_usage(canister);
         Ok(MemoryChange {
-            after: before - freed + size,
+            after: before.saturating_sub(freed).saturating_add(size),
             before,
-            instructions: config.snapshot_base_instructions + size,
+            instructions: config.snapshot_base_instructions.saturating_add(size),
         })
     }
 }
@@ -101,12 +101,13 @@ fn globals_mismatch(module: &[Global], snapshot: &[Global]) -> Option<String> {
     module
         .iter()
         .zip(snapshot)
-        .position(|(m, s)| m.type_name() != s.type_name())
-        .map(|i| {
+        .enumerate()
+        .find(|(_, (m, s))| m.type_name() != s.type_name())
+        .map(|(i, (m, s))| {
             format!(
                 "global {i} is {} in the module but {} in the snapshot",
-                module[i].type_name(),
-                snapshot[i].type_name()
+                m.type_name(),
+                s.type_name()
             )
         })
 }
@@ -149,7 +150,7 @@ impl ManagementCanister<'_> {
         canister: &CanisterState,
         instructions: u64,
     ) -> Result<(), UserError> {
-        let usage = canister.memory_usage() + state.snapshots.snapshots_size(canister.canister_id);
+        let usage = state.canister_memory_usage(canister);
         self.check_memory_and_cycles(
             state,
             canister,
@@ -187,7 +188,7 @@ impl ManagementCanister<'_> {
                     "Canister {id} is out of cycles: the operation costs {cost} cycles and \
                      {available} are available above the freezing threshold. Please top up the \
                      canister with at least {} additional cycles.",
-                    cost - available
+                    cost.saturating_sub(available)
                 ),
             ));
         }
@@ -225,7 +226,7 @@ impl ManagementCanister<'_> {
         if args.uninstall_code == Some(true) {
             // The uninstall that follows frees the canister's own memory: the checks count the
             // memory after both, as the replica does.
-            change.after -= uninstall_frees(canister);
+            change.after = change.after.saturating_sub(uninstall_frees(canister));
         }
         let charge = self.check_resources(state, canister, &change)?;
 
@@ -233,7 +234,7 @@ impl ManagementCanister<'_> {
         let canister = state
             .canisters
             .get_mut(&args.canister_id)
-            .expect("checked by `controlled` above");
+            .ok_or_else(|| canister_not_found(args.canister_id))?;
         let snapshot = CanisterSnapshot::capture(canister, time, args.label)?;
         let result = Snapshot {
             id: snapshot.id().to_bytes(),
@@ -280,11 +281,16 @@ impl ManagementCanister<'_> {
         }
         self.check_affordable(state, target, self.config.snapshot_base_instructions)?;
         self.check_loadable(snapshot, target)?;
-        let before = target.memory_usage() + state.snapshots.snapshots_size(target.canister_id);
+        let before = state.canister_memory_usage(target);
         let change = MemoryChange {
-            after: before - target.memory_usage() + snapshot.total_size(),
+            after: before
+                .saturating_sub(target.memory_usage())
+                .saturating_add(snapshot.total_size()),
             before,
-            instructions: self.config.snapshot_base_instructions + snapshot.total_size(),
+            instructions: self
+                .config
+                .snapshot_base_instructions
+                .saturating_add(snapshot.total_size()),
         };
         let charge = self.check_memory_and_cycles(state, target, &change)?;
 
@@ -300,11 +306,11 @@ impl ManagementCanister<'_> {
         let canister = state
             .canisters
             .get_mut(&args.canister_id)
-            .expect("checked by `controlled` above");
+            .ok_or_else(|| canister_not_found(args.canister_id))?;
         snapshot.restore_into(canister);
         charge.apply(canister);
         canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(size);
-        canister.canister_version += 1;
+        canister.bump_version();
         canister.record_change(time, from_user(sender), ChangeDetails::LoadSnapshot(record));
         state.snapshots.get_mut(source_id, &snapshot_id)?.seal();
         reply(())

@@ -16,8 +16,8 @@ use super::types::{
     UploadCanisterSnapshotMetadataArgs,
 };
 use super::{
-    ManagementCanister, canister, canister_mut, check_snapshot_viewer, controlled, invalid_payload,
-    reply,
+    ManagementCanister, canister, canister_mut, canister_not_found, check_snapshot_viewer,
+    controlled, invalid_payload, reply,
 };
 use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, WASM_PAGE_SIZE};
 use crate::replicated_state::ReplicatedState;
@@ -157,7 +157,9 @@ impl ManagementCanister<'_> {
         self.charge(
             state,
             args.canister_id,
-            self.config.read_data_base_instructions + requested,
+            self.config
+                .read_data_base_instructions
+                .saturating_add(requested),
         )?;
         let snapshot = state.snapshots.get(args.canister_id, &snapshot_id)?;
         let chunk = match (region_of_read(&args.kind), &args.kind) {
@@ -191,7 +193,7 @@ impl ManagementCanister<'_> {
         instructions: u64,
     ) -> Result<(), UserError> {
         let canister = canister(state, canister_id)?;
-        let usage = canister.memory_usage() + state.snapshots.snapshots_size(canister_id);
+        let usage = state.canister_memory_usage(canister);
         let change = MemoryChange {
             after: usage,
             before: usage,
@@ -340,7 +342,7 @@ impl ManagementCanister<'_> {
         let canister = state
             .canisters
             .get_mut(&args.canister_id)
-            .expect("checked by `controlled` above");
+            .ok_or_else(|| canister_not_found(args.canister_id))?;
         let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload);
         let snapshot_id = snapshot.id().to_bytes();
         state.snapshots.commit(snapshot, replace.as_ref());
@@ -408,10 +410,9 @@ impl ManagementCanister<'_> {
                          ({MAX_WASM_CHUNKS} chunks)"
                     )));
                 }
-                let usage =
-                    canister.memory_usage() + state.snapshots.snapshots_size(args.canister_id);
+                let usage = state.canister_memory_usage(canister);
                 let change = MemoryChange {
-                    after: usage + WASM_CHUNK_ACCOUNTED_BYTES,
+                    after: usage.saturating_add(WASM_CHUNK_ACCOUNTED_BYTES),
                     before: usage,
                     instructions: bytes,
                 };

@@ -61,7 +61,7 @@ impl SnapshotId {
     /// The wire form: `u64_be(local_id) ‖ principal bytes`.
     pub fn to_bytes(&self) -> Vec<u8> {
         let principal = self.canister_id.as_slice();
-        let mut out = Vec::with_capacity(8 + principal.len());
+        let mut out = Vec::with_capacity(principal.len().saturating_add(8));
         out.extend_from_slice(&self.local_id.to_be_bytes());
         out.extend_from_slice(principal);
         out

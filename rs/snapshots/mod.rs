@@ -9,6 +9,20 @@
 //! The store is a `BTreeMap` ordered by [`SnapshotId`] (canister first, then the local counter),
 //! so the snapshots of one canister form one contiguous, ordered range on every replica.
 
+#![forbid(unsafe_code)]
+// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
+// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
 mod id;
 mod ranges;
 
@@ -95,12 +109,16 @@ impl SnapshotContent {
     /// bytes the snapshot really holds (see [`SnapshotStore::unique_bytes`]).
     /// O(globals + chunks).
     pub fn total_size(&self) -> u64 {
-        self.wasm_module.len()
-            + self.wasm_memory.size_bytes()
-            + self.stable_memory.size_bytes()
-            + self.exported_globals.iter().map(Global::size).sum::<u64>()
-            + self.certified_data.len() as u64
-            + self.wasm_chunk_store.len() as u64 * WASM_CHUNK_ACCOUNTED_BYTES
+        [
+            self.wasm_module.len(),
+            self.wasm_memory.size_bytes(),
+            self.stable_memory.size_bytes(),
+            self.exported_globals.iter().map(Global::size).sum::<u64>(),
+            self.certified_data.len() as u64,
+            (self.wasm_chunk_store.len() as u64).saturating_mul(WASM_CHUNK_ACCOUNTED_BYTES),
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add)
     }
 
     /// The recorded size of a region.
@@ -246,7 +264,7 @@ impl CanisterSnapshot {
             content,
             None,
         );
-        canister.next_snapshot_id += 1;
+        canister.next_snapshot_id = next_local_id(canister.next_snapshot_id);
         Ok(snapshot)
     }
 
@@ -268,7 +286,7 @@ impl CanisterSnapshot {
             content,
             Some(upload),
         );
-        canister.next_snapshot_id += 1;
+        canister.next_snapshot_id = next_local_id(canister.next_snapshot_id);
         snapshot
     }
 
@@ -374,20 +392,22 @@ impl CanisterSnapshot {
     /// Writes uploaded bytes into a region and records them as written. The caller has
     /// checked that this is an uploaded snapshot and that the range is inside the region.
     pub fn write_region(&mut self, region: SnapshotRegion, offset: u64, data: &[u8]) {
-        let end = offset + data.len() as u64;
+        let end = offset.saturating_add(data.len() as u64);
         debug_assert!(
             end <= self.region_size(region),
             "range checked by the caller"
         );
         let content = &mut self.content;
-        match region {
-            SnapshotRegion::WasmModule => content.wasm_module.write(offset as usize, data),
-            SnapshotRegion::WasmMemory => {
-                let _ = content.wasm_memory.write(offset, data);
+        let written = match region {
+            SnapshotRegion::WasmModule => {
+                usize::try_from(offset).is_ok_and(|offset| content.wasm_module.write(offset, data))
             }
-            SnapshotRegion::StableMemory => {
-                let _ = content.stable_memory.write(offset, data);
-            }
+            SnapshotRegion::WasmMemory => content.wasm_memory.write(offset, data).is_ok(),
+            SnapshotRegion::StableMemory => content.stable_memory.write(offset, data).is_ok(),
+        };
+        debug_assert!(written, "range checked by the caller");
+        if !written {
+            return;
         }
         if let Some(upload) = &mut self.upload {
             let ranges = match region {
@@ -431,6 +451,13 @@ impl CanisterSnapshot {
     }
 }
 
+/// The local id after `local_id`. Ids only grow, so none is ever reused: a canister makes at
+/// most one snapshot per message, and 2^64 messages to one canister are out of reach.
+#[allow(clippy::arithmetic_side_effects)]
+fn next_local_id(local_id: u64) -> u64 {
+    local_id + 1
+}
+
 /// The parts the snapshot checksum is made of, each already reduced to a hash where the spec
 /// says so. Built from a live snapshot or from a downloaded directory alike.
 pub struct SnapshotDigest<'a> {
@@ -456,7 +483,13 @@ pub fn snapshot_checksum(digest: &SnapshotDigest<'_>) -> Hash {
     hasher.update(digest.wasm_module_hash);
     hasher.update(digest.wasm_memory_root);
     hasher.update(digest.stable_memory_root);
-    let mut globals = Vec::with_capacity(4 + digest.exported_globals.len() * 17);
+    let mut globals = Vec::with_capacity(
+        digest
+            .exported_globals
+            .len()
+            .saturating_mul(17)
+            .saturating_add(4),
+    );
     globals.extend_from_slice(&(digest.exported_globals.len() as u32).to_be_bytes());
     for global in digest.exported_globals {
         global.encode(&mut globals);
@@ -542,10 +575,12 @@ impl SnapshotStore {
         snapshot_id: &SnapshotId,
     ) -> Result<&mut CanisterSnapshot, SnapshotError> {
         self.get(canister_id, snapshot_id)?;
-        Ok(self
-            .snapshots
+        self.snapshots
             .get_mut(snapshot_id)
-            .expect("checked by get just above"))
+            .ok_or_else(|| SnapshotError::NotFound {
+                snapshot_id: snapshot_id.clone(),
+                canister_id,
+            })
     }
 
     /// Whether `canister_id` may add a snapshot: `replace` must exist and belong to it;
@@ -600,10 +635,12 @@ impl SnapshotStore {
         snapshot_id: &SnapshotId,
     ) -> Result<CanisterSnapshot, SnapshotError> {
         self.get(canister_id, snapshot_id)?;
-        Ok(self
-            .snapshots
+        self.snapshots
             .remove(snapshot_id)
-            .expect("checked by get just above"))
+            .ok_or_else(|| SnapshotError::NotFound {
+                snapshot_id: snapshot_id.clone(),
+                canister_id,
+            })
     }
 
     /// Deletes every snapshot of `canister_id` (on `delete_canister`).
@@ -639,7 +676,7 @@ impl SnapshotStore {
         let mut modules: Vec<&WasmModule> = Vec::new();
         for snapshot in self.list(canister.canister_id) {
             let content = snapshot.content();
-            let mut count = |_: u64, _: &crate::memory::Page| pages += 1;
+            let mut count = |_: u64, _: &crate::memory::Page| pages = pages.saturating_add(1);
             content
                 .wasm_memory
                 .page_map()
@@ -654,7 +691,10 @@ impl SnapshotStore {
                 modules.push(module);
             }
         }
-        pages * PAGE_SIZE as u64 + modules.iter().map(|m| m.len()).sum::<u64>()
+        modules
+            .iter()
+            .map(|m| m.len())
+            .fold(pages.saturating_mul(PAGE_SIZE as u64), u64::saturating_add)
     }
 }
 

@@ -54,7 +54,10 @@ impl ByteRanges {
 
     /// Bytes covered.
     pub fn covered(&self) -> u64 {
-        self.intervals.iter().map(|(s, e)| e - s).sum()
+        self.intervals
+            .iter()
+            .map(|(s, e)| e.saturating_sub(*s))
+            .sum()
     }
 
     /// The intervals in order, for hashing and display.

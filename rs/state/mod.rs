@@ -9,6 +9,20 @@
 //! ordered (`BTreeSet`, `BTreeMap`, `VecDeque` in insertion order). Time enters only as an
 //! argument (the batch time).
 
+#![forbid(unsafe_code)]
+// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
+// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 
@@ -80,10 +94,16 @@ impl WasmModule {
     }
 
     /// Writes `data` at `offset` (an upload), copying the bytes first if a canister or another
-    /// snapshot still shares them. The caller has checked the range.
-    pub fn write(&mut self, offset: usize, data: &[u8]) {
-        Arc::make_mut(&mut self.bytes)[offset..offset + data.len()].copy_from_slice(data);
+    /// snapshot still shares them. Returns whether the range was inside the module (the caller
+    /// has checked it; a range outside writes nothing).
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> bool {
+        let range = offset..offset.saturating_add(data.len());
+        let Some(target) = Arc::make_mut(&mut self.bytes).get_mut(range) else {
+            return false;
+        };
+        target.copy_from_slice(data);
         self.hash.take();
+        true
     }
 
     /// Whether two modules share one allocation (a snapshot and the canister it came from).
@@ -282,10 +302,14 @@ pub struct ExecutionState {
 impl ExecutionState {
     /// Bytes of module, memories and globals, as they count toward the canister's memory.
     pub fn memory_usage(&self) -> u64 {
-        self.wasm_module.len()
-            + self.wasm_memory.size_bytes()
-            + self.stable_memory.size_bytes()
-            + self.exported_globals.iter().map(Global::size).sum::<u64>()
+        [
+            self.wasm_module.len(),
+            self.wasm_memory.size_bytes(),
+            self.stable_memory.size_bytes(),
+            self.exported_globals.iter().map(Global::size).sum::<u64>(),
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add)
     }
 }
 
@@ -339,7 +363,7 @@ impl CanisterHistory {
             self.changes.pop_front();
         }
         self.changes.push_back(change);
-        self.total_num_changes += 1;
+        self.total_num_changes = self.total_num_changes.saturating_add(1);
     }
 
     pub fn changes(&self) -> impl DoubleEndedIterator<Item = &Change> + ExactSizeIterator {
@@ -398,6 +422,11 @@ impl CanisterState {
         }
     }
 
+    /// Counts one more change of code, settings, controllers or loaded snapshot.
+    pub fn bump_version(&mut self) {
+        self.canister_version = self.canister_version.saturating_add(1);
+    }
+
     pub fn is_controller(&self, principal: &Principal) -> bool {
         self.controllers.contains(principal)
     }
@@ -430,7 +459,7 @@ impl CanisterState {
 
     /// What the chunk store counts toward memory: [`WASM_CHUNK_ACCOUNTED_BYTES`] a chunk.
     pub fn chunk_store_size(&self) -> u64 {
-        self.wasm_chunk_store.len() as u64 * WASM_CHUNK_ACCOUNTED_BYTES
+        (self.wasm_chunk_store.len() as u64).saturating_mul(WASM_CHUNK_ACCOUNTED_BYTES)
     }
 
     /// The canister's own memory, without snapshots: module, both memories, globals, certified
@@ -441,6 +470,8 @@ impl CanisterState {
             .execution_state
             .as_ref()
             .map_or(0, ExecutionState::memory_usage);
-        execution + self.certified_data.len() as u64 + self.chunk_store_size()
+        execution
+            .saturating_add(self.certified_data.len() as u64)
+            .saturating_add(self.chunk_store_size())
     }
 }

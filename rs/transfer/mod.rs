@@ -10,6 +10,8 @@
 //! the offline tools. It reads and writes files only under the directory it is given; every
 //! file it reads is untrusted.
 
+#![forbid(unsafe_code)]
+
 mod dir;
 mod download;
 mod progress;
