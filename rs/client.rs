@@ -67,6 +67,8 @@ pub trait ManagementClient {
         method: &str,
         args: impl ArgumentEncoder,
     ) -> Result<R, RejectResponse> {
+        // The argument types are the crate's own records: Candid encodes every value of them.
+        #[allow(clippy::expect_used)]
         let payload = candid::encode_args(args).expect("encoding a crate type cannot fail");
         let reply = self.update_call(sender, method, payload)?;
         decode_reply(&reply)

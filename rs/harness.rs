@@ -5,6 +5,9 @@
 //! `ic-management-canister-types` argument and goes through [`StateMachine::update_call`] to
 //! the management canister, so the Candid path is always the one exercised.
 
+// A test and tool harness with PocketIC's contract: its setup helpers panic on failure, as
+// PocketIC's do. The replica it drives stays under the crate's panic hygiene.
+#![allow(clippy::panic, clippy::expect_used, clippy::arithmetic_side_effects)]
 #![forbid(unsafe_code)]
 
 use std::time::Duration;

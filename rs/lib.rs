@@ -5,6 +5,21 @@
 //! [`harness`] ← [`cli`], and [`client`] ← [`transfer`] ← [`harness`]. `ARCHITECTURE.md` has
 //! the codemap and the invariants.
 
+// Untrusted input (payloads, uploads, snapshot directories, checkpoint files) reaches most of
+// this crate: no unwrap, expect, indexing, panic or unchecked arithmetic outside tests, except
+// where an `allow` states the invariant beside it. The modules below that still opt out say so
+// at their top (issue 9, panic hygiene).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
 pub mod cli;
 pub mod client;
 pub mod config;

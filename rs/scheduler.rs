@@ -130,7 +130,7 @@ impl ExecutionLoop {
                 .heap_delta_debit
                 .saturating_sub(self.config.heap_delta_rate_limit_bytes);
         }
-        state.round += 1;
+        state.round = state.round.saturating_add(1);
         results
     }
 

@@ -78,7 +78,10 @@ pub fn run_upload(dir: &Path, base: Option<&Path>, replace: Option<&str>) -> Res
         let metadata = SnapshotDir::new(dir)
             .validate()
             .map_err(|e| e.to_string())?;
-        metadata.wasm_module_size + metadata.wasm_memory_size + metadata.stable_memory_size
+        metadata
+            .wasm_module_size
+            .saturating_add(metadata.wasm_memory_size)
+            .saturating_add(metadata.stable_memory_size)
     };
     println!("embedded replica: canister {canister}");
     let report = match base {
