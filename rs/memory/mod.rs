@@ -1,16 +1,21 @@
 //! Page memory: the bottom layer. Owns [`PageMap`] (copy-on-write 4 KiB pages), the memory
 //! checksum, and [`Memory`], a page map with a size in 64 KiB Wasm pages and bounds checks.
 //!
-//! This layer knows nothing of canisters or snapshots. It never does I/O, never reads the
-//! clock, and every operation on input-controlled offsets is bounds-checked and returns a typed
-//! [`MemoryError`] instead of panicking.
+//! This layer knows nothing of canisters or snapshots. It never reads the clock, and every
+//! operation on input-controlled offsets is bounds-checked and returns a typed [`MemoryError`]
+//! instead of panicking. Its only I/O is `page_file.rs`: encoding page files into a writer the
+//! caller gives, and mapping files the caller opened (the state manager owns the directory).
 
 pub mod checksum;
+mod page_file;
 mod page_map;
 
 use ic_error_types::ErrorCode;
 
 pub use checksum::Hash;
+pub use page_file::{
+    LayeredPages, PAGE_FILE_VERSION, PageFile, PageFileError, PageLayers, write_page_file,
+};
 pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap};
 
 /// Bytes in one WebAssembly page, the unit in which memories grow.
@@ -98,6 +103,12 @@ impl Memory {
         &self.pages
     }
 
+    /// A memory of `size_bytes` over `pages`: how the state manager rebuilds a checkpointed
+    /// memory. Pages at or beyond the size are the caller's to avoid.
+    pub fn from_page_map(pages: PageMap, size_bytes: u64) -> Self {
+        Memory { pages, size_bytes }
+    }
+
     /// Grows by `delta` Wasm pages, refusing to pass `limit` bytes. Returns the old size in Wasm
     /// pages (the value of `memory.grow`).
     pub fn grow(&mut self, delta: u64, limit: u64) -> Result<u64, MemoryError> {
@@ -181,9 +192,10 @@ impl Memory {
         checksum::memory_root(self.size_bytes, &tree)
     }
 
-    /// Bytes of page memory really allocated (present pages × 4 KiB). O(present pages).
+    /// Bytes of page memory really allocated on the heap (pages written since the last
+    /// checkpoint × 4 KiB; checkpointed pages are mapped from files). O(those pages).
     pub fn resident_bytes(&self) -> u64 {
-        self.pages.present_pages() * PAGE_SIZE as u64
+        self.pages.heap_pages() * PAGE_SIZE as u64
     }
 }
 

@@ -26,10 +26,14 @@
 //!
 //! # The page-source seam
 //!
-//! Every read of page bytes goes through [`Page::bytes`]. Today a page always owns its bytes; a
-//! checkpoint layer will add pages whose bytes live in a read-only mapping of a checkpoint file,
-//! with in-memory pages layered on top by the same path copying. Nothing outside this file knows
-//! where page bytes come from.
+//! Every read of page bytes goes through [`Page::bytes`]. A page in the tree owns its bytes; a
+//! map may also stand on a *base*, a stack of checkpointed page files mapped read-only
+//! ([`PageLayers`], `page_file.rs`). A page absent from the tree is the base's page (a `&Page`
+//! view of the mapped bytes, no copy), else zero. The first write to a base page copies it into
+//! the tree, exactly like the first write to a page shared with a clone, so a memory's heap
+//! holds only the pages written since its last checkpoint. The Merkle hash of a subtree the tree
+//! does not hold is the base's hash of that subtree (computed from the mapping once, cached in
+//! the base). Nothing outside `rs/memory` knows where page bytes come from.
 //!
 //! # Invariants
 //!
@@ -43,6 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use super::checksum::{self, Hash};
+use super::page_file::{PageLayers, as_page};
 
 /// Bytes in one page: the unit of copy-on-write and of hashing.
 pub const PAGE_SIZE: usize = 4096;
@@ -61,7 +66,10 @@ static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// One 4 KiB page. Its leaf hash is cached by the level-1 node that holds it (in the node's
 /// `ChildHashes`), not here, so that rehashing a node never touches the page's siblings.
+///
+/// `#[repr(transparent)]`: a mapped page is viewed as a `&Page` in place (`page_file::as_page`).
 #[derive(Clone)]
+#[repr(transparent)]
 pub struct Page {
     data: [u8; PAGE_SIZE],
 }
@@ -188,13 +196,14 @@ impl Node {
     /// The Merkle hash of this node at `level`; absent children count as all-zero subtrees.
     /// Children whose hash is cached are not visited: the cost is one node hash plus the
     /// rehashing of the children changed since the last call.
-    fn hash(&self, level: u32) -> Hash {
+    /// `first_page` is the first page this node covers; `base` supplies absent children.
+    fn hash(&self, level: u32, first_page: u64, base: Option<&PageLayers>) -> Hash {
         let mut hashes = [[0u8; 32]; FANOUT];
         for (i, hash) in hashes.iter_mut().enumerate() {
             *hash = match self.child_hashes.get(i) {
                 Some(cached) => cached,
                 None => {
-                    let computed = self.child_hash(i, level);
+                    let computed = self.child_hash(i, level, first_page, base);
                     self.child_hashes.set(i, &computed);
                     computed
                 }
@@ -225,17 +234,26 @@ impl Node {
     }
 
     /// The hash of child `i` of this level-`level` node, computed (not read from the cache).
-    fn child_hash(&self, i: usize, level: u32) -> Hash {
+    fn child_hash(&self, i: usize, level: u32, first_page: u64, base: Option<&PageLayers>) -> Hash {
+        let child_first = first_page + i as u64 * span(level - 1);
         match &self.children {
             Children::Pages(pages) => match &pages[i] {
                 Some(page) => checksum::leaf_hash(page.bytes()),
-                None => *checksum::zero_subtree_hash(0),
+                None => base_hash(base, 0, child_first),
             },
             Children::Nodes(nodes) => match &nodes[i] {
-                Some(node) => node.hash(level - 1),
-                None => *checksum::zero_subtree_hash(level - 1),
+                Some(node) => node.hash(level - 1, child_first, base),
+                None => base_hash(base, level - 1, child_first),
             },
         }
+    }
+}
+
+/// The hash of the base's subtree at `level` from `first_page`; zero without a base.
+fn base_hash(base: Option<&PageLayers>, level: u32, first_page: u64) -> Hash {
+    match base {
+        Some(base) => base.subtree_hash(level, first_page),
+        None => *checksum::zero_subtree_hash(level),
     }
 }
 
@@ -245,6 +263,8 @@ pub struct PageMap {
     root: Option<Arc<Node>>,
     /// Level of `root`; 0 when the map has never been written.
     height: u32,
+    /// Checkpointed pages under the tree: what an absent tree page reads as.
+    base: Option<Arc<PageLayers>>,
 }
 
 /// Index of the child of a level-`level` node on the path to `page_index`.
@@ -264,8 +284,31 @@ impl PageMap {
         Self::default()
     }
 
-    /// The page at `page_index`, if it was ever written. O(height).
+    /// A map whose pages are those of `base` (mapped, not read) until written.
+    pub fn with_base(base: Arc<PageLayers>) -> Self {
+        PageMap {
+            root: None,
+            height: 0,
+            base: Some(base),
+        }
+    }
+
+    /// The checkpointed pages under the in-memory tree, if any.
+    pub fn base(&self) -> Option<&Arc<PageLayers>> {
+        self.base.as_ref()
+    }
+
+    /// The page at `page_index`, if it was ever written: from the tree, else from the base.
+    /// O(height), plus O(files · log ranges) for a page the tree does not hold.
     pub fn page(&self, page_index: u64) -> Option<&Page> {
+        match self.tree_page(page_index) {
+            Some(page) => Some(page),
+            None => self.base.as_deref()?.page(page_index).map(as_page),
+        }
+    }
+
+    /// The page at `page_index` in the in-memory tree.
+    fn tree_page(&self, page_index: u64) -> Option<&Page> {
         if self.height == 0 || page_index >= span(self.height) {
             return None;
         }
@@ -290,11 +333,17 @@ impl PageMap {
 
     /// Whether `self` and `other` share the same root, i.e. are clones with no write since.
     pub fn shares_root_with(&self, other: &PageMap) -> bool {
-        match (&self.root, &other.root) {
+        let same_base = match (&self.base, &other.base) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
-        }
+        };
+        same_base
+            && match (&self.root, &other.root) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
     }
 
     /// Copies `buf.len()` bytes starting at byte `offset` into `buf`. Never-written bytes read as
@@ -354,10 +403,18 @@ impl PageMap {
         }
     }
 
-    /// Mutable bytes of one page, allocating it zeroed if absent and copying it if shared.
+    /// Mutable bytes of one page, copying it if shared; a page absent from the tree starts as
+    /// a copy of the base's page, or zeroed.
     pub fn page_mut(&mut self, page_index: u64) -> &mut [u8; PAGE_SIZE] {
+        let base = self.base.clone();
         let slot = self.page_slot(page_index);
-        let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
+        let page = Arc::make_mut(slot.get_or_insert_with(|| {
+            let mut page = Page::zeroed();
+            if let Some(bytes) = base.as_deref().and_then(|b| b.page(page_index)) {
+                page.data.copy_from_slice(bytes);
+            }
+            Arc::new(page)
+        }));
         &mut page.data
     }
 
@@ -413,23 +470,61 @@ impl PageMap {
     }
 
     /// Drops every page at index `>= first_dropped`, e.g. to discard bytes beyond a memory size.
+    /// A base page beyond the bound is shadowed by a zero page in the tree (one shared
+    /// allocation), since the base itself never changes. O(dropped pages).
     pub fn truncate(&mut self, first_dropped: u64) {
         if first_dropped == 0 {
             *self = PageMap::new();
             return;
         }
         let indices: Vec<u64> = self
-            .iter()
+            .heap_iter()
             .map(|(index, _)| index)
             .filter(|&index| index >= first_dropped)
             .collect();
         for index in indices {
             *self.page_slot(index) = None;
         }
+        let Some(base) = self.base.clone() else {
+            return;
+        };
+        let zero = Arc::new(Page::zeroed());
+        for (index, _) in base.pages().filter(|&(index, _)| index >= first_dropped) {
+            *self.page_slot(index) = Some(zero.clone());
+        }
     }
 
-    /// Present pages in increasing index order, as `(page_index, page)`.
-    pub fn iter(&self) -> PageIter<'_> {
+    /// Present pages in increasing index order, as `(page_index, page)`: the tree's, and the
+    /// base's where the tree has none.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Page)> + '_ {
+        let mut heap = self.heap_iter().peekable();
+        let mut base = self
+            .base
+            .as_deref()
+            .map(|b| b.pages())
+            .into_iter()
+            .flatten()
+            .peekable();
+        std::iter::from_fn(move || match (heap.peek(), base.peek()) {
+            (None, None) => None,
+            (Some(_), None) => heap.next(),
+            (None, Some(_)) => base.next().map(|(i, bytes)| (i, as_page(bytes))),
+            (Some(&(h, _)), Some(&(b, _))) => {
+                if b < h {
+                    base.next().map(|(i, bytes)| (i, as_page(bytes)))
+                } else {
+                    if b == h {
+                        base.next();
+                    }
+                    heap.next()
+                }
+            }
+        })
+    }
+
+    /// The pages held in memory (written since the base), in increasing index order: what a
+    /// checkpoint writes.
+    pub fn heap_iter(&self) -> PageIter<'_> {
         let mut stack = Vec::new();
         if let Some(root) = &self.root {
             stack.push((root.as_ref(), self.height, 0u64, 0usize));
@@ -437,20 +532,30 @@ impl PageMap {
         PageIter { stack }
     }
 
-    /// Number of pages present (ever written). O(present pages).
+    /// Number of pages present (ever written, in the tree or the base). O(present pages).
     pub fn present_pages(&self) -> u64 {
         self.iter().count() as u64
     }
 
+    /// Number of pages held in memory (not in the base). O(those pages).
+    pub fn heap_pages(&self) -> u64 {
+        self.heap_iter().count() as u64
+    }
+
     /// The Merkle root over pages `[0, 16^level)` at `level ≥ height`; reuses every cached hash.
     pub(crate) fn tree_hash(&self, level: u32) -> Hash {
+        let base = self.base.as_deref();
         let Some(root) = &self.root else {
-            return *checksum::zero_subtree_hash(level);
+            return base_hash(base, level, 0);
         };
-        let mut hash = root.hash(self.height);
-        // The root is child 0 of each missing level above it; its siblings are zero subtrees.
+        let mut hash = root.hash(self.height, 0, base);
+        // The root is child 0 of each missing level above it; its siblings are the base's
+        // subtrees (zero without a base).
         for l in self.height + 1..=level {
-            let mut children = [*checksum::zero_subtree_hash(l - 1); FANOUT];
+            let mut children = [[0u8; 32]; FANOUT];
+            for (i, child) in children.iter_mut().enumerate().skip(1) {
+                *child = base_hash(base, l - 1, i as u64 * span(l - 1));
+            }
             children[0] = hash;
             hash = checksum::node_hash(&children);
         }
@@ -461,7 +566,8 @@ impl PageMap {
     /// or absent there), skipping every subtree the two share. O(changed pages · height).
     /// `seen` (node and page identities already visited, e.g. from another snapshot) makes a
     /// subtree visited once across several calls; identities are compared for equality only,
-    /// never ordered or hashed into replicated state.
+    /// never ordered or hashed into replicated state. Pages of the base are never visited:
+    /// they live in checkpoint files, not in the heap.
     pub(crate) fn for_each_page_not_shared_with(
         &self,
         other: &PageMap,
@@ -734,6 +840,68 @@ mod tests {
         let mut after = changed.clone();
         after.write(3, &[7]);
         assert_root_matches_flat(&after, 2_000);
+    }
+
+    /// A map standing on a base of two page files in `dir`: `0..40` filled with 1, then
+    /// pages `5` and `5_000` with 2.
+    fn map_on_files(dir: &std::path::Path) -> PageMap {
+        use super::super::page_file::{PageFile, write_page_file};
+        let mut layers = Vec::new();
+        for (name, pages) in [
+            (
+                "base",
+                (0..40u64)
+                    .map(|i| (i, [1u8; PAGE_SIZE]))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "overlay",
+                vec![(5, [2u8; PAGE_SIZE]), (5_000, [2u8; PAGE_SIZE])],
+            ),
+        ] {
+            let path = dir.join(name);
+            let mut file = std::fs::File::create(&path).unwrap();
+            write_page_file(&mut file, pages.iter().map(|(i, p)| (*i, p))).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            layers.push(Arc::new(PageFile::map(&file, name).unwrap()));
+        }
+        PageMap::with_base(Arc::new(PageLayers::new(layers)))
+    }
+
+    #[test]
+    fn a_map_on_mapped_files_reads_hashes_and_copies_on_write_like_one_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut on_files = map_on_files(dir.path());
+        let mut in_memory = PageMap::new();
+        in_memory.fill(0, 40 * PAGE_SIZE as u64, 1);
+        in_memory.fill(5 * PAGE_SIZE as u64, PAGE_SIZE as u64, 2);
+        in_memory.fill(5_000 * PAGE_SIZE as u64, PAGE_SIZE as u64, 2);
+        let root = |map: &PageMap| map.tree_hash(MAX_HEIGHT);
+        assert_eq!(root(&on_files), root(&in_memory));
+        assert_root_matches_flat(&on_files, 5_001);
+        assert_eq!(on_files.heap_pages(), 0);
+        assert_eq!(on_files.present_pages(), 41);
+        // A partial write copies the mapped page into the tree, and only that page.
+        let snapshot = on_files.clone();
+        for map in [&mut on_files, &mut in_memory] {
+            map.write(5 * PAGE_SIZE as u64 + 7, &[9]);
+            map.write(70_000 * PAGE_SIZE as u64, &[3]);
+        }
+        assert_eq!(on_files.page_bytes(5)[6..9], [2, 9, 2]);
+        assert_eq!(on_files.heap_pages(), 2);
+        assert_eq!(snapshot.page_bytes(5)[7], 2);
+        assert_eq!(root(&on_files), root(&in_memory));
+        let pages: Vec<u64> = on_files.iter().map(|(i, _)| i).collect();
+        let expected: Vec<u64> = in_memory.iter().map(|(i, _)| i).collect();
+        assert_eq!(pages, expected);
+        // Truncation shadows the base's pages beyond the bound.
+        on_files.truncate(20);
+        in_memory.truncate(20);
+        assert_eq!(on_files.page_bytes(30)[0], 0);
+        assert_eq!(on_files.page_bytes(5_000)[0], 0);
+        assert_eq!(root(&on_files), root(&in_memory));
+        assert_eq!(root(&snapshot), snapshot.tree_hash(MAX_HEIGHT));
+        assert!(!on_files.shares_root_with(&snapshot));
     }
 
     #[test]
