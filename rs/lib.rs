@@ -15,6 +15,7 @@ pub mod replicated_state;
 pub mod scheduler;
 pub mod snapshots;
 pub mod state;
+pub mod state_manager;
 pub mod transfer;
 
 pub use config::Config;

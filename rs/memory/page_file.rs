@@ -102,8 +102,8 @@ impl std::fmt::Debug for PageFile {
 
 /// Writes `pages` (ascending, distinct page indices) in the page file format. Returns the
 /// number of pages written. The caller syncs the file.
-pub fn write_page_file<'a>(
-    out: &mut impl Write,
+pub fn write_page_file<'a, W: Write + ?Sized>(
+    out: &mut W,
     pages: impl Iterator<Item = (u64, &'a [u8; PAGE_SIZE])>,
 ) -> std::io::Result<u64> {
     let mut ranges: Vec<(u64, u64)> = Vec::new();

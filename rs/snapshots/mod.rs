@@ -228,6 +228,41 @@ impl CanisterSnapshot {
         }
     }
 
+    /// A snapshot read back from storage (the state manager), every field given. The checksum
+    /// is recomputed on first request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_fields(
+        id: SnapshotId,
+        taken_at_timestamp: u64,
+        canister_version: u64,
+        source: SnapshotSource,
+        label: Option<String>,
+        execution: ExecutionState,
+        certified_data: Vec<u8>,
+        wasm_chunk_store: ChunkStore,
+        global_timer: Option<GlobalTimer>,
+        on_low_wasm_memory_hook_status: Option<HookStatus>,
+        upload: Option<UploadState>,
+    ) -> Self {
+        CanisterSnapshot {
+            id,
+            taken_at_timestamp,
+            canister_version,
+            source,
+            label,
+            wasm_module: execution.wasm_module,
+            wasm_memory: execution.wasm_memory,
+            stable_memory: execution.stable_memory,
+            exported_globals: execution.exported_globals,
+            certified_data,
+            wasm_chunk_store,
+            global_timer,
+            on_low_wasm_memory_hook_status,
+            upload,
+            checksum: OnceLock::new(),
+        }
+    }
+
     pub fn id(&self) -> &SnapshotId {
         &self.id
     }
@@ -522,6 +557,12 @@ impl SnapshotStore {
         let id = snapshot.id.clone();
         self.commit(snapshot, replace);
         Ok(id)
+    }
+
+    /// Puts back a snapshot read from storage, whatever the quota is now (it held when the
+    /// snapshot was stored).
+    pub fn restore(&mut self, snapshot: CanisterSnapshot) {
+        self.snapshots.insert(snapshot.id.clone(), snapshot);
     }
 
     pub fn delete(

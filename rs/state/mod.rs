@@ -345,6 +345,20 @@ impl CanisterHistory {
     pub fn total_num_changes(&self) -> u64 {
         self.total_num_changes
     }
+
+    /// A history read back from storage: the kept `changes` (oldest first, at most
+    /// [`MAX_CANISTER_HISTORY_CHANGES`]) and the count of all changes ever made.
+    pub fn from_parts(changes: Vec<Change>, total_num_changes: u64) -> Self {
+        let mut changes = VecDeque::from(changes);
+        while changes.len() > MAX_CANISTER_HISTORY_CHANGES {
+            changes.pop_front();
+        }
+        let total_num_changes = total_num_changes.max(changes.len() as u64);
+        CanisterHistory {
+            changes,
+            total_num_changes,
+        }
+    }
 }
 
 /// One canister.
