@@ -4,6 +4,7 @@
 //!
 //! The top layer: may use everything below; nothing below uses it.
 
+pub mod canister;
 pub mod demo;
 pub mod snapshot;
 
@@ -22,6 +23,12 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The local replica's state directory (`canister …` commands).
+    #[arg(long, global = true, default_value = canister::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The principal that sends `canister …` commands (default: a fixed identity).
+    #[arg(long, global = true)]
+    pub sender: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,6 +49,9 @@ pub enum Command {
     /// Tools on local snapshot directories (the layout of `dfx canister snapshot download`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// `dfx canister …` over a local replica kept in --state-dir.
+    #[command(subcommand)]
+    Canister(canister::CanisterCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +98,14 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),
         Command::Snapshot(SnapshotCommand::Upload { dir, base }) => {
             snapshot::run_upload(&dir, base.as_deref())
+        }
+        Command::Canister(command) => {
+            let sender = match cli.sender.as_deref() {
+                Some(text) => candid::Principal::from_text(text)
+                    .map_err(|e| format!("--sender {text:?} is not a principal: {e}"))?,
+                None => canister::default_sender(),
+            };
+            canister::run(&cli.state_dir, sender, command)
         }
     }
 }
