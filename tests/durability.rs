@@ -545,3 +545,22 @@ fn killed_at_random_points_the_state_is_the_last_completed_checkpoint() {
     }
     assert!(last_round > 0, "the child never completed a checkpoint");
 }
+
+#[test]
+fn an_older_checkpoint_left_beside_the_newest_is_ignored_and_removed() {
+    let (dir, _) = populated_dir();
+    let older = checkpoint_dir(dir.path());
+    let kept = dir.path().join("older-copy");
+    copy_dir(&older, &kept);
+    let mut sm = open(dir.path());
+    let canister = canister_of(&sm);
+    canister.write(&mut sm, true, 0, b"newer");
+    sm.checkpoint().unwrap();
+    let newest = fingerprint(&sm);
+    drop(sm);
+    // A crash between the commit of the newest and the removal of the older leaves both.
+    std::fs::rename(&kept, &older).unwrap();
+    let sm = open(dir.path());
+    assert_eq!(fingerprint(&sm), newest);
+    assert!(!older.exists());
+}

@@ -33,7 +33,8 @@
 //!    commit point. *A crash before the rename keeps the old checkpoint; after it, the new one.*
 //! 4. In memory, every memory is put on its new files (its written pages leave the heap).
 //! 5. Older checkpoints are deleted (their files live on where later checkpoints link them).
-//!    *A crash here leaves an older checkpoint beside the new one; the newest wins at open.*
+//!    *A crash here leaves an older checkpoint beside the new one; the newest wins at open,
+//!    which then deletes the older.*
 //!
 //! # Opening
 //!
@@ -378,6 +379,7 @@ impl StateManager {
             return Ok((manager, ReplicatedState::new(max_snapshots_per_canister)));
         };
         let state = manager.load(height, max_snapshots_per_canister)?;
+        manager.remove_checkpoints_below(height);
         Ok((manager, state))
     }
 
@@ -401,6 +403,22 @@ impl StateManager {
     #[doc(hidden)]
     pub fn set_write_budget(&mut self, bytes: Option<u64>) {
         self.write_budget = bytes;
+    }
+
+    /// Best effort: removes checkpoints older than `height` (left by a crash between a commit
+    /// and its clean-up). Their files live on where `height` links them.
+    fn remove_checkpoints_below(&self, height: u64) {
+        let dir = self.root.join(CHECKPOINTS);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if u64::from_str_radix(&name, 16).is_ok_and(|h| h < height) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let _ = sync_dir(&dir);
     }
 
     fn last_checkpoint_height(&self) -> Result<Option<u64>, StateManagerError> {
