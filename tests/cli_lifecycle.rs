@@ -100,12 +100,22 @@ fn the_command_line_drives_a_canister_through_its_life_cycle_across_restarts() {
     // Take it home, edit it, bring it back and load it.
     let dir = work.path().join("download");
     let dir_arg = dir.to_str().unwrap();
-    ok(
-        s,
-        &[
-            "canister", "snapshot", "download", &canister, &snapshot, "--dir", dir_arg,
-        ],
-    );
+    let download = [
+        "canister", "snapshot", "download", &canister, &snapshot, "--dir", dir_arg,
+    ];
+    // Another process transferring into the directory holds its lock.
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".transfer.lock")).unwrap();
+    fs4::FileExt::try_lock(&lock).unwrap();
+    let busy = fails(s, &download);
+    assert!(busy.contains("in use by another transfer"), "{busy}");
+    drop(lock);
+    // An interrupted transfer is continued only when asked to.
+    std::fs::write(dir.join(".download_progress.json"), b"{}").unwrap();
+    let interrupted = fails(s, &download);
+    assert!(interrupted.contains("--resume"), "{interrupted}");
+    std::fs::remove_file(dir.join(".download_progress.json")).unwrap();
+    ok(s, &download);
     let heap = dir.join("wasm_memory.bin");
     let mut bytes = std::fs::read(&heap).unwrap();
     bytes[..5].copy_from_slice(b"HELLO");

@@ -346,8 +346,11 @@ fn execute_snapshot(
             canister,
             id,
             dir,
-            resume: _,
+            resume,
         } => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let _lock = TransferLock::take(&dir, DOWNLOAD_PROGRESS, resume)?;
             sm.download_canister_snapshot(principal(&canister)?, caller, snapshot_id(&id)?, &dir)
                 .map_err(|e| e.to_string())?;
             Ok(format!("downloaded into {}", dir.display()))
@@ -356,14 +359,65 @@ fn execute_snapshot(
             canister,
             dir,
             replace,
-            resume: _,
+            resume,
         } => {
+            let _lock = TransferLock::take(&dir, UPLOAD_PROGRESS, resume)?;
             let replace = replace.as_deref().map(snapshot_id).transpose()?;
             let id = sm
                 .upload_canister_snapshot(principal(&canister)?, caller, &dir, replace)
                 .map_err(|e| e.to_string())?;
             Ok(hex(&id))
         }
+    }
+}
+
+/// The progress files the transfer layer keeps in a snapshot directory (`spec/transfer.md`).
+const DOWNLOAD_PROGRESS: &str = ".download_progress.json";
+const UPLOAD_PROGRESS: &str = ".upload_progress.json";
+const TRANSFER_LOCK: &str = ".transfer.lock";
+
+/// A snapshot directory locked for one transfer, as icp-cli locks it: a second process
+/// transferring into or out of the same directory gets an error. The lock file stays (a hidden
+/// file the directory's readers ignore): unlinking it could let two processes lock two
+/// different files.
+struct TransferLock {
+    _file: std::fs::File,
+}
+
+impl TransferLock {
+    /// Locks `dir`; refuses to continue an interrupted transfer (its `progress` file is there)
+    /// unless `resume`.
+    fn take(dir: &Path, progress: &str, resume: bool) -> Result<TransferLock, String> {
+        use fs4::{FileExt, TryLockError};
+        let path = dir.join(TRANSFER_LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+        match FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "{} is in use by another transfer (its lock {} is held); wait for it to end",
+                    dir.display(),
+                    path.display()
+                ));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", dir.display()));
+            }
+        }
+        let lock = TransferLock { _file: file };
+        if !resume && dir.join(progress).exists() {
+            return Err(format!(
+                "{} holds an interrupted transfer ({progress}): pass --resume to continue it, \
+                 or remove the directory to start again",
+                dir.display()
+            ));
+        }
+        Ok(lock)
     }
 }
 
