@@ -269,7 +269,7 @@ fn assert_corrupt(dir: &Path, file: &Path, needle: &str) {
 
 #[test]
 fn damaged_checkpoints_are_refused_naming_the_file() {
-    let (source, _) = populated_dir();
+    let (source, checkpointed) = populated_dir();
     let work = tempfile::tempdir().unwrap();
     let case = |name: &str| {
         let dir = work.path().join(name);
@@ -291,13 +291,44 @@ fn damaged_checkpoints_are_refused_naming_the_file() {
         .unwrap();
     assert_corrupt(&dir, &file, "truncated");
 
-    // One bit flipped in a page (the size is unchanged).
-    let (dir, _, file) = case("flipped");
+    // One bit flipped in a page file's tail (its leaf hashes, index and footer).
+    let (dir, _, file) = case("flipped-tail");
     make_writable(&file);
     let mut bytes = std::fs::read(&file).unwrap();
-    bytes[4096 + 17] ^= 0x10;
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x10;
     std::fs::write(&file, &bytes).unwrap();
     assert_corrupt(&dir, &file, "SHA-256");
+
+    // One bit flipped in a page: opening checks metadata only, so the state opens, and the
+    // page is refused, naming the file and the page, when it is first read; never served.
+    let (dir, _, file) = case("flipped-page");
+    make_writable(&file);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[17] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    let sm = open(&dir);
+    // Hashing reads the stored leaf hashes, not the pages (so it costs no page reads).
+    assert_eq!(sm.state().state_hash(), checkpointed.0);
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let state = sm.state();
+    let mut memories = Vec::new();
+    for canister in state.canisters.values() {
+        let execution = canister.execution_state.as_ref().unwrap();
+        memories.extend([&execution.wasm_memory, &execution.stable_memory]);
+    }
+    for snapshot in state.snapshots.iter() {
+        memories.extend([&snapshot.wasm_memory, &snapshot.stable_memory]);
+    }
+    let errors: Vec<String> = memories
+        .iter()
+        .filter_map(|m| m.read_vec(0, m.size_bytes()).err())
+        .map(|e| e.to_string())
+        .collect();
+    assert!(!errors.is_empty(), "a damaged page was served");
+    for err in &errors {
+        assert!(err.contains(&name) && err.contains("page "), "{err}");
+    }
 
     // One bit flipped in the state records.
     let (dir, checkpoint, _) = case("state");

@@ -14,7 +14,8 @@ use ic_error_types::ErrorCode;
 
 pub use checksum::Hash;
 pub use page_file::{
-    LayeredPages, PAGE_FILE_VERSION, PageFile, PageFileError, PageLayers, write_page_file,
+    LayeredPages, PAGE_FILE_VERSION, PageFile, PageFileError, PageFileSummary, PageLayers,
+    write_page_file,
 };
 pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap};
 
@@ -37,9 +38,31 @@ pub struct Memory {
 /// A memory access or growth the memory refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemoryError {
-    OutOfBounds { offset: u64, len: u64, size: u64 },
-    GrowthBeyondLimit { requested: u64, limit: u64 },
-    SizeNotMultipleOfWasmPage { size: u64 },
+    OutOfBounds {
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    GrowthBeyondLimit {
+        requested: u64,
+        limit: u64,
+    },
+    SizeNotMultipleOfWasmPage {
+        size: u64,
+    },
+    /// A checkpointed page whose bytes no longer match their stored hash: the message names
+    /// the file and the page.
+    DamagedPageFile {
+        reason: String,
+    },
+}
+
+impl From<PageFileError> for MemoryError {
+    fn from(err: PageFileError) -> Self {
+        MemoryError::DamagedPageFile {
+            reason: err.to_string(),
+        }
+    }
 }
 
 impl MemoryError {
@@ -50,6 +73,8 @@ impl MemoryError {
             MemoryError::OutOfBounds { .. } => ErrorCode::CanisterTrapped,
             MemoryError::GrowthBeyondLimit { .. } => ErrorCode::CanisterOutOfMemory,
             MemoryError::SizeNotMultipleOfWasmPage { .. } => ErrorCode::InvalidManagementPayload,
+            // The replica's state cannot be read: not the canister's fault, and not data.
+            MemoryError::DamagedPageFile { .. } => ErrorCode::CertifiedStateUnavailable,
         }
     }
 }
@@ -68,6 +93,10 @@ impl std::fmt::Display for MemoryError {
             MemoryError::SizeNotMultipleOfWasmPage { size } => write!(
                 f,
                 "memory size {size} is not a multiple of the 64 KiB Wasm page size"
+            ),
+            MemoryError::DamagedPageFile { reason } => write!(
+                f,
+                "{reason}; the state directory is damaged: restore it from a backup"
             ),
         }
     }
@@ -161,28 +190,25 @@ impl Memory {
 
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.check(offset, buf.len() as u64)?;
-        self.pages.read(offset, buf);
-        Ok(())
+        Ok(self.pages.read(offset, buf)?)
     }
 
     /// Reads `len` bytes into a new vector; the bounds are checked before anything is allocated.
     pub fn read_vec(&self, offset: u64, len: u64) -> Result<Vec<u8>, MemoryError> {
         self.check(offset, len)?;
         let mut buf = vec![0u8; len as usize];
-        self.pages.read(offset, &mut buf);
+        self.pages.read(offset, &mut buf)?;
         Ok(buf)
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.check(offset, data.len() as u64)?;
-        self.pages.write(offset, data);
-        Ok(())
+        Ok(self.pages.write(offset, data)?)
     }
 
     pub fn fill(&mut self, offset: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
         self.check(offset, len)?;
-        self.pages.fill(offset, len, byte);
-        Ok(())
+        Ok(self.pages.fill(offset, len, byte)?)
     }
 
     /// The checksum of this memory (`spec/checksum.md`): O(pages changed since the last call on

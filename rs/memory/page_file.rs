@@ -4,10 +4,16 @@
 //!
 //! ```text
 //! [ data: page_count × 4096 bytes, at offset 0, so every page is 4 KiB-aligned in the file ]
+//! [ leaf hashes: page_count × 32 bytes, the Merkle leaf hash of each page, in data order ]
 //! [ index: range_count × (start_page u64 LE, end_page u64 LE), ascending, disjoint, end > start ]
 //! [ footer, 32 bytes: range_count u64 LE, page_count u64 LE, version u32 LE, 4 zero bytes,
 //!   magic "CSPAGES1" ]
 //! ```
+//!
+//! Everything after the data is the file's *tail*: the state manager's manifest checks the tail
+//! at open (O(pages · 32 bytes), never the pages). A page's bytes are checked against its
+//! stored leaf hash the first time they are read, and a mismatch is an error naming the file
+//! and the page, never data. Hashing a memory uses the stored leaf hashes and reads no page.
 //!
 //! The pages of range `i` are stored one after another, after the pages of ranges `0..i`: page
 //! `p` of range `(start, end)` whose first page is stored at slot `s` is at byte
@@ -42,6 +48,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use memmap2::Mmap;
@@ -84,11 +91,22 @@ struct Range {
 /// One immutable, mapped page file.
 pub struct PageFile {
     name: String,
-    /// `None` for a file without pages (nothing to map: a zero-length mapping is refused by
-    /// the OS).
-    map: Option<Mmap>,
+    map: Mmap,
     ranges: Vec<Range>,
     page_count: u64,
+    /// One bit per slot: the page's bytes have been checked against their stored hash. Set
+    /// once, never cleared (the file is immutable); a race only repeats a check.
+    verified: Box<[AtomicU64]>,
+}
+
+/// What [`write_page_file`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageFileSummary {
+    pub pages: u64,
+    /// Bytes after the page data: leaf hashes, index and footer.
+    pub tail_bytes: u64,
+    /// SHA-256 of those bytes.
+    pub tail_sha256: Hash,
 }
 
 impl std::fmt::Debug for PageFile {
@@ -100,15 +118,16 @@ impl std::fmt::Debug for PageFile {
     }
 }
 
-/// Writes `pages` (ascending, distinct page indices) in the page file format. Returns the
-/// number of pages written. The caller syncs the file.
+/// Writes `pages` (ascending, distinct page indices, each with its leaf hash if known; it is
+/// computed otherwise) in the page file format. The caller syncs the file.
 pub fn write_page_file<'a, W: Write + ?Sized>(
     out: &mut W,
-    pages: impl Iterator<Item = (u64, &'a [u8; PAGE_SIZE])>,
-) -> std::io::Result<u64> {
+    pages: impl Iterator<Item = (u64, &'a [u8; PAGE_SIZE], Option<Hash>)>,
+) -> std::io::Result<PageFileSummary> {
     let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut hashes: Vec<u8> = Vec::new();
     let mut count = 0u64;
-    for (index, bytes) in pages {
+    for (index, bytes, hash) in pages {
         match ranges.last_mut() {
             Some((_, end)) if *end == index => *end += 1,
             Some((_, end)) if *end > index => {
@@ -119,9 +138,11 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
             _ => ranges.push((index, index + 1)),
         }
         out.write_all(bytes)?;
+        hashes.extend_from_slice(&hash.unwrap_or_else(|| checksum::leaf_hash(bytes)));
         count += 1;
     }
-    let mut tail = Vec::with_capacity(ranges.len() * RANGE_BYTES + FOOTER_BYTES);
+    let mut tail = hashes;
+    tail.reserve(ranges.len() * RANGE_BYTES + FOOTER_BYTES);
     for (start, end) in &ranges {
         tail.extend_from_slice(&start.to_le_bytes());
         tail.extend_from_slice(&end.to_le_bytes());
@@ -132,7 +153,11 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
     tail.extend_from_slice(&[0; 4]);
     tail.extend_from_slice(MAGIC);
     out.write_all(&tail)?;
-    Ok(count)
+    Ok(PageFileSummary {
+        pages: count,
+        tail_bytes: tail.len() as u64,
+        tail_sha256: checksum::sha256(&tail),
+    })
 }
 
 fn le_u64(bytes: &[u8]) -> u64 {
@@ -178,7 +203,11 @@ impl PageFile {
         let (range_count, page_count) = (le_u64(&footer[0..8]), le_u64(&footer[8..16]));
         let expected = range_count
             .checked_mul(RANGE_BYTES as u64)
-            .and_then(|r| page_count.checked_mul(PAGE_SIZE as u64)?.checked_add(r))
+            .and_then(|r| {
+                page_count
+                    .checked_mul((PAGE_SIZE + 32) as u64)?
+                    .checked_add(r)
+            })
             .and_then(|b| b.checked_add(FOOTER_BYTES as u64));
         if expected != Some(len) {
             return Err(corrupt(format!(
@@ -186,7 +215,7 @@ impl PageFile {
                  ranges (truncated or extended?)"
             )));
         }
-        let index_at = (page_count as usize) * PAGE_SIZE;
+        let index_at = (page_count as usize) * (PAGE_SIZE + 32);
         let mut ranges = Vec::with_capacity(range_count as usize);
         let mut slot = 0u64;
         let mut previous_end = 0u64;
@@ -208,9 +237,12 @@ impl PageFile {
         }
         Ok(PageFile {
             name: name.to_string(),
-            map: (page_count > 0).then_some(map),
+            map,
             ranges,
             page_count,
+            verified: (0..page_count.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         })
     }
 
@@ -222,22 +254,60 @@ impl PageFile {
         self.page_count
     }
 
-    /// The bytes of page `index`, if this file holds it. O(log ranges).
-    pub fn page(&self, index: u64) -> Option<&[u8; PAGE_SIZE]> {
+    /// The slot of page `index`, if this file holds it. O(log ranges).
+    fn slot_of(&self, index: u64) -> Option<u64> {
         let i = self.ranges.partition_point(|r| r.start <= index);
         let range = self.ranges.get(i.checked_sub(1)?)?;
-        if index >= range.end {
-            return None;
+        (index < range.end).then(|| range.slot + (index - range.start))
+    }
+
+    /// The bytes of page `index`, if this file holds it, checked against the stored leaf hash
+    /// on first read. O(log ranges), plus one leaf hash the first time.
+    pub fn page(&self, index: u64) -> Result<Option<&[u8; PAGE_SIZE]>, PageFileError> {
+        let Some(slot) = self.slot_of(index) else {
+            return Ok(None);
+        };
+        let bytes = self.slot_bytes(slot);
+        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        // Relaxed is enough: the bit only says that a check already passed on these immutable
+        // bytes; a thread that misses it checks again.
+        if self.verified[word].load(Ordering::Relaxed) & bit == 0 {
+            if checksum::leaf_hash(bytes) != self.slot_hash(slot) {
+                return Err(PageFileError::Corrupt {
+                    file: self.name.clone(),
+                    reason: format!(
+                        "page {index} does not match its stored hash (the file was changed \
+                         after it was written)"
+                    ),
+                });
+            }
+            self.verified[word].fetch_or(bit, Ordering::Relaxed);
         }
-        Some(self.slot_bytes(range.slot + (index - range.start)))
+        Ok(Some(bytes))
+    }
+
+    /// The stored leaf hash of page `index`, if this file holds it. Reads no page.
+    pub fn stored_hash(&self, index: u64) -> Option<Hash> {
+        self.slot_of(index).map(|slot| self.slot_hash(slot))
     }
 
     fn slot_bytes(&self, slot: u64) -> &[u8; PAGE_SIZE] {
-        let map = self.map.as_ref().expect("a file with pages is mapped");
         let at = slot as usize * PAGE_SIZE;
-        map[at..at + PAGE_SIZE]
+        self.map[at..at + PAGE_SIZE]
             .try_into()
             .expect("slot within the checked data area")
+    }
+
+    fn slot_hash(&self, slot: u64) -> Hash {
+        let at = self.page_count as usize * PAGE_SIZE + slot as usize * 32;
+        self.map[at..at + 32]
+            .try_into()
+            .expect("slot within the checked hash area")
+    }
+
+    /// Bytes after the page data (leaf hashes, index, footer): what the manifest checks.
+    pub fn tail_bytes(&self) -> u64 {
+        (self.map.len() - self.page_count as usize * PAGE_SIZE) as u64
     }
 
     /// Whether any page in `[first, end)` is in this file. O(log ranges).
@@ -246,10 +316,15 @@ impl PageFile {
         self.ranges.get(i).is_some_and(|r| r.start < end)
     }
 
-    /// The file's pages in ascending index order.
-    fn pages(&self) -> impl Iterator<Item = (u64, &[u8; PAGE_SIZE])> + '_ {
+    /// The file's pages in ascending index order with their stored hashes, unchecked: for
+    /// copying into a merged file, where a damaged page keeps its stored hash and so stays
+    /// detectable.
+    fn pages(&self) -> impl Iterator<Item = (u64, &[u8; PAGE_SIZE], Hash)> + '_ {
         self.ranges.iter().flat_map(move |r| {
-            (r.start..r.end).map(move |index| (index, self.slot_bytes(r.slot + index - r.start)))
+            (r.start..r.end).map(move |index| {
+                let slot = r.slot + index - r.start;
+                (index, self.slot_bytes(slot), self.slot_hash(slot))
+            })
         })
     }
 }
@@ -289,17 +364,31 @@ impl PageLayers {
         &self.files
     }
 
-    /// The bytes of page `index` from the newest file that holds it.
-    pub fn page(&self, index: u64) -> Option<&[u8; PAGE_SIZE]> {
-        self.files.iter().rev().find_map(|file| file.page(index))
+    /// The bytes of page `index` from the newest file that holds it, checked on first read.
+    pub fn page(&self, index: u64) -> Result<Option<&[u8; PAGE_SIZE]>, PageFileError> {
+        match self.files.iter().rev().find(|f| f.slot_of(index).is_some()) {
+            Some(file) => file.page(index),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored leaf hash of page `index` in the newest file that holds it.
+    fn stored_hash(&self, index: u64) -> Option<Hash> {
+        self.files.iter().rev().find_map(|f| f.stored_hash(index))
+    }
+
+    /// The indices of every page of the stack, ascending. Reads no page.
+    pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pages().map(|(index, _, _)| index)
     }
 
     fn has_pages_in(&self, first: u64, end: u64) -> bool {
         self.files.iter().any(|file| file.has_pages_in(first, end))
     }
 
-    /// Every page of the stack in ascending index order, each from the newest file holding it.
-    pub fn pages(&self) -> LayeredPages<'_> {
+    /// Every page of the stack in ascending index order, each from the newest file holding it,
+    /// with its stored hash, unchecked (see `PageFile::pages`).
+    fn pages(&self) -> LayeredPages<'_> {
         Self::pages_of(&self.files)
     }
 
@@ -318,10 +407,9 @@ impl PageLayers {
     /// `first_page` (the zero-subtree hash where no file has a page).
     pub(super) fn subtree_hash(&self, level: u32, first_page: u64) -> Hash {
         if level == 0 {
-            return match self.page(first_page) {
-                Some(bytes) => checksum::leaf_hash(bytes),
-                None => *checksum::zero_subtree_hash(0),
-            };
+            return self
+                .stored_hash(first_page)
+                .unwrap_or(*checksum::zero_subtree_hash(0));
         }
         let span = 1u64 << (4 * level);
         if !self.has_pages_in(first_page, first_page.saturating_add(span)) {
@@ -347,32 +435,34 @@ impl PageLayers {
     }
 }
 
+/// A page, its bytes and its stored leaf hash.
+type StoredPage<'a> = (u64, &'a [u8; PAGE_SIZE], Hash);
+
 /// Iterator over the pages of several files merged by index, newest file first on a tie.
 pub struct LayeredPages<'a> {
-    #[allow(clippy::type_complexity)]
-    cursors: Vec<std::iter::Peekable<Box<dyn Iterator<Item = (u64, &'a [u8; PAGE_SIZE])> + 'a>>>,
+    cursors: Vec<std::iter::Peekable<Box<dyn Iterator<Item = StoredPage<'a>> + 'a>>>,
 }
 
 impl<'a> Iterator for LayeredPages<'a> {
-    type Item = (u64, &'a [u8; PAGE_SIZE]);
+    type Item = StoredPage<'a>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let next = self
             .cursors
             .iter_mut()
-            .filter_map(|c| c.peek().map(|(i, _)| *i))
+            .filter_map(|c| c.peek().map(|(i, _, _)| *i))
             .min()?;
         let mut found = None;
         // Oldest to newest: the last file holding `next` wins.
         for cursor in &mut self.cursors {
-            if let Some(&(index, bytes)) = cursor.peek()
+            if let Some(&(index, bytes, hash)) = cursor.peek()
                 && index == next
             {
-                found = Some(bytes);
+                found = Some((bytes, hash));
                 cursor.next();
             }
         }
-        found.map(|bytes| (next, bytes))
+        found.map(|(bytes, hash)| (next, bytes, hash))
     }
 }
 
@@ -389,7 +479,7 @@ mod tests {
         let data: Vec<(u64, [u8; PAGE_SIZE])> =
             pages.iter().map(|&(i, b)| (i, page_of(b))).collect();
         let mut out = File::create(&path).unwrap();
-        write_page_file(&mut out, data.iter().map(|(i, p)| (*i, p))).unwrap();
+        write_page_file(&mut out, data.iter().map(|(i, p)| (*i, p, None))).unwrap();
         drop(out);
         Arc::new(PageFile::map(&File::open(&path).unwrap(), name).unwrap())
     }
@@ -403,16 +493,20 @@ mod tests {
         // Pages 0 and 1 are adjacent and share a range; 7 and 100 stand alone.
         assert_eq!(base.ranges.len(), 3);
         let layers = PageLayers::new(vec![base, overlay]);
-        assert_eq!(layers.page(0), Some(&page_of(1)));
-        assert_eq!(layers.page(1), Some(&page_of(9)));
-        assert_eq!(layers.page(8), Some(&page_of(5)));
-        assert_eq!(layers.page(100), Some(&page_of(4)));
-        assert_eq!(layers.page(2), None);
-        assert_eq!(layers.page(u64::MAX), None);
-        let merged: Vec<(u64, u8)> = layers.pages().map(|(i, p)| (i, p[0])).collect();
+        assert_eq!(layers.page(0).unwrap(), Some(&page_of(1)));
+        assert_eq!(layers.page(1).unwrap(), Some(&page_of(9)));
+        assert_eq!(layers.page(8).unwrap(), Some(&page_of(5)));
+        assert_eq!(layers.page(100).unwrap(), Some(&page_of(4)));
+        assert_eq!(layers.page(2).unwrap(), None);
+        assert_eq!(layers.page(u64::MAX).unwrap(), None);
+        assert_eq!(
+            layers.stored_hash(1),
+            Some(checksum::leaf_hash(&page_of(9)))
+        );
+        let merged: Vec<(u64, u8)> = layers.pages().map(|(i, p, _)| (i, p[0])).collect();
         assert_eq!(merged, vec![(0, 1), (1, 9), (7, 3), (8, 5), (100, 4)]);
         // The `&Page` view of mapped bytes reads the same bytes.
-        let page = as_page(layers.page(7).unwrap());
+        let page = as_page(layers.page(7).unwrap().unwrap());
         assert_eq!(page.bytes(), &page_of(3));
     }
 
@@ -420,7 +514,7 @@ mod tests {
     fn a_file_without_pages_maps_and_reads_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let empty = file_with(dir.path(), "empty", &[]);
-        assert_eq!(empty.page(0), None);
+        assert_eq!(empty.page(0).unwrap(), None);
         assert_eq!(PageLayers::new(vec![empty]).pages().count(), 0);
     }
 
@@ -459,7 +553,7 @@ mod tests {
         ));
         // An index range out of order.
         let mut bad_index = original.clone();
-        let index_at = 2 * PAGE_SIZE;
+        let index_at = 2 * (PAGE_SIZE + 32);
         bad_index[index_at + 8..index_at + 16].copy_from_slice(&1u64.to_le_bytes());
         std::fs::write(&path, &bad_index).unwrap();
         assert!(reopen().unwrap_err().to_string().contains("out of order"));
@@ -468,9 +562,30 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_page_is_an_error_naming_file_and_page_never_data() {
+        let dir = tempfile::tempdir().unwrap();
+        file_with(dir.path(), "f", &[(3, 1), (4, 2)]);
+        let path = dir.path().join("f");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[PAGE_SIZE + 100] ^= 1; // page 4, the second slot
+        std::fs::write(&path, &bytes).unwrap();
+        // The tail is intact, so the file maps; the damaged page is refused when read.
+        let file = PageFile::map(&File::open(&path).unwrap(), "f").unwrap();
+        assert_eq!(file.page(3).unwrap(), Some(&page_of(1)));
+        let err = file.page(4).unwrap_err().to_string();
+        assert!(
+            err.contains("page file f") && err.contains("page 4"),
+            "{err}"
+        );
+        // Hashing uses the stored hash and reads nothing.
+        assert_eq!(file.stored_hash(4), Some(checksum::leaf_hash(&page_of(2))));
+    }
+
+    #[test]
     fn out_of_order_pages_are_not_written() {
         let a = page_of(1);
-        let err = write_page_file(&mut Vec::new(), [(5, &a), (4, &a)].into_iter()).unwrap_err();
+        let err = write_page_file(&mut Vec::new(), [(5, &a, None), (4, &a, None)].into_iter())
+            .unwrap_err();
         assert!(err.to_string().contains("out of order"));
     }
 }

@@ -14,7 +14,8 @@
 //!   checkpoints/<height: 16 hex digits>/  the last completed checkpoint
 //!     manifest.bin                        every other file's size and SHA-256, then its own
 //!     state.bin                           the state records (postcard)
-//!     pages/<height>_<n>.pages            page files, immutable, shared by hard links
+//!     pages/<height>_<n>.pages            page files (pages, leaf hashes, index, footer),
+//!                                         immutable, shared by hard links
 //!     wasm/<sha256>.wasm                  modules, immutable, shared by hard links
 //!     unverified                          present until the checkpoint has been loaded once
 //! ```
@@ -40,10 +41,11 @@
 //!
 //! Lock, delete `tip/`, pick the highest checkpoint, and check it before anything is loaded:
 //! the manifest's own checksum and version, then every file against it (no file missing, none
-//! extra, each of the recorded size and SHA-256). Any difference is an error naming the file;
-//! nothing is loaded silently. Then the records are decoded and the page files mapped, not
-//! read into memory. The checksum check reads every file once (sequentially, into a small
-//! buffer: it does not stay resident); `spec/durability.md` says how this could become lazy.
+//! extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of its tail: leaf
+//! hashes, index and footer). Any difference is an error naming the file; nothing is loaded
+//! silently. Then the records are decoded and the page files mapped. No page is read: each is
+//! checked against its stored leaf hash when first read (`rs/memory/page_file.rs`), and
+//! hashing a memory uses the stored leaf hashes.
 
 mod records;
 
@@ -129,7 +131,11 @@ pub enum StateManagerError {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 struct FileEntry {
     size: u64,
+    /// SHA-256 of the whole file, or for a page file of its last `tail` bytes (leaf hashes,
+    /// index, footer): its pages are checked against their leaf hashes when first read.
     sha256: Hash,
+    /// 0 for a whole-file checksum.
+    tail: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -229,7 +235,8 @@ fn unframe<T: for<'de> Deserialize<'de>>(
 /// budget (a test hook) is spent.
 struct CheckedWriter<'b, W: Write> {
     inner: W,
-    hasher: Sha256,
+    /// `None` for a page file, whose own tail carries what is checked.
+    hasher: Option<Sha256>,
     written: u64,
     budget: &'b mut Option<u64>,
 }
@@ -246,7 +253,9 @@ impl<W: Write> Write for CheckedWriter<'_, W> {
             *budget -= buf.len() as u64;
         }
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         self.written += n as u64;
         Ok(n)
     }
@@ -262,18 +271,48 @@ fn write_file(
     budget: &mut Option<u64>,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<FileEntry> {
+    write_new_file(path, budget, true, |w| fill(w).map(|()| None))
+}
+
+/// Writes a new page file of `pages`, like [`write_file`]; its entry checks the file's tail.
+fn write_pages_file<'p>(
+    path: &Path,
+    budget: &mut Option<u64>,
+    pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE], Option<Hash>)>,
+) -> std::io::Result<FileEntry> {
+    write_new_file(path, budget, false, |w| {
+        write_page_file(w, pages).map(|summary| Some((summary.tail_bytes, summary.tail_sha256)))
+    })
+}
+
+/// `fill` returns the (tail length, tail checksum) of a file it checksums itself.
+fn write_new_file(
+    path: &Path,
+    budget: &mut Option<u64>,
+    hash_whole: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
+) -> std::io::Result<FileEntry> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
     let mut writer = CheckedWriter {
         inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
+        hasher: hash_whole.then(Sha256::new),
         written: 0,
         budget,
     };
-    fill(&mut writer)?;
+    let tail = fill(&mut writer)?;
     writer.flush()?;
-    let entry = FileEntry {
-        size: writer.written,
-        sha256: writer.hasher.finalize().into(),
+    let entry = match (tail, writer.hasher.take()) {
+        (Some((tail, sha256)), _) => FileEntry {
+            size: writer.written,
+            sha256,
+            tail,
+        },
+        (None, Some(hasher)) => FileEntry {
+            size: writer.written,
+            sha256: hasher.finalize().into(),
+            tail: 0,
+        },
+        (None, None) => return Err(std::io::Error::other("a file without a checksum")),
     };
     let file = writer.inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
@@ -283,18 +322,26 @@ fn write_file(
     Ok(entry)
 }
 
-fn file_sha256(path: &Path) -> std::io::Result<(u64, Hash)> {
+/// The size of the file at `path` and the SHA-256 of its last `tail` bytes (all of it for 0;
+/// a file shorter than `tail` hashes as empty, and its size tells).
+fn file_sha256(path: &Path, tail: u64) -> std::io::Result<(u64, Hash)> {
+    use std::io::{Seek, SeekFrom};
     let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
     let mut hasher = Sha256::new();
+    if tail > 0 {
+        if size < tail {
+            return Ok((size, [0; 32]));
+        }
+        file.seek(SeekFrom::Start(size - tail))?;
+    }
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        size += n as u64;
     }
     Ok((size, hasher.finalize().into()))
 }
@@ -483,7 +530,7 @@ impl StateManager {
             if present.binary_search(name).is_err() {
                 return Err(corrupt(name, "is missing (listed in the manifest)".into()));
             }
-            let (size, sha256) = file_sha256(&dir.join(name))
+            let (size, sha256) = file_sha256(&dir.join(name), entry.tail)
                 .map_err(|e| corrupt(name, format!("cannot be read: {e}")))?;
             if size != entry.size {
                 return Err(corrupt(
@@ -738,15 +785,13 @@ impl Writer<'_> {
     /// Writes a new page file of `pages` and maps it.
     fn new_page_file<'p>(
         &mut self,
-        pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE])>,
+        pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE], Option<Hash>)>,
     ) -> Result<(String, Arc<PageFile>), String> {
         let name = format!("{:016x}_{:04x}.pages", self.height, self.next_file);
         self.next_file += 1;
         let rel = format!("{PAGES}/{name}");
         let path = self.tip.join(&rel);
-        let entry = match write_file(&path, self.budget, |w| {
-            write_page_file(w, pages).map(|_| ())
-        }) {
+        let entry = match write_pages_file(&path, self.budget, pages) {
             Ok(entry) => entry,
             Err(e) => return Err(self.fail(&path, e)),
         };
@@ -799,9 +844,13 @@ impl Store for Writer<'_> {
                     })
                     .unwrap_or_default();
                 if pages.heap_iter().next().is_some() {
-                    let overlay =
-                        self.new_page_file(pages.heap_iter().map(|(i, p)| (i, p.bytes())))?;
-                    files.push(overlay);
+                    // Leaf hashes the tree has cached are stored as they are.
+                    let mut heap = pages.heap_iter();
+                    let with_hashes = std::iter::from_fn(move || {
+                        let (index, page) = heap.next()?;
+                        Some((index, page.bytes(), heap.cached_hash_of_last()))
+                    });
+                    files.push(self.new_page_file(with_hashes)?);
                 }
                 // Merges: keep each file at least as large as all newer ones together (a
                 // pyramid: a page is rewritten O(log) times), and at most MAX files.
@@ -820,7 +869,10 @@ impl Store for Writer<'_> {
                 if merge_from + 1 < files.len() {
                     let merging: Vec<Arc<PageFile>> =
                         files[merge_from..].iter().map(|(_, f)| f.clone()).collect();
-                    let merged = self.new_page_file(PageLayers::pages_of(&merging))?;
+                    let merged = self.new_page_file(
+                        PageLayers::pages_of(&merging)
+                            .map(|(i, bytes, hash)| (i, bytes, Some(hash))),
+                    )?;
                     files.truncate(merge_from);
                     files.push(merged);
                 }
