@@ -17,7 +17,7 @@ pub use page_file::{
     LayeredPages, PAGE_FILE_VERSION, PageFile, PageFileError, PageFileSummary, PageLayers,
     write_page_file,
 };
-pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap};
+pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap, PageMapIdentity};
 
 /// Bytes in one WebAssembly page, the unit in which memories grow.
 pub const WASM_PAGE_SIZE: u64 = 64 * 1024;

@@ -257,6 +257,13 @@ fn base_hash(base: Option<&PageLayers>, level: u32, first_page: u64) -> Hash {
     }
 }
 
+/// See [`PageMap::identity`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PageMapIdentity {
+    root: usize,
+    base: usize,
+}
+
 /// A sparse, persistent array of [`PAGE_SIZE`]-byte pages. See the module documentation.
 #[derive(Clone, Default)]
 pub struct PageMap {
@@ -331,6 +338,17 @@ impl PageMap {
     #[inline]
     pub fn page_bytes(&self, page_index: u64) -> Result<&[u8; PAGE_SIZE], PageFileError> {
         Ok(self.page(page_index)?.map_or(&ZERO_PAGE, Page::bytes))
+    }
+
+    /// The identity of this map's contents: equal for clones with no write since (same root,
+    /// same base), as [`Self::shares_root_with`]. A lookup key for code that must treat shared
+    /// memories once (a checkpoint); valid while the map is alive, and never ordered or hashed
+    /// into replicated state.
+    pub fn identity(&self) -> PageMapIdentity {
+        PageMapIdentity {
+            root: self.root.as_ref().map_or(0, |r| Arc::as_ptr(r) as usize),
+            base: self.base.as_ref().map_or(0, |b| Arc::as_ptr(b) as usize),
+        }
     }
 
     /// Whether `self` and `other` share the same root, i.e. are clones with no write since.

@@ -49,7 +49,7 @@
 
 mod records;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -59,7 +59,9 @@ use fs4::{FileExt, TryLockError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::memory::{Hash, Memory, PageFile, PageLayers, PageMap, checksum::hex, write_page_file};
+use crate::memory::{
+    Hash, Memory, PageFile, PageLayers, PageMap, PageMapIdentity, checksum::hex, write_page_file,
+};
 use crate::replicated_state::ReplicatedState;
 use crate::state::WasmModule;
 
@@ -646,7 +648,7 @@ impl StateManager {
             mapped: &self.mapped,
             budget: &mut self.write_budget,
             files: BTreeMap::new(),
-            memories: Vec::new(),
+            memories: HashMap::new(),
             new_mapped: BTreeMap::new(),
             layers: BTreeMap::new(),
             next_file: 0,
@@ -690,18 +692,21 @@ impl StateManager {
     }
 }
 
-/// The memories of a checkpoint being written: each distinct memory (by page identity) once,
-/// with the page map it gets once the checkpoint is committed.
+/// Each distinct memory (by page identity) of a checkpoint being written, once: the page map
+/// it had (kept, so that its identity stays its own) and the one it gets once the checkpoint
+/// is committed. Looked up by key only, never iterated.
+type Memories = HashMap<PageMapIdentity, (PageMap, PageMap)>;
+
+/// What a written checkpoint changes in memory once committed.
 struct Plan {
-    memories: Vec<(PageMap, PageMap)>,
+    memories: Memories,
     mapped: BTreeMap<String, Arc<PageFile>>,
 }
 
 impl Plan {
     fn new_pages(&self, old: &PageMap) -> Option<PageMap> {
         self.memories
-            .iter()
-            .find(|(before, _)| before.shares_root_with(old))
+            .get(&old.identity())
             .map(|(_, after)| after.clone())
     }
 
@@ -742,7 +747,7 @@ struct Writer<'a> {
     mapped: &'a BTreeMap<String, Arc<PageFile>>,
     budget: &'a mut Option<u64>,
     files: BTreeMap<String, FileEntry>,
-    memories: Vec<(PageMap, PageMap)>,
+    memories: Memories,
     new_mapped: BTreeMap<String, Arc<PageFile>>,
     layers: BTreeMap<Vec<String>, Arc<PageLayers>>,
     next_file: u64,
@@ -826,12 +831,8 @@ impl Writer<'_> {
 impl Store for Writer<'_> {
     fn memory_record(&mut self, memory: &Memory) -> Result<MemoryRecord, String> {
         let pages = memory.page_map();
-        let known = self
-            .memories
-            .iter()
-            .position(|(before, _)| before.shares_root_with(pages));
-        let after = match known {
-            Some(i) => self.memories[i].1.clone(),
+        let after = match self.memories.get(&pages.identity()) {
+            Some((_, after)) => after.clone(),
             None => {
                 // The files under the memory, then one with the pages written since.
                 let mut files: Vec<(String, Arc<PageFile>)> = pages
@@ -886,7 +887,8 @@ impl Store for Writer<'_> {
                         .or_insert_with(|| self.mapped.get(name).cloned().unwrap_or(file.clone()));
                 }
                 let after = self.layers_for(&files);
-                self.memories.push((pages.clone(), after.clone()));
+                self.memories
+                    .insert(pages.identity(), (pages.clone(), after.clone()));
                 after
             }
         };
