@@ -539,7 +539,10 @@ fn killed_at_random_points_the_state_is_the_last_completed_checkpoint() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
-    let mut replay = StateMachine::new();
+    // The replay checkpoints after every step like the child: the heap delta a snapshot costs
+    // depends on which pages are already in a checkpoint.
+    let replay_dir = tempfile::tempdir().unwrap();
+    let mut replay = open(replay_dir.path());
     let mut last_round = 0;
     // A fixed-seed generator: a failure is replayed by rerunning the test.
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -566,6 +569,7 @@ fn killed_at_random_points_the_state_is_the_last_completed_checkpoint() {
         );
         while replay.state().round < round {
             crash_workload_step(&mut replay);
+            replay.checkpoint().unwrap();
         }
         assert_eq!(
             fingerprint(&sm),
@@ -594,4 +598,29 @@ fn an_older_checkpoint_left_beside_the_newest_is_ignored_and_removed() {
     let sm = open(dir.path());
     assert_eq!(fingerprint(&sm), newest);
     assert!(!older.exists());
+}
+
+#[test]
+fn a_take_charges_the_heap_delta_of_pages_not_yet_in_a_checkpoint() {
+    const LIMIT: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        heap_delta_rate_limit_bytes: LIMIT,
+        ..Config::default()
+    };
+    let mut sm = StateMachine::open(dir.path(), config).unwrap();
+    let canister = install_new(&mut sm, controller());
+    canister.fill(&mut sm, true, 0, 1 << 20, 1);
+    for _ in 0..16 {
+        sm.tick();
+    }
+    sm.checkpoint().unwrap();
+    // 32 pages written since the checkpoint; the fill's round leaves exactly LIMIT to drain.
+    canister.fill(&mut sm, true, 0, 2 * LIMIT, 2);
+    let debit = |sm: &StateMachine| sm.state().canisters[&canister.id].heap_delta_debit;
+    assert_eq!(debit(&sm), LIMIT);
+    sm.take_canister_snapshot(canister.id, Some(canister.sender), None)
+        .unwrap();
+    // The take charged the 32 unsaved pages, not the 1 MiB the snapshot logically holds.
+    assert_eq!(debit(&sm), 2 * LIMIT);
 }

@@ -17,7 +17,7 @@ use super::{
 use crate::execution::check_memory_growth;
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotSource};
-use crate::state::{CanisterState, Cycles, Global};
+use crate::state::{CanisterState, Cycles, ExecutionState, Global};
 
 impl From<SnapshotSource> for WireSnapshotSource {
     fn from(source: SnapshotSource) -> Self {
@@ -185,6 +185,10 @@ impl ManagementCanister<'_> {
             .canisters
             .get_mut(&args.canister_id)
             .expect("checked by `controlled` above");
+        let heap_delta = canister
+            .execution_state
+            .as_ref()
+            .map_or(0, ExecutionState::unsaved_page_bytes);
         let snapshot = CanisterSnapshot::capture(canister, time, args.label)?;
         let result = Snapshot {
             id: snapshot.id().to_bytes(),
@@ -193,7 +197,7 @@ impl ManagementCanister<'_> {
         };
         state.snapshots.commit(snapshot, replace.as_ref());
         canister.cycles -= cost;
-        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(new_size);
+        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
         if args.uninstall_code == Some(true) {
             uninstall(canister, time, sender);
         }
@@ -238,7 +242,8 @@ impl ManagementCanister<'_> {
             taken_at_timestamp: snapshot.taken_at_timestamp,
             source: snapshot.source.into(),
         };
-        let size = snapshot.total_size();
+        let heap_delta =
+            snapshot.wasm_memory.resident_bytes() + snapshot.stable_memory.resident_bytes();
         let time = state.time;
         let canister = state
             .canisters
@@ -246,7 +251,7 @@ impl ManagementCanister<'_> {
             .expect("checked by `controlled` above");
         snapshot.restore_into(canister);
         canister.cycles -= cost;
-        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(size);
+        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
         canister.canister_version += 1;
         canister.record_change(time, from_user(sender), ChangeDetails::LoadSnapshot(record));
         reply(())

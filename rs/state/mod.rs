@@ -276,6 +276,13 @@ pub struct ExecutionState {
 }
 
 impl ExecutionState {
+    /// Bytes of memory pages not yet in a checkpoint (held in the heap, not mapped from a
+    /// checkpoint file): the heap delta that taking or loading a snapshot of these memories
+    /// costs, as the replica counts it. O(those pages).
+    pub fn unsaved_page_bytes(&self) -> u64 {
+        self.wasm_memory.resident_bytes() + self.stable_memory.resident_bytes()
+    }
+
     /// Bytes of module, memories and globals, as they count toward the canister's memory.
     pub fn memory_usage(&self) -> u64 {
         self.wasm_module.len()
