@@ -188,8 +188,15 @@ fn files_per_memory_stay_bounded_across_many_checkpoints() {
     for i in 0..120u64 {
         canister.write(&mut sm, true, (i * 37 % 64) * 4096, &i.to_le_bytes());
         sm.checkpoint().unwrap();
+        let stable = &sm.state().canisters[&canister.id]
+            .execution_state
+            .as_ref()
+            .unwrap()
+            .stable_memory;
+        let stack = stable.page_map().base().map_or(0, |b| b.files().len());
+        assert!((1..=MAX_FILES_PER_MEMORY).contains(&stack), "{stack} files");
+        // Nothing else is left on disk: heap and stable memory, each within the bound.
         let files = page_files(&checkpoint_dir(dir.path()));
-        // Heap and stable memory: each at most MAX_FILES_PER_MEMORY files.
         assert!(files.len() <= 2 * MAX_FILES_PER_MEMORY, "{files:?}");
     }
     let before = fingerprint(&sm);
