@@ -2,7 +2,8 @@
 //!
 //! The layers, bottom up (each depends only on the ones before it): [`memory`] ← [`state`] ←
 //! [`snapshots`] ← [`replicated_state`] ← [`execution`] / [`management`] ← [`scheduler`] ←
-//! [`harness`] ← [`cli`]. `ARCHITECTURE.md` has the codemap and the invariants.
+//! [`harness`] ← [`cli`]; [`state_manager`] (the state directory) sits on [`replicated_state`]
+//! and is used by [`scheduler`] and [`harness`]. `ARCHITECTURE.md` has the codemap and the invariants.
 
 pub mod cli;
 pub mod config;
