@@ -50,6 +50,9 @@ pub struct Config {
     /// Decoding budget for one management payload (Candid decoding quota, in the units of
     /// `candid::DecoderConfig`): bounds the work a hostile payload can cause.
     pub management_payload_decoding_quota: usize,
+    /// A durable replica ([`crate::scheduler::ExecutionLoop::execute_round_durably`]) writes a
+    /// checkpoint after every round whose number is a multiple of this (the IC: 500).
+    pub checkpoint_interval_rounds: u64,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             max_reply_bytes: 2 << 20,
             max_heap_delta_per_message_bytes: 1 << 30,
             management_payload_decoding_quota: 20_000_000,
+            checkpoint_interval_rounds: 500,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::execution::TestCanisterEngine;
 use crate::management::types::{SnapshotInfo, SnapshotMetadata};
 use crate::replicated_state::ReplicatedState;
 use crate::scheduler::{Batch, ExecutionLoop, Ingress, MessageId};
+use crate::state_manager::{StateManager, StateManagerError};
 use crate::transfer::{self, TransferError, TransferOptions, UploadBase, UploadReport};
 
 /// Cycles a canister created through the harness starts with.
@@ -39,6 +40,8 @@ pub struct StateMachine {
     /// The time the next round runs at.
     time: u64,
     next_message_id: MessageId,
+    /// The state directory, for a machine made by [`StateMachine::open`].
+    durable: Option<StateManager>,
 }
 
 impl Default for StateMachine {
@@ -61,7 +64,38 @@ impl StateMachine {
             state,
             time,
             next_message_id: 0,
+            durable: None,
         }
+    }
+
+    /// A machine on the state directory `dir` (created if absent): it starts from the
+    /// directory's last checkpoint and writes one on [`Self::checkpoint`]. Rounds executed
+    /// after the last checkpoint are lost when the machine is dropped (`spec/durability.md`).
+    pub fn open(dir: &std::path::Path, config: Config) -> Result<Self, StateManagerError> {
+        let execution = ExecutionLoop::new(config, Box::new(TestCanisterEngine));
+        let (manager, state) = execution.open_state(dir)?;
+        let time = state.time;
+        Ok(StateMachine {
+            execution,
+            state,
+            time,
+            next_message_id: 0,
+            durable: Some(manager),
+        })
+    }
+
+    /// Writes a checkpoint of the state into the directory given to [`Self::open`]; does
+    /// nothing for an in-memory machine. Durable once this returns `Ok`.
+    pub fn checkpoint(&mut self) -> Result<(), StateManagerError> {
+        match &mut self.durable {
+            Some(manager) => manager.checkpoint(&mut self.state),
+            None => Ok(()),
+        }
+    }
+
+    /// The state directory's manager, for a machine made by [`Self::open`].
+    pub fn state_manager(&mut self) -> Option<&mut StateManager> {
+        self.durable.as_mut()
     }
 
     /// The replicated state, for inspection.

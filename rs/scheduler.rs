@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::execution::{MemoryContext, WasmEngine, execute_canister_message};
 use crate::management::ManagementCanister;
 use crate::replicated_state::ReplicatedState;
+use crate::state_manager::{StateManager, StateManagerError};
 
 /// Identifies an ingress message within the batches a replica is fed.
 pub type MessageId = u64;
@@ -74,6 +75,33 @@ impl ExecutionLoop {
             config: &self.config,
             engine: self.engine.as_ref(),
         }
+    }
+
+    /// Opens (or creates) the state directory `dir` and loads its last checkpoint: what a
+    /// durable replica starts with. The manager holds the directory's lock until dropped.
+    pub fn open_state(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<(StateManager, ReplicatedState), StateManagerError> {
+        StateManager::open(dir, self.config.max_snapshots_per_canister)
+    }
+
+    /// Executes one round, then writes a checkpoint if the round's number is a multiple of
+    /// [`Config::checkpoint_interval_rounds`]. A failed checkpoint leaves the round executed
+    /// in memory and the previous checkpoint on disk; the caller may retry with
+    /// [`StateManager::checkpoint`].
+    pub fn execute_round_durably(
+        &self,
+        state: &mut ReplicatedState,
+        manager: &mut StateManager,
+        batch: Batch,
+    ) -> Result<Vec<IngressResult>, StateManagerError> {
+        let results = self.execute_round(state, batch);
+        let interval = self.config.checkpoint_interval_rounds.max(1);
+        if state.round.is_multiple_of(interval) {
+            manager.checkpoint(state)?;
+        }
+        Ok(results)
     }
 
     /// Executes one round (see the module docs). Returns each message's outcome in execution

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod canister;
 pub mod demo;
 pub mod snapshot;
 
@@ -24,6 +25,12 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The local replica's state directory (`canister …` commands).
+    #[arg(long, global = true, default_value = canister::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The principal that sends `canister …` commands (default: a fixed identity).
+    #[arg(long, global = true)]
+    pub sender: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,6 +52,9 @@ pub enum Command {
     /// Tools on local snapshot directories (the layout of `dfx canister snapshot download`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// `dfx canister …` over a local replica kept in --state-dir.
+    #[command(subcommand)]
+    Canister(canister::CanisterCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +105,14 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),
         Command::Snapshot(SnapshotCommand::Upload { dir, base, replace }) => {
             snapshot::run_upload(&dir, base.as_deref(), replace.as_deref())
+        }
+        Command::Canister(command) => {
+            let sender = match cli.sender.as_deref() {
+                Some(text) => candid::Principal::from_text(text)
+                    .map_err(|e| format!("--sender {text:?} is not a principal: {e}"))?,
+                None => canister::default_sender(),
+            };
+            canister::run(&cli.state_dir, sender, command)
         }
     }
 }

@@ -17,7 +17,7 @@ use super::{
 use crate::execution::{MemoryGrowth, check_memory_growth};
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotSource};
-use crate::state::{CanisterState, Cycles, Global};
+use crate::state::{CanisterState, Cycles, ExecutionState, Global};
 
 impl From<SnapshotSource> for WireSnapshotSource {
     fn from(source: SnapshotSource) -> Self {
@@ -235,6 +235,10 @@ impl ManagementCanister<'_> {
             .canisters
             .get_mut(&args.canister_id)
             .ok_or_else(|| canister_not_found(args.canister_id))?;
+        let heap_delta = canister
+            .execution_state
+            .as_ref()
+            .map_or(0, ExecutionState::unsaved_page_bytes);
         let snapshot = CanisterSnapshot::capture(canister, time, args.label)?;
         let result = Snapshot {
             id: snapshot.id().to_bytes(),
@@ -243,7 +247,7 @@ impl ManagementCanister<'_> {
         };
         state.snapshots.commit(snapshot, replace.as_ref());
         charge.apply(canister);
-        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(new_size);
+        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
         if args.uninstall_code == Some(true) {
             uninstall(canister, time, sender);
         }
@@ -301,7 +305,11 @@ impl ManagementCanister<'_> {
             taken_at_timestamp: snapshot.taken_at_timestamp,
             source: snapshot.source.into(),
         };
-        let size = snapshot.total_size();
+        let content = snapshot.content();
+        let heap_delta = content
+            .wasm_memory
+            .resident_bytes()
+            .saturating_add(content.stable_memory.resident_bytes());
         let time = state.time;
         let canister = state
             .canisters
@@ -309,7 +317,7 @@ impl ManagementCanister<'_> {
             .ok_or_else(|| canister_not_found(args.canister_id))?;
         snapshot.restore_into(canister);
         charge.apply(canister);
-        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(size);
+        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
         canister.bump_version();
         canister.record_change(time, from_user(sender), ChangeDetails::LoadSnapshot(record));
         state.snapshots.get_mut(source_id, &snapshot_id)?.seal();

@@ -17,6 +17,8 @@
 //! memory_root       = SHA-256(0x02 ‖ "ic-canister-snapshots/memory/v1" ‖ u64_be(size) ‖ tree)
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
@@ -208,12 +210,12 @@ mod tests {
         let mut map = PageMap::new();
         for (offset, byte) in [(5usize, 1u8), (70_000, 2), (size - 3, 3), (4096 * 17, 4)] {
             flat[offset] = byte;
-            map.write(offset as u64, &[byte]);
+            map.write(offset as u64, &[byte]).unwrap();
         }
         let cached = memory_root(size as u64, &map.tree_hash(MAX_HEIGHT));
         assert_eq!(cached, memory_root_from_bytes(&flat));
         // A page written with zeros hashes like a page never written.
-        map.write(200 * PAGE_SIZE as u64, &[0; 10]);
+        map.write(200 * PAGE_SIZE as u64, &[0; 10]).unwrap();
         assert_eq!(memory_root(size as u64, &map.tree_hash(MAX_HEIGHT)), cached);
     }
 
@@ -228,14 +230,14 @@ mod tests {
     #[test]
     fn cache_is_invalidated_by_writes_to_shared_and_unique_pages() {
         let mut map = PageMap::new();
-        map.fill(0, 40 * PAGE_SIZE as u64, 9);
+        map.fill(0, 40 * PAGE_SIZE as u64, 9).unwrap();
         let before = map.tree_hash(MAX_HEIGHT);
         let snapshot = map.clone();
-        map.write(3, &[1]);
+        map.write(3, &[1]).unwrap();
         let after = map.tree_hash(MAX_HEIGHT);
         assert_ne!(before, after);
         assert_eq!(snapshot.tree_hash(MAX_HEIGHT), before);
-        map.write(3, &[9]);
+        map.write(3, &[9]).unwrap();
         assert_eq!(map.tree_hash(MAX_HEIGHT), before);
     }
 

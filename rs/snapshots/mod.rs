@@ -306,6 +306,13 @@ impl CanisterSnapshot {
         &self.content
     }
 
+    /// Lets the state manager serve the memories' pages from a checkpoint's page files instead
+    /// of the heap. `rebase` must change no byte, so the memoised checksum stays valid.
+    pub fn rebase_memories(&mut self, mut rebase: impl FnMut(&mut Memory)) {
+        rebase(&mut self.content.wasm_memory);
+        rebase(&mut self.content.stable_memory);
+    }
+
     /// What an upload has written so far, while the snapshot still accepts data.
     pub fn upload(&self) -> Option<&UploadState> {
         self.upload.as_ref()
@@ -615,6 +622,12 @@ impl SnapshotStore {
         let id = snapshot.id.clone();
         self.commit(snapshot, replace);
         Ok(id)
+    }
+
+    /// Puts back a snapshot read from storage, whatever the quota is now (it held when the
+    /// snapshot was stored).
+    pub fn restore(&mut self, snapshot: CanisterSnapshot) {
+        self.snapshots.insert(snapshot.id.clone(), snapshot);
     }
 
     pub fn delete(

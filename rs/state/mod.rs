@@ -288,6 +288,15 @@ pub struct ExecutionState {
 }
 
 impl ExecutionState {
+    /// Bytes of memory pages not yet in a checkpoint (held in the heap, not mapped from a
+    /// checkpoint file): the heap delta that taking or loading a snapshot of these memories
+    /// costs, as the replica counts it. O(those pages).
+    pub fn unsaved_page_bytes(&self) -> u64 {
+        self.wasm_memory
+            .resident_bytes()
+            .saturating_add(self.stable_memory.resident_bytes())
+    }
+
     /// Bytes of module, memories and globals, as they count toward the canister's memory.
     pub fn memory_usage(&self) -> u64 {
         [
@@ -360,6 +369,20 @@ impl CanisterHistory {
 
     pub fn total_num_changes(&self) -> u64 {
         self.total_num_changes
+    }
+
+    /// A history read back from storage: the kept `changes` (oldest first, at most
+    /// [`MAX_CANISTER_HISTORY_CHANGES`]) and the count of all changes ever made.
+    pub fn from_parts(changes: Vec<Change>, total_num_changes: u64) -> Self {
+        let mut changes = VecDeque::from(changes);
+        while changes.len() > MAX_CANISTER_HISTORY_CHANGES {
+            changes.pop_front();
+        }
+        let total_num_changes = total_num_changes.max(changes.len() as u64);
+        CanisterHistory {
+            changes,
+            total_num_changes,
+        }
     }
 }
 

@@ -23,7 +23,11 @@ use crate::progress::progress_bar;
 use crate::snapshots::SnapshotRegion;
 
 /// The progress file of a download, in the directory it downloads into.
-const DOWNLOAD_PROGRESS: &str = ".download_progress.json";
+pub const DOWNLOAD_PROGRESS: &str = ".download_progress.json";
+
+/// The lock file a command-line transfer holds in its directory while it works (as icp-cli
+/// does): ours, so a download into a directory holding only it is a download into an empty one.
+pub const TRANSFER_LOCK: &str = ".transfer.lock";
 
 /// What a directory holds before a download starts (one without a progress file).
 enum Contents {
@@ -50,7 +54,7 @@ fn directory_contents(snapshot_dir: &SnapshotDir) -> Result<Contents, TransferEr
     }
     names.sort();
     let interrupted_start = dir::part_path(Path::new(DOWNLOAD_PROGRESS));
-    names.retain(|name| Path::new(name) != interrupted_start);
+    names.retain(|name| Path::new(name) != interrupted_start && name != TRANSFER_LOCK);
     if dir::plain_file_len(&snapshot_dir.metadata_path())?.is_some() {
         return Ok(Contents::CompleteSnapshot);
     }

@@ -42,9 +42,9 @@ pub use dir::{
     MAX_METADATA_JSON_BYTES, MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS,
     SnapshotDir, changed_page_runs, chunk_hashes, for_each_block,
 };
-pub use download::download_canister_snapshot;
+pub use download::{DOWNLOAD_PROGRESS, TRANSFER_LOCK, download_canister_snapshot};
 pub use tools::{DiffReport, PageRanges, RegionDiff, diff, inspect, nonzero_page_ranges, unhex};
-pub use upload::upload_canister_snapshot;
+pub use upload::{UPLOAD_PROGRESS, upload_canister_snapshot};
 
 /// Slices are whole pages: 488 pages = 1,998,848 bytes, the most that fits in
 /// [`MAX_SLICE_BYTES`]. Page-aligned slices let an upload skip unchanged pages exactly.

@@ -231,7 +231,8 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport, TransferError> {
 
 /// Parses lower- or upper-case hex.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // `from_str_radix` alone would take a sign ("+f").
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

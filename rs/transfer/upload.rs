@@ -36,6 +36,9 @@ fn upload_kind(region: SnapshotRegion, offset: u64) -> SnapshotDataOffset {
     }
 }
 
+/// Where an upload records how far it got (`spec/transfer.md`).
+pub const UPLOAD_PROGRESS: &str = ".upload_progress.json";
+
 /// Uploads the snapshot in `dir` as a new snapshot of `canister_id`, sending only the pages that
 /// differ from `base` if given, resuming an interrupted upload of the same directory, and checks
 /// that the replica's checksum of the result equals the directory's.
@@ -97,7 +100,7 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         None => None,
     };
 
-    let progress_path = dir.join(".upload_progress.json");
+    let progress_path = dir.join(UPLOAD_PROGRESS);
     let mut progress = match Progress::load(&progress_path)? {
         Some(p) => {
             let id =
