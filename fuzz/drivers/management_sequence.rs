@@ -147,7 +147,7 @@ pub fn sequences() -> Vec<(&'static str, Sequence)> {
         (
             // Upload a snapshot whose globals do not match the module (none, where the test
             // canister exports two), load it, then set a global.
-            "known-bug-upload-mismatched-globals-load-set-global",
+            "upload-mismatched-globals-load-set-global",
             Sequence {
                 messages: vec![
                     m(

@@ -181,6 +181,14 @@ fn build() -> Pristine {
     }
 }
 
+/// Methods that charge before their last check and keep the charge when it fails, as the
+/// replica does (`spec/management.md`, "read and upload"): a refusal may take cycles from a
+/// canister, and change nothing else.
+pub const CHARGED_WHEN_REFUSED: &[&str] = &[
+    "read_canister_snapshot_data",
+    "upload_canister_snapshot_data",
+];
+
 /// `FUZZ_TRACE=1` prints every message's outcome, to see what an input reaches.
 fn tracing() -> bool {
     static TRACE: OnceLock<bool> = OnceLock::new();
@@ -215,7 +223,8 @@ impl Replica {
     /// `ARCHITECTURE.md`: when the message is refused, the state hash equals that of a twin
     /// that executed an empty round instead (the round counter and heap-delta drain still
     /// advance, the message leaves no trace), as `assert_refused_without_effect` in
-    /// `tests/common` checks for the integration tests.
+    /// `tests/common` checks for the integration tests; the [`CHARGED_WHEN_REFUSED`] methods
+    /// may also have taken cycles.
     pub fn deliver(
         &mut self,
         sender: Principal,
@@ -253,6 +262,17 @@ impl Replica {
                 ingress: Vec::new(),
             };
             self.execution.execute_round(&mut twin, empty);
+            if CHARGED_WHEN_REFUSED.contains(&method) {
+                // The one trace these may leave: cycles taken (`spec/management.md`).
+                for (id, canister) in &mut twin.canisters {
+                    let actual = self.state.canisters.get(id).map_or(0, |c| c.cycles);
+                    assert!(
+                        actual <= canister.cycles,
+                        "the refused {method} gave {id} cycles: {err}"
+                    );
+                    canister.cycles = actual;
+                }
+            }
             assert_eq!(
                 self.state.state_hash(),
                 twin.state_hash(),

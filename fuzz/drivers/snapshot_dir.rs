@@ -292,7 +292,7 @@ pub fn dirs() -> Vec<(&'static str, Dir)> {
         ("valid-one-page-each", valid([1, 1, 0, 0], b"certified")),
         ("valid-empty-memories-two-globals", valid([0, 0, 0, 0], b"")),
         (
-            "known-bug-valid-no-globals-upload-load-set-global",
+            "valid-no-globals-upload-load-set-global",
             valid([1, 0, 1, 0], b""),
         ),
         ("valid-mixed-globals-timer", valid([2, 1, 4, 4], b"")),
