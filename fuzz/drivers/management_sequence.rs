@@ -171,7 +171,7 @@ pub fn sequences() -> Vec<(&'static str, Sequence)> {
                         CONTROLLER,
                         "upload_canister_snapshot_metadata",
                         0,
-                        Args::new([CANISTER, 0, 0, 8], [0, 5], b""),
+                        Args::new([CANISTER, 0, 0, 12], [0, 5], b""),
                     ),
                     upload_module(4),
                     m(

@@ -398,7 +398,7 @@ pub fn uploads() -> Vec<(&'static str, Upload)> {
         (
             "data-before-and-after-a-load",
             Upload {
-                metadata: Args::new([0, 0, 0, 0b0000_1000], [0, 1], b""),
+                metadata: Args::new([0, 0, 0, 0b0000_1100], [0, 1], b""),
                 steps: vec![
                     Step::Load,
                     data(1, 0, 100, b"x"),
