@@ -256,8 +256,8 @@ pub fn check(dir: &Dir) {
                 }
             }
         }
-        Err(TransferError::ChecksumMismatch { what, .. }) if dir.checksum_json.is_none() => {
-            panic!("a directory that verifies uploaded to a snapshot with another checksum: {what}")
+        Err(err @ TransferError::ChecksumMismatch { .. }) if dir.checksum_json.is_none() => {
+            panic!("a directory that verifies uploaded to a snapshot with another checksum: {err}")
         }
         Err(_) => {}
     }
@@ -284,6 +284,9 @@ pub fn dirs() -> Vec<(&'static str, Dir)> {
     truncated.regions[1].size = Some(65_535);
     let mut corrupted_chunk = valid([0, 0, 0, 8], b"");
     corrupted_chunk.chunks.push(vec![]);
+    // Found by libFuzzer: the same chunk listed twice in metadata.json.
+    let mut duplicate_chunk = valid([0, 0, 0, 0], b"");
+    duplicate_chunk.chunks = vec![b"twice".to_vec(), b"twice".to_vec()];
     let mut with_checksum = valid([1, 0, 0, 0], b"");
     with_checksum.checksum_json = Some(
         br#"{"checksum":"00","canister_id":"aaaaa-aa","snapshot_id":"00","label":null}"#.to_vec(),
@@ -303,6 +306,10 @@ pub fn dirs() -> Vec<(&'static str, Dir)> {
         ("memory-not-page-multiple", valid([0, 0, 0, 2], b"")),
         ("no-source", valid([0, 0, 0, 0x10], b"")),
         ("with-checksum-json", with_checksum),
+        (
+            "known-bug-duplicate-chunk-hash-verifies-but-uploads-with-another-checksum",
+            duplicate_chunk,
+        ),
         (
             "raw-metadata",
             Dir {
