@@ -307,7 +307,7 @@ pub fn dirs() -> Vec<(&'static str, Dir)> {
         ("no-source", valid([0, 0, 0, 0x10], b"")),
         ("with-checksum-json", with_checksum),
         (
-            "known-bug-duplicate-chunk-hash-verifies-but-uploads-with-another-checksum",
+            "duplicate-chunk-hash-uploads-with-the-same-checksum",
             duplicate_chunk,
         ),
         (
