@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use candid::{Decode, Encode, Principal};
-use canister_snapshots::transfer::{SnapshotDir, TransferError, TransferOptions, UploadBase};
+use canister_snapshots::transfer::{
+    Edits, SnapshotDir, TransferError, TransferOptions, UploadBase,
+};
 use canister_snapshots::{StateMachine, TEST_CANISTER_WASM};
 use ic_error_types::ErrorCode;
 use serde_bytes::ByteBuf;
@@ -358,13 +360,20 @@ fn corrupted_directories_are_refused_with_the_problem_named() {
         .unwrap();
     let snapshot_dir = SnapshotDir::new(dir);
 
-    // Edited bytes: caught by the recorded checksum.
+    // Edited bytes: caught by the recorded checksum (uploaded as edits, or refused if strict).
     let mut heap = std::fs::read(dir.join("wasm_memory.bin")).unwrap();
     heap[100] ^= 1;
     std::fs::write(dir.join("wasm_memory.bin"), &heap).unwrap();
-    let err = sm.upload_canister_snapshot(canister, Some(user()), dir, Some(snapshot.id.clone()));
+    let err = sm.upload_canister_snapshot_with(
+        canister,
+        Some(user()),
+        dir,
+        Some(snapshot.id.clone()),
+        None,
+        &strict(),
+    );
     assert!(
-        matches!(err, Err(TransferError::ChecksumMismatch { .. })),
+        matches!(err, Err(TransferError::EditedSinceDownload { .. })),
         "{err:?}"
     );
     let recorded = snapshot_dir.read_checksum_record().unwrap().unwrap();
@@ -776,4 +785,244 @@ mod methods {
             .unwrap();
         assert_eq!(read(&mut sm, canister, "read_heap", 65535, 1), vec![0]);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edited directories upload (issue 10, item 9)
+// ---------------------------------------------------------------------------------------------
+
+/// A snapshot of a canister with data, downloaded into `dir`.
+fn downloaded_into(sm: &mut StateMachine, dir: &Path) -> (Principal, Vec<u8>) {
+    let canister = canister_with_data(sm, 3 * MIB, 3 * MIB);
+    let id = sm
+        .take_canister_snapshot(canister, Some(user()), None)
+        .unwrap()
+        .id;
+    sm.download_canister_snapshot(canister, Some(user()), id.clone(), dir)
+        .unwrap();
+    (canister, id)
+}
+
+fn edit_stable(dir: &Path, offset: usize, bytes: &[u8]) {
+    let mut stable = std::fs::read(dir.join("stable_memory.bin")).unwrap();
+    stable[offset..offset + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(dir.join("stable_memory.bin"), &stable).unwrap();
+}
+
+fn strict() -> TransferOptions {
+    TransferOptions {
+        strict: true,
+        ..TransferOptions::default()
+    }
+}
+
+/// Today's main refused an edited `stable_memory.bin` until `checksum.json` was deleted by
+/// hand. Now the edit is uploaded as it is on disk and the report names the edited file; the
+/// replica's checksum is the checksum of the bytes read from disk.
+#[test]
+fn an_edited_directory_uploads_and_the_report_names_the_edited_files() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    edit_stable(tmp.path(), 2 * MIB as usize, b"repaired");
+
+    let report = sm
+        .upload_canister_snapshot_with(
+            canister,
+            Some(user()),
+            tmp.path(),
+            None,
+            None,
+            &TransferOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(report.edits, Edits::Files(vec!["stable_memory.bin".into()]));
+    assert!(tmp.path().join("checksum.json").exists(), "nothing deleted");
+    assert_eq!(
+        report.checksum,
+        SnapshotDir::new(tmp.path()).compute_checksum().unwrap()
+    );
+    sm.load_canister_snapshot(canister, Some(user()), report.snapshot_id)
+        .unwrap();
+    assert_eq!(
+        read(&mut sm, canister, "read_stable", 2 * MIB, 8),
+        b"repaired"
+    );
+}
+
+/// Every kind of file is named: memories, module, metadata (a timer the snapshot checksum
+/// leaves out) and a chunk added to the listing.
+#[test]
+fn the_edits_name_every_kind_of_file() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    downloaded_into(&mut sm, tmp.path());
+    let dir = SnapshotDir::new(tmp.path());
+    let record = dir.read_checksum_record().unwrap();
+    assert_eq!(
+        dir.digest().unwrap().edits_since(record.as_ref()),
+        Edits::Unchanged
+    );
+    let mut heap = std::fs::read(tmp.path().join("wasm_memory.bin")).unwrap();
+    heap[7] ^= 1;
+    std::fs::write(tmp.path().join("wasm_memory.bin"), &heap).unwrap();
+    let mut module = std::fs::read(tmp.path().join("wasm_module.bin")).unwrap();
+    *module.last_mut().unwrap() ^= 1;
+    std::fs::write(tmp.path().join("wasm_module.bin"), &module).unwrap();
+    let chunk = b"a chunk".to_vec();
+    let hash = canister_snapshots::memory::checksum::sha256(&chunk);
+    std::fs::write(dir.chunk_path(&hash), &chunk).unwrap();
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.metadata_path()).unwrap()).unwrap();
+    metadata["wasm_chunk_store"] = serde_json::json!([{ "hash": hash.to_vec() }]);
+    metadata["global_timer"] = serde_json::json!({ "active": 42 });
+    std::fs::write(dir.metadata_path(), metadata.to_string()).unwrap();
+    let hash_hex = canister_snapshots::memory::checksum::hex(&hash);
+    assert_eq!(
+        dir.digest().unwrap().edits_since(record.as_ref()),
+        Edits::Files(vec![
+            "metadata.json".into(),
+            "wasm_module.bin".into(),
+            "wasm_memory.bin".into(),
+            format!("wasm_chunk_store/{hash_hex}.bin"),
+        ])
+    );
+}
+
+/// `strict` refuses an edited directory, naming the files, before a message is sent; it
+/// accepts the directory as downloaded.
+#[test]
+fn a_strict_upload_refuses_an_edited_directory_naming_the_files() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    edit_stable(tmp.path(), 5, b"edit");
+    let (hash, round) = (sm.state().state_hash(), sm.state().round);
+    let err = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &strict())
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransferError::EditedSinceDownload { files, .. } if files == "stable_memory.bin"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("--strict"),
+        "says what to do: {err}"
+    );
+    assert_eq!((sm.state().state_hash(), sm.state().round), (hash, round));
+
+    edit_stable(tmp.path(), 5, &[0xAA; 4]);
+    let report = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &strict())
+        .unwrap();
+    assert_eq!(report.edits, Edits::Unchanged);
+}
+
+/// A `checksum.json` written before per-file hashes still works: an unedited directory is
+/// unchanged, an edited one "changed, files unknown", uploaded, or refused when strict.
+#[test]
+fn a_checksum_record_without_file_hashes_still_works() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    let dir = SnapshotDir::new(tmp.path());
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.checksum_path()).unwrap()).unwrap();
+    assert!(record["files"].is_object(), "written by the download");
+    record.as_object_mut().unwrap().remove("files");
+    std::fs::write(dir.checksum_path(), record.to_string()).unwrap();
+    let old = dir.read_checksum_record().unwrap();
+    assert_eq!(old.as_ref().unwrap().files, None);
+    assert_eq!(
+        dir.digest().unwrap().edits_since(old.as_ref()),
+        Edits::Unchanged
+    );
+
+    edit_stable(tmp.path(), 5, b"edit");
+    let err = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &strict())
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransferError::EditedSinceDownload { files, .. } if files.contains("unknown")),
+        "{err}"
+    );
+    let report = sm
+        .upload_canister_snapshot_with(
+            canister,
+            Some(user()),
+            tmp.path(),
+            None,
+            None,
+            &TransferOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(report.edits, Edits::FilesUnknown);
+}
+
+/// A resumed upload belongs to its canister, its base, the snapshot it replaces and the
+/// directory as it was when it started: a resume against anything else is refused, with the
+/// progress file and the replica left as they were, and the right resume still completes.
+#[test]
+fn a_resumed_upload_refuses_another_canister_or_an_edited_directory() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    let other = canister_with_data(&mut sm, MIB, 0);
+    let stop = TransferOptions {
+        stop_after_bytes: Some(MIB),
+        ..TransferOptions::default()
+    };
+    let err = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &stop)
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Interrupted { .. }), "{err}");
+    let progress_path = tmp.path().join(".upload_progress.json");
+    let progress = std::fs::read(&progress_path).unwrap();
+    let state = sm.state().state_hash();
+    let refused = |sm: &mut StateMachine, canister, replace: Option<Vec<u8>>, needle: &str| {
+        let err = sm
+            .upload_canister_snapshot_with(
+                canister,
+                Some(user()),
+                tmp.path(),
+                replace,
+                None,
+                &TransferOptions::default(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, TransferError::Resume { .. }) && err.to_string().contains(needle),
+            "{needle}: {err}"
+        );
+        assert!(err.to_string().contains("start over"), "{err}");
+        assert_eq!(std::fs::read(&progress_path).unwrap(), progress);
+        assert_eq!(sm.state().state_hash(), state);
+    };
+    refused(&mut sm, other, None, &format!("not {other}"));
+    refused(
+        &mut sm,
+        canister,
+        Some(vec![1; 16]),
+        "replacing snapshot none",
+    );
+    edit_stable(tmp.path(), 5, b"late edit");
+    refused(
+        &mut sm,
+        canister,
+        None,
+        "changed since this upload started (stable_memory.bin)",
+    );
+    edit_stable(tmp.path(), 5, &[0xAA; 9]);
+    let report = sm
+        .upload_canister_snapshot_with(
+            canister,
+            Some(user()),
+            tmp.path(),
+            None,
+            None,
+            &TransferOptions::default(),
+        )
+        .unwrap();
+    sm.load_canister_snapshot(canister, Some(user()), report.snapshot_id)
+        .unwrap();
 }

@@ -417,9 +417,9 @@ fn transfer_into(
         elapsed.as_secs_f64(),
         throughput(size, elapsed)
     );
-    // Repair one record offline: copy the directory, edit stable memory.
+    // Repair one record offline: copy the directory, edit stable memory. Nothing is deleted:
+    // the upload compares the files with checksum.json and reports the edit.
     copy_dir(&base, &repaired).map_err(|e| format!("copying the download: {e}"))?;
-    std::fs::remove_file(repaired.join("checksum.json")).map_err(|e| e.to_string())?;
     let stable_path = repaired.join("stable_memory.bin");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -459,6 +459,10 @@ fn transfer_into(
         human_bytes(report.bytes_sent),
         report.messages,
         upload_time.as_secs_f64() * 1e3
+    );
+    println!(
+        "   the upload compared the files with checksum.json: {}",
+        report.edits
     );
     match &report.replaced {
         crate::transfer::Replaced::DeletedAfterVerification(old) => println!(

@@ -14,7 +14,8 @@ use ic_management_canister_types::{
 
 use super::progress::{Budget, Progress, Step, checkpoint};
 use super::{
-    ChecksumRecord, REGIONS, SLICE_BYTES, SnapshotDir, TransferError, TransferOptions, dir,
+    ChecksumRecord, DirectoryDigest, REGIONS, SLICE_BYTES, SnapshotDir, TransferError,
+    TransferOptions, dir,
 };
 use crate::client::ManagementClient;
 use crate::management::types::SnapshotMetadata;
@@ -252,20 +253,30 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
     }
 
     snapshot_dir.write_metadata(&metadata)?;
+    // The files as written, hashed once: the checksum to verify, and each file's hash for
+    // `checksum.json`, which an upload compares against to say what was edited.
+    let digest = snapshot_dir.digest();
+    let verified = |digest: &DirectoryDigest| digest.checksum.as_slice() == extended.checksum;
     let record = ChecksumRecord {
         checksum: hex(&extended.checksum),
         canister_id: canister_id.to_text(),
         snapshot_id: hex(&snapshot_id),
         label: extended.label.clone(),
+        // Per-file hashes only of files that are the snapshot's.
+        files: digest
+            .as_ref()
+            .ok()
+            .filter(|digest| verified(digest))
+            .map(|digest| digest.files.clone()),
     };
     snapshot_dir.write_checksum_record(&record)?;
     fs::remove_file(&progress_path).map_err(|e| TransferError::io(&progress_path, e))?;
-    let computed = snapshot_dir.compute_checksum()?;
-    if computed.as_slice() != extended.checksum.as_slice() {
+    let digest = digest?;
+    if !verified(&digest) {
         return Err(TransferError::ChecksumMismatch {
             what: format!("the download in {}", dir.display()),
             expected: record.checksum,
-            actual: hex(&computed),
+            actual: hex(&digest.checksum),
         });
     }
     Ok(())

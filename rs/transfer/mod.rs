@@ -27,9 +27,10 @@ use crate::memory::PAGE_SIZE;
 use crate::memory::checksum::Hash;
 
 pub use dir::{
-    ChecksumRecord, EXACT_FLOAT_GLOBALS, MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES,
-    MAX_METADATA_JSON_BYTES, MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS,
-    SnapshotDir, changed_page_runs, chunk_hashes, for_each_block,
+    ChecksumRecord, DirectoryDigest, EXACT_FLOAT_GLOBALS, Edits, FileHashes,
+    MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES, MAX_METADATA_JSON_BYTES,
+    MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS, SnapshotDir, changed_page_runs,
+    chunk_hashes, for_each_block,
 };
 pub use download::download_canister_snapshot;
 pub use tools::{DiffReport, PageRanges, RegionDiff, diff, inspect, nonzero_page_ranges, unhex};
@@ -117,6 +118,11 @@ pub enum TransferError {
         replaced: String,
         reject: RejectResponse,
     },
+    #[error(
+        "{path} changed since its download ({files}) and the upload is strict: upload without \
+         strict (`--strict`) to send the edits, or restore the files"
+    )]
+    EditedSinceDownload { path: PathBuf, files: String },
     #[error("cannot resume from {path}: {reason}; delete it to start over")]
     Resume { path: PathBuf, reason: String },
     #[error("the transfer stopped after {bytes} bytes as asked; run it again to resume")]
@@ -146,6 +152,9 @@ pub struct TransferOptions {
     /// `metadata.json`, `checksum.json` and region files). Never lets it write into a directory
     /// holding anything else.
     pub force: bool,
+    /// Refuse to upload a directory whose files changed since its download (by its
+    /// `checksum.json`) instead of uploading the edits and reporting them (`--strict`).
+    pub strict: bool,
 }
 
 /// What an upload did to the snapshot it supersedes (`replace_snapshot`).
@@ -171,6 +180,9 @@ pub struct UploadReport {
     pub messages: u64,
     pub checksum: Hash,
     pub replaced: Replaced,
+    /// Which files changed since the directory was downloaded (by its `checksum.json`): what
+    /// this upload carried that the downloaded snapshot did not.
+    pub edits: Edits,
 }
 
 /// The snapshot an incremental upload starts from: on the replica, and its download on disk.

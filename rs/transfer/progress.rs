@@ -30,6 +30,20 @@ pub(super) struct Progress {
     /// started (the quota was full and the caller named it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_at_start: Option<String>,
+    /// Upload only: the canister (text) the upload goes into. A resume into another canister is
+    /// refused. Absent in progress files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canister_id: Option<String>,
+    /// Upload only: hex id of the base snapshot of an incremental upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_snapshot: Option<String>,
+    /// Upload only: the directory's snapshot checksum when the upload started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_checksum: Option<String>,
+    /// Upload only: the hash of each file when the upload started, so that a resume of an
+    /// edited directory is refused naming the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_files: Option<super::FileHashes>,
 }
 
 impl Progress {
