@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use candid::{Decode, Encode, Principal};
+use canister_snapshots::client::ManagementClient;
 use canister_snapshots::transfer::{
     Edits, SnapshotDir, TransferError, TransferOptions, UploadBase,
 };
-use canister_snapshots::{StateMachine, TEST_CANISTER_WASM};
+use canister_snapshots::{RejectResponse, StateMachine, TEST_CANISTER_WASM};
 use ic_error_types::ErrorCode;
 use serde_bytes::ByteBuf;
 
@@ -84,6 +85,33 @@ fn live_root(sm: &StateMachine, canister: Principal) -> ([u8; 32], [u8; 32]) {
         .as_ref()
         .unwrap();
     (e.wasm_memory.root_hash(), e.stable_memory.root_hash())
+}
+
+/// A client that counts the calls it passes on to the harness.
+struct CountingClient<'a> {
+    sm: &'a mut StateMachine,
+    calls: u64,
+}
+
+impl ManagementClient for CountingClient<'_> {
+    fn update_call(
+        &mut self,
+        sender: Principal,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, RejectResponse> {
+        self.calls += 1;
+        ManagementClient::update_call(self.sm, sender, method, payload)
+    }
+
+    fn update_calls(
+        &mut self,
+        sender: Principal,
+        calls: Vec<(&str, Vec<u8>)>,
+    ) -> Vec<Result<Vec<u8>, RejectResponse>> {
+        self.calls += calls.len() as u64;
+        ManagementClient::update_calls(self.sm, sender, calls)
+    }
 }
 
 fn sm_with_quota(n: usize) -> StateMachine {
@@ -305,9 +333,21 @@ fn interrupted_download_and_upload_resume_without_restarting() {
     );
     assert!(tmp.path().join("wasm_memory.bin.part").exists());
     let round_before = sm.state().round;
-    sm.download_canister_snapshot(canister, Some(user()), snapshot.id.clone(), tmp.path())
-        .unwrap();
-    let reads = sm.state().round - round_before;
+    let mut counting = CountingClient {
+        sm: &mut sm,
+        calls: 0,
+    };
+    canister_snapshots::transfer::download_canister_snapshot(
+        &mut counting,
+        canister,
+        user(),
+        snapshot.id.clone(),
+        tmp.path(),
+        &TransferOptions::default(),
+    )
+    .unwrap();
+    let reads = counting.calls;
+    let rounds = sm.state().round - round_before;
     // The interruption came after the 8-byte module and two heap slices (8 + 1 slice < 2 MiB
     // ≤ 8 + 2 slices), all durable; the resume reads the metadata once, then only the rest of
     // the heap (the stable memory is empty), never a slice already on disk.
@@ -315,6 +355,8 @@ fn interrupted_download_and_upload_resume_without_restarting() {
     let resumed_slices = (6 * MIB - 2 * slice).div_ceil(slice);
     assert_eq!(resumed_slices, 2);
     assert_eq!(reads, 1 + resumed_slices, "resumed, {reads} calls");
+    // Both slices are read in one round (3 in flight by default).
+    assert_eq!(rounds, 2, "the metadata, then one round for both slices");
     // A second download into the same directory is refused.
     let again = sm
         .download_canister_snapshot(canister, Some(user()), snapshot.id.clone(), tmp.path())
@@ -1025,4 +1067,155 @@ fn a_resumed_upload_refuses_another_canister_or_an_edited_directory() {
         .unwrap();
     sm.load_canister_snapshot(canister, Some(user()), report.snapshot_id)
         .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fewer copies, same wire bytes (issue 11)
+// ---------------------------------------------------------------------------------------------
+
+/// `read_canister_snapshot_data` encodes its reply straight from the pages: it must be byte
+/// for byte what Candid writes for `ReadCanisterSnapshotDataResult`, for every region, length
+/// (LEB128 lengths of 1 to 3 bytes, the empty slice, unaligned offsets) and for a chunk; and
+/// the borrowed decoding the client uses must see the same bytes as the owned one.
+#[test]
+fn read_replies_are_candid_s_own_bytes() {
+    use canister_snapshots::management::types::ReadCanisterSnapshotDataResultRef;
+    use canister_snapshots::snapshots::SnapshotRegion;
+    use ic_management_canister_types::{
+        ReadCanisterSnapshotDataArgs, ReadCanisterSnapshotDataResult, SnapshotDataKind,
+    };
+    // An uploaded snapshot with a chunk: a download with a chunk added to its listing.
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    let dir = SnapshotDir::new(tmp.path());
+    let chunk = b"a chunk in the store".to_vec();
+    let hash = canister_snapshots::memory::checksum::sha256(&chunk);
+    std::fs::write(dir.chunk_path(&hash), &chunk).unwrap();
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.metadata_path()).unwrap()).unwrap();
+    metadata["wasm_chunk_store"] = serde_json::json!([{ "hash": hash.to_vec() }]);
+    std::fs::write(dir.metadata_path(), metadata.to_string()).unwrap();
+    let id = sm
+        .upload_canister_snapshot(canister, Some(user()), tmp.path(), None)
+        .unwrap();
+    let hash = hash.to_vec();
+    let slice = canister_snapshots::transfer::SLICE_BYTES;
+    let kinds = [
+        SnapshotDataKind::WasmModule { offset: 0, size: 8 },
+        SnapshotDataKind::WasmModule { offset: 3, size: 0 },
+        SnapshotDataKind::WasmMemory {
+            offset: 0,
+            size: 127,
+        },
+        SnapshotDataKind::WasmMemory {
+            offset: 4000,
+            size: 128,
+        },
+        SnapshotDataKind::WasmMemory {
+            offset: 4095,
+            size: 16_384,
+        },
+        SnapshotDataKind::WasmMemory {
+            offset: MIB + 1,
+            size: slice,
+        },
+        SnapshotDataKind::WasmMemory {
+            offset: 0,
+            size: 2_000_000,
+        },
+        SnapshotDataKind::StableMemory {
+            offset: 0,
+            size: 70_000,
+        },
+        SnapshotDataKind::WasmChunk { hash },
+    ];
+    for kind in kinds {
+        let args = ReadCanisterSnapshotDataArgs {
+            canister_id: canister,
+            snapshot_id: id.clone(),
+            kind: kind.clone(),
+        };
+        let reply = ManagementClient::update_call(
+            &mut sm,
+            user(),
+            "read_canister_snapshot_data",
+            Encode!(&args).unwrap(),
+        )
+        .unwrap();
+        let owned = Decode!(&reply, ReadCanisterSnapshotDataResult).unwrap();
+        assert_eq!(
+            reply,
+            Encode!(&owned).unwrap(),
+            "{kind:?}: the reply is Candid's encoding of its content"
+        );
+        let borrowed: ReadCanisterSnapshotDataResultRef<'_> = candid::decode_one(&reply).unwrap();
+        assert_eq!(borrowed.chunk.as_ref(), owned.chunk.as_slice(), "{kind:?}");
+    }
+    let heap = std::fs::read(dir.region_path(SnapshotRegion::WasmMemory)).unwrap();
+    let args = ReadCanisterSnapshotDataArgs {
+        canister_id: canister,
+        snapshot_id: id,
+        kind: SnapshotDataKind::WasmMemory {
+            offset: 4095,
+            size: 16_384,
+        },
+    };
+    let (data,): (ReadCanisterSnapshotDataResult,) = sm
+        .management(Some(user()), "read_canister_snapshot_data", (args,))
+        .unwrap();
+    assert_eq!(
+        data.chunk,
+        heap[4095..4095 + 16_384],
+        "the bytes are the memory's"
+    );
+}
+
+/// The client encodes upload slices from its buffer (`UploadCanisterSnapshotDataArgsRef`): the
+/// same bytes as the owned crate type and as `ic-management-canister-types`' type, which the
+/// replica decodes borrowed.
+#[test]
+fn borrowed_upload_arguments_encode_to_the_same_bytes() {
+    use canister_snapshots::management::types::{
+        UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotDataArgsRef,
+    };
+    use ic_management_canister_types::SnapshotDataOffset;
+    let canister = Principal::from_slice(&[7; 10]);
+    let snapshot_id = vec![9u8; 18];
+    for (kind, len) in [
+        (SnapshotDataOffset::WasmModule { offset: 0 }, 0usize),
+        (SnapshotDataOffset::WasmMemory { offset: 4096 }, 127),
+        (SnapshotDataOffset::StableMemory { offset: 1 << 40 }, 128),
+        (SnapshotDataOffset::WasmMemory { offset: 0 }, 1_998_848),
+        (SnapshotDataOffset::WasmChunk, 1 << 20),
+    ] {
+        let chunk: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let borrowed = Encode!(&UploadCanisterSnapshotDataArgsRef {
+            canister_id: canister,
+            snapshot_id: serde_bytes::Bytes::new(&snapshot_id),
+            kind: kind.clone(),
+            chunk: serde_bytes::Bytes::new(&chunk),
+        })
+        .unwrap();
+        let owned = Encode!(&UploadCanisterSnapshotDataArgs {
+            canister_id: canister,
+            snapshot_id: snapshot_id.clone(),
+            kind: kind.clone(),
+            chunk: chunk.clone(),
+        })
+        .unwrap();
+        let official = Encode!(
+            &ic_management_canister_types::UploadCanisterSnapshotDataArgs {
+                canister_id: canister,
+                snapshot_id: snapshot_id.clone(),
+                kind: kind.clone(),
+                chunk: chunk.clone(),
+            }
+        )
+        .unwrap();
+        assert_eq!(borrowed, owned, "{kind:?} {len}");
+        assert_eq!(borrowed, official, "{kind:?} {len}");
+        let decoded: UploadCanisterSnapshotDataArgsRef<'_> = candid::decode_one(&official).unwrap();
+        assert_eq!(decoded.chunk.as_ref(), chunk.as_slice());
+    }
 }

@@ -12,13 +12,13 @@ use ic_management_canister_types::{
     ReadCanisterSnapshotMetadataResult, SnapshotDataKind,
 };
 
-use super::progress::{Budget, Progress, Step, checkpoint};
+use super::progress::{Budget, Progress, Step, checkpoint, next_batch};
 use super::{
     ChecksumRecord, DirectoryDigest, REGIONS, SLICE_BYTES, SnapshotDir, TransferError,
     TransferOptions, dir,
 };
-use crate::client::ManagementClient;
-use crate::management::types::SnapshotMetadata;
+use crate::client::{ManagementClient, decode_reply_one};
+use crate::management::types::{ReadCanisterSnapshotDataResultRef, SnapshotMetadata};
 use crate::memory::checksum::hex;
 use crate::progress::progress_bar;
 use crate::snapshots::SnapshotRegion;
@@ -193,39 +193,52 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
         bar.set_position(offset);
         let mut slices = 0u64;
         while offset < size {
-            let len = SLICE_BYTES.min(size - offset);
-            let args = ReadCanisterSnapshotDataArgs {
-                canister_id,
-                snapshot_id: snapshot_id.clone(),
-                kind: read_kind(region, offset, len),
-            };
-            let (data,): (ReadCanisterSnapshotDataResult,) = client
-                .management_call(sender, "read_canister_snapshot_data", (args,))
-                .map_err(TransferError::reject("read_canister_snapshot_data"))?;
-            if data.chunk.len() as u64 != len {
-                return Err(TransferError::Metadata {
-                    path: part.clone(),
-                    reason: format!(
-                        "the replica returned {} bytes for a slice of {len}",
-                        data.chunk.len()
-                    ),
-                });
+            // Several slices in flight (one round on the harness), then written in order.
+            let batch = next_batch(offset, size, SLICE_BYTES, options.parallel_slices, &budget);
+            let calls = batch
+                .iter()
+                .map(|&(at, len)| {
+                    let args = ReadCanisterSnapshotDataArgs {
+                        canister_id,
+                        snapshot_id: snapshot_id.clone(),
+                        kind: read_kind(region, at, len),
+                    };
+                    let payload = candid::encode_one(args).expect("a crate type encodes");
+                    ("read_canister_snapshot_data", payload)
+                })
+                .collect();
+            let replies = client.update_calls(sender, calls);
+            for (&(at, len), reply) in batch.iter().zip(replies) {
+                debug_assert_eq!(at, offset, "a batch is written in order");
+                let reply = reply.map_err(TransferError::reject("read_canister_snapshot_data"))?;
+                // Borrowed from the reply: the bytes go from the reply into the file.
+                let data: ReadCanisterSnapshotDataResultRef<'_> = decode_reply_one(&reply)
+                    .map_err(TransferError::reject("read_canister_snapshot_data (reply)"))?;
+                if data.chunk.len() as u64 != len {
+                    return Err(TransferError::Metadata {
+                        path: part.clone(),
+                        reason: format!(
+                            "the replica returned {} bytes for a slice of {len}",
+                            data.chunk.len()
+                        ),
+                    });
+                }
+                file.write_all(data.chunk)
+                    .map_err(|e| TransferError::io(&part, e))?;
+                offset += len;
+                slices += 1;
+                budget.spend(len);
+                bar.set_position(offset);
+                let step = Step {
+                    region,
+                    offset,
+                    size,
+                    slices,
+                };
+                checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
+                    file.sync_data().map_err(|e| TransferError::io(&part, e))
+                })?;
             }
-            file.write_all(&data.chunk)
-                .map_err(|e| TransferError::io(&part, e))?;
-            offset += len;
-            slices += 1;
-            budget.spend(len);
-            bar.set_position(offset);
-            let step = Step {
-                region,
-                offset,
-                size,
-                slices,
-            };
-            checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
-                file.sync_data().map_err(|e| TransferError::io(&part, e))
-            })?;
         }
         bar.finish_and_clear();
         drop(file);

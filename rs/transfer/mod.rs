@@ -142,9 +142,15 @@ impl TransferError {
     }
 }
 
+/// Slices a transfer keeps in flight at once by default, as dfx and icp-cli do.
+pub const PARALLEL_SLICES: usize = 3;
+
 /// Knobs for a transfer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TransferOptions {
+    /// Slices sent together ([`ManagementClient::update_calls`]: one round on the harness);
+    /// 0 counts as 1. Default [`PARALLEL_SLICES`].
+    pub parallel_slices: usize,
     /// Stop (as if interrupted) once this many bytes have been transferred; for testing
     /// resumption.
     pub stop_after_bytes: Option<u64>,
@@ -155,6 +161,17 @@ pub struct TransferOptions {
     /// Refuse to upload a directory whose files changed since its download (by its
     /// `checksum.json`) instead of uploading the edits and reporting them (`--strict`).
     pub strict: bool,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            parallel_slices: PARALLEL_SLICES,
+            stop_after_bytes: None,
+            force: false,
+            strict: false,
+        }
+    }
 }
 
 /// What an upload did to the snapshot it supersedes (`replace_snapshot`).

@@ -96,8 +96,37 @@ impl Budget {
     }
 
     pub fn exhausted(&self) -> bool {
-        self.limit.is_some_and(|limit| self.moved >= limit)
+        self.exhausted_after(0)
     }
+
+    /// Whether moving `more` bytes would spend the budget: a batch of slices ends at the slice
+    /// that spends it, so a stop comes exactly where it would without batching.
+    pub fn exhausted_after(&self, more: u64) -> bool {
+        self.limit.is_some_and(|limit| self.moved + more >= limit)
+    }
+}
+
+/// The slices of a region to send together next: up to `parallel` slices of at most
+/// `slice_bytes` from `offset`, ending early at the slice that spends the budget.
+pub(super) fn next_batch(
+    offset: u64,
+    size: u64,
+    slice_bytes: u64,
+    parallel: usize,
+    budget: &Budget,
+) -> Vec<(u64, u64)> {
+    let mut batch = Vec::with_capacity(parallel.max(1));
+    let (mut at, mut planned) = (offset, 0u64);
+    while at < size && batch.len() < parallel.max(1) {
+        let len = slice_bytes.min(size - at);
+        batch.push((at, len));
+        at += len;
+        planned += len;
+        if budget.exhausted_after(planned) {
+            break;
+        }
+    }
+    batch
 }
 
 /// Where a transfer is within a region, after a slice.

@@ -14,7 +14,7 @@ use ic_management_canister_types::{
     UploadCanisterSnapshotMetadataResult,
 };
 
-use super::progress::{Budget, Progress, Step, checkpoint};
+use super::progress::{Budget, Progress, Step, checkpoint, next_batch};
 use super::{
     DirectoryDigest, Edits, REGIONS, Replaced, SLICE_BYTES, SnapshotDir, TransferError,
     TransferOptions, UploadBase, UploadReport, changed_page_runs, chunk_hashes, dir,
@@ -22,7 +22,8 @@ use super::{
 };
 use crate::client::{ManagementClient, RejectResponse};
 use crate::management::types::{
-    UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+    UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotDataArgsRef,
+    UploadCanisterSnapshotMetadataArgs,
 };
 use crate::memory::PAGE_SIZE;
 use crate::memory::checksum::hex;
@@ -238,59 +239,85 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         let bar = progress_bar(size, region.name());
         bar.set_position(offset);
         let mut slices = 0u64;
-        let mut block = vec![0u8; SLICE_BYTES as usize];
+        let parallel = options.parallel_slices.max(1);
+        let mut blocks = vec![vec![0u8; SLICE_BYTES as usize]; parallel];
         let mut reference_block = vec![0u8; SLICE_BYTES as usize];
         while offset < size {
-            let len = SLICE_BYTES.min(size - offset) as usize;
-            let n = dir::read_full(&mut file, &mut block[..len])
-                .map_err(|e| TransferError::io(&path, e))?;
-            if n != len {
-                return Err(TransferError::FileSize {
-                    path: path.clone(),
-                    expected: size,
-                    actual: offset + n as u64,
-                });
-            }
-            let runs = match &reference {
-                None => vec![(0, (len as u64).div_ceil(PAGE_SIZE as u64))],
-                Some(_) => {
-                    reference_block[..len].fill(0);
-                    if let Some(r) = &mut reference_file {
-                        // A shorter base reads as zeros past its end.
-                        dir::read_full(r, &mut reference_block[..len])
-                            .map_err(|e| TransferError::io(&path, e))?;
-                    }
-                    changed_page_runs(&reference_block[..len], &block[..len])
+            // Read the next slices and find what each must send, then send the messages of all
+            // of them together (one round on the harness), then account for them slice by
+            // slice, in order.
+            let batch = next_batch(offset, size, SLICE_BYTES, parallel, &budget);
+            let mut sends: Vec<(usize, usize, usize)> = Vec::new(); // (slice, start, end)
+            for (i, &(at, len)) in batch.iter().enumerate() {
+                let len = len as usize;
+                let block = &mut blocks[i];
+                let n = dir::read_full(&mut file, &mut block[..len])
+                    .map_err(|e| TransferError::io(&path, e))?;
+                if n != len {
+                    return Err(TransferError::FileSize {
+                        path: path.clone(),
+                        expected: size,
+                        actual: at + n as u64,
+                    });
                 }
-            };
-            for (first_page, pages) in runs {
-                let start = first_page as usize * PAGE_SIZE;
-                let end = (start + pages as usize * PAGE_SIZE).min(len);
-                let args = UploadCanisterSnapshotDataArgs {
-                    canister_id,
-                    snapshot_id: snapshot_id.clone(),
-                    kind: upload_kind(region, offset + start as u64),
-                    chunk: block[start..end].to_vec(),
+                let runs = match &reference {
+                    None => vec![(0, (len as u64).div_ceil(PAGE_SIZE as u64))],
+                    Some(_) => {
+                        reference_block[..len].fill(0);
+                        if let Some(r) = &mut reference_file {
+                            // A shorter base reads as zeros past its end.
+                            dir::read_full(r, &mut reference_block[..len])
+                                .map_err(|e| TransferError::io(&path, e))?;
+                        }
+                        changed_page_runs(&reference_block[..len], &block[..len])
+                    }
                 };
-                client
-                    .management_call::<()>(sender, "upload_canister_snapshot_data", (args,))
-                    .map_err(TransferError::reject("upload_canister_snapshot_data"))?;
-                report.bytes_sent += (end - start) as u64;
-                report.messages += 1;
-                budget.spend((end - start) as u64);
+                sends.extend(runs.into_iter().map(|(first_page, pages)| {
+                    let start = first_page as usize * PAGE_SIZE;
+                    (i, start, (start + pages as usize * PAGE_SIZE).min(len))
+                }));
             }
-            offset += len as u64;
-            slices += 1;
-            bar.set_position(offset);
-            let step = Step {
-                region,
-                offset,
-                size,
-                slices,
-            };
-            checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
-                Ok(())
-            })?;
+            let mut results = Vec::with_capacity(sends.len());
+            for group in sends.chunks(parallel) {
+                let calls = group
+                    .iter()
+                    .map(|&(i, start, end)| {
+                        // Encoded from the block itself: one copy, into the payload.
+                        let args = UploadCanisterSnapshotDataArgsRef {
+                            canister_id,
+                            snapshot_id: serde_bytes::Bytes::new(&snapshot_id),
+                            kind: upload_kind(region, batch[i].0 + start as u64),
+                            chunk: serde_bytes::Bytes::new(&blocks[i][start..end]),
+                        };
+                        let payload = candid::encode_one(args).expect("a crate type encodes");
+                        ("upload_canister_snapshot_data", payload)
+                    })
+                    .collect();
+                results.extend(client.update_calls(sender, calls));
+            }
+            let mut results = sends.iter().zip(results).peekable();
+            for (i, &(_, len)) in batch.iter().enumerate() {
+                while let Some((&(_, start, end), result)) =
+                    results.next_if(|((slice, _, _), _)| *slice == i)
+                {
+                    result.map_err(TransferError::reject("upload_canister_snapshot_data"))?;
+                    report.bytes_sent += (end - start) as u64;
+                    report.messages += 1;
+                    budget.spend((end - start) as u64);
+                }
+                offset += len;
+                slices += 1;
+                bar.set_position(offset);
+                let step = Step {
+                    region,
+                    offset,
+                    size,
+                    slices,
+                };
+                checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
+                    Ok(())
+                })?;
+            }
         }
         bar.finish_and_clear();
     }
