@@ -1219,3 +1219,39 @@ fn borrowed_upload_arguments_encode_to_the_same_bytes() {
         assert_eq!(decoded.chunk.as_ref(), chunk.as_slice());
     }
 }
+
+/// `submit_ingress_batch`: several messages, one round, each answered in the order given (a
+/// refusal among them answered in its place, the others executed).
+#[test]
+fn a_batch_of_ingress_messages_shares_one_round() {
+    use canister_snapshots::IngressCall;
+    let mut sm = sm_with_quota(1);
+    let canister = canister_with_data(&mut sm, MIB, 0);
+    let call = |method: &str, payload: Vec<u8>| IngressCall {
+        receiver: canister,
+        sender: user(),
+        method: method.to_string(),
+        payload,
+    };
+    let round = sm.state().round;
+    let answers = sm.submit_ingress_batch(vec![
+        call("read_heap", Encode!(&0u64, &4u64).unwrap()),
+        call("no_such_method", vec![]),
+        call(
+            "write_heap",
+            Encode!(&0u64, &ByteBuf::from(b"new!".to_vec())).unwrap(),
+        ),
+        call("read_heap", Encode!(&0u64, &4u64).unwrap()),
+    ]);
+    assert_eq!(sm.state().round, round + 1);
+    assert_eq!(answers.len(), 4);
+    let heap = |answer: &Result<Vec<u8>, RejectResponse>| {
+        Decode!(answer.as_ref().unwrap(), ByteBuf)
+            .unwrap()
+            .into_vec()
+    };
+    assert_eq!(heap(&answers[0]), vec![0, 7, 14, 21]);
+    assert!(answers[1].is_err());
+    assert!(answers[2].is_ok());
+    assert_eq!(heap(&answers[3]), b"new!");
+}

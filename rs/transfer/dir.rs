@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use ic_management_canister_types::{ReadCanisterSnapshotMetadataResult, SnapshotMetadataGlobal};
@@ -37,6 +37,9 @@ use crate::state::Global;
 
 /// Bytes read per step when streaming a file.
 const READ_BUFFER: usize = 1 << 20;
+
+/// Blocks a streaming read keeps in flight: one being used, the others being read.
+const READ_AHEAD_BLOCKS: usize = 3;
 
 /// Largest `metadata.json` read. The largest a valid snapshot produces (100 chunk hashes and
 /// 1000 globals, pretty-printed, with every float global non-finite) is under 256 KiB.
@@ -142,6 +145,13 @@ impl FileHashes {
         );
         changed
     }
+}
+
+/// Memory roots already computed from the bytes of a directory's files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KnownRoots {
+    pub wasm_memory: Option<Hash>,
+    pub stable_memory: Option<Hash>,
 }
 
 /// A validated directory: its metadata, the snapshot checksum of its files and the hash of
@@ -393,15 +403,22 @@ impl SnapshotDir {
     /// Validates the directory and hashes each file once: the metadata, the snapshot checksum
     /// and the per-file hashes `checksum.json` records.
     pub fn digest(&self) -> Result<DirectoryDigest, TransferError> {
+        self.digest_with(&KnownRoots::default())
+    }
+
+    /// [`Self::digest`], taking the memory roots given in `known` instead of reading those
+    /// files again (a download hashes what it writes as it writes it). The files are still
+    /// validated (present, declared sizes).
+    pub fn digest_with(&self, known: &KnownRoots) -> Result<DirectoryDigest, TransferError> {
         let (metadata, metadata_hash) = self.validate_and_hash_metadata()?;
         let wasm_module_hash = checksum::sha256(&self.read_module()?);
-        // The two memories hash independently: one thread each.
-        let (wasm_memory_root, stable_memory_root) = std::thread::scope(|scope| {
-            let stable = scope.spawn(|| self.memory_root(SnapshotRegion::StableMemory));
-            let wasm = self.memory_root(SnapshotRegion::WasmMemory);
-            (wasm, stable.join().expect("hashing a file does not panic"))
-        });
-        let (wasm_memory_root, stable_memory_root) = (wasm_memory_root?, stable_memory_root?);
+        // One memory after the other, each hashed on every core.
+        let root = |known: Option<Hash>, region| match known {
+            Some(root) => Ok(root),
+            None => self.memory_root(region),
+        };
+        let wasm_memory_root = root(known.wasm_memory, SnapshotRegion::WasmMemory)?;
+        let stable_memory_root = root(known.stable_memory, SnapshotRegion::StableMemory)?;
         let globals = metadata_globals(&metadata)?;
         // `validate` checked that every hash is the SHA-256 of its file: all are 32 bytes.
         let chunk_hashes: Vec<Hash> = chunk_hashes(&metadata)
@@ -437,12 +454,9 @@ impl SnapshotDir {
             .ok_or(TransferError::MissingFile { path })
     }
 
-    fn memory_root(&self, region: SnapshotRegion) -> Result<Hash, TransferError> {
-        let mut builder = MemoryRootBuilder::new();
-        for_each_block(&self.region_path(region), |_, block| {
-            builder.push_bytes(block)
-        })?;
-        Ok(builder.finish())
+    /// The memory root of a region's file, read ahead on one thread and hashed on all cores.
+    pub fn memory_root(&self, region: SnapshotRegion) -> Result<Hash, TransferError> {
+        memory_root_of_file(&self.region_path(region))
     }
 }
 
@@ -637,20 +651,56 @@ pub fn read_small_file(
     Ok(Some(bytes))
 }
 
-/// Streams a file in blocks of 1 MiB (the last may be shorter), with their offsets.
+/// Streams a file in blocks of 1 MiB (the last may be shorter), with their offsets. A reader
+/// thread reads the next blocks while `f` works on this one (at most [`READ_AHEAD_BLOCKS`]
+/// blocks in flight, so memory stays bounded whatever the file's size).
 pub fn for_each_block(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), TransferError> {
     let file = open_plain_file(path)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
-    let mut buf = vec![0u8; READ_BUFFER];
-    let mut offset = 0u64;
-    loop {
-        let n = read_full(&mut reader, &mut buf).map_err(|e| TransferError::io(path, e))?;
-        if n == 0 {
-            return Ok(());
-        }
-        f(offset, &buf[..n]);
-        offset += n as u64;
+    // One block being used, one queued, one being read.
+    let (full_tx, full_rx) =
+        std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(READ_AHEAD_BLOCKS - 2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..READ_AHEAD_BLOCKS {
+        let _ = empty_tx.send(vec![0u8; READ_BUFFER]);
     }
+    // `move`: the consumer's ends of both channels drop when it returns (or unwinds), which
+    // stops a reader still waiting for a buffer, so the scope's join cannot hang.
+    std::thread::scope(move |scope| {
+        scope.spawn(move || {
+            let mut reader = file;
+            // Ends when the file ends, on an error, or when the consumer stops taking blocks.
+            while let Ok(mut buf) = empty_rx.recv() {
+                buf.resize(READ_BUFFER, 0);
+                let read = read_full(&mut reader, &mut buf).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                let last = !matches!(&read, Ok(buf) if !buf.is_empty());
+                if full_tx.send(read).is_err() || last {
+                    return;
+                }
+            }
+        });
+        let mut offset = 0u64;
+        for read in full_rx {
+            let buf = read.map_err(|e| TransferError::io(path, e))?;
+            if buf.is_empty() {
+                break;
+            }
+            f(offset, &buf);
+            offset += buf.len() as u64;
+            let _ = empty_tx.send(buf);
+        }
+        Ok(())
+    })
+}
+
+/// The memory root (`spec/checksum.md`) of a file's bytes: read ahead on one thread, hashed on
+/// all cores.
+pub fn memory_root_of_file(path: &Path) -> Result<Hash, TransferError> {
+    let mut builder = MemoryRootBuilder::new();
+    for_each_block(path, |_, block| builder.push_bytes_parallel(block))?;
+    Ok(builder.finish())
 }
 
 /// Reads until `buf` is full or the reader ends; returns the bytes read.

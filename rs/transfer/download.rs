@@ -14,12 +14,12 @@ use ic_management_canister_types::{
 
 use super::progress::{Budget, Progress, Step, checkpoint, next_batch};
 use super::{
-    ChecksumRecord, DirectoryDigest, REGIONS, SLICE_BYTES, SnapshotDir, TransferError,
+    ChecksumRecord, DirectoryDigest, KnownRoots, REGIONS, SLICE_BYTES, SnapshotDir, TransferError,
     TransferOptions, dir,
 };
 use crate::client::{ManagementClient, decode_reply_one};
 use crate::management::types::{ReadCanisterSnapshotDataResultRef, SnapshotMetadata};
-use crate::memory::checksum::hex;
+use crate::memory::checksum::{Hash, MemoryRootBuilder, hex};
 use crate::progress::progress_bar;
 use crate::snapshots::SnapshotRegion;
 
@@ -78,6 +78,46 @@ fn remove_snapshot_files(snapshot_dir: &SnapshotDir) -> Result<(), TransferError
         }
     }
     Ok(())
+}
+
+/// Computes a memory root on a thread of its own (hashing on every core) from the replies a
+/// download writes, so that hashing overlaps reading the next slices and writing the file. At
+/// most [`HASH_QUEUE_REPLIES`] replies wait for it, so memory stays bounded.
+struct RootHasher {
+    queue: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
+    thread: std::thread::JoinHandle<Hash>,
+}
+
+/// Replies (of at most one slice each) waiting to be hashed.
+const HASH_QUEUE_REPLIES: usize = 4;
+
+impl RootHasher {
+    /// Starts from the bytes `part` already holds (those of an interrupted download).
+    fn start(part: &Path) -> Result<Self, TransferError> {
+        let mut builder = MemoryRootBuilder::new();
+        dir::for_each_block(part, |_, block| builder.push_bytes_parallel(block))?;
+        let (queue, replies) =
+            std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE_REPLIES);
+        let thread = std::thread::spawn(move || {
+            for (reply, start) in replies {
+                builder.push_bytes_parallel(&reply[start..]);
+            }
+            builder.finish()
+        });
+        Ok(RootHasher { queue, thread })
+    }
+
+    /// Hashes `reply[start..]`, the next bytes of the region.
+    fn push(&mut self, reply: Vec<u8>, start: usize) {
+        // The thread ends only when the queue is dropped: a send cannot fail.
+        let _ = self.queue.send((reply, start));
+    }
+
+    /// The root of every byte pushed.
+    fn finish(self) -> Hash {
+        drop(self.queue);
+        self.thread.join().expect("hashing bytes does not panic")
+    }
 }
 
 fn read_kind(region: SnapshotRegion, offset: u64, size: u64) -> SnapshotDataKind {
@@ -170,6 +210,7 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
         .map_err(|e| TransferError::io(&snapshot_dir.chunk_store_dir(), e))?;
 
     let mut budget = Budget::new(options);
+    let mut known = KnownRoots::default();
     for region in REGIONS {
         let size = SnapshotDir::region_size(&metadata, region);
         let final_path = snapshot_dir.region_path(region);
@@ -189,6 +230,12 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
         file.set_len(offset)
             .and_then(|()| file.seek(SeekFrom::Start(offset)).map(|_| ()))
             .map_err(|e| TransferError::io(&part, e))?;
+        // The memories are hashed as they are written, on other threads (a resumed download
+        // first hashes what the `.part` file already holds): no second pass over the files.
+        let mut hasher = match region {
+            SnapshotRegion::WasmModule => None,
+            _ => Some(RootHasher::start(&part)?),
+        };
         let bar = progress_bar(size, region.name());
         bar.set_position(offset);
         let mut slices = 0u64;
@@ -225,6 +272,11 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
                 }
                 file.write_all(data.chunk)
                     .map_err(|e| TransferError::io(&part, e))?;
+                if let Some(hasher) = &mut hasher {
+                    // The chunk borrows from the reply: where it starts in it.
+                    let start = data.chunk.as_ptr() as usize - reply.as_ptr() as usize;
+                    hasher.push(reply, start);
+                }
                 offset += len;
                 slices += 1;
                 budget.spend(len);
@@ -241,6 +293,13 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
             }
         }
         bar.finish_and_clear();
+        match (region, hasher) {
+            (SnapshotRegion::WasmMemory, Some(hasher)) => known.wasm_memory = Some(hasher.finish()),
+            (SnapshotRegion::StableMemory, Some(hasher)) => {
+                known.stable_memory = Some(hasher.finish())
+            }
+            _ => {}
+        }
         drop(file);
         fs::rename(&part, &final_path).map_err(|e| TransferError::io(&final_path, e))?;
     }
@@ -268,7 +327,7 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
     snapshot_dir.write_metadata(&metadata)?;
     // The files as written, hashed once: the checksum to verify, and each file's hash for
     // `checksum.json`, which an upload compares against to say what was edited.
-    let digest = snapshot_dir.digest();
+    let digest = snapshot_dir.digest_with(&known);
     let verified = |digest: &DirectoryDigest| digest.checksum.as_slice() == extended.checksum;
     let record = ChecksumRecord {
         checksum: hex(&extended.checksum),

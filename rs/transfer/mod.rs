@@ -27,7 +27,7 @@ use crate::memory::PAGE_SIZE;
 use crate::memory::checksum::Hash;
 
 pub use dir::{
-    ChecksumRecord, DirectoryDigest, EXACT_FLOAT_GLOBALS, Edits, FileHashes,
+    ChecksumRecord, DirectoryDigest, EXACT_FLOAT_GLOBALS, Edits, FileHashes, KnownRoots,
     MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES, MAX_METADATA_JSON_BYTES,
     MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS, SnapshotDir, changed_page_runs,
     chunk_hashes, for_each_block,
