@@ -412,10 +412,12 @@ fn transfer_into(
         .map(|m| m.wasm_module_size + m.wasm_memory_size + m.stable_memory_size)
         .map_err(|e| e.to_string())?;
     println!(
-        "7. downloaded the snapshot to {} in {:.2} s ({}, files written and checksum verified)",
+        "7. downloaded the snapshot to {} in {:.2} s ({} in-process: {} slices per round, \
+         files written and hashed as they arrive on every core, checksum verified)",
         base.display(),
         elapsed.as_secs_f64(),
-        throughput(size, elapsed)
+        throughput(size, elapsed),
+        crate::transfer::PARALLEL_SLICES
     );
     // Repair one record offline: copy the directory, edit stable memory. Nothing is deleted:
     // the upload compares the files with checksum.json and reports the edit.
