@@ -241,7 +241,13 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
         let mut slices = 0u64;
         while offset < size {
             // Several slices in flight (one round on the harness), then written in order.
-            let batch = next_batch(offset, size, SLICE_BYTES, options.parallel_slices, &budget);
+            let batch = next_batch(
+                offset,
+                size,
+                SLICE_BYTES,
+                options.slices_in_flight(),
+                &budget,
+            );
             let calls = batch
                 .iter()
                 .map(|&(at, len)| {

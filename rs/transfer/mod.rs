@@ -145,11 +145,15 @@ impl TransferError {
 /// Slices a transfer keeps in flight at once by default, as dfx and icp-cli do.
 pub const PARALLEL_SLICES: usize = 3;
 
+/// The most slices a transfer keeps in flight (about 2 MB of buffers each).
+pub const MAX_PARALLEL_SLICES: usize = 16;
+
 /// Knobs for a transfer.
 #[derive(Debug, Clone)]
 pub struct TransferOptions {
-    /// Slices sent together ([`ManagementClient::update_calls`]: one round on the harness);
-    /// 0 counts as 1. Default [`PARALLEL_SLICES`].
+    /// Slices sent together ([`ManagementClient::update_calls`]: one round on the harness),
+    /// from 1 to [`MAX_PARALLEL_SLICES`] (a value outside counts as the nearest bound). Default
+    /// [`PARALLEL_SLICES`].
     pub parallel_slices: usize,
     /// Stop (as if interrupted) once this many bytes have been transferred; for testing
     /// resumption.
@@ -161,6 +165,13 @@ pub struct TransferOptions {
     /// Refuse to upload a directory whose files changed since its download (by its
     /// `checksum.json`) instead of uploading the edits and reporting them (`--strict`).
     pub strict: bool,
+}
+
+impl TransferOptions {
+    /// [`Self::parallel_slices`] within its bounds: each slice in flight holds a buffer.
+    pub fn slices_in_flight(&self) -> usize {
+        self.parallel_slices.clamp(1, MAX_PARALLEL_SLICES)
+    }
 }
 
 impl Default for TransferOptions {

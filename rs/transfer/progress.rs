@@ -115,7 +115,7 @@ pub(super) fn next_batch(
     parallel: usize,
     budget: &Budget,
 ) -> Vec<(u64, u64)> {
-    let mut batch = Vec::with_capacity(parallel.max(1));
+    let mut batch = Vec::new();
     let (mut at, mut planned) = (offset, 0u64);
     while at < size && batch.len() < parallel.max(1) {
         let len = slice_bytes.min(size - at);

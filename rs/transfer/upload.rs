@@ -239,7 +239,7 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         let bar = progress_bar(size, region.name());
         bar.set_position(offset);
         let mut slices = 0u64;
-        let parallel = options.parallel_slices.max(1);
+        let parallel = options.slices_in_flight();
         let mut blocks = vec![vec![0u8; SLICE_BYTES as usize]; parallel];
         let mut reference_block = vec![0u8; SLICE_BYTES as usize];
         while offset < size {
