@@ -10,6 +10,7 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::arithmetic_side_effects)]
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
@@ -151,24 +152,53 @@ impl StateMachine {
         method: &str,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, RejectResponse> {
-        let message_id = self.next_message_id;
-        self.next_message_id += 1;
+        let call = IngressCall {
+            receiver: canister_id,
+            sender,
+            method: method.to_string(),
+            payload,
+        };
+        self.submit_ingress_batch(vec![call])
+            .pop()
+            .expect("one answer per message")
+    }
+
+    /// Sends several ingress messages in one batch and executes one round for all of them; the
+    /// answers are in the order of `calls`. The round executes them as it executes any batch
+    /// (subnet messages in arrival order, then canisters in id order).
+    pub fn submit_ingress_batch(
+        &mut self,
+        calls: Vec<IngressCall>,
+    ) -> Vec<Result<Vec<u8>, RejectResponse>> {
+        let first_id = self.next_message_id;
+        self.next_message_id += calls.len() as MessageId;
+        let ingress = (first_id..)
+            .zip(calls)
+            .map(|(message_id, call)| Ingress {
+                message_id,
+                sender: call.sender,
+                receiver: call.receiver,
+                method: call.method,
+                payload: call.payload,
+            })
+            .collect();
         let batch = Batch {
             time: self.time,
-            ingress: vec![Ingress {
-                message_id,
-                sender,
-                receiver: canister_id,
-                method: method.to_string(),
-                payload,
-            }],
+            ingress,
         };
-        let results = self.execution.execute_round(&mut self.state, batch);
-        let (_, result) = results
+        let mut results: BTreeMap<MessageId, _> = self
+            .execution
+            .execute_round(&mut self.state, batch)
             .into_iter()
-            .find(|(id, _)| *id == message_id)
-            .expect("a round answers every message of its batch");
-        result.map_err(RejectResponse::from)
+            .collect();
+        (first_id..self.next_message_id)
+            .map(|id| {
+                results
+                    .remove(&id)
+                    .expect("a round answers every message of its batch")
+                    .map_err(RejectResponse::from)
+            })
+            .collect()
     }
 
     /// Calls the management canister and decodes its reply as the tuple `R`.
@@ -323,7 +353,17 @@ impl StateMachine {
     }
 }
 
-/// The harness is a management client: each call runs one round.
+/// One message of [`StateMachine::submit_ingress_batch`].
+#[derive(Debug, Clone)]
+pub struct IngressCall {
+    pub receiver: Principal,
+    pub sender: Principal,
+    pub method: String,
+    pub payload: Vec<u8>,
+}
+
+/// The harness is a management client: each call runs one round, and a batch of calls shares
+/// one round.
 impl ManagementClient for StateMachine {
     fn update_call(
         &mut self,
@@ -338,6 +378,23 @@ impl ManagementClient for StateMachine {
             method,
             payload,
         )
+    }
+
+    fn update_calls(
+        &mut self,
+        sender: Principal,
+        calls: Vec<(&str, Vec<u8>)>,
+    ) -> Vec<Result<Vec<u8>, RejectResponse>> {
+        let calls = calls
+            .into_iter()
+            .map(|(method, payload)| IngressCall {
+                receiver: Principal::management_canister(),
+                sender,
+                method: method.to_string(),
+                payload,
+            })
+            .collect();
+        self.submit_ingress_batch(calls)
     }
 }
 

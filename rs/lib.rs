@@ -37,4 +37,4 @@ pub mod transfer;
 
 pub use config::Config;
 pub use execution::TEST_CANISTER_WASM;
-pub use harness::{RejectResponse, StateMachine};
+pub use harness::{IngressCall, RejectResponse, StateMachine};

@@ -135,6 +135,31 @@ fn the_demo_keeps_what_its_download_dir_held() {
     SnapshotDir::new(own.join("snapshot")).validate().unwrap();
 }
 
+/// The demo's edit-and-upload step used to delete the copy's `checksum.json` so that the edit
+/// would upload. Now it deletes nothing: the repaired copy holds every file of the download,
+/// and the upload reports the edited file.
+#[test]
+fn the_demo_edits_and_uploads_without_deleting_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "demo",
+        "--heap-mib",
+        "1",
+        "--stable-mib",
+        "1",
+        "--download-dir",
+    ];
+    let (ok, out) = cli(&[&args[..], &[tmp.path().to_str().unwrap()]].concat(), None);
+    assert!(ok, "{out}");
+    let own = tmp.path().join(&names(tmp.path())[0]);
+    assert_eq!(names(&own.join("repaired")), names(&own.join("snapshot")));
+    assert!(own.join("repaired").join("checksum.json").exists());
+    assert!(
+        out.contains("checksum.json: changed since the download: stable_memory.bin"),
+        "{out}"
+    );
+}
+
 /// Without `--download-dir`, the demo removes its own temporary directory and nothing else.
 #[test]
 fn the_demo_removes_only_its_own_temporary_directory() {

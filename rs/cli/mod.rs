@@ -76,6 +76,10 @@ pub enum SnapshotCommand {
         /// or, if the quota is full, replaced when the upload starts (before it is verified).
         #[arg(long, value_name = "ID")]
         replace: Option<String>,
+        /// Refuse to upload if files changed since the download (by checksum.json), naming
+        /// them, instead of uploading the edits and reporting them.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -103,9 +107,12 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Snapshot(SnapshotCommand::Inspect { dir }) => snapshot::run_inspect(&dir),
         Command::Snapshot(SnapshotCommand::Verify { dir }) => snapshot::run_verify(&dir),
         Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),
-        Command::Snapshot(SnapshotCommand::Upload { dir, base, replace }) => {
-            snapshot::run_upload(&dir, base.as_deref(), replace.as_deref())
-        }
+        Command::Snapshot(SnapshotCommand::Upload {
+            dir,
+            base,
+            replace,
+            strict,
+        }) => snapshot::run_upload(&dir, base.as_deref(), replace.as_deref(), strict),
         Command::Canister(command) => {
             let sender = match cli.sender.as_deref() {
                 Some(text) => candid::Principal::from_text(text)

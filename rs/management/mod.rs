@@ -18,7 +18,7 @@ use candid::utils::ArgumentEncoder;
 use candid::{CandidType, DecoderConfig, Nat, Principal};
 use ic_error_types::{ErrorCode, UserError};
 use ic_management_canister_types::{ChangeOrigin, FromUserRecord, SnapshotVisibility};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::config::Config;
 use crate::execution::WasmEngine;
@@ -111,7 +111,10 @@ impl ManagementCanister<'_> {
     }
 
     /// Decodes a payload into `T` within the configured Candid decoding quota.
-    fn decode<T: CandidType + DeserializeOwned>(&self, payload: &[u8]) -> Result<T, UserError> {
+    fn decode<'a, T: CandidType + Deserialize<'a>>(
+        &self,
+        payload: &'a [u8],
+    ) -> Result<T, UserError> {
         let mut config = DecoderConfig::new();
         config.set_decoding_quota(self.config.management_payload_decoding_quota);
         config.set_skipping_quota(self.config.management_payload_decoding_quota);

@@ -89,6 +89,27 @@ pub struct UploadCanisterSnapshotDataArgs {
     pub chunk: Vec<u8>,
 }
 
+/// [`UploadCanisterSnapshotDataArgs`] with the ids and bytes borrowed from the buffer they are
+/// encoded from or decoded out of: the same Candid type and the same wire bytes, without a copy
+/// of the chunk on either side (`benches/README.md`, "Copies on the message path").
+#[derive(CandidType, Deserialize, Debug, Clone)]
+pub struct UploadCanisterSnapshotDataArgsRef<'a> {
+    pub canister_id: Principal,
+    #[serde(borrow)]
+    pub snapshot_id: &'a serde_bytes::Bytes,
+    pub kind: ic_management_canister_types::SnapshotDataOffset,
+    #[serde(borrow)]
+    pub chunk: &'a serde_bytes::Bytes,
+}
+
+/// `ReadCanisterSnapshotDataResult` with the chunk borrowed from the reply: decoding it copies
+/// nothing.
+#[derive(CandidType, Deserialize, Debug, Clone, Copy)]
+pub struct ReadCanisterSnapshotDataResultRef<'a> {
+    #[serde(borrow)]
+    pub chunk: &'a serde_bytes::Bytes,
+}
+
 /// Largest slice `read_canister_snapshot_data` returns or `upload_canister_snapshot_data`
 /// accepts, as on the IC.
 pub const MAX_SLICE_BYTES: u64 = 2_000_000;
