@@ -4,8 +4,16 @@
 //! - [`workload`] (always compiled, no dependency): the [`workload::Operation`] type over
 //!   several canisters and callers, its conversion to ingress messages, and a seeded
 //!   generator. A simulator feeding several replicas and the property tests share it.
+//! - [`model`] (feature `proptest`): the reference model, a plain subnet of test canisters
+//!   with `Vec<u8>` memories, whose [`model::Model::step`] returns the expected outcome.
+//! - [`check`] (feature `proptest`): [`check::assert_matches_model`], which drives a
+//!   `StateMachine` and the model with the same operations and reports the first divergence.
 //!
 //! Nothing here is used by the replica itself; it depends on the [`crate::harness`] layer and
 //! below, and nothing depends on it.
 
+#[cfg(feature = "proptest")]
+pub mod check;
+#[cfg(feature = "proptest")]
+pub mod model;
 pub mod workload;
