@@ -8,6 +8,12 @@
 //!   with `Vec<u8>` memories, whose [`model::Model::step`] returns the expected outcome.
 //! - [`check`] (feature `proptest`): [`check::assert_matches_model`], which drives a
 //!   `StateMachine` and the model with the same operations and reports the first divergence.
+//! - [`strategies`] (feature `proptest`): proptest strategies over the workload's types:
+//!   principals, settings, memory operations biased to page boundaries, management calls valid
+//!   and mutated, whole sequences.
+//! - [`properties`] (feature `proptest`): the four restore properties, each taking a
+//!   `ProptestConfig` and the user's operation strategy, and printing a failure as its seed
+//!   and minimal sequence in pasteable Rust.
 //!
 //! Nothing here is used by the replica itself; it depends on the [`crate::harness`] layer and
 //! below, and nothing depends on it.
@@ -16,4 +22,8 @@
 pub mod check;
 #[cfg(feature = "proptest")]
 pub mod model;
+#[cfg(feature = "proptest")]
+pub mod properties;
+#[cfg(feature = "proptest")]
+pub mod strategies;
 pub mod workload;

@@ -22,6 +22,7 @@ use ic_error_types::ErrorCode;
 
 use super::workload::{
     CanisterIndex, MemoryKind, Operation, StateView, WORKLOAD_CANISTER_CYCLES, caller, canister,
+    controller_set,
 };
 use crate::config::Config;
 use crate::execution::TEST_CANISTER_WASM;
@@ -354,11 +355,12 @@ impl Model {
                 }
             }),
             Operation::SetCertifiedData { canister, data, .. } => {
+                let data = data.bytes();
                 self.message(*canister, |image, _| {
                     if data.len() > MAX_CERTIFIED_DATA_BYTES {
                         return Err(ErrorCode::CanisterCalledTrap);
                     }
-                    image.certified_data = data.clone();
+                    image.certified_data = data;
                     Ok(0)
                 })
             }
@@ -470,7 +472,7 @@ impl Model {
             } => {
                 self.controlled(*n, caller(*s))?;
                 let c = self.canisters.get_mut(n).expect("checked above");
-                c.controllers = controllers.iter().map(|&k| caller(k)).collect();
+                c.controllers = controller_set(*controllers).into_iter().collect();
                 c.version += 1;
                 Ok(())
             }

@@ -46,6 +46,11 @@ pub fn caller(n: CallerIndex) -> Principal {
     Principal::self_authenticating([n.wrapping_add(1)])
 }
 
+/// The callers whose bits are set in `set` (bit `k`: [`caller`]`(k)`), in ascending `k`.
+pub fn controller_set(set: u8) -> Vec<Principal> {
+    (0..8).filter(|k| set & (1 << k) != 0).map(caller).collect()
+}
+
 /// The id of the `n`-th canister of a workload run on a fresh subnet.
 pub fn canister(n: CanisterIndex) -> Principal {
     canister_id_from_index(u64::from(n))
@@ -138,7 +143,7 @@ impl StateView for ReplicatedState {
 
 impl SnapshotPick {
     /// The snapshot id this pick names for `canister` in `view`.
-    pub fn resolve(self, view: &impl StateView, canister: Principal) -> SnapshotId {
+    pub fn resolve(self, view: &(impl StateView + ?Sized), canister: Principal) -> SnapshotId {
         let local = match self {
             SnapshotPick::Live(n) => {
                 let ids = view.snapshot_ids(canister);
@@ -197,7 +202,7 @@ pub enum Operation {
     SetCertifiedData {
         canister: CanisterIndex,
         caller: CallerIndex,
-        data: Vec<u8>,
+        data: Pattern,
     },
     /// `trap`: refused, changes nothing.
     Trap {
@@ -224,11 +229,13 @@ pub enum Operation {
         from: CanisterIndex,
         snapshot: SnapshotPick,
     },
-    /// `update_settings` with these controllers (an empty list is allowed).
+    /// `update_settings` with controllers `{ caller(k) | bit k of controllers is set }` (none is
+    /// allowed: the canister then has no controller). A bit set, not a list, so that a printed
+    /// operation pastes back as Rust.
     SetControllers {
         canister: CanisterIndex,
         caller: CallerIndex,
-        controllers: Vec<CallerIndex>,
+        controllers: u8,
     },
     /// `update_settings` with this freezing threshold: a large one makes the canister run out
     /// of cycles for memory growth, takes and loads.
@@ -338,7 +345,7 @@ impl Operation {
 
     /// The ingress message this operation sends, with its snapshot picks resolved against
     /// `view` (and a `Grow` from the memory's size there), or `None` for [`Operation::Tick`].
-    pub fn to_message(&self, view: &impl StateView) -> Option<Message> {
+    pub fn to_message(&self, view: &(impl StateView + ?Sized)) -> Option<Message> {
         let message = match self {
             Operation::Write {
                 canister: c,
@@ -399,7 +406,7 @@ impl Operation {
                 sender: caller(*s),
                 receiver: canister(*c),
                 method: "set_certified_data".into(),
-                payload: encoded(Encode!(&ByteBuf::from(data.clone()))),
+                payload: encoded(Encode!(&ByteBuf::from(data.bytes()))),
             },
             Operation::Trap {
                 canister: c,
@@ -469,7 +476,7 @@ impl Operation {
                 let args = UpdateSettingsArgs {
                     canister_id: canister(*c),
                     settings: CanisterSettings {
-                        controllers: Some(controllers.iter().map(|&n| caller(n)).collect()),
+                        controllers: Some(controller_set(*controllers)),
                         ..Default::default()
                     },
                     sender_canister_version: None,
@@ -683,7 +690,11 @@ impl WorkloadShape {
                 2 => Operation::SetCertifiedData {
                     canister,
                     caller,
-                    data: (0..rng.below(40)).map(|_| rng.byte()).collect(),
+                    data: Pattern {
+                        len: rng.below(40) as u32,
+                        base: rng.byte(),
+                        step: rng.byte(),
+                    },
                 },
                 _ => Operation::Trap { canister, caller },
             };
@@ -716,9 +727,9 @@ impl WorkloadShape {
             0 => Operation::SetControllers {
                 canister,
                 caller,
-                controllers: (0..rng.below(3))
-                    .map(|_| rng.below(u64::from(self.callers.max(1))) as u8)
-                    .collect(),
+                controllers: (0..rng.below(3)).fold(0, |set, _| {
+                    set | 1 << rng.below(u64::from(self.callers.clamp(1, 8)))
+                }),
             },
             1 => Operation::SetFreezingThreshold {
                 canister,
