@@ -29,14 +29,18 @@ use canister_snapshots::memory::Hash;
 use canister_snapshots::memory::{Memory, PAGE_SIZE};
 use canister_snapshots::snapshots::SnapshotStore;
 use canister_snapshots::state::{CanisterState, ExecutionState, Global, WasmModule};
-use canister_snapshots::testing::check::assert_matches_model;
+use canister_snapshots::testing::check::{assert_matches_model, execute, workload_machine};
 use canister_snapshots::testing::model::{Model, Outcome};
 use canister_snapshots::testing::properties::{
     self, CANISTERS, ImageView, Replica, check_load_restores_the_take,
     check_snapshots_never_change, property_config, run_property,
 };
-use canister_snapshots::testing::strategies::operations;
-use canister_snapshots::testing::workload::{CanisterIndex, Operation, StateView, WorkloadShape};
+use canister_snapshots::testing::strategies::{
+    canister_settings, mutated_management_call, operations,
+};
+use canister_snapshots::testing::workload::{
+    CanisterIndex, Operation, StateView, WorkloadShape, caller, canister,
+};
 use proptest::prelude::*;
 
 const MODULE: &[u8] = b"\0asm\x01\0\0\0";
@@ -80,6 +84,37 @@ proptest! {
         if let Err(divergence) = assert_matches_model(&model_config(), CANISTERS, &ops) {
             return Err(TestCaseError::fail(divergence.to_string()));
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(config("core_model_mutated"))]
+
+    /// A valid management call with a mutated payload (cut, a bit flipped, bytes appended, sent
+    /// to another method) is either accepted or refused without effect.
+    #[test]
+    fn mutated_management_calls_are_refused_without_effect(
+        setup in operations(&WorkloadShape::default(), 0..=6),
+        call in mutated_management_call(&WorkloadShape::default()),
+    ) {
+        let mut sm = workload_machine(property_config(), CANISTERS);
+        for op in &setup {
+            execute(&mut sm, op);
+        }
+        let Some(m) = call.to_message(sm.state()) else { return Ok(()) };
+        let before = common::contents(sm.state());
+        if sm.update_call(m.receiver, m.sender, &m.method, m.payload).is_err() {
+            prop_assert_eq!(common::contents(sm.state()), before);
+        }
+    }
+
+    /// Every settings value the strategy generates is within the limits `update_settings`
+    /// accepts from a controller.
+    #[test]
+    fn generated_settings_are_accepted(settings in canister_settings()) {
+        let mut sm = workload_machine(property_config(), 1);
+        let result = common::update_settings(&mut sm, caller(0), canister(0), settings);
+        prop_assert!(result.is_ok(), "{:?}", result);
     }
 }
 
@@ -192,10 +227,9 @@ impl TakeAliasesLiveMemory {
 impl Replica for TakeAliasesLiveMemory {
     fn execute(&mut self, op: &Operation) -> Outcome {
         let new = match op {
-            Operation::Take { canister, .. } => Some((
-                *canister,
-                self.model.next_snapshot_id(canisters_id(*canister)),
-            )),
+            Operation::Take { canister: n, .. } => {
+                Some((*n, self.model.next_snapshot_id(canister(*n))))
+            }
             _ => None,
         };
         let outcome = self.model.step(op);
@@ -223,10 +257,6 @@ impl Replica for TakeAliasesLiveMemory {
     fn canisters(&self) -> Vec<CanisterIndex> {
         Replica::canisters(&self.model)
     }
-}
-
-fn canisters_id(n: CanisterIndex) -> Principal {
-    canister_snapshots::testing::workload::canister(n)
 }
 
 /// proptest's default number of cases, with a fixed seed so that this test is deterministic.
