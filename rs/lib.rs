@@ -2,8 +2,9 @@
 //!
 //! The layers, bottom up (each depends only on the ones before it): [`memory`] ← [`state`] ←
 //! [`snapshots`] ← [`replicated_state`] ← [`execution`] / [`management`] ← [`scheduler`] ←
-//! [`harness`] ← [`cli`], and [`client`] ← [`transfer`] ← [`harness`]. `ARCHITECTURE.md` has
-//! the codemap and the invariants.
+//! [`harness`] ← [`cli`], and [`client`] ← [`transfer`] ← [`harness`]; [`testing`] (workloads,
+//! and with the `proptest` feature the reference model and restore properties) sits on top and
+//! nothing depends on it. `ARCHITECTURE.md` has the codemap and the invariants.
 
 pub mod cli;
 pub mod client;
