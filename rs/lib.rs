@@ -2,8 +2,11 @@
 //!
 //! The layers, bottom up (each depends only on the ones before it): [`memory`] ← [`state`] ←
 //! [`snapshots`] ← [`replicated_state`] ← [`execution`] / [`management`] ← [`scheduler`] ←
-//! [`harness`] ← [`cli`]; [`state_manager`] (the state directory) sits on [`replicated_state`]
-//! and is used by [`scheduler`] and [`harness`]. `ARCHITECTURE.md` has the codemap and the invariants.
+//! [`harness`] ← [`cli`], and [`client`] ← [`transfer`] ← [`harness`]; [`state_manager`] (the
+//! state directory) sits on [`replicated_state`] and is used by [`scheduler`] and [`harness`];
+//! [`testing`] (workloads, and with the `proptest` feature the reference model and restore
+//! properties) sits on top and nothing depends on it. `ARCHITECTURE.md` has the codemap and the
+//! invariants.
 
 // Untrusted input (payloads, uploads, snapshot directories, checkpoint files) reaches most of
 // this crate: no unwrap, expect, indexing, panic or unchecked arithmetic outside tests, except
@@ -33,6 +36,7 @@ pub mod scheduler;
 pub mod snapshots;
 pub mod state;
 pub mod state_manager;
+pub mod testing;
 pub mod transfer;
 
 pub use config::Config;
