@@ -6,16 +6,6 @@
 //! instead of panicking. Its only I/O is `page_file.rs`: encoding page files into a writer the
 //! caller gives, and mapping files the caller opened (the state manager owns the directory).
 
-// Not yet under the crate's panic hygiene: its page files are being added (issue 7), and the
-// audit of its bounds-checked arithmetic follows with them.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::panic
-)]
-
 pub mod checksum;
 mod page_file;
 mod page_map;
@@ -28,6 +18,9 @@ pub use page_file::{
     write_page_file,
 };
 pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap, PageMapIdentity};
+
+/// [`PAGE_SIZE`] as a `u64`, for byte offsets.
+const PAGE_SIZE_U64: u64 = PAGE_SIZE as u64;
 
 /// Bytes in one WebAssembly page, the unit in which memories grow.
 pub const WASM_PAGE_SIZE: u64 = 64 * 1024;
@@ -156,7 +149,7 @@ impl Memory {
             .checked_mul(WASM_PAGE_SIZE)
             .and_then(|d| d.checked_add(self.size_bytes))
             .unwrap_or(u64::MAX);
-        if requested > limit || requested > MAX_PAGES * PAGE_SIZE as u64 {
+        if requested > limit || requested > MAX_PAGES.saturating_mul(PAGE_SIZE as u64) {
             return Err(MemoryError::GrowthBeyondLimit { requested, limit });
         }
         self.size_bytes = requested;
@@ -165,9 +158,8 @@ impl Memory {
 
     /// Grows, if needed, so that `[0, end)` is inside the memory.
     pub fn grow_to_fit(&mut self, end: u64, limit: u64) -> Result<(), MemoryError> {
-        if end > self.size_bytes {
-            let needed = (end - self.size_bytes).div_ceil(WASM_PAGE_SIZE);
-            self.grow(needed, limit)?;
+        if let Some(missing) = end.checked_sub(self.size_bytes).filter(|&m| m > 0) {
+            self.grow(missing.div_ceil(WASM_PAGE_SIZE), limit)?;
         }
         Ok(())
     }
@@ -178,10 +170,10 @@ impl Memory {
         if !size_bytes.is_multiple_of(WASM_PAGE_SIZE) {
             return Err(MemoryError::SizeNotMultipleOfWasmPage { size: size_bytes });
         }
-        if size_bytes >= self.size_bytes {
-            self.grow((size_bytes - self.size_bytes) / WASM_PAGE_SIZE, limit)?;
+        if let Some(added) = size_bytes.checked_sub(self.size_bytes) {
+            self.grow(added / WASM_PAGE_SIZE, limit)?;
         } else {
-            self.pages.truncate(size_bytes / PAGE_SIZE as u64);
+            self.pages.truncate(size_bytes / PAGE_SIZE_U64);
             self.size_bytes = size_bytes;
         }
         Ok(())
@@ -231,7 +223,7 @@ impl Memory {
     /// Bytes of page memory really allocated on the heap (pages written since the last
     /// checkpoint × 4 KiB; checkpointed pages are mapped from files). O(those pages).
     pub fn resident_bytes(&self) -> u64 {
-        self.pages.heap_pages() * PAGE_SIZE as u64
+        self.pages.heap_pages().saturating_mul(PAGE_SIZE_U64)
     }
 }
 

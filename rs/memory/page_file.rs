@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex};
 use memmap2::Mmap;
 
 use super::checksum::{self, Hash};
-use super::page_map::{FANOUT, PAGE_SIZE, Page};
+use super::page_map::{FANOUT, PAGE_SIZE, Page, span};
 
 /// The newest page file format this build reads and the one it writes.
 pub const PAGE_FILE_VERSION: u32 = 1;
@@ -129,20 +129,26 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
     let mut count = 0u64;
     for (index, bytes, hash) in pages {
         match ranges.last_mut() {
-            Some((_, end)) if *end == index => *end += 1,
+            // An index is below `MAX_PAGES` (2^32): `index + 1` cannot overflow.
+            Some((_, end)) if *end == index => *end = index.saturating_add(1),
             Some((_, end)) if *end > index => {
                 return Err(std::io::Error::other(format!(
                     "page {index} written out of order"
                 )));
             }
-            _ => ranges.push((index, index + 1)),
+            _ => ranges.push((index, index.saturating_add(1))),
         }
         out.write_all(bytes)?;
         hashes.extend_from_slice(&hash.unwrap_or_else(|| checksum::leaf_hash(bytes)));
-        count += 1;
+        count = count.saturating_add(1);
     }
     let mut tail = hashes;
-    tail.reserve(ranges.len() * RANGE_BYTES + FOOTER_BYTES);
+    tail.reserve(
+        ranges
+            .len()
+            .saturating_mul(RANGE_BYTES)
+            .saturating_add(FOOTER_BYTES),
+    );
     for (start, end) in &ranges {
         tail.extend_from_slice(&start.to_le_bytes());
         tail.extend_from_slice(&end.to_le_bytes());
@@ -160,9 +166,13 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
     })
 }
 
+/// The little-endian `u64` at the start of `bytes`; zero-padded if `bytes` is shorter (callers
+/// pass 8-byte fields of a footer or index entry whose length is already checked).
 fn le_u64(bytes: &[u8]) -> u64 {
     let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[..8]);
+    for (w, b) in word.iter_mut().zip(bytes) {
+        *w = *b;
+    }
     u64::from_le_bytes(word)
 }
 
@@ -189,18 +199,31 @@ impl PageFile {
         // or shrink under the references `page` hands out; the mapping is read-only, so no
         // reference into it is ever mutable.
         let map = unsafe { Mmap::map(file) }.map_err(io)?;
-        let footer = &map[map.len() - FOOTER_BYTES..];
-        if &footer[24..32] != MAGIC {
+        // The length was checked against the file's metadata above; checked again here, on the
+        // mapping itself, so a footer that is not there is an error rather than a panic.
+        let Some((body, footer)) = map
+            .len()
+            .checked_sub(FOOTER_BYTES)
+            .and_then(|at| map.split_at_checked(at))
+        else {
+            return Err(corrupt(format!(
+                "{} bytes is shorter than the {FOOTER_BYTES}-byte footer",
+                map.len()
+            )));
+        };
+        let field = |range: std::ops::Range<usize>| footer.get(range).unwrap_or_default();
+        if field(24..32) != MAGIC {
             return Err(corrupt("no page file footer (magic) at its end".into()));
         }
-        let version = u32::from_le_bytes([footer[16], footer[17], footer[18], footer[19]]);
+        // Four bytes, zero-extended: the value fits a `u32`.
+        let version = le_u64(field(16..20)) as u32;
         if version > PAGE_FILE_VERSION {
             return Err(PageFileError::NewerVersion {
                 file: name.to_string(),
                 found: version,
             });
         }
-        let (range_count, page_count) = (le_u64(&footer[0..8]), le_u64(&footer[8..16]));
+        let (range_count, page_count) = (le_u64(field(0..8)), le_u64(field(8..16)));
         let expected = range_count
             .checked_mul(RANGE_BYTES as u64)
             .and_then(|r| {
@@ -215,19 +238,29 @@ impl PageFile {
                  ranges (truncated or extended?)"
             )));
         }
-        let index_at = (page_count as usize) * (PAGE_SIZE + 32);
+        // `expected == len` above puts the index between the hashes and the footer; checked
+        // anyway rather than sliced.
+        let index = (page_count as usize)
+            .checked_mul(PAGE_SIZE + 32)
+            .and_then(|at| body.get(at..))
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "its footer declares {page_count} pages, more than it holds"
+                ))
+            })?;
         let mut ranges = Vec::with_capacity(range_count as usize);
         let mut slot = 0u64;
         let mut previous_end = 0u64;
-        for entry in map[index_at..map.len() - FOOTER_BYTES].chunks_exact(RANGE_BYTES) {
-            let (start, end) = (le_u64(&entry[..8]), le_u64(&entry[8..]));
-            if end <= start || (!ranges.is_empty() && start < previous_end) {
+        for entry in index.chunks_exact(RANGE_BYTES) {
+            let (start, end) = (le_u64(entry), le_u64(entry.get(8..).unwrap_or_default()));
+            let pages = end.checked_sub(start).filter(|&n| n > 0);
+            let Some(pages) = pages.filter(|_| ranges.is_empty() || start >= previous_end) else {
                 return Err(corrupt(format!(
                     "index range [{start}, {end}) is empty or out of order"
                 )));
-            }
+            };
             ranges.push(Range { start, end, slot });
-            slot = slot.saturating_add(end - start);
+            slot = slot.saturating_add(pages);
             previous_end = end;
         }
         if slot != page_count {
@@ -258,7 +291,10 @@ impl PageFile {
     fn slot_of(&self, index: u64) -> Option<u64> {
         let i = self.ranges.partition_point(|r| r.start <= index);
         let range = self.ranges.get(i.checked_sub(1)?)?;
-        (index < range.end).then(|| range.slot + (index - range.start))
+        let offset = index
+            .checked_sub(range.start)
+            .filter(|_| index < range.end)?;
+        range.slot.checked_add(offset)
     }
 
     /// The bytes of page `index`, if this file holds it, checked against the stored leaf hash
@@ -271,7 +307,10 @@ impl PageFile {
         let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
         // Relaxed is enough: the bit only says that a check already passed on these immutable
         // bytes; a thread that misses it checks again.
-        if self.verified[word].load(Ordering::Relaxed) & bit == 0 {
+        // `verified` has a word for every 64 slots and `slot < page_count`: `seen` is always
+        // there; if it were not, the page would just be checked on every read.
+        let seen = self.verified.get(word);
+        if seen.is_none_or(|seen| seen.load(Ordering::Relaxed) & bit == 0) {
             if checksum::leaf_hash(bytes) != self.slot_hash(slot) {
                 return Err(PageFileError::Corrupt {
                     file: self.name.clone(),
@@ -281,7 +320,9 @@ impl PageFile {
                     ),
                 });
             }
-            self.verified[word].fetch_or(bit, Ordering::Relaxed);
+            if let Some(seen) = seen {
+                seen.fetch_or(bit, Ordering::Relaxed);
+            }
         }
         Ok(Some(bytes))
     }
@@ -291,6 +332,15 @@ impl PageFile {
         self.slot_of(index).map(|slot| self.slot_hash(slot))
     }
 
+    // Slot arithmetic: `map` checked that the file is exactly `page_count` pages, as many
+    // hashes, the index and the footer, and that the index's ranges cover exactly
+    // `page_count` slots; `slot_of` only returns a slot inside a range, so `slot < page_count`
+    // and both areas hold it. On the page read path: no further checks here.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::expect_used
+    )]
     fn slot_bytes(&self, slot: u64) -> &[u8; PAGE_SIZE] {
         let at = slot as usize * PAGE_SIZE;
         self.map[at..at + PAGE_SIZE]
@@ -298,6 +348,12 @@ impl PageFile {
             .expect("slot within the checked data area")
     }
 
+    // As `slot_bytes`: `slot < page_count`, inside the checked hash area.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing,
+        clippy::expect_used
+    )]
     fn slot_hash(&self, slot: u64) -> Hash {
         let at = self.page_count as usize * PAGE_SIZE + slot as usize * 32;
         self.map[at..at + 32]
@@ -307,7 +363,8 @@ impl PageFile {
 
     /// Bytes after the page data (leaf hashes, index, footer): what the manifest checks.
     pub fn tail_bytes(&self) -> u64 {
-        (self.map.len() - self.page_count as usize * PAGE_SIZE) as u64
+        let data = (self.page_count as usize).saturating_mul(PAGE_SIZE);
+        self.map.len().saturating_sub(data) as u64
     }
 
     /// Whether any page in `[first, end)` is in this file. O(log ranges).
@@ -321,10 +378,9 @@ impl PageFile {
     /// detectable.
     fn pages(&self) -> impl Iterator<Item = (u64, &[u8; PAGE_SIZE], Hash)> + '_ {
         self.ranges.iter().flat_map(move |r| {
-            (r.start..r.end).map(move |index| {
-                let slot = r.slot + index - r.start;
-                (index, self.slot_bytes(slot), self.slot_hash(slot))
-            })
+            (r.start..r.end)
+                .zip(r.slot..)
+                .map(move |(index, slot)| (index, self.slot_bytes(slot), self.slot_hash(slot)))
         })
     }
 }
@@ -406,22 +462,22 @@ impl PageLayers {
     /// The Merkle hash of the subtree of this stack at `level` covering pages from
     /// `first_page` (the zero-subtree hash where no file has a page).
     pub(super) fn subtree_hash(&self, level: u32, first_page: u64) -> Hash {
-        if level == 0 {
+        let Some(child_level) = level.checked_sub(1) else {
             return self
                 .stored_hash(first_page)
                 .unwrap_or(*checksum::zero_subtree_hash(0));
-        }
-        let span = 1u64 << (4 * level);
-        if !self.has_pages_in(first_page, first_page.saturating_add(span)) {
+        };
+        if !self.has_pages_in(first_page, first_page.saturating_add(span(level))) {
             return *checksum::zero_subtree_hash(level);
         }
         if let Some(hash) = self.cached(level, first_page) {
             return hash;
         }
-        let child_span = span / FANOUT as u64;
+        let child_span = span(child_level);
         let mut children = [[0u8; 32]; FANOUT];
         for (i, child) in children.iter_mut().enumerate() {
-            *child = self.subtree_hash(level - 1, first_page + i as u64 * child_span);
+            let child_first = first_page.saturating_add(child_span.saturating_mul(i as u64));
+            *child = self.subtree_hash(child_level, child_first);
         }
         let hash = checksum::node_hash(&children);
         if let Ok(mut cache) = self.hashes.lock() {

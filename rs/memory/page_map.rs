@@ -127,7 +127,7 @@ impl ChildHashes {
             return None;
         }
         let mut hash = [0u8; 32];
-        for (out, word) in hash.chunks_exact_mut(8).zip(&self.words[i]) {
+        for (out, word) in hash.chunks_exact_mut(8).zip(self.words.get(i)?) {
             out.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
         }
         Some(hash)
@@ -135,9 +135,11 @@ impl ChildHashes {
 
     #[inline]
     fn set(&self, i: usize, hash: &Hash) {
-        for (word, bytes) in self.words[i].iter().zip(hash.chunks_exact(8)) {
-            let bytes: [u8; 8] = bytes.try_into().expect("8-byte chunk");
-            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        let Some(words) = self.words.get(i) else {
+            return;
+        };
+        for (word, bytes) in words.iter().zip(hash.as_chunks::<8>().0) {
+            word.store(u64::from_ne_bytes(*bytes), Ordering::Relaxed);
         }
         self.known.fetch_or(1 << i, Ordering::Release);
     }
@@ -236,6 +238,9 @@ impl Node {
     }
 
     /// The hash of child `i` of this level-`level` node, computed (not read from the cache).
+    // `i < FANOUT` (a child slot) and `level >= 1` (a node's level, at most `MAX_HEIGHT`), so
+    // `level - 1` does not underflow and the child's first page stays below `MAX_PAGES`.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn child_hash(&self, i: usize, level: u32, first_page: u64, base: Option<&PageLayers>) -> Hash {
         let child_first = first_page + i as u64 * span(level - 1);
         match &self.children {
@@ -277,14 +282,20 @@ pub struct PageMap {
 }
 
 /// Index of the child of a level-`level` node on the path to `page_index`.
+// Arithmetic: node levels are in `1..=MAX_HEIGHT` (the root's height never exceeds it, and a
+// walk stops at level 1), so `level - 1` does not underflow and the shift is below 64. The
+// mask makes the result `< FANOUT`, a valid child index. On every page access: no checks.
+#[allow(clippy::arithmetic_side_effects)]
 #[inline]
 fn slot(page_index: u64, level: u32) -> usize {
     ((page_index >> (FANOUT_BITS * (level - 1))) & (FANOUT as u64 - 1)) as usize
 }
 
 /// Pages covered by a node at `level`.
+// Arithmetic: `level <= MAX_HEIGHT`, so the shift is at most 32 (< 64).
+#[allow(clippy::arithmetic_side_effects)]
 #[inline]
-fn span(level: u32) -> u64 {
+pub(super) fn span(level: u32) -> u64 {
     1u64 << (FANOUT_BITS * level)
 }
 
@@ -319,6 +330,9 @@ impl PageMap {
     }
 
     /// The page at `page_index` in the in-memory tree.
+    // `slot` is `< FANOUT`, and the walk goes down from the root's height (at most
+    // `MAX_HEIGHT`) and stops at a level-1 node, so `level` stays `>= 1`. Every page read.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn tree_page(&self, page_index: u64) -> Option<&Page> {
         if self.height == 0 || page_index >= span(self.height) {
             return None;
@@ -370,6 +384,11 @@ impl PageMap {
 
     /// Copies `buf.len()` bytes starting at byte `offset` into `buf`. Never-written bytes read as
     /// zero. The caller bounds `offset + buf.len()` by the memory size (see [`super::Memory`]).
+    // The caller bounds `offset + buf.len()` by the memory size, at most `MAX_PAGES` pages
+    // (`Memory::check`), so `at` cannot overflow; `in_page < PAGE_SIZE` and `n` is at most what is
+    // left of both the page and `buf`, so every range is in bounds. Hot loop (one copy per page):
+    // no further checks.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PageFileError> {
         let mut done = 0usize;
         while done < buf.len() {
@@ -388,6 +407,9 @@ impl PageMap {
     /// A page overwritten whole is replaced without copying its old contents.
     ///
     /// Panics if the write reaches beyond [`MAX_PAGES`]; callers bound writes by the memory size.
+    // As `read`: the caller bounds `offset + data.len()`, `in_page < PAGE_SIZE` and `n` fits both
+    // the page and what is left of `data`. Hot loop (one copy per page).
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), PageFileError> {
         let mut done = 0usize;
         while done < data.len() {
@@ -409,6 +431,8 @@ impl PageMap {
     }
 
     /// Sets `len` bytes from `offset` to `byte`, with the same copy-on-write rules as `write`.
+    // As `write`: the caller bounds `offset + len`, `n` fits the page and what is left to fill.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     pub fn fill(&mut self, offset: u64, len: u64, byte: u8) -> Result<(), PageFileError> {
         let mut done = 0u64;
         while done < len {
@@ -451,6 +475,10 @@ impl PageMap {
     /// The slot holding page `page_index`, with every node on the path made unique and its cached
     /// hash of the next node down (or of the page) forgotten: the caller is about to change what
     /// the slot holds.
+    // `page_index < MAX_PAGES` is asserted on entry (callers bound writes by the memory size), so
+    // the tree is grown to cover it and the walk goes from the root's height down to level 1 with
+    // `slot < FANOUT`: `level - 1` does not underflow. Every page write.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn page_slot(&mut self, page_index: u64) -> &mut Option<Arc<Page>> {
         assert!(
             page_index < MAX_PAGES,
@@ -482,6 +510,9 @@ impl PageMap {
 
     /// Adds levels above the root until it covers `page_index`. The old root becomes child 0,
     /// so existing page indices keep their paths.
+    // `page_index < MAX_PAGES` (see `page_slot`), so the loop stops by `MAX_HEIGHT`: the height
+    // never overflows.
+    #[allow(clippy::arithmetic_side_effects)]
     fn grow_height_to_cover(&mut self, page_index: u64) {
         if self.height == 0 {
             self.height = 1;
@@ -573,6 +604,9 @@ impl PageMap {
     }
 
     /// The Merkle root over pages `[0, 16^level)` at `level ≥ height`; reuses every cached hash.
+    // `self.height <= level <= MAX_HEIGHT`: levels above the root are `>= 1`, child first pages
+    // `i * span(l - 1)` with `i < FANOUT` stay below `MAX_PAGES`.
+    #[allow(clippy::arithmetic_side_effects)]
     pub(crate) fn tree_hash(&self, level: u32) -> Hash {
         let base = self.base.as_deref();
         let Some(root) = &self.root else {
@@ -612,6 +646,8 @@ impl PageMap {
 
     /// The node of `self` at `level` covering pages `[first_page, first_page + 16^level)`, if
     /// there is one. O(height).
+    // `level >= 1` and `h > level` in the loop, so `h - 1` does not underflow; `slot < FANOUT`.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn node_covering(&self, level: u32, first_page: u64) -> Option<&Node> {
         if level == 0 || self.height < level || first_page >= span(self.height) {
             return None;
@@ -638,6 +674,9 @@ struct Diff<'a, 'f> {
 
 impl Diff<'_, '_> {
     /// `other` is the other map's node covering the same range at the same level, if any.
+    // Both arrays have `FANOUT` slots and `i < FANOUT`; an interior node has `level >= 2`, and a
+    // child's first page stays below `MAX_PAGES` (the tree's span).
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn nodes(&mut self, node: &Node, other: Option<&Node>, level: u32, first_page: u64) {
         if other.is_some_and(|other| std::ptr::eq(node, other)) {
             return;
@@ -688,15 +727,17 @@ impl PageIter<'_> {
     /// checkpoint store the hash without recomputing it.
     pub fn cached_hash_of_last(&self) -> Option<Hash> {
         let &(node, level, _, next) = self.stack.last()?;
-        (level == 1 && next > 0)
-            .then(|| node.child_hashes.get(next - 1))
-            .flatten()
+        let last = next.checked_sub(1).filter(|_| level == 1)?;
+        node.child_hashes.get(last)
     }
 }
 
 impl<'a> Iterator for PageIter<'a> {
     type Item = (u64, &'a Page);
 
+    // `next < FANOUT` once the `next == FANOUT` case returned; an interior node's level is
+    // `>= 2`, and a child's first page stays below `MAX_PAGES`.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn next(&mut self) -> Option<Self::Item> {
         while let Some(top) = self.stack.last_mut() {
             let (node, level, first, next) = *top;
