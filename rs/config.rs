@@ -41,6 +41,9 @@ pub struct Config {
     /// Decoding budget for one management payload (Candid decoding quota, in the units of
     /// `candid::DecoderConfig`): bounds the work a hostile payload can cause.
     pub management_payload_decoding_quota: usize,
+    /// Worker threads that execute the canister messages of a round (`spec/execution.md`,
+    /// "Threads"). Not part of the state: every value gives the same `state_hash`. At least 1.
+    pub scheduler_threads: usize,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             max_reply_bytes: 2 << 20,
             max_heap_delta_per_message_bytes: 1 << 30,
             management_payload_decoding_quota: 20_000_000,
+            scheduler_threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }

@@ -5,10 +5,12 @@
 //! `ic-management-canister-types` argument and goes through [`StateMachine::update_call`] to
 //! the management canister, so the Candid path is always the one exercised.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{Nat, Principal};
+use ic_error_types::{ErrorCode, UserError};
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInfoArgs, CanisterInfoResult, CanisterInstallMode, CanisterSettings,
     CanisterStatusResult, DeleteCanisterSnapshotArgs, InstallCodeArgs, LoadCanisterSnapshotArgs,
@@ -34,7 +36,15 @@ pub struct StateMachine {
     /// The time the next round runs at.
     time: u64,
     next_message_id: MessageId,
+    /// Messages submitted for the next round, in submission order.
+    queued: Vec<Ingress>,
+    /// Outcomes of executed messages not awaited yet.
+    completed: BTreeMap<MessageId, Result<Vec<u8>, RejectResponse>>,
 }
+
+/// Most messages that may wait for the next round; one more is refused with
+/// `IngressHistoryFull` until a [`StateMachine::tick`] executes them.
+pub const MAX_QUEUED_MESSAGES: usize = 100_000;
 
 impl Default for StateMachine {
     fn default() -> Self {
@@ -56,6 +66,8 @@ impl StateMachine {
             state,
             time,
             next_message_id: 0,
+            queued: Vec::new(),
+            completed: BTreeMap::new(),
         }
     }
 
@@ -104,7 +116,7 @@ impl StateMachine {
             .unwrap_or_else(|err| panic!("install_canister failed: {err}"));
     }
 
-    /// Sends one ingress message and executes a round for it.
+    /// Sends one ingress message and executes a round for it (with whatever else is queued).
     pub fn update_call(
         &mut self,
         canister_id: Principal,
@@ -112,24 +124,64 @@ impl StateMachine {
         method: &str,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, RejectResponse> {
+        let message_id = self.submit_call(canister_id, sender, method, payload)?;
+        self.await_call(message_id)
+    }
+
+    /// Queues one ingress message for the next round (PocketIC's `submit_call`), so that many
+    /// messages can share a round. Refused only when [`MAX_QUEUED_MESSAGES`] are waiting.
+    pub fn submit_call(
+        &mut self,
+        canister_id: Principal,
+        sender: Principal,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<MessageId, RejectResponse> {
+        if self.queued.len() >= MAX_QUEUED_MESSAGES {
+            return Err(RejectResponse::from(UserError::new(
+                ErrorCode::IngressHistoryFull,
+                format!(
+                    "{MAX_QUEUED_MESSAGES} messages are already waiting for the next round: \
+                     call tick() or await_call() before submitting more."
+                ),
+            )));
+        }
         let message_id = self.next_message_id;
-        self.next_message_id += 1;
-        let batch = Batch {
-            time: self.time,
-            ingress: vec![Ingress {
-                message_id,
-                sender,
-                receiver: canister_id,
-                method: method.to_string(),
-                payload,
-            }],
-        };
-        let results = self.execution.execute_round(&mut self.state, batch);
-        let (_, result) = results
-            .into_iter()
-            .find(|(id, _)| *id == message_id)
-            .expect("a round answers every message of its batch");
-        result.map_err(RejectResponse::from)
+        self.next_message_id = self.next_message_id.checked_add(1).ok_or_else(|| {
+            RejectResponse::from(UserError::new(
+                ErrorCode::IngressHistoryFull,
+                "every message id has been used: start a new StateMachine".to_string(),
+            ))
+        })?;
+        self.queued.push(Ingress {
+            message_id,
+            sender,
+            receiver: canister_id,
+            method: method.to_string(),
+            payload,
+        });
+        Ok(message_id)
+    }
+
+    /// The outcome of a submitted message (PocketIC's `await_call`), executing rounds until it
+    /// has one. Each outcome is handed out once; an id that was never submitted, or was
+    /// awaited already, is refused.
+    pub fn await_call(&mut self, message_id: MessageId) -> Result<Vec<u8>, RejectResponse> {
+        if !self.completed.contains_key(&message_id)
+            && self.queued.iter().any(|m| m.message_id == message_id)
+        {
+            // A round executes everything queued, so one tick answers it.
+            self.tick();
+        }
+        self.completed.remove(&message_id).unwrap_or_else(|| {
+            Err(RejectResponse::from(UserError::new(
+                ErrorCode::IngressMessageTimeout,
+                format!(
+                    "message {message_id} is unknown: it was never submitted or its outcome \
+                     was already awaited"
+                ),
+            )))
+        })
     }
 
     /// Calls the management canister and decodes its reply as the tuple `R`.
@@ -258,15 +310,17 @@ impl StateMachine {
             .map(|(info,)| info)
     }
 
-    /// Executes a round with no messages.
+    /// Executes one round of everything queued by [`Self::submit_call`] (possibly nothing),
+    /// keeping the outcomes for [`Self::await_call`].
     pub fn tick(&mut self) {
-        self.execution.execute_round(
-            &mut self.state,
-            Batch {
-                time: self.time,
-                ingress: Vec::new(),
-            },
-        );
+        let batch = Batch {
+            time: self.time,
+            ingress: std::mem::take(&mut self.queued),
+        };
+        for (message_id, result) in self.execution.execute_round(&mut self.state, batch) {
+            self.completed
+                .insert(message_id, result.map_err(RejectResponse::from));
+        }
     }
 
     /// ns since the Unix epoch; starts at the fixed genesis time.

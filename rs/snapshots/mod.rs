@@ -621,7 +621,8 @@ impl SnapshotStore {
             .sum()
     }
 
-    /// Sum of `total_size` over every snapshot on the subnet.
+    /// Sum of `total_size` over every snapshot on the subnet, recounted: O(snapshots). The
+    /// replicated state keeps it as a running total (`ReplicatedState::memory_totals`).
     pub fn total_size(&self) -> u64 {
         self.iter().map(CanisterSnapshot::total_size).sum()
     }
