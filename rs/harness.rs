@@ -76,6 +76,13 @@ impl StateMachine {
         &self.state
     }
 
+    /// The replicated state, for tests that put a counter or a balance at its edge. A change to
+    /// memory must keep `memory_totals` equal to a recount (`check_accounting`), which every
+    /// debug round asserts.
+    pub fn state_mut(&mut self) -> &mut ReplicatedState {
+        &mut self.state
+    }
+
     pub fn config(&self) -> &Config {
         self.execution.config()
     }

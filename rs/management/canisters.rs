@@ -160,14 +160,27 @@ impl ManagementCanister<'_> {
                 ));
             }
             Some(id) => id,
-            None => loop {
-                // Skip ids taken by earlier `specified_id` creations.
-                let id = canister_id_from_index(state.next_canister_index);
-                state.next_canister_index += 1;
-                if !state.canisters.contains_key(&id) && !state.deleted_canisters.contains(&id) {
-                    break id;
+            None => {
+                // Skip ids taken by earlier `specified_id` creations. Checked: an index that
+                // wrapped would give out a deleted canister's id again.
+                let mut index = state.next_canister_index;
+                loop {
+                    let id = canister_id_from_index(index);
+                    index = index.checked_add(1).ok_or_else(|| {
+                        UserError::new(
+                            ErrorCode::MaxNumberOfCanistersReached,
+                            "This subnet has allocated every canister id it has: create the \
+                             canister on another subnet."
+                                .to_string(),
+                        )
+                    })?;
+                    if !state.canisters.contains_key(&id) && !state.deleted_canisters.contains(&id)
+                    {
+                        state.next_canister_index = index;
+                        break id;
+                    }
                 }
-            },
+            }
         };
         let mut canister = CanisterState::new(canister_id, controllers.clone(), cycles);
         canister.settings = valid.settings;
@@ -234,7 +247,7 @@ impl ManagementCanister<'_> {
         if mode != CodeDeploymentMode::Upgrade {
             canister.certified_data.clear();
         }
-        canister.canister_version += 1;
+        canister.canister_version = canister.canister_version.saturating_add(1);
         canister.record_change(
             time,
             from_user(sender),
@@ -382,7 +395,7 @@ impl ManagementCanister<'_> {
         let time = state.time;
         let canister = canister_mut(state, args.canister_id)?;
         canister.settings = valid.settings;
-        canister.canister_version += 1;
+        canister.canister_version = canister.canister_version.saturating_add(1);
         if let Some(controllers) = valid.controllers {
             canister.controllers = controllers;
             let record = ControllersChangeRecord {
@@ -433,6 +446,6 @@ pub(super) fn uninstall(canister: &mut CanisterState, time: u64, sender: Princip
     canister.certified_data.clear();
     canister.wasm_chunk_store.clear();
     canister.global_timer = None;
-    canister.canister_version += 1;
+    canister.canister_version = canister.canister_version.saturating_add(1);
     canister.record_change(time, from_user(sender), ChangeDetails::CodeUninstall);
 }

@@ -286,7 +286,7 @@ impl ManagementCanister<'_> {
         snapshot.restore_into(canister);
         canister.cycles -= cost;
         canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(size);
-        canister.canister_version += 1;
+        canister.canister_version = canister.canister_version.saturating_add(1);
         canister.record_change(time, from_user(sender), ChangeDetails::LoadSnapshot(record));
         state.snapshots.get_mut(source_id, &snapshot_id)?.seal();
         reply(())

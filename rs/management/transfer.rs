@@ -341,7 +341,7 @@ impl ManagementCanister<'_> {
             .canisters
             .get_mut(&args.canister_id)
             .expect("checked by `controlled` above");
-        let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload);
+        let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload)?;
         let snapshot_id = snapshot.id().to_bytes();
         state.snapshots.commit(snapshot, replace.as_ref());
         canister.cycles -= cost;

@@ -174,6 +174,10 @@ pub enum SnapshotError {
     NoCode {
         canister_id: Principal,
     },
+    /// The canister's snapshot counter is at `u64::MAX`: a new id would reuse an old one.
+    IdsExhausted {
+        canister_id: Principal,
+    },
 }
 
 impl SnapshotError {
@@ -182,7 +186,8 @@ impl SnapshotError {
             SnapshotError::NotFound { .. } => ErrorCode::CanisterSnapshotNotFound,
             SnapshotError::WrongCanister { .. }
             | SnapshotError::QuotaReached { .. }
-            | SnapshotError::NoCode { .. } => ErrorCode::CanisterRejectedMessage,
+            | SnapshotError::NoCode { .. }
+            | SnapshotError::IdsExhausted { .. } => ErrorCode::CanisterRejectedMessage,
         }
     }
 }
@@ -214,6 +219,11 @@ impl std::fmt::Display for SnapshotError {
                 "Canister {canister_id} has no code installed: there is nothing to snapshot. \
                  Install code first."
             ),
+            SnapshotError::IdsExhausted { canister_id } => write!(
+                f,
+                "Canister {canister_id} has used every snapshot id (its counter is at its \
+                 maximum) and ids are never reused: create a new canister for new snapshots."
+            ),
         }
     }
 }
@@ -226,6 +236,17 @@ impl From<SnapshotError> for UserError {
     }
 }
 
+/// The canister's snapshot counter after allocating one more id: checked, since a counter
+/// that wrapped would hand out an id again.
+fn next_snapshot_id(canister: &CanisterState) -> Result<u64, SnapshotError> {
+    canister
+        .next_snapshot_id
+        .checked_add(1)
+        .ok_or(SnapshotError::IdsExhausted {
+            canister_id: canister.canister_id,
+        })
+}
+
 impl CanisterSnapshot {
     /// Captures `canister` as a new snapshot stamped `time`, and advances the canister's
     /// snapshot counter. O(1) in the size of its memories.
@@ -234,6 +255,7 @@ impl CanisterSnapshot {
         time: u64,
         label: Option<String>,
     ) -> Result<Self, SnapshotError> {
+        let next_snapshot_id = next_snapshot_id(canister)?;
         let content = SnapshotContent::of_canister(canister).ok_or(SnapshotError::NoCode {
             canister_id: canister.canister_id,
         })?;
@@ -246,7 +268,7 @@ impl CanisterSnapshot {
             content,
             None,
         );
-        canister.next_snapshot_id += 1;
+        canister.next_snapshot_id = next_snapshot_id;
         Ok(snapshot)
     }
 
@@ -258,7 +280,8 @@ impl CanisterSnapshot {
         time: u64,
         content: SnapshotContent,
         upload: UploadState,
-    ) -> Self {
+    ) -> Result<Self, SnapshotError> {
+        let next_snapshot_id = next_snapshot_id(canister)?;
         let snapshot = Self::from_parts(
             SnapshotId::new(canister.canister_id, canister.next_snapshot_id),
             SnapshotSource::MetadataUpload,
@@ -268,8 +291,8 @@ impl CanisterSnapshot {
             content,
             Some(upload),
         );
-        canister.next_snapshot_id += 1;
-        snapshot
+        canister.next_snapshot_id = next_snapshot_id;
+        Ok(snapshot)
     }
 
     /// A snapshot from its parts, as a checkpoint stored it. Advances no counter.

@@ -339,7 +339,7 @@ impl CanisterHistory {
             self.changes.pop_front();
         }
         self.changes.push_back(change);
-        self.total_num_changes += 1;
+        self.total_num_changes = self.total_num_changes.saturating_add(1);
     }
 
     pub fn changes(&self) -> impl DoubleEndedIterator<Item = &Change> + ExactSizeIterator {
