@@ -48,6 +48,9 @@ pub struct ReplicatedState {
     /// by [`Self::account`] after every message instead of recounted: O(1) in the number of
     /// canisters and snapshots. Derived (not hashed): [`Self::recount_memory`] rebuilds them.
     pub memory_totals: MemoryFootprint,
+    /// `(next_due, canister)` of every canister with a snapshot schedule, so the round loop
+    /// finds the due ones in O(log n + due). Derived from the canisters' schedules (not hashed).
+    pub snapshot_schedule_due: BTreeSet<(u64, Principal)>,
 }
 
 /// Memory held by canisters (their own [`CanisterState::memory_usage`]) and by their snapshots
@@ -74,6 +77,7 @@ impl ReplicatedState {
             next_canister_index: 0,
             deleted_canisters: BTreeSet::new(),
             memory_totals: MemoryFootprint::default(),
+            snapshot_schedule_due: BTreeSet::new(),
         }
     }
 
@@ -279,6 +283,30 @@ fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
         }
     }
     h.u64(canister.heap_delta_debit);
+    match &canister.snapshot_schedule {
+        None => h.u8(0),
+        Some(schedule) => {
+            h.u8(1);
+            h.u64(schedule.interval_seconds);
+            h.u64(schedule.keep);
+            h.u8(schedule.only_when_stopped as u8);
+            h.bytes(schedule.set_by.as_slice());
+            h.u64(schedule.next_due);
+            h.u64(schedule.taken.len() as u64);
+            for local_id in &schedule.taken {
+                h.u64(*local_id);
+            }
+            match &schedule.last_failure {
+                None => h.u8(0),
+                Some(failure) => {
+                    h.u8(1);
+                    h.u64(failure.time);
+                    h.u64(failure.error_code);
+                    h.bytes(failure.message.as_bytes());
+                }
+            }
+        }
+    }
 }
 
 /// One history entry, field by field (`spec/execution.md`, "State hash"): never through Candid,

@@ -2,10 +2,12 @@
 //!
 //! Depends on [`crate::management`] and [`crate::execution`]. A round (`spec/execution.md`):
 //! 1. the state's time becomes the batch time (never the wall clock; never moves backwards);
+//!    scheduled snapshots that are due are taken, in (due time, canister id) order;
 //! 2. ingress messages larger than `Config::max_ingress_bytes_per_message` are refused without
 //!    reaching their receiver; subnet messages (to `aaaaa-aa`) execute in arrival order;
-//! 3. canister messages execute canister by canister in ascending canister id, each canister's
-//!    messages in arrival order;
+//! 3. canister messages execute on `Config::scheduler_threads` workers: the canisters are split
+//!    in ascending id order, each canister's messages run in arrival order, and results merge
+//!    back in ascending canister id;
 //! 4. every canister's heap-delta debit drains by the per-round allowance; the round counter
 //!    advances.
 //!
@@ -133,6 +135,7 @@ impl ExecutionLoop {
     /// order.
     pub fn execute_round(&self, state: &mut ReplicatedState, batch: Batch) -> Vec<IngressResult> {
         state.time = state.time.max(batch.time);
+        self.management_canister().take_scheduled_snapshots(state);
         let mut results = Vec::with_capacity(batch.ingress.len());
         let mut per_canister: BTreeMap<Principal, Vec<Ingress>> = BTreeMap::new();
         for message in batch.ingress {

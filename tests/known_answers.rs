@@ -41,7 +41,7 @@ const MEMORY_ROOT_MULTI_PAGE: &str =
 /// `snapshot_checksum` of the fixed content of [`fixed_content`].
 const SNAPSHOT_CHECKSUM: &str = "b764b342f0f76fc13700b86796c98fcfdeebae7461cb31e7d993b0688c194e9f";
 /// `state_hash` of the state built by [`fixed_state`].
-const STATE_HASH: &str = "83e687bc8b477f476d6e38ce6dc678fb3be6e46039387b04496ffa79dfc56d76";
+const STATE_HASH: &str = "43b14f6edf6632c6e5eaf03521dadd95f0073d375d3dc324ecbd587eeb28122e";
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
