@@ -17,6 +17,7 @@ pub mod replicated_state;
 pub mod scheduler;
 pub mod snapshots;
 pub mod state;
+pub mod testing;
 pub mod transfer;
 
 pub use config::Config;
