@@ -2,12 +2,11 @@
 #![no_main]
 
 use canister_snapshots::execution::test_canister::METHODS;
-use canister_snapshots::execution::{TestCanisterEngine, execute_canister_message};
+use canister_snapshots::execution::{MemoryContext, TestCanisterEngine, execute_canister_message};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, payload)) = data.split_first() else {
@@ -20,17 +19,26 @@ fuzz_target!(|data: &[u8]| {
         .get(selector as usize % (METHODS.len() + 1))
         .copied()
         .unwrap_or("unknown");
+    let memory = MemoryContext {
+        subnet_memory_usage: state.memory_usage(),
+        snapshots_size: state.snapshots.snapshots_size(canister),
+    };
     let canister_state = state.canisters.get_mut(&canister).expect("created");
     let result = execute_canister_message(
         &TestCanisterEngine,
         execution.config(),
         canister_state,
+        memory,
         candid::Principal::anonymous(),
         state.time,
         method,
         payload,
     );
     if result.is_err() {
-        assert_eq!(state.state_hash(), before, "a rejected {method} changed the state");
+        assert_eq!(
+            state.state_hash(),
+            before,
+            "a rejected {method} changed the state"
+        );
     }
 });

@@ -28,8 +28,18 @@ pub fn replica() -> (ExecutionLoop, ReplicatedState, Principal) {
             method: method.into(),
             payload,
         }];
-        let mut results = execution.execute_round(state, Batch { time: state.time, ingress });
-        results.pop().expect("one result").1.expect("setup succeeds")
+        let mut results = execution.execute_round(
+            state,
+            Batch {
+                time: state.time,
+                ingress,
+            },
+        );
+        results
+            .pop()
+            .expect("one result")
+            .1
+            .expect("setup succeeds")
     };
     let created = send(
         &mut state,
@@ -49,13 +59,23 @@ pub fn replica() -> (ExecutionLoop, ReplicatedState, Principal) {
         sender_canister_version: None,
     };
     send(&mut state, mgmt, "install_code", Encode!(&install).unwrap());
-    send(&mut state, canister, "fill_heap", Encode!(&0u64, &70_000u64, &3u8).unwrap());
+    send(
+        &mut state,
+        canister,
+        "fill_heap",
+        Encode!(&0u64, &70_000u64, &3u8).unwrap(),
+    );
     let take = ic_management_canister_types::TakeCanisterSnapshotArgs {
         canister_id: canister,
         replace_snapshot: None,
         uninstall_code: None,
         sender_canister_version: None,
     };
-    send(&mut state, mgmt, "take_canister_snapshot", Encode!(&take).unwrap());
+    send(
+        &mut state,
+        mgmt,
+        "take_canister_snapshot",
+        Encode!(&take).unwrap(),
+    );
     (execution, state, canister)
 }
