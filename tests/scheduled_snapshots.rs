@@ -251,3 +251,22 @@ fn a_deleted_canister_leaves_no_schedule_behind() {
     sm.advance_time(Duration::from_secs(10));
     sm.tick();
 }
+
+#[test]
+fn a_replaced_schedule_keeps_rotating_the_snapshots_of_the_one_before() {
+    let (mut sm, c) = env();
+    set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
+    sm.advance_time(Duration::from_secs(10));
+    sm.tick();
+    let first = snapshot_ids(&mut sm, &c);
+    assert_eq!(first.len(), 1);
+    // A new interval: its first take replaces the old schedule's snapshot (quota 1), rather
+    // than failing on a quota its own snapshot fills.
+    set_schedule(&mut sm, c.sender, c.id, every(20, 1, false)).unwrap();
+    sm.advance_time(Duration::from_secs(20));
+    sm.tick();
+    let second = snapshot_ids(&mut sm, &c);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+    assert_eq!(schedule_status(&mut sm, &c).unwrap().last_failure, None);
+}

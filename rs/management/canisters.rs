@@ -434,7 +434,11 @@ impl ManagementCanister<'_> {
         };
         let canister = canister_mut(state, args.canister_id)?;
         canister.settings = valid.settings;
-        if let Some(schedule) = schedule {
+        if let Some(mut schedule) = schedule {
+            // A new schedule keeps the scheduled snapshots of the one it replaces as its own.
+            if let (Some(new), Some(old)) = (&mut schedule, &canister.snapshot_schedule) {
+                new.taken = old.taken.clone();
+            }
             let old = std::mem::replace(&mut canister.snapshot_schedule, schedule);
             let new_due = canister.snapshot_schedule.as_ref().map(|s| s.next_due);
             let id = args.canister_id;
