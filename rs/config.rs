@@ -53,6 +53,9 @@ pub struct Config {
     /// A durable replica ([`crate::scheduler::ExecutionLoop::execute_round_durably`]) writes a
     /// checkpoint after every round whose number is a multiple of this (the IC: 500).
     pub checkpoint_interval_rounds: u64,
+    /// Worker threads that execute the canister messages of a round (`spec/execution.md`,
+    /// "Threads"). Not part of the state: every value gives the same `state_hash`. At least 1.
+    pub scheduler_threads: usize,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             max_heap_delta_per_message_bytes: 1 << 30,
             management_payload_decoding_quota: 20_000_000,
             checkpoint_interval_rounds: 500,
+            scheduler_threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{Nat, Principal};
+use ic_error_types::{ErrorCode, UserError};
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInfoArgs, CanisterInfoResult, CanisterInstallMode, CanisterSettings,
     CanisterStatusResult, DeleteCanisterSnapshotArgs, InstallCodeArgs, LoadCanisterSnapshotArgs,
@@ -43,7 +44,15 @@ pub struct StateMachine {
     next_message_id: MessageId,
     /// The state directory, for a machine made by [`StateMachine::open`].
     durable: Option<StateManager>,
+    /// Messages submitted for the next round, in submission order.
+    queued: Vec<Ingress>,
+    /// Outcomes of executed messages not awaited yet.
+    completed: BTreeMap<MessageId, Result<Vec<u8>, RejectResponse>>,
 }
+
+/// Most messages that may wait for the next round; one more is refused with
+/// `IngressHistoryFull` until a [`StateMachine::tick`] executes them.
+pub const MAX_QUEUED_MESSAGES: usize = 100_000;
 
 impl Default for StateMachine {
     fn default() -> Self {
@@ -66,6 +75,8 @@ impl StateMachine {
             time,
             next_message_id: 0,
             durable: None,
+            queued: Vec::new(),
+            completed: BTreeMap::new(),
         }
     }
 
@@ -82,6 +93,8 @@ impl StateMachine {
             time,
             next_message_id: 0,
             durable: Some(manager),
+            queued: Vec::new(),
+            completed: BTreeMap::new(),
         })
     }
 
@@ -102,6 +115,13 @@ impl StateMachine {
     /// The replicated state, for inspection.
     pub fn state(&self) -> &ReplicatedState {
         &self.state
+    }
+
+    /// The replicated state, for tests that put a counter or a balance at its edge. A change to
+    /// memory must keep `memory_totals` equal to a recount (`check_accounting`), which every
+    /// debug round asserts.
+    pub fn state_mut(&mut self) -> &mut ReplicatedState {
+        &mut self.state
     }
 
     pub fn config(&self) -> &Config {
@@ -144,7 +164,7 @@ impl StateMachine {
             .unwrap_or_else(|err| panic!("install_canister failed: {err}"));
     }
 
-    /// Sends one ingress message and executes a round for it.
+    /// Sends one ingress message and executes a round for it (with whatever else is queued).
     pub fn update_call(
         &mut self,
         canister_id: Principal,
@@ -152,52 +172,81 @@ impl StateMachine {
         method: &str,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, RejectResponse> {
-        let call = IngressCall {
-            receiver: canister_id,
+        let message_id = self.submit_call(canister_id, sender, method, payload)?;
+        self.await_call(message_id)
+    }
+
+    /// Queues one ingress message for the next round (PocketIC's `submit_call`), so that many
+    /// messages can share a round. Refused only when [`MAX_QUEUED_MESSAGES`] are waiting.
+    pub fn submit_call(
+        &mut self,
+        canister_id: Principal,
+        sender: Principal,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<MessageId, RejectResponse> {
+        if self.queued.len() >= MAX_QUEUED_MESSAGES {
+            return Err(RejectResponse::from(UserError::new(
+                ErrorCode::IngressHistoryFull,
+                format!(
+                    "{MAX_QUEUED_MESSAGES} messages are already waiting for the next round: \
+                     call tick() or await_call() before submitting more."
+                ),
+            )));
+        }
+        let message_id = self.next_message_id;
+        self.next_message_id = self.next_message_id.checked_add(1).ok_or_else(|| {
+            RejectResponse::from(UserError::new(
+                ErrorCode::IngressHistoryFull,
+                "every message id has been used: start a new StateMachine".to_string(),
+            ))
+        })?;
+        self.queued.push(Ingress {
+            message_id,
             sender,
+            receiver: canister_id,
             method: method.to_string(),
             payload,
-        };
-        self.submit_ingress_batch(vec![call])
-            .pop()
-            .expect("one answer per message")
+        });
+        Ok(message_id)
+    }
+
+    /// The outcome of a submitted message (PocketIC's `await_call`), executing rounds until it
+    /// has one. Each outcome is handed out once; an id that was never submitted, or was
+    /// awaited already, is refused.
+    pub fn await_call(&mut self, message_id: MessageId) -> Result<Vec<u8>, RejectResponse> {
+        if !self.completed.contains_key(&message_id)
+            && self.queued.iter().any(|m| m.message_id == message_id)
+        {
+            // A round executes everything queued, so one tick answers it.
+            self.tick();
+        }
+        self.completed.remove(&message_id).unwrap_or_else(|| {
+            Err(RejectResponse::from(UserError::new(
+                ErrorCode::IngressMessageTimeout,
+                format!(
+                    "message {message_id} is unknown: it was never submitted or its outcome \
+                     was already awaited"
+                ),
+            )))
+        })
     }
 
     /// Sends several ingress messages in one batch and executes one round for all of them; the
     /// answers are in the order of `calls`. The round executes them as it executes any batch
-    /// (subnet messages in arrival order, then canisters in id order).
+    /// (subnet messages in arrival order, then canisters in id order), with whatever else was
+    /// submitted before it.
     pub fn submit_ingress_batch(
         &mut self,
         calls: Vec<IngressCall>,
     ) -> Vec<Result<Vec<u8>, RejectResponse>> {
-        let first_id = self.next_message_id;
-        self.next_message_id += calls.len() as MessageId;
-        let ingress = (first_id..)
-            .zip(calls)
-            .map(|(message_id, call)| Ingress {
-                message_id,
-                sender: call.sender,
-                receiver: call.receiver,
-                method: call.method,
-                payload: call.payload,
-            })
-            .collect();
-        let batch = Batch {
-            time: self.time,
-            ingress,
-        };
-        let mut results: BTreeMap<MessageId, _> = self
-            .execution
-            .execute_round(&mut self.state, batch)
+        let ids: Vec<Result<MessageId, RejectResponse>> = calls
             .into_iter()
+            .map(|call| self.submit_call(call.receiver, call.sender, &call.method, call.payload))
             .collect();
-        (first_id..self.next_message_id)
-            .map(|id| {
-                results
-                    .remove(&id)
-                    .expect("a round answers every message of its batch")
-                    .map_err(RejectResponse::from)
-            })
+        self.tick();
+        ids.into_iter()
+            .map(|id| id.and_then(|id| self.await_call(id)))
             .collect()
     }
 
@@ -327,15 +376,17 @@ impl StateMachine {
             .map(|(info,)| info)
     }
 
-    /// Executes a round with no messages.
+    /// Executes one round of everything queued by [`Self::submit_call`] (possibly nothing),
+    /// keeping the outcomes for [`Self::await_call`].
     pub fn tick(&mut self) {
-        self.execution.execute_round(
-            &mut self.state,
-            Batch {
-                time: self.time,
-                ingress: Vec::new(),
-            },
-        );
+        let batch = Batch {
+            time: self.time,
+            ingress: std::mem::take(&mut self.queued),
+        };
+        for (message_id, result) in self.execution.execute_round(&mut self.state, batch) {
+            self.completed
+                .insert(message_id, result.map_err(RejectResponse::from));
+        }
     }
 
     /// ns since the Unix epoch; starts at the fixed genesis time.

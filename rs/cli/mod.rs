@@ -1,4 +1,4 @@
-//! The command line: `demo`, and (with the transfer layer) `snapshot …` tools that work on
+//! The command line: `demo`, `simulate`, and (with the transfer layer) `snapshot …` tools that work on
 //! local snapshot directories. Parsing with `clap`, progress with `indicatif` (hidden when
 //! stderr is not a terminal).
 //!
@@ -8,6 +8,7 @@
 
 pub mod canister;
 pub mod demo;
+pub mod simulate;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -55,6 +56,17 @@ pub enum Command {
     /// `dfx canister …` over a local replica kept in --state-dir.
     #[command(subcommand)]
     Canister(canister::CanisterCommand),
+    /// Replica agreement: one seeded random stream of batches on replicas with different
+    /// thread counts, every invariant checked after every round.
+    Simulate {
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1000)]
+        rounds: u64,
+        /// Thread counts, one replica each.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        threads: Vec<usize>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,6 +116,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 download_dir,
             })
         }
+        Command::Simulate {
+            seed,
+            rounds,
+            threads,
+        } => simulate::run(seed, rounds, threads),
         Command::Snapshot(SnapshotCommand::Inspect { dir }) => snapshot::run_inspect(&dir),
         Command::Snapshot(SnapshotCommand::Verify { dir }) => snapshot::run_verify(&dir),
         Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),

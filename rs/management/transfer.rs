@@ -441,7 +441,7 @@ impl ManagementCanister<'_> {
             .canisters
             .get_mut(&args.canister_id)
             .ok_or_else(|| canister_not_found(args.canister_id))?;
-        let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload);
+        let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload)?;
         let snapshot_id = snapshot.id().to_bytes();
         state.snapshots.commit(snapshot, replace.as_ref());
         charge.apply(canister);

@@ -144,22 +144,27 @@ impl MemoryRootBuilder {
     /// nodes (1/16 of the hashing) stay on the calling thread. Same result as `push_bytes`.
     pub fn push_bytes_parallel(&mut self, mut bytes: &[u8]) {
         if !self.pending.is_empty() {
-            let take = (PAGE_SIZE - self.pending.len()).min(bytes.len());
-            self.push_bytes(&bytes[..take]);
-            bytes = &bytes[take..];
+            let take = PAGE_SIZE
+                .saturating_sub(self.pending.len())
+                .min(bytes.len());
+            let (head, rest) = bytes.split_at_checked(take).unwrap_or((bytes, &[]));
+            self.push_bytes(head);
+            bytes = rest;
         }
-        let whole = bytes.len() / PAGE_SIZE * PAGE_SIZE;
-        let leaves: Vec<Hash> = bytes[..whole]
-            .par_chunks_exact(PAGE_SIZE)
+        let (pages, tail) = bytes.as_chunks::<PAGE_SIZE>();
+        let leaves: Vec<Hash> = pages
+            .par_iter()
             // Enough pages per task that scheduling costs little next to hashing them.
             .with_min_len(16)
-            .map(|page| page_hash(page.try_into().expect("chunks_exact yields pages")))
+            .map(page_hash)
             .collect();
-        self.size += whole as u64;
+        self.size = self
+            .size
+            .saturating_add((pages.len() as u64).saturating_mul(PAGE_SIZE as u64));
         for leaf in leaves {
             self.push_hash(0, leaf);
         }
-        self.push_bytes(&bytes[whole..]);
+        self.push_bytes(tail);
     }
 
     fn push_page(&mut self, page: &[u8; PAGE_SIZE]) {

@@ -410,6 +410,41 @@ pub struct CanisterState {
     pub settings: CanisterSettings,
     /// Bytes of heap delta charged and not yet drained by the per-round allowance.
     pub heap_delta_debit: u64,
+    /// Scheduled snapshots (`spec/management.md`, "Scheduled snapshots"), if a controller set
+    /// a schedule.
+    pub snapshot_schedule: Option<SnapshotSchedule>,
+}
+
+/// A canister's snapshot schedule: what a controller set through `update_settings` and what
+/// the round loop did with it. Times are batch times (ns since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSchedule {
+    /// A snapshot every this many seconds of batch time.
+    pub interval_seconds: u64,
+    /// The newest this many scheduled snapshots are kept; a scheduled take beyond them
+    /// replaces the oldest.
+    pub keep: u64,
+    /// Take only while the canister is stopped: a snapshot that comes due while it runs is
+    /// taken at the first round it is stopped in.
+    pub only_when_stopped: bool,
+    /// The controller that set the schedule: scheduled takes run as this caller, so they stop
+    /// (and record the refusal) once it no longer controls the canister.
+    pub set_by: Principal,
+    /// When the next snapshot is due.
+    pub next_due: u64,
+    /// Local ids (the counter part of the snapshot id) of the scheduled snapshots this
+    /// schedule took and that may still exist, oldest first.
+    pub taken: VecDeque<u64>,
+    /// The last scheduled take that was refused, until one succeeds.
+    pub last_failure: Option<ScheduledSnapshotFailure>,
+}
+
+/// A scheduled take that was refused: when, and the refusal (its IC `ErrorCode` and message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledSnapshotFailure {
+    pub time: u64,
+    pub error_code: u64,
+    pub message: String,
 }
 
 impl CanisterState {
@@ -430,6 +465,7 @@ impl CanisterState {
             next_snapshot_id: 0,
             settings: CanisterSettings::default(),
             heap_delta_debit: 0,
+            snapshot_schedule: None,
         }
     }
 

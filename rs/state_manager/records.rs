@@ -19,7 +19,7 @@ use crate::snapshots::{
 };
 use crate::state::{
     CanisterHistory, CanisterSettings, CanisterState, CanisterStatus, ChunkStore, ExecutionState,
-    Global, GlobalTimer, HookStatus, WasmModule,
+    Global, GlobalTimer, HookStatus, ScheduledSnapshotFailure, SnapshotSchedule, WasmModule,
 };
 
 /// The version of [`StateRecord`] this build writes and the newest it reads.
@@ -70,6 +70,55 @@ pub struct CanisterRecord {
     next_snapshot_id: u64,
     settings: SettingsRecord,
     heap_delta_debit: u64,
+    schedule: Option<ScheduleRecord>,
+}
+
+/// A canister's snapshot schedule (`spec/management.md`, "Scheduled snapshots").
+#[derive(Serialize, Deserialize)]
+struct ScheduleRecord {
+    interval_seconds: u64,
+    keep: u64,
+    only_when_stopped: bool,
+    set_by: Vec<u8>,
+    next_due: u64,
+    taken: Vec<u64>,
+    /// The last refused take: time, error code, message.
+    last_failure: Option<(u64, u64, String)>,
+}
+
+impl ScheduleRecord {
+    fn from_state(s: &SnapshotSchedule) -> Self {
+        ScheduleRecord {
+            interval_seconds: s.interval_seconds,
+            keep: s.keep,
+            only_when_stopped: s.only_when_stopped,
+            set_by: s.set_by.as_slice().to_vec(),
+            next_due: s.next_due,
+            taken: s.taken.iter().copied().collect(),
+            last_failure: s
+                .last_failure
+                .as_ref()
+                .map(|f| (f.time, f.error_code, f.message.clone())),
+        }
+    }
+
+    fn into_state(self) -> Result<SnapshotSchedule, String> {
+        Ok(SnapshotSchedule {
+            interval_seconds: self.interval_seconds,
+            keep: self.keep,
+            only_when_stopped: self.only_when_stopped,
+            set_by: principal(&self.set_by)?,
+            next_due: self.next_due,
+            taken: self.taken.into_iter().collect(),
+            last_failure: self.last_failure.map(|(time, error_code, message)| {
+                ScheduledSnapshotFailure {
+                    time,
+                    error_code,
+                    message,
+                }
+            }),
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,6 +291,7 @@ impl CanisterRecord {
                 snapshot_visibility: candid_bytes(&s.snapshot_visibility)?,
             },
             heap_delta_debit: c.heap_delta_debit,
+            schedule: c.snapshot_schedule.as_ref().map(ScheduleRecord::from_state),
         })
     }
 
@@ -284,6 +334,7 @@ impl CanisterRecord {
             snapshot_visibility: from_candid::<SnapshotVisibility>(&s.snapshot_visibility)?,
         };
         c.heap_delta_debit = self.heap_delta_debit;
+        c.snapshot_schedule = self.schedule.map(ScheduleRecord::into_state).transpose()?;
         Ok(c)
     }
 }
@@ -413,6 +464,13 @@ impl StateRecord {
         for record in self.snapshots {
             state.snapshots.restore(record.into_state(store)?);
         }
+        // Derived, not stored: rebuilt from what was read.
+        state.memory_totals = state.recount_memory();
+        state.snapshot_schedule_due = state
+            .canisters
+            .values()
+            .filter_map(|c| Some((c.snapshot_schedule.as_ref()?.next_due, c.canister_id)))
+            .collect();
         Ok(state)
     }
 }

@@ -14,6 +14,8 @@
 //! - [`properties`] (feature `proptest`): the four restore properties, each taking a
 //!   `ProptestConfig` and the user's operation strategy, and printing a failure as its seed
 //!   and minimal sequence in pasteable Rust.
+//! - [`simulation`]: replica agreement under simulation (issue 8): one seeded stream of batches
+//!   on replicas with different thread counts, invariants checked after every round.
 //!
 //! Nothing here is used by the replica itself; it depends on the [`crate::harness`] layer and
 //! below, and nothing depends on it.
@@ -35,6 +37,7 @@ pub mod check;
 pub mod model;
 #[cfg(feature = "proptest")]
 pub mod properties;
+pub mod simulation;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 pub mod workload;
