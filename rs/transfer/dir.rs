@@ -307,6 +307,9 @@ impl SnapshotDir {
             metadata,
             exact_float_globals: exact_float_globals(metadata),
         };
+        // A struct of strings, numbers and finite floats (non-finite ones are written as bits):
+        // serde_json serialises every such value.
+        #[allow(clippy::expect_used)]
         let json = serde_json::to_vec_pretty(&file).expect("metadata serialises");
         write_atomically(&self.metadata_path(), &json)
     }
@@ -327,6 +330,8 @@ impl SnapshotDir {
     }
 
     pub fn write_checksum_record(&self, record: &ChecksumRecord) -> Result<(), TransferError> {
+        // Strings only: serde_json serialises every such record.
+        #[allow(clippy::expect_used)]
         let json = serde_json::to_vec_pretty(record).expect("record serialises");
         write_atomically(&self.checksum_path(), &json)
     }
@@ -546,7 +551,10 @@ fn parse_metadata(text: &[u8]) -> Result<ReadCanisterSnapshotMetadataResult, Str
     let mut metadata: ReadCanisterSnapshotMetadataResult =
         serde_json::from_value(value).map_err(parse_error)?;
     for (index, global) in bits {
-        metadata.globals[index] = Some(global);
+        // `index` was found in the same `globals` array above, so the slot exists.
+        if let Some(slot) = metadata.globals.get_mut(index) {
+            *slot = Some(global);
+        }
     }
     Ok(metadata)
 }
@@ -642,7 +650,7 @@ pub fn read_small_file(
     }
     let file = File::open(path).map_err(|e| TransferError::io(path, e))?;
     let mut bytes = Vec::new();
-    file.take(limit + 1)
+    file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| TransferError::io(path, e))?;
     if bytes.len() as u64 > limit {
@@ -688,7 +696,7 @@ pub fn for_each_block(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), 
                 break;
             }
             f(offset, &buf);
-            offset += buf.len() as u64;
+            offset = offset.saturating_add(buf.len() as u64);
             let _ = empty_tx.send(buf);
         }
         Ok(())
@@ -706,10 +714,10 @@ pub fn memory_root_of_file(path: &Path) -> Result<Hash, TransferError> {
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
 pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..])? {
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match reader.read(rest)? {
             0 => break,
-            n => filled += n,
+            n => filled = filled.saturating_add(n),
         }
     }
     Ok(filled)
@@ -741,7 +749,9 @@ pub fn changed_page_runs(old: &[u8], new: &[u8]) -> Vec<(u64, u64)> {
     for (i, (a, b)) in old.chunks(PAGE_SIZE).zip(new.chunks(PAGE_SIZE)).enumerate() {
         if a != b {
             match runs.last_mut() {
-                Some((start, count)) if *start + *count == i as u64 => *count += 1,
+                Some((start, count)) if start.saturating_add(*count) == i as u64 => {
+                    *count = count.saturating_add(1)
+                }
                 _ => runs.push((i as u64, 1)),
             }
         }

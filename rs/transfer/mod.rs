@@ -10,15 +10,6 @@
 //! the offline tools. It reads and writes files only under the directory it is given; every
 //! file it reads is untrusted.
 
-// Not yet under the crate's panic hygiene: the client is being pipelined (issue 11), and its
-// audit follows with that. Every file it reads is size-checked already (`dir.rs`).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::panic
-)]
 #![forbid(unsafe_code)]
 
 mod dir;
