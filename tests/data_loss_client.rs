@@ -25,7 +25,7 @@ use canister_snapshots::transfer::{
     TransferOptions,
 };
 use canister_snapshots::{Config, StateMachine, TEST_CANISTER_WASM};
-use common::{TestCanister, contents, install_new};
+use common::{TestCanister, contents, install_new, minimal_metadata};
 use ic_management_canister_types::{
     CanisterTimer, ChunkHash, OnLowWasmMemoryHookStatus, ReadCanisterSnapshotMetadataResult,
     SnapshotDataOffset, SnapshotMetadataGlobal, SnapshotSource,
@@ -700,22 +700,6 @@ fn a_malformed_exact_float_globals_field_is_refused() {
             matches!(err, TransferError::Metadata { .. }) && err.to_string().contains(needle),
             "{needle}: {err}"
         );
-    }
-}
-
-fn minimal_metadata() -> ReadCanisterSnapshotMetadataResult {
-    ReadCanisterSnapshotMetadataResult {
-        source: None,
-        taken_at_timestamp: 0,
-        wasm_module_size: 8,
-        globals: vec![],
-        wasm_memory_size: 0,
-        stable_memory_size: 0,
-        wasm_chunk_store: vec![],
-        canister_version: 0,
-        certified_data: vec![],
-        global_timer: None,
-        on_low_wasm_memory_hook_status: None,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Download, upload and cross-canister load through the harness, and the directory format.
 
+mod common;
+
 use std::path::Path;
 
 use candid::{Decode, Encode, Principal};
@@ -445,7 +447,7 @@ fn corrupted_directories_are_refused_with_the_problem_named() {
     std::fs::write(dir.join("metadata.json"), b"{not json").unwrap();
     let err = snapshot_dir.validate().unwrap_err();
     assert!(err.to_string().contains("metadata.json"), "{err}");
-    let mut bad: serde_json::Value = serde_json::to_value(minimal_metadata()).unwrap();
+    let mut bad: serde_json::Value = serde_json::to_value(common::minimal_metadata()).unwrap();
     bad["wasm_memory_size"] = serde_json::json!(1000);
     std::fs::write(dir.join("metadata.json"), bad.to_string()).unwrap();
     let err = snapshot_dir.validate().unwrap_err();
@@ -457,22 +459,6 @@ fn corrupted_directories_are_refused_with_the_problem_named() {
             .len(),
         1
     );
-}
-
-fn minimal_metadata() -> ic_management_canister_types::ReadCanisterSnapshotMetadataResult {
-    ic_management_canister_types::ReadCanisterSnapshotMetadataResult {
-        source: None,
-        taken_at_timestamp: 0,
-        wasm_module_size: 8,
-        globals: vec![],
-        wasm_memory_size: 0,
-        stable_memory_size: 0,
-        wasm_chunk_store: vec![],
-        canister_version: 0,
-        certified_data: vec![],
-        global_timer: None,
-        on_low_wasm_memory_hook_status: None,
-    }
 }
 
 #[test]
