@@ -2,6 +2,9 @@
 //!
 //! - `rounds`: one round of 100 canisters, each writing 64 pages (256 KiB) into its heap, with
 //!   1 and 2 scheduler threads: the speed-up of the parallel canister phase.
+//! - `rounds_baseline`: the same memory traffic without the replica (fresh 4 KiB pages copied
+//!   from the payloads, the old ones freed), split over 1 and 2 threads the same way: the
+//!   speed-up this machine's memory system allows for that work.
 //! - `download_beside_canisters`: downloading a 1 GiB snapshot (2 MB slices, one round each)
 //!   alone on the subnet, then with 1,000 other canisters on it: per-slice accounting is O(1)
 //!   in the number of canisters, so the two are within noise.
@@ -126,6 +129,71 @@ fn rounds(c: &mut Criterion) {
     group.finish();
 }
 
+/// One canister of the raw baseline: its pages and this round's payload.
+type RawCanister<'a> = (&'a mut Vec<Box<[u8]>>, Vec<u8>);
+
+/// The same memory traffic as a round without the replica: each of `CANISTERS` "heaps" of
+/// `PAGES_PER_ROUND` separately allocated 4 KiB pages has every page replaced by a fresh copy of
+/// a 256 KiB payload (the old page freed), split over `threads` threads exactly as the loop
+/// splits canisters (the calling thread takes the first part). Its 1 → 2 thread speed-up is
+/// what this machine's memory system allows for this work, measured beside the round.
+fn raw_page_replacement(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rounds_baseline");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    for threads in [1usize, 2] {
+        let page = 4096usize;
+        let mut heaps: Vec<Vec<Box<[u8]>>> = (0..CANISTERS)
+            .map(|_| {
+                (0..PAGES_PER_ROUND)
+                    .map(|_| vec![0u8; page].into_boxed_slice())
+                    .collect()
+            })
+            .collect();
+        let mut round = 0u8;
+        group.bench_function(
+            format!(
+                "raw page replacement, {CANISTERS} x {PAGES_PER_ROUND} pages, {threads} thread(s)"
+            ),
+            |b| {
+                b.iter_batched(
+                    || {
+                        round = round.wrapping_add(1);
+                        (0..CANISTERS)
+                            .map(|_| vec![round; (PAGES_PER_ROUND as usize) * page])
+                            .collect::<Vec<Vec<u8>>>()
+                    },
+                    |payloads| {
+                        let mut work: Vec<RawCanister> = heaps.iter_mut().zip(payloads).collect();
+                        let replace = |part: &mut [RawCanister]| {
+                            for (heap, payload) in part {
+                                for (slot, src) in heap.iter_mut().zip(payload.chunks(page)) {
+                                    *slot = src.to_vec().into_boxed_slice();
+                                }
+                                drop(std::mem::take(payload));
+                            }
+                        };
+                        let part_len = work.len().div_ceil(threads);
+                        crossbeam_utils::thread::scope(|scope| {
+                            let mut parts = work.chunks_mut(part_len);
+                            let first = parts.next();
+                            for part in parts {
+                                scope.spawn(move |_| replace(part));
+                            }
+                            if let Some(first) = first {
+                                replace(first);
+                            }
+                        })
+                        .unwrap();
+                    },
+                    BatchSize::PerIteration,
+                )
+            },
+        );
+    }
+    group.finish();
+}
+
 fn size() -> u64 {
     if std::env::var_os("BENCH_QUICK").is_some() {
         256 << 20
@@ -195,5 +263,15 @@ fn download_beside_canisters(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rounds, download_beside_canisters);
+criterion_group!(
+    benches,
+    rounds,
+    raw_page_replacement,
+    download_beside_canisters
+);
 criterion_main!(benches);
+
+// The IC replica allocates with jemalloc; so does this benchmark, like the binary
+// (`rs/main.rs`) and `benches/transfer.rs`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

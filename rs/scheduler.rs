@@ -248,12 +248,19 @@ impl ExecutionLoop {
             let part_len = work.len().div_ceil(threads);
             let context = &context;
             let outcome = crossbeam_utils::thread::scope(|scope| {
-                for part in work.chunks_mut(part_len) {
+                let mut parts = work.chunks_mut(part_len);
+                // The first part runs on this thread, which would otherwise only wait: one
+                // thread fewer to start each round.
+                let first = parts.next();
+                for part in parts {
                     scope.spawn(move |_| {
                         for canister in part {
                             canister.execute(self, context);
                         }
                     });
+                }
+                for canister in first.into_iter().flatten() {
+                    canister.execute(self, context);
                 }
             });
             if let Err(panic) = outcome {
