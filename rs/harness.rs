@@ -363,6 +363,10 @@ impl StateMachine {
         .map(|(status,)| status)
     }
 
+    /// `canister_info`, decoded with the IC's types, as a standard client reads it: scheduled
+    /// snapshot entries have `details = None`. Decode
+    /// [`crate::management::types::CanisterInfoResult`] through [`Self::management`] to read
+    /// them.
     pub fn canister_info(
         &mut self,
         canister_id: Principal,

@@ -11,15 +11,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use candid::Principal;
 use ic_management_canister_types::{
-    Change, ChangeDetails, ChangeOrigin, CodeDeploymentMode, CodeDeploymentRecord,
-    ControllersChangeRecord, CreationRecord, FromCanisterRecord, FromUserRecord,
-    LoadSnapshotRecord, LogVisibility, RenameCanisterRecord, SnapshotVisibility,
+    ChangeOrigin, CodeDeploymentMode, CodeDeploymentRecord, ControllersChangeRecord,
+    CreationRecord, FromCanisterRecord, FromUserRecord, LoadSnapshotRecord, LogVisibility,
+    RenameCanisterRecord, SnapshotVisibility,
 };
 use sha2::{Digest, Sha256};
 
 use crate::memory::Hash;
 use crate::snapshots::{SnapshotSource, SnapshotStore};
-use crate::state::{CanisterState, CanisterStatus, GlobalTimer, HookStatus};
+use crate::state::{
+    CanisterChange, CanisterChangeDetails, CanisterState, CanisterStatus, GlobalTimer, HookStatus,
+    ScheduledSnapshotRecord,
+};
 
 /// The fixed time a fresh subnet starts at (ns since the Unix epoch; PocketIC's genesis).
 pub const GENESIS_TIME_NANOS: u64 = 1_620_328_630_000_000_000;
@@ -322,7 +325,7 @@ fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
 
 /// One history entry, field by field (`spec/execution.md`, "State hash"): never through Candid,
 /// whose encoding belongs to another crate's version.
-fn hash_change(h: &mut StateHasher, change: &Change) {
+fn hash_change(h: &mut StateHasher, change: &CanisterChange) {
     h.u64(change.timestamp_nanos);
     h.u64(change.canister_version);
     match &change.origin {
@@ -341,7 +344,7 @@ fn hash_change(h: &mut StateHasher, change: &Change) {
     }
     match &change.details {
         None => h.u8(0),
-        Some(ChangeDetails::Creation(CreationRecord {
+        Some(CanisterChangeDetails::Creation(CreationRecord {
             controllers,
             environment_variables_hash,
         })) => {
@@ -349,8 +352,8 @@ fn hash_change(h: &mut StateHasher, change: &Change) {
             h.principals(controllers);
             h.opt_bytes(environment_variables_hash.as_deref());
         }
-        Some(ChangeDetails::CodeUninstall) => h.u8(2),
-        Some(ChangeDetails::CodeDeployment(CodeDeploymentRecord { mode, module_hash })) => {
+        Some(CanisterChangeDetails::CodeUninstall) => h.u8(2),
+        Some(CanisterChangeDetails::CodeDeployment(CodeDeploymentRecord { mode, module_hash })) => {
             h.u8(3);
             h.u8(match mode {
                 CodeDeploymentMode::Install => 0,
@@ -359,7 +362,7 @@ fn hash_change(h: &mut StateHasher, change: &Change) {
             });
             h.bytes(module_hash);
         }
-        Some(ChangeDetails::LoadSnapshot(LoadSnapshotRecord {
+        Some(CanisterChangeDetails::LoadSnapshot(LoadSnapshotRecord {
             from_canister_id,
             snapshot_id,
             canister_version,
@@ -376,11 +379,11 @@ fn hash_change(h: &mut StateHasher, change: &Change) {
                 ic_management_canister_types::SnapshotSource::MetadataUpload(_) => 1,
             });
         }
-        Some(ChangeDetails::ControllersChange(ControllersChangeRecord { controllers })) => {
+        Some(CanisterChangeDetails::ControllersChange(ControllersChangeRecord { controllers })) => {
             h.u8(5);
             h.principals(controllers);
         }
-        Some(ChangeDetails::RenameCanister(RenameCanisterRecord {
+        Some(CanisterChangeDetails::RenameCanister(RenameCanisterRecord {
             canister_id,
             total_num_changes,
             rename_to,
@@ -393,6 +396,14 @@ fn hash_change(h: &mut StateHasher, change: &Change) {
             h.u64(rename_to.version);
             h.u64(rename_to.total_num_changes);
             h.bytes(requested_by.as_slice());
+        }
+        Some(CanisterChangeDetails::ScheduledSnapshot(ScheduledSnapshotRecord {
+            snapshot_id,
+            replaced_snapshot,
+        })) => {
+            h.u8(7);
+            h.bytes(snapshot_id);
+            h.opt_bytes(replaced_snapshot.as_ref().map(|id| id.as_slice()));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Scheduled snapshots (`spec/management.md`, "Scheduled snapshots"): a schedule set through
 //! the `update_settings` extension fires at the first round at or after its due time, as a
-//! manual take would (same checks, same charge), keeps the newest `keep`, and reports a refused
-//! take in `canister_status`.
+//! manual take would (same checks, same charge), keeps the newest `keep`, records each take in
+//! the canister history (an extension that the IC's own types read as a change without
+//! details), and reports a refused take in `canister_status`.
 
 mod common;
 
@@ -9,13 +10,17 @@ use std::time::Duration;
 
 use candid::Principal;
 use canister_snapshots::management::types::{
-    CanisterStatusResult, SCHEDULED_SNAPSHOT_LABEL, SnapshotScheduleArgs, SnapshotScheduleChange,
-    SnapshotScheduleStatus, UpdateSettingsArgs,
+    CanisterChange, CanisterChangeDetails, CanisterInfoResult, CanisterStatusResult,
+    SCHEDULED_SNAPSHOT_LABEL, ScheduledSnapshotRecord, SnapshotScheduleArgs,
+    SnapshotScheduleChange, SnapshotScheduleStatus, UpdateSettingsArgs,
 };
+use canister_snapshots::state::CanisterHistory;
 use canister_snapshots::{Config, RejectResponse, StateMachine};
 use common::*;
 use ic_error_types::{ErrorCode, RejectCode};
-use ic_management_canister_types::CanisterSettings as SettingsArgs;
+use ic_management_canister_types::{
+    CanisterInfoArgs, CanisterSettings as SettingsArgs, ChangeDetails, ChangeOrigin, FromUserRecord,
+};
 
 fn set_schedule(
     sm: &mut StateMachine,
@@ -58,6 +63,26 @@ fn snapshot_ids(sm: &mut StateMachine, c: &TestCanister) -> Vec<Vec<u8>> {
         .inspect(|s| assert_eq!(s.label.as_deref(), Some(SCHEDULED_SNAPSHOT_LABEL)))
         .map(|s| s.id)
         .collect()
+}
+
+/// `canister_info` for the last 20 changes, decoded with the given reply type: the crate's
+/// [`CanisterInfoResult`] or the IC's.
+fn canister_info<R: for<'a> candid::utils::ArgumentDecoder<'a>>(
+    sm: &mut StateMachine,
+    c: &TestCanister,
+) -> R {
+    let args = CanisterInfoArgs {
+        canister_id: c.id,
+        num_requested_changes: Some(20),
+    };
+    sm.management(None, "canister_info", (args,)).unwrap()
+}
+
+fn scheduled_entry(change: &CanisterChange) -> Option<&ScheduledSnapshotRecord> {
+    match &change.details {
+        Some(CanisterChangeDetails::ScheduledSnapshot(record)) => Some(record),
+        _ => None,
+    }
 }
 
 #[test]
@@ -269,4 +294,168 @@ fn a_replaced_schedule_keeps_rotating_the_snapshots_of_the_one_before() {
     assert_eq!(second.len(), 1);
     assert_ne!(second, first);
     assert_eq!(schedule_status(&mut sm, &c).unwrap().last_failure, None);
+}
+
+#[test]
+fn a_scheduled_take_is_in_the_history_with_its_snapshot_id_and_a_manual_one_is_not() {
+    let (mut sm, c) = env();
+    set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
+    let (before,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    let version = c.version(&sm);
+    sm.advance_time(Duration::from_secs(10));
+    sm.tick();
+    let first = snapshot_ids(&mut sm, &c);
+    let (info,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    assert_eq!(info.total_num_changes, before.total_num_changes + 1);
+    let entry = info.recent_changes.last().unwrap();
+    assert_eq!(
+        entry,
+        &CanisterChange {
+            timestamp_nanos: sm.get_time(),
+            // A take changes neither code nor settings: the version stays, as on the IC.
+            canister_version: version,
+            origin: ChangeOrigin::FromUser(FromUserRecord { user_id: c.sender }),
+            details: Some(CanisterChangeDetails::ScheduledSnapshot(
+                ScheduledSnapshotRecord {
+                    snapshot_id: first[0].clone(),
+                    replaced_snapshot: None,
+                }
+            )),
+        }
+    );
+    assert_eq!(c.version(&sm), version);
+    // The next take replaces the first (keep = 1) and says so.
+    sm.advance_time(Duration::from_secs(10));
+    sm.tick();
+    let second = snapshot_ids(&mut sm, &c);
+    let (info,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    assert_eq!(info.total_num_changes, before.total_num_changes + 2);
+    assert_eq!(
+        scheduled_entry(info.recent_changes.last().unwrap()),
+        Some(&ScheduledSnapshotRecord {
+            snapshot_id: second[0].clone(),
+            replaced_snapshot: Some(first[0].clone().into()),
+        })
+    );
+    // A manual take records nothing, as on the IC (nor does a delete).
+    set_schedule(&mut sm, c.sender, c.id, SnapshotScheduleChange::Clear).unwrap();
+    sm.delete_canister_snapshot(c.id, Some(c.sender), second[0].clone())
+        .unwrap();
+    sm.take_canister_snapshot(c.id, Some(c.sender), None)
+        .unwrap();
+    let (after,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    assert_eq!(after, info);
+}
+
+#[test]
+fn the_ics_types_read_a_scheduled_entry_as_a_change_without_details() {
+    let (mut sm, c) = env();
+    set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
+    for _ in 0..2 {
+        sm.advance_time(Duration::from_secs(10));
+        sm.tick();
+    }
+    let (ours,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    let (ic,): (ic_management_canister_types::CanisterInfoResult,) = canister_info(&mut sm, &c);
+    assert_eq!(
+        ours.recent_changes
+            .iter()
+            .filter_map(scheduled_entry)
+            .count(),
+        2
+    );
+    // Decoding with the IC's `CanisterInfoResult` succeeds; the scheduled entries are there,
+    // counted and stamped, without details; every other entry is read in full.
+    assert_eq!(ic.total_num_changes, ours.total_num_changes);
+    assert_eq!(ic.module_hash, ours.module_hash);
+    assert_eq!(ic.controllers, ours.controllers);
+    assert_eq!(ic.recent_changes.len(), ours.recent_changes.len());
+    for (ic, ours) in ic.recent_changes.iter().zip(&ours.recent_changes) {
+        assert_eq!(ic, &ours.to_ic());
+        match scheduled_entry(ours) {
+            Some(_) => assert_eq!(ic.details, None),
+            None => assert!(ic.details.is_some(), "{ic:?}"),
+        }
+    }
+    assert!(matches!(
+        ic.recent_changes[0].details,
+        Some(ChangeDetails::Creation(_))
+    ));
+}
+
+#[test]
+fn a_refused_scheduled_take_adds_no_history_entry() {
+    // The quota (1) is held by a manual snapshot: the scheduled take is refused.
+    let (mut sm, c, _) = populated_env(true);
+    set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
+    let (before,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    sm.advance_time(Duration::from_secs(10));
+    sm.tick();
+    assert!(schedule_status(&mut sm, &c).unwrap().last_failure.is_some());
+    let (after,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    assert_eq!(after, before);
+}
+
+#[test]
+fn the_state_hash_covers_a_scheduled_entry() {
+    let (mut sm, c) = env();
+    set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
+    sm.advance_time(Duration::from_secs(10));
+    sm.tick();
+    let state = sm.state();
+    let hash = state.state_hash();
+    let history = &state.canisters[&c.id].history;
+    // The same state with the entry altered, or read as the IC's types read it: other hashes.
+    let altered = |change: fn(&mut CanisterChange)| {
+        let mut changes: Vec<CanisterChange> = history.changes().cloned().collect();
+        change(changes.last_mut().unwrap());
+        let mut state = state.clone();
+        state.canisters.get_mut(&c.id).unwrap().history =
+            CanisterHistory::from_parts(changes, history.total_num_changes());
+        state.state_hash()
+    };
+    assert_eq!(altered(|_| {}), hash);
+    let other_id = altered(|change| {
+        let Some(CanisterChangeDetails::ScheduledSnapshot(record)) = &mut change.details else {
+            panic!("the last entry is the scheduled take: {change:?}")
+        };
+        record.snapshot_id[0] ^= 1;
+    });
+    assert_ne!(other_id, hash);
+    let replaced = altered(|change| {
+        let Some(CanisterChangeDetails::ScheduledSnapshot(record)) = &mut change.details else {
+            panic!("the last entry is the scheduled take: {change:?}")
+        };
+        record.replaced_snapshot = Some(record.snapshot_id.clone().into());
+    });
+    assert_ne!(replaced, hash);
+    let without_details = altered(|change| change.details = None);
+    assert_ne!(without_details, hash);
+}
+
+#[test]
+fn a_checkpoint_keeps_the_scheduled_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), Config::default()).unwrap();
+    let c = install_new(&mut sm, controller());
+    set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
+    for _ in 0..2 {
+        sm.advance_time(Duration::from_secs(10));
+        sm.tick();
+    }
+    sm.checkpoint().unwrap();
+    let hash = sm.state_hash();
+    let (info,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    assert_eq!(
+        info.recent_changes
+            .iter()
+            .filter_map(scheduled_entry)
+            .count(),
+        2
+    );
+    drop(sm);
+    let mut sm = StateMachine::open(dir.path(), Config::default()).unwrap();
+    assert_eq!(sm.state_hash(), hash);
+    let (reopened,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    assert_eq!(reopened, info);
 }

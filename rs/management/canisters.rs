@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use candid::{Nat, Principal};
 use ic_error_types::{ErrorCode, UserError};
 use ic_management_canister_types::{
-    CanisterIdRecord, CanisterInfoArgs, CanisterInfoResult, CanisterInstallMode,
-    CanisterSettings as SettingsArgs, CanisterStatusResult, CanisterStatusType, ChangeDetails,
-    CodeDeploymentMode, CodeDeploymentRecord, ControllersChangeRecord, CreateCanisterArgs,
-    CreationRecord, DefiniteCanisterSettings, InstallCodeArgs, LogVisibility, MemoryMetrics,
+    CanisterIdRecord, CanisterInfoArgs, CanisterInstallMode, CanisterSettings as SettingsArgs,
+    CanisterStatusResult, CanisterStatusType, ChangeDetails, CodeDeploymentMode,
+    CodeDeploymentRecord, ControllersChangeRecord, CreateCanisterArgs, CreationRecord,
+    DefiniteCanisterSettings, InstallCodeArgs, LogVisibility, MemoryMetrics,
     ProvisionalCreateCanisterWithCyclesArgs, QueryStats, SnapshotVisibility, UninstallCodeArgs,
 };
 
@@ -411,7 +411,7 @@ impl ManagementCanister<'_> {
             .rev()
             .cloned()
             .collect();
-        reply((CanisterInfoResult {
+        reply((types::CanisterInfoResult {
             total_num_changes: canister.history.total_num_changes(),
             recent_changes,
             module_hash: canister.module_hash().map(|h| h.to_vec()),

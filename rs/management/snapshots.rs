@@ -19,7 +19,10 @@ use super::{
 use crate::execution::{MemoryGrowth, check_memory_growth};
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotSource};
-use crate::state::{CanisterState, Cycles, ExecutionState, Global, ScheduledSnapshotFailure};
+use crate::state::{
+    CanisterChangeDetails, CanisterState, Cycles, ExecutionState, Global, ScheduledSnapshotFailure,
+    ScheduledSnapshotRecord,
+};
 
 impl From<SnapshotSource> for WireSnapshotSource {
     fn from(source: SnapshotSource) -> Self {
@@ -202,7 +205,8 @@ impl ManagementCanister<'_> {
     /// "Scheduled snapshots"), in `(due time, canister id)` order. Each runs as a
     /// `take_canister_snapshot` from the controller that set the schedule, so the controller
     /// check, the quota, the rate limit and the charge are the manual take's; a refusal leaves
-    /// the canister untouched and is recorded in the schedule for `canister_status`.
+    /// the canister untouched and is recorded in the schedule for `canister_status`; a take
+    /// adds a `scheduled_snapshot` entry to the canister's history.
     pub fn take_scheduled_snapshots(&self, state: &mut ReplicatedState) {
         let time = state.time;
         let due: Vec<(u64, Principal)> = state
@@ -256,7 +260,7 @@ impl ManagementCanister<'_> {
                 label: Some(SCHEDULED_SNAPSHOT_LABEL.to_string()),
             };
             let before = state.footprint(canister_id);
-            let result = self.take_canister_snapshot(state, sender, args);
+            let result = self.take_snapshot(state, sender, args);
             let after = state.footprint(canister_id);
             state.account(before, after);
             let Some(schedule) = state
@@ -267,17 +271,25 @@ impl ManagementCanister<'_> {
                 continue;
             };
             match result {
-                Ok(_) => {
+                Ok(taken) => {
                     if replace.is_some() {
                         schedule.taken.pop_front();
                     }
-                    let taken = state
-                        .snapshots
-                        .list(canister_id)
-                        .last()
-                        .map(|s| s.id().local_id());
-                    schedule.taken.extend(taken);
+                    schedule.taken.push_back(taken.local_id());
                     schedule.last_failure = None;
+                    // The one change a take makes to the history (not the version, as a take
+                    // changes neither code nor settings): this project's extension.
+                    if let Some(canister) = state.canisters.get_mut(&canister_id) {
+                        let record = ScheduledSnapshotRecord {
+                            snapshot_id: taken.to_bytes(),
+                            replaced_snapshot: replace.map(|id| id.to_bytes().into()),
+                        };
+                        canister.record_change(
+                            time,
+                            from_user(sender),
+                            CanisterChangeDetails::ScheduledSnapshot(record),
+                        );
+                    }
                 }
                 Err(err) => {
                     schedule.last_failure = Some(ScheduledSnapshotFailure {
@@ -296,6 +308,23 @@ impl ManagementCanister<'_> {
         sender: Principal,
         args: TakeCanisterSnapshotArgs,
     ) -> Result<Vec<u8>, UserError> {
+        let id = self.take_snapshot(state, sender, args)?;
+        let snapshot = state.snapshots.get(id.canister_id(), &id)?;
+        reply((Snapshot {
+            id: id.to_bytes(),
+            taken_at_timestamp: snapshot.taken_at_timestamp,
+            total_size: snapshot.total_size(),
+        },))
+    }
+
+    /// A take, manual or scheduled: every check, then the snapshot, the charge and (with
+    /// `uninstall_code`) the uninstall. Returns the new snapshot's id.
+    fn take_snapshot(
+        &self,
+        state: &mut ReplicatedState,
+        sender: Principal,
+        args: TakeCanisterSnapshotArgs,
+    ) -> Result<SnapshotId, UserError> {
         if let Some(label) = args
             .label
             .as_ref()
@@ -335,18 +364,14 @@ impl ManagementCanister<'_> {
             .as_ref()
             .map_or(0, ExecutionState::unsaved_page_bytes);
         let snapshot = CanisterSnapshot::capture(canister, time, args.label)?;
-        let result = Snapshot {
-            id: snapshot.id().to_bytes(),
-            taken_at_timestamp: snapshot.taken_at_timestamp,
-            total_size: snapshot.total_size(),
-        };
+        let id = snapshot.id().clone();
         state.snapshots.commit(snapshot, replace.as_ref());
         charge.apply(canister);
         canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
         if args.uninstall_code == Some(true) {
             uninstall(canister, time, sender);
         }
-        reply((result,))
+        Ok(id)
     }
 
     pub(super) fn load_canister_snapshot(

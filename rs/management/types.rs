@@ -1,10 +1,14 @@
 //! This project's wire-compatible extensions of the management canister's snapshot types
 //! (`spec/management.md`, "Extensions"). Candid record subtyping keeps standard clients working:
 //! a client that sends the crate's `TakeCanisterSnapshotArgs` omits `label` (decoded as `null`),
-//! and a client that decodes `Vec<Snapshot>` skips `label` and `checksum`.
+//! and a client that decodes `Vec<Snapshot>` skips `label` and `checksum`. The history's
+//! `scheduled_snapshot` entries rely on Candid's rule for `opt` instead: a client that decodes
+//! the IC's `CanisterInfoResult` reads their details, a variant it does not know, as `null`.
 
 use candid::{CandidType, Principal};
 use serde::Deserialize;
+
+pub use crate::state::{CanisterChange, CanisterChangeDetails, ScheduledSnapshotRecord};
 
 /// `TakeCanisterSnapshotArgs` plus an optional `label`.
 #[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -198,4 +202,16 @@ pub struct ScheduledSnapshotFailureStatus {
     /// The IC `ErrorCode` of the refusal (e.g. 406 quota, 501 out of cycles).
     pub error_code: u64,
     pub message: String,
+}
+
+/// `canister_info`'s reply (`CanisterInfoResult`, field for field) with the history entries as
+/// [`CanisterChange`], whose details add `scheduled_snapshot` (`spec/management.md`, "Scheduled
+/// snapshots"). A client decoding the IC's `CanisterInfoResult` reads those details as `None`
+/// and every other entry unchanged.
+#[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CanisterInfoResult {
+    pub total_num_changes: u64,
+    pub recent_changes: Vec<CanisterChange>,
+    pub module_hash: Option<Vec<u8>>,
+    pub controllers: Vec<Principal>,
 }

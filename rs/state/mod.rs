@@ -11,22 +11,26 @@
 
 #![forbid(unsafe_code)]
 
+mod history;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 
 use candid::Principal;
 use ic_management_canister_types::{
-    CanisterTimer, Change, ChangeDetails, ChangeOrigin, LogVisibility, OnLowWasmMemoryHookStatus,
-    SnapshotMetadataGlobal, SnapshotVisibility,
+    CanisterTimer, ChangeOrigin, LogVisibility, OnLowWasmMemoryHookStatus, SnapshotMetadataGlobal,
+    SnapshotVisibility,
+};
+
+pub use history::{
+    CanisterChange, CanisterChangeDetails, CanisterHistory, MAX_CANISTER_HISTORY_CHANGES,
+    ScheduledSnapshotRecord,
 };
 
 use crate::memory::{Hash, Memory, checksum};
 
 /// Cycles, as the IC counts them.
 pub type Cycles = u128;
-
-/// Changes kept in a canister's history; older ones are dropped but still counted.
-pub const MAX_CANISTER_HISTORY_CHANGES: usize = 20;
 
 /// Running, stopping or stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,45 +351,6 @@ impl Default for CanisterSettings {
     }
 }
 
-/// The last [`MAX_CANISTER_HISTORY_CHANGES`] changes and how many there were in all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CanisterHistory {
-    changes: VecDeque<Change>,
-    total_num_changes: u64,
-}
-
-impl CanisterHistory {
-    pub fn push(&mut self, change: Change) {
-        if self.changes.len() == MAX_CANISTER_HISTORY_CHANGES {
-            self.changes.pop_front();
-        }
-        self.changes.push_back(change);
-        self.total_num_changes = self.total_num_changes.saturating_add(1);
-    }
-
-    pub fn changes(&self) -> impl DoubleEndedIterator<Item = &Change> + ExactSizeIterator {
-        self.changes.iter()
-    }
-
-    pub fn total_num_changes(&self) -> u64 {
-        self.total_num_changes
-    }
-
-    /// A history read back from storage: the kept `changes` (oldest first, at most
-    /// [`MAX_CANISTER_HISTORY_CHANGES`]) and the count of all changes ever made.
-    pub fn from_parts(changes: Vec<Change>, total_num_changes: u64) -> Self {
-        let mut changes = VecDeque::from(changes);
-        while changes.len() > MAX_CANISTER_HISTORY_CHANGES {
-            changes.pop_front();
-        }
-        let total_num_changes = total_num_changes.max(changes.len() as u64);
-        CanisterHistory {
-            changes,
-            total_num_changes,
-        }
-    }
-}
-
 /// One canister.
 #[derive(Clone, Debug)]
 pub struct CanisterState {
@@ -479,12 +444,17 @@ impl CanisterState {
     }
 
     /// Appends a history entry stamped with `time` and the current version.
-    pub fn record_change(&mut self, time: u64, origin: ChangeOrigin, details: ChangeDetails) {
-        self.history.push(Change {
+    pub fn record_change(
+        &mut self,
+        time: u64,
+        origin: ChangeOrigin,
+        details: impl Into<CanisterChangeDetails>,
+    ) {
+        self.history.push(CanisterChange {
             timestamp_nanos: time,
             canister_version: self.canister_version,
             origin,
-            details: Some(details),
+            details: Some(details.into()),
         });
     }
 

@@ -4,12 +4,13 @@
 //! change, and only the conversions here follow them. Memories and modules are not in the
 //! records: a memory is its size plus the names of its page files, a module the name of its
 //! file, resolved by the caller ([`Store`]). IC types without a stable binary form of their own
-//! (history entries, visibilities) are kept as their Candid encoding, which is the IC's.
+//! (history entries, visibilities) are kept as their Candid encoding: the IC's, and for a
+//! history entry the IC's extended by this project's `scheduled_snapshot` (format version 2).
 
 use std::collections::BTreeSet;
 
 use candid::Principal;
-use ic_management_canister_types::{Change, LogVisibility, SnapshotVisibility};
+use ic_management_canister_types::{LogVisibility, SnapshotVisibility};
 use serde::{Deserialize, Serialize};
 
 use crate::memory::{Hash, Memory};
@@ -18,12 +19,20 @@ use crate::snapshots::{
     ByteRanges, CanisterSnapshot, SnapshotContent, SnapshotId, SnapshotSource, UploadState,
 };
 use crate::state::{
-    CanisterHistory, CanisterSettings, CanisterState, CanisterStatus, ChunkStore, ExecutionState,
-    Global, GlobalTimer, HookStatus, ScheduledSnapshotFailure, SnapshotSchedule, WasmModule,
+    CanisterChange, CanisterHistory, CanisterSettings, CanisterState, CanisterStatus, ChunkStore,
+    ExecutionState, Global, GlobalTimer, HookStatus, ScheduledSnapshotFailure, SnapshotSchedule,
+    WasmModule,
 };
 
 /// The version of [`StateRecord`] this build writes and the newest it reads.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+///
+/// - 2: history entries are the Candid encoding of [`CanisterChange`], the IC's `change` with
+///   the `scheduled_snapshot` variant (`spec/durability.md`). Version 1 still reads: its
+///   entries are the IC's `change`, whose details are a subset of ours, and the records are
+///   otherwise the same. A version-1 build refuses version 2 rather than read scheduled
+///   entries as details-less ones.
+/// - 1: history entries are the Candid encoding of the IC's `change`.
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
 /// A memory: its size and its page files, oldest first.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -318,7 +327,7 @@ impl CanisterRecord {
         let changes = self
             .history
             .iter()
-            .map(|b| from_candid::<Change>(b))
+            .map(|b| from_candid::<CanisterChange>(b))
             .collect::<Result<Vec<_>, _>>()?;
         c.history = CanisterHistory::from_parts(changes, self.total_num_changes);
         c.next_snapshot_id = self.next_snapshot_id;
@@ -472,5 +481,60 @@ impl StateRecord {
             .filter_map(|c| Some((c.snapshot_schedule.as_ref()?.next_due, c.canister_id)))
             .collect();
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candid::Principal;
+    use ic_management_canister_types::{
+        Change, ChangeDetails, ChangeOrigin, CodeDeploymentMode, CodeDeploymentRecord,
+        FromUserRecord,
+    };
+
+    use super::*;
+    use crate::state::{CanisterChangeDetails, ScheduledSnapshotRecord};
+
+    fn origin() -> ChangeOrigin {
+        ChangeOrigin::FromUser(FromUserRecord {
+            user_id: Principal::from_slice(&[7]),
+        })
+    }
+
+    #[test]
+    fn a_version_1_history_entry_reads_as_the_same_change() {
+        // Version 1 stored the IC's `Change`: our type must read those bytes unchanged.
+        let v1 = Change {
+            timestamp_nanos: 5,
+            canister_version: 3,
+            origin: origin(),
+            details: Some(ChangeDetails::CodeDeployment(CodeDeploymentRecord {
+                mode: CodeDeploymentMode::Upgrade,
+                module_hash: vec![9; 32],
+            })),
+        };
+        let read = from_candid::<CanisterChange>(&candid_bytes(&v1).unwrap()).unwrap();
+        assert_eq!(read, CanisterChange::from(v1.clone()));
+        assert_eq!(read.to_ic(), v1);
+    }
+
+    #[test]
+    fn a_scheduled_snapshot_entry_round_trips() {
+        let change = CanisterChange {
+            timestamp_nanos: 5,
+            canister_version: 3,
+            origin: origin(),
+            details: Some(CanisterChangeDetails::ScheduledSnapshot(
+                ScheduledSnapshotRecord {
+                    snapshot_id: vec![1, 2, 3],
+                    replaced_snapshot: Some(vec![4, 5].into()),
+                },
+            )),
+        };
+        let bytes = candid_bytes(&change).unwrap();
+        assert_eq!(from_candid::<CanisterChange>(&bytes).unwrap(), change);
+        // A version-1 reader would have taken it for a change without details.
+        assert_eq!(from_candid::<Change>(&bytes).unwrap(), change.to_ic());
+        assert_eq!(change.to_ic().details, None);
     }
 }

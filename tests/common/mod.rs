@@ -18,13 +18,13 @@ use canister_snapshots::memory::Hash;
 use canister_snapshots::memory::checksum::{memory_root_from_bytes, sha256};
 use canister_snapshots::replicated_state::ReplicatedState;
 use canister_snapshots::snapshots::{CanisterSnapshot, SnapshotDigest, snapshot_checksum};
-use canister_snapshots::state::{CanisterSettings, CanisterStatus, Global};
+use canister_snapshots::state::{CanisterChange, CanisterSettings, CanisterStatus, Global};
 use canister_snapshots::{Config, RejectResponse, StateMachine, TEST_CANISTER_WASM};
 use ic_error_types::{ErrorCode, RejectCode};
 use ic_management_canister_types::{
-    CanisterIdRecord, CanisterInstallMode, CanisterSettings as SettingsArgs, Change,
-    InstallCodeArgs, ProvisionalCreateCanisterWithCyclesArgs, Snapshot, SnapshotDataOffset,
-    SnapshotMetadataGlobal, UpdateSettingsArgs, UploadCanisterSnapshotMetadataResult,
+    CanisterIdRecord, CanisterInstallMode, CanisterSettings as SettingsArgs, InstallCodeArgs,
+    ProvisionalCreateCanisterWithCyclesArgs, Snapshot, SnapshotDataOffset, SnapshotMetadataGlobal,
+    UpdateSettingsArgs, UploadCanisterSnapshotMetadataResult,
 };
 use serde_bytes::ByteBuf;
 
@@ -297,7 +297,7 @@ pub struct CanisterContents {
     pub global_timer: Option<u64>,
     pub cycles: u128,
     pub version: u64,
-    pub history: Vec<Change>,
+    pub history: Vec<CanisterChange>,
     pub total_num_changes: u64,
     pub next_snapshot_id: u64,
     pub settings: CanisterSettings,
