@@ -755,3 +755,112 @@ fn a_take_of_a_checkpointed_canister_adds_no_page_bytes_and_its_delete_frees_onl
         b"the canister's own"
     );
 }
+
+/// Merges rewrite a memory's newest files into one; the files they replace may still be under
+/// a snapshot. Across many checkpoints with snapshots taken and deleted, no file a memory
+/// uses is ever removed (every snapshot reads back what it was taken with, before and after a
+/// restart), every memory keeps at most `MAX_FILES_PER_MEMORY` files, and the directory holds
+/// only files some memory uses: its size is bounded by the memories alive, not by history.
+/// 200 checkpoints by default (about 15 s, most of it `fsync`); `MERGE_LOOP_CHECKPOINTS=1000`
+/// runs the count, as CI does (`.ci/run`).
+#[test]
+fn merges_keep_the_files_snapshots_use_and_stay_bounded_across_many_checkpoints() {
+    const PAGES: u64 = 64;
+    const SNAPSHOTS: usize = 3;
+    let checkpoints: u64 = std::env::var("MERGE_LOOP_CHECKPOINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let config = Config {
+        max_snapshots_per_canister: SNAPSHOTS,
+        ..Config::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), config.clone()).unwrap();
+    let canister = install_new(&mut sm, controller());
+    canister.fill(&mut sm, true, 0, PAGES * 4096, 1);
+    sm.checkpoint().unwrap();
+    let stable_of = |sm: &StateMachine, id: Option<&[u8]>| -> Vec<u8> {
+        let state = sm.state();
+        let memory = match id {
+            None => {
+                &state.canisters[&canister.id]
+                    .execution_state
+                    .as_ref()
+                    .unwrap()
+                    .stable_memory
+            }
+            Some(id) => {
+                &state
+                    .snapshots
+                    .iter()
+                    .find(|s| s.id().to_bytes() == id)
+                    .unwrap()
+                    .content()
+                    .stable_memory
+            }
+        };
+        assert!(memory.page_map().base().map_or(0, |b| b.files().len()) <= MAX_FILES_PER_MEMORY);
+        memory.read_vec(0, memory.size_bytes()).unwrap()
+    };
+    // Each live snapshot with the stable memory it was taken with.
+    let mut live: std::collections::VecDeque<(Vec<u8>, Vec<u8>)> = Default::default();
+    let mut most_files = 0;
+    for i in 0..checkpoints {
+        // Pages written at a stride, so overlays of many sizes pile up and merge.
+        for k in 0..1 + i % 5 {
+            let page = (i * 37 + k * 11) % PAGES;
+            canister.write(&mut sm, true, page * 4096 + k, &i.to_le_bytes());
+        }
+        if i % 7 == 3 {
+            if live.len() == SNAPSHOTS {
+                let (id, _) = live.pop_front().unwrap();
+                sm.delete_canister_snapshot(canister.id, Some(canister.sender), id)
+                    .unwrap();
+            }
+            let id = sm
+                .take_canister_snapshot(canister.id, Some(canister.sender), None)
+                .unwrap()
+                .id;
+            let bytes = stable_of(&sm, None);
+            live.push_back((id, bytes));
+        }
+        if i % 13 == 5 && !live.is_empty() {
+            let (id, _) = live.remove(live.len() / 2).unwrap();
+            sm.delete_canister_snapshot(canister.id, Some(canister.sender), id)
+                .unwrap();
+        }
+        sm.checkpoint().unwrap();
+        // The files on disk are those of the memories alive: heap and stable memory of the
+        // canister and of each snapshot, each within the bound.
+        let files = page_files(&checkpoint_dir(dir.path()));
+        most_files = most_files.max(files.len());
+        assert!(
+            files.len() <= 2 * MAX_FILES_PER_MEMORY * (1 + live.len()),
+            "{} files with {} snapshots at checkpoint {i}",
+            files.len(),
+            live.len()
+        );
+        if i % 50 == 0 {
+            for (id, bytes) in &live {
+                assert!(
+                    stable_of(&sm, Some(id)) == *bytes,
+                    "snapshot {id:?} changed"
+                );
+            }
+        }
+    }
+    let canister_bytes = stable_of(&sm, None);
+    let before = fingerprint(&sm);
+    drop(sm);
+    let sm = StateMachine::open(dir.path(), config).unwrap();
+    assert_eq!(fingerprint(&sm), before);
+    assert!(stable_of(&sm, None) == canister_bytes);
+    for (id, bytes) in &live {
+        assert!(
+            stable_of(&sm, Some(id)) == *bytes,
+            "snapshot {id:?} changed"
+        );
+    }
+    eprintln!("{checkpoints} checkpoints: at most {most_files} page files on disk");
+}
