@@ -3,18 +3,25 @@
 //! - `full/checkpoint` vs `full/fs_write_fsync`: the first checkpoint of a canister whose
 //!   stable memory has every page written, against a sequential `std::fs` write of the same
 //!   bytes with `fsync` (the disk's limit). Target: ≥ 70% of the baseline's throughput.
-//! - `incremental/checkpoint_after_1pct` vs `full/checkpoint` at 4× the size: the checkpoint
-//!   after 1% of the pages changed. Target: ≤ 2% of a full one.
+//! - `incremental/checkpoint_after_1pct` vs `incremental/full_checkpoint`: the checkpoint after
+//!   1% of the pages changed, against the first (full) checkpoint of the same memory. Target:
+//!   ≤ 2% of the full one.
 //! - `take/checkpoint_after_take` vs `take/checkpoint_without_take`: the replica's table row,
-//!   the checkpoint that follows a snapshot. Target: ≤ +1% (the replica: +50%).
+//!   the checkpoint of a fresh canister with and without a snapshot taken of it first. Target:
+//!   ≤ +1% (the replica: +50%). `take_checkpointed/…`: the same for a canister already
+//!   checkpointed, 1% of it dirtied, then the take. Each pair also prints the page-file bytes
+//!   its checkpoint wrote, which noise cannot blur: a take must add none.
 //! - `reopen/small` vs `reopen/large`, and the resident memory after reopening (printed).
+//!   Target: ≤ 2×, and ≤ 64 MiB resident after reopening the large state.
 //!
-//! Sizes: 16 MiB (×4 for the incremental case, 8 MiB vs 64 MiB for reopening) by default, so
-//! that `cargo test --benches` runs it quickly; `CHECKPOINT_BENCH_FULL=1` gives the issue's
-//! sizes (1 GiB, 4 GiB, 256 MiB vs 16 GiB: needs that much free disk). `BENCH_SKIP=1`: build
-//! only.
+//! Sizes: 16 MiB (64 MiB for the incremental pair, 8 MiB vs 64 MiB for reopening) by default, so
+//! that `cargo bench --no-run` and quick runs stay cheap; `CHECKPOINT_BENCH_FULL=1` gives the
+//! issue's sizes: 1 GiB, 1% of 4 GiB vs a full 4 GiB, a take at 1 GiB, reopening 256 MiB vs
+//! 16 GiB. The full run keeps one state on disk at a time (each is deleted before the next is
+//! built; at most about 17 GB at once, for the 16 GiB state) and at most 8 GiB of pages in
+//! memory (the 16 GiB state is built in checkpointed halves). `BENCH_SKIP=1`: build only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -24,7 +31,7 @@ use canister_snapshots::memory::{MAX_PAGES, Memory, PAGE_SIZE};
 use canister_snapshots::replicated_state::ReplicatedState;
 use canister_snapshots::snapshots::SnapshotStore;
 use canister_snapshots::state::{CanisterState, ExecutionState, WasmModule};
-use canister_snapshots::state_manager::StateManager;
+use canister_snapshots::state_manager::{MAX_FILES_PER_MEMORY, StateManager};
 use criterion::{BatchSize, Criterion, Throughput};
 
 const MIB: u64 = 1 << 20;
@@ -89,6 +96,119 @@ fn resident_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// A state directory with one canister of `size` bytes of stable memory, every page written,
+/// checkpointed: built in halves (size/2, size/4, …, each checkpointed before the next is
+/// written) so that at most half of it is in memory at once, and its page files form a pyramid
+/// that needs no merge.
+fn checkpointed_dir(size: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (mut manager, _) = open(dir.path());
+    let mut state = state_with_stable_memory(0);
+    stable(&mut state)
+        .resize(size, MAX_PAGES * PAGE)
+        .expect("within the limit");
+    let (mut start, mut page, mut files) = (0u64, vec![0u8; PAGE_SIZE], 0);
+    while start < size / PAGE {
+        let left = size / PAGE - start;
+        // Halves, then the rest as the 7th file (MAX_FILES_PER_MEMORY): no merge.
+        files += 1;
+        let chunk = if files < MAX_FILES_PER_MEMORY {
+            left.div_ceil(2)
+        } else {
+            left
+        };
+        for index in start..start + chunk {
+            page[..8].copy_from_slice(&index.to_le_bytes());
+            stable(&mut state)
+                .write(index * PAGE, &page)
+                .expect("inside the memory");
+        }
+        start += chunk;
+        checkpoint(&mut manager, &mut state);
+    }
+    dir
+}
+
+/// Inode → size of every page file of the manager's last checkpoint.
+fn page_files(manager: &StateManager) -> BTreeMap<u64, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = manager.checkpoint_dir() else {
+        return BTreeMap::new();
+    };
+    std::fs::read_dir(dir.join("pages"))
+        .expect("pages/ lists")
+        .map(|e| {
+            let meta = e.expect("an entry").metadata().expect("metadata");
+            (meta.ino(), meta.len())
+        })
+        .collect()
+}
+
+/// Bytes of the page files in `after` that are not in `before` (by inode): what a
+/// checkpoint wrote.
+fn new_page_bytes(before: &BTreeMap<u64, u64>, after: &BTreeMap<u64, u64>) -> u64 {
+    after
+        .iter()
+        .filter(|(ino, _)| !before.contains_key(ino))
+        .map(|(_, len)| len)
+        .sum()
+}
+
+fn take(state: &mut ReplicatedState) {
+    let mut snapshots: SnapshotStore = state.snapshots.clone();
+    let canister = state.canisters.values_mut().next().expect("one");
+    let last = snapshots
+        .list(canister.canister_id)
+        .next()
+        .map(|s| s.id().clone());
+    if let Some(id) = last {
+        snapshots
+            .delete(canister.canister_id, &id)
+            .expect("the last take");
+    }
+    snapshots
+        .take(canister, state.time, None, None)
+        .expect("room for one snapshot");
+    state.snapshots = snapshots;
+}
+
+/// Writes 8 bytes into 1% of the pages (every 100th, shifted by `salt`).
+fn dirty_one_percent(state: &mut ReplicatedState, size: u64, salt: u64) {
+    for index in (salt % 100..size / PAGE).step_by(100) {
+        stable(state)
+            .write(index * PAGE, &salt.to_le_bytes())
+            .expect("inside the memory");
+    }
+}
+
+/// The take pair again, outside criterion: `pairs` checkpoints without and with the take,
+/// alternated, so that the two see the same disk and the same neighbours (criterion runs one
+/// function after the other, minutes apart on a busy machine). Prints the medians.
+fn interleaved_take(size: u64, pairs: usize) {
+    let mut times = [Vec::new(), Vec::new()];
+    for i in 0..2 * pairs {
+        let with_take = i % 2 == 1;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut manager, _) = open(dir.path());
+        let mut state = state_with_stable_memory(size);
+        if with_take {
+            take(&mut state);
+        }
+        let start = std::time::Instant::now();
+        checkpoint(&mut manager, &mut state);
+        times[usize::from(with_take)].push(start.elapsed());
+    }
+    for t in &mut times {
+        t.sort();
+    }
+    let (without, with) = (times[0][pairs / 2], times[1][pairs / 2]);
+    eprintln!(
+        "take/interleaved ({pairs} pairs): median {without:?} without the take, {with:?} with it \
+         ({:+.1}%)",
+        (with.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0
+    );
+}
+
 fn main() {
     if std::env::var_os("BENCH_SKIP").is_some_and(|v| v != "0") {
         eprintln!("checkpoint: BENCH_SKIP is set, not running");
@@ -104,6 +224,7 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
 
+    // Each iteration's directory is dropped (deleted) when the iteration ends.
     let mut group = c.benchmark_group("full");
     group.throughput(Throughput::Bytes(size));
     group.bench_function("checkpoint", |b| {
@@ -136,22 +257,32 @@ fn main() {
     group.finish();
 
     let mut group = c.benchmark_group("incremental");
+    group.bench_function("full_checkpoint", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let (manager, _) = open(dir.path());
+                (dir, manager, state_with_stable_memory(incremental_size))
+            },
+            |(dir, mut manager, mut state)| {
+                checkpoint(&mut manager, &mut state);
+                (dir, manager, state)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // Built once, outside the routine (criterion calls it once per sample), deleted after.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (mut manager, _) = open(dir.path());
+    let mut state = state_with_stable_memory(incremental_size);
+    checkpoint(&mut manager, &mut state);
+    let mut salt = 0u64;
     group.bench_function("checkpoint_after_1pct", |b| {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let (mut manager, _) = open(dir.path());
-        let mut state = state_with_stable_memory(incremental_size);
-        checkpoint(&mut manager, &mut state);
-        let pages = incremental_size / PAGE;
-        let mut salt = 0u64;
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 salt += 1;
-                for index in (salt % 100..pages).step_by(100) {
-                    stable(&mut state)
-                        .write(index * PAGE, &salt.to_le_bytes())
-                        .expect("inside the memory");
-                }
+                dirty_one_percent(&mut state, incremental_size, salt);
                 let start = std::time::Instant::now();
                 checkpoint(&mut manager, &mut state);
                 total += start.elapsed();
@@ -159,11 +290,13 @@ fn main() {
             total
         })
     });
+    drop((manager, state, dir));
     group.finish();
 
+    // The replica's row: a fresh canister, with or without a take, then the checkpoint.
     let mut group = c.benchmark_group("take");
-    for take in [false, true] {
-        let name = if take {
+    for with_take in [false, true] {
+        let name = if with_take {
             "checkpoint_after_take"
         } else {
             "checkpoint_without_take"
@@ -174,13 +307,8 @@ fn main() {
                     let dir = tempfile::tempdir().expect("a temporary directory");
                     let (manager, _) = open(dir.path());
                     let mut state = state_with_stable_memory(size);
-                    if take {
-                        let mut snapshots: SnapshotStore = state.snapshots.clone();
-                        let canister = state.canisters.values_mut().next().expect("one");
-                        snapshots
-                            .take(canister, state.time, None, None)
-                            .expect("room for one snapshot");
-                        state.snapshots = snapshots;
+                    if with_take {
+                        take(&mut state);
                     }
                     (dir, manager, state)
                 },
@@ -191,17 +319,61 @@ fn main() {
                 BatchSize::PerIteration,
             )
         });
+        // Once more, untimed, to count what the checkpoint wrote.
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut manager, _) = open(dir.path());
+        let mut state = state_with_stable_memory(size);
+        if with_take {
+            take(&mut state);
+        }
+        checkpoint(&mut manager, &mut state);
+        let written = new_page_bytes(&BTreeMap::new(), &page_files(&manager));
+        eprintln!("take/{name}: the checkpoint wrote {written} bytes of page files");
+    }
+    group.finish();
+    interleaved_take(size, if full() { 5 } else { 15 });
+
+    // A canister already checkpointed: 1% dirtied, then (or not) a take, then the checkpoint.
+    let mut group = c.benchmark_group("take_checkpointed");
+    for with_take in [false, true] {
+        let name = if with_take {
+            "checkpoint_after_take"
+        } else {
+            "checkpoint_without_take"
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut manager, _) = open(dir.path());
+        let mut state = state_with_stable_memory(size);
+        checkpoint(&mut manager, &mut state);
+        let (mut salt, mut written) = (0u64, 0u64);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    salt += 1;
+                    dirty_one_percent(&mut state, size, salt);
+                    if with_take {
+                        take(&mut state);
+                    }
+                    let before = page_files(&manager);
+                    let start = std::time::Instant::now();
+                    checkpoint(&mut manager, &mut state);
+                    total += start.elapsed();
+                    written = new_page_bytes(&before, &page_files(&manager));
+                }
+                total
+            })
+        });
+        eprintln!(
+            "take_checkpointed/{name}: the last checkpoint wrote {written} bytes of page files"
+        );
     }
     group.finish();
 
+    // One state on disk at a time: the small one is deleted before the large one is built.
     let mut group = c.benchmark_group("reopen");
     for (name, bytes) in [("small", reopen_small), ("large", reopen_large)] {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        {
-            let (mut manager, _) = open(dir.path());
-            let mut state = state_with_stable_memory(bytes);
-            checkpoint(&mut manager, &mut state);
-        }
+        let dir = checkpointed_dir(bytes);
         let before = resident_bytes();
         let (manager, state) = open(dir.path());
         eprintln!(

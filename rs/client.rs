@@ -76,6 +76,16 @@ pub trait ManagementClient {
             .collect()
     }
 
+    /// Makes the effects of every call answered so far durable on the replica: a replica on a
+    /// state directory writes a checkpoint (`StateMachine` opened with `StateMachine::open`).
+    /// A transfer calls it before its progress file records what those calls did, so that a
+    /// process killed after the record resumes against a replica that holds what the record
+    /// claims (`spec/transfer.md`, "Writing safely, resuming"). By default nothing: a replica
+    /// whose answered update calls are durable already (the IC's, once certified).
+    fn make_durable(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
+
     /// Candid-encodes `args`, calls `method` and decodes the reply as the tuple `R`.
     fn management_call<R: for<'a> ArgumentDecoder<'a>>(
         &mut self,

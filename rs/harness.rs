@@ -451,6 +451,11 @@ impl ManagementClient for StateMachine {
             .collect();
         self.submit_ingress_batch(calls)
     }
+
+    /// A checkpoint, on a state directory; nothing in memory.
+    fn make_durable(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.checkpoint().map_err(Into::into)
+    }
 }
 
 /// Snapshot transfer (`crate::transfer`), with the harness's `Option<Principal>` senders

@@ -5,13 +5,19 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use canister_snapshots::cli::canister::{ABORT_AFTER_SLICES_VAR, SYNC_EVERY_SLICES_VAR};
 use canister_snapshots::{Config, StateMachine};
 
 fn run(state_dir: &Path, args: &[&str]) -> Output {
+    run_with(state_dir, args, &[])
+}
+
+fn run_with(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_canister-snapshots"))
         .arg("--state-dir")
         .arg(state_dir)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -162,4 +168,140 @@ fn the_command_line_drives_a_canister_through_its_life_cycle_across_restarts() {
     ok(s, &["canister", "delete", &canister]);
     let gone = fails(s, &["canister", "status", &canister]);
     assert!(gone.contains("IC0301"), "{gone}");
+}
+
+/// Runs a transfer that the test hook kills (abort: no destructor, no checkpoint at exit, like
+/// `kill -9`) after `slices` slices, with progress made durable every 2 slices.
+#[track_caller]
+fn killed_after(state_dir: &Path, args: &[&str], slices: u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let slices = slices.to_string();
+    let out = run_with(
+        state_dir,
+        args,
+        &[
+            (ABORT_AFTER_SLICES_VAR, slices.as_str()),
+            (SYNC_EVERY_SLICES_VAR, "2"),
+        ],
+    );
+    assert!(
+        out.status.signal().is_some(),
+        "{args:?} was to be killed, it exited with {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn progress_offset(progress: &Path, region: &str) -> u64 {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(progress).unwrap()).unwrap();
+    json[region].as_u64().unwrap()
+}
+
+#[test]
+fn a_transfer_killed_between_slices_is_resumed_by_a_new_process() {
+    const STABLE: u64 = 8 << 20; // 5 slices of stable memory
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let s = state.as_path();
+    let canister = ok(s, &["canister", "create"]);
+    ok(s, &["canister", "install", &canister]);
+    let fill = format!("(0 : nat64, {STABLE} : nat64, 7 : nat8)");
+    ok(s, &["canister", "call", &canister, "fill_stable", &fill]);
+    let marker = format!("({} : nat64, blob \"the last slice\")", STABLE - 100);
+    ok(s, &["canister", "call", &canister, "write_stable", &marker]);
+    ok(
+        s,
+        &[
+            "canister",
+            "call",
+            &canister,
+            "write_heap",
+            "(0 : nat64, blob \"heap\")",
+        ],
+    );
+    ok(s, &["canister", "stop", &canister]);
+    let snapshot = ok(s, &["canister", "snapshot", "create", &canister]);
+
+    // Download: killed in the stable memory (module, heap, then 3 of its slices), resumed.
+    let dir = work.path().join("download");
+    let dir_arg = dir.to_str().unwrap();
+    let download = [
+        "canister", "snapshot", "download", &canister, &snapshot, "--dir", dir_arg,
+    ];
+    killed_after(s, &download, 5);
+    let progress = dir.join(".download_progress.json");
+    let claimed = progress_offset(&progress, "stable_memory");
+    let on_disk = std::fs::metadata(dir.join("stable_memory.bin.part"))
+        .unwrap()
+        .len();
+    assert!(claimed > 0 && claimed < STABLE, "{claimed}");
+    assert!(
+        claimed <= on_disk,
+        "the progress claims {claimed} bytes, {on_disk} are written"
+    );
+    assert!(fails(s, &download).contains("--resume"));
+    let mut resume = download.to_vec();
+    resume.push("--resume");
+    ok(s, &resume);
+    assert!(!progress.exists());
+    let stable_file = dir.join("stable_memory.bin");
+    let mut expected = vec![7u8; STABLE as usize];
+    expected[STABLE as usize - 100..][..14].copy_from_slice(b"the last slice");
+    assert!(std::fs::read(&stable_file).unwrap() == expected);
+
+    // Upload an edited copy: killed after the new snapshot took 3 slices of stable memory.
+    let mut edited = expected.clone();
+    edited[3 << 20..][..6].copy_from_slice(b"EDITED");
+    std::fs::write(&stable_file, &edited).unwrap();
+    // The quota (one) is full: the upload replaces the snapshot, with consent, as it starts.
+    let upload = [
+        "canister",
+        "snapshot",
+        "upload",
+        &canister,
+        "--dir",
+        dir_arg,
+        "--replace",
+        &snapshot,
+    ];
+    killed_after(s, &upload, 5);
+    let progress = dir.join(".upload_progress.json");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&progress).unwrap()).unwrap();
+    let partial = json["snapshot_id"].as_str().unwrap().to_string();
+    let claimed = progress_offset(&progress, "stable_memory");
+    assert!(claimed > 0 && claimed < STABLE, "{claimed}");
+    // The replica's last checkpoint holds the partial snapshot the progress file names.
+    {
+        let sm = StateMachine::open(s, Config::default()).unwrap();
+        let ids: Vec<String> = sm
+            .state()
+            .snapshots
+            .iter()
+            .map(|snap| canister_snapshots::memory::checksum::hex(&snap.id().to_bytes()))
+            .collect();
+        assert_eq!(ids, vec![partial.clone()]);
+    }
+    assert!(fails(s, &upload).contains("--resume"));
+    let mut resume = upload.to_vec();
+    resume.push("--resume");
+    // The upload checks the replica's checksum of the result against the directory's.
+    let uploaded = ok(s, &resume);
+    assert_eq!(uploaded, partial);
+    assert!(!progress.exists());
+
+    // And the canister gets the edited bytes back from it.
+    ok(s, &["canister", "snapshot", "load", &canister, &uploaded]);
+    ok(s, &["canister", "start", &canister]);
+    let read = format!("({} : nat64, 6 : nat64)", 3 << 20);
+    assert_eq!(
+        ok(s, &["canister", "call", &canister, "read_stable", &read]),
+        "(blob \"EDITED\")"
+    );
+    let read = format!("({} : nat64, 14 : nat64)", STABLE - 100);
+    assert_eq!(
+        ok(s, &["canister", "call", &canister, "read_stable", &read]),
+        "(blob \"the last slice\")"
+    );
 }

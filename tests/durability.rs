@@ -640,3 +640,227 @@ fn a_take_charges_the_heap_delta_of_pages_not_yet_in_a_checkpoint() {
     // holds (16 × LIMIT); its round drained one allowance.
     assert_eq!(debit(&sm), LIMIT);
 }
+
+/// Every page file of the last checkpoint: name → (inode, size).
+fn page_inodes(dir: &Path) -> std::collections::BTreeMap<String, (u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(checkpoint_dir(dir).join("pages"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (meta.ino(), meta.len()),
+            )
+        })
+        .collect()
+}
+
+/// The names of the page files under `memory`, oldest first.
+fn stack_of(memory: &canister_snapshots::memory::Memory) -> Vec<String> {
+    memory.page_map().base().map_or(vec![], |b| {
+        b.files().iter().map(|f| f.name().to_string()).collect()
+    })
+}
+
+#[test]
+fn a_take_of_a_checkpointed_canister_adds_no_page_bytes_and_its_delete_frees_only_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path());
+    let canister = install_new(&mut sm, controller());
+    canister.fill(&mut sm, true, 0, 256 * 4096, 3);
+    sm.checkpoint().unwrap();
+    let before = page_inodes(dir.path());
+
+    // A take shares every page: the next checkpoint writes the snapshot's metadata only; its
+    // page files are the very same inodes (hard links), none is added, none rewritten.
+    let snapshot = sm
+        .take_canister_snapshot(canister.id, Some(canister.sender), None)
+        .unwrap()
+        .id;
+    sm.checkpoint().unwrap();
+    assert_eq!(page_inodes(dir.path()), before);
+    let stable_stacks = |sm: &StateMachine| {
+        let state = sm.state();
+        let live = &state.canisters[&canister.id]
+            .execution_state
+            .as_ref()
+            .unwrap()
+            .stable_memory;
+        let snap = &state
+            .snapshots
+            .iter()
+            .next()
+            .unwrap()
+            .content()
+            .stable_memory;
+        (stack_of(live), stack_of(snap))
+    };
+    let (live, snap) = stable_stacks(&sm);
+    assert_eq!(live, snap);
+    // The same after a restart: one mapping, shared.
+    drop(sm);
+    let mut sm = open(dir.path());
+    assert_eq!(page_inodes(dir.path()), before);
+    assert_eq!(stable_stacks(&sm).0, stable_stacks(&sm).1);
+
+    // The canister moves on: its next checkpoint adds one small overlay for itself only; the
+    // snapshot keeps the base it shares, by the same inode.
+    canister.write(&mut sm, true, 4096 * 7, b"after the take");
+    sm.checkpoint().unwrap();
+    let diverged = page_inodes(dir.path());
+    for (name, inode) in &before {
+        assert_eq!(diverged.get(name), Some(inode), "{name} was rewritten");
+    }
+    let added: Vec<_> = diverged
+        .iter()
+        .filter(|(name, _)| !before.contains_key(*name))
+        .collect();
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert!(added[0].1.1 < 2 * 4096, "{added:?}");
+
+    // Deleting the snapshot frees nothing the canister still uses.
+    sm.delete_canister_snapshot(canister.id, Some(canister.sender), snapshot.clone())
+        .unwrap();
+    sm.checkpoint().unwrap();
+    assert_eq!(page_inodes(dir.path()), diverged);
+
+    // A snapshot with pages of its own (written before the take, overwritten after it): its
+    // overlay is freed with it, and only that.
+    canister.write(&mut sm, true, 4096 * 9, b"only the snapshot keeps this");
+    let snapshot = sm
+        .take_canister_snapshot(canister.id, Some(canister.sender), None)
+        .unwrap()
+        .id;
+    canister.write(&mut sm, true, 4096 * 9, b"the canister's own");
+    sm.checkpoint().unwrap();
+    let with_own = page_inodes(dir.path());
+    let (live, snap) = stable_stacks(&sm);
+    let own: Vec<&String> = snap.iter().filter(|f| !live.contains(f)).collect();
+    assert_eq!(own.len(), 1, "{snap:?} vs {live:?}");
+    let before_delete = fingerprint(&sm).0;
+    sm.delete_canister_snapshot(canister.id, Some(canister.sender), snapshot)
+        .unwrap();
+    sm.checkpoint().unwrap();
+    let after = page_inodes(dir.path());
+    let mut expected = with_own.clone();
+    expected.remove(own[0]);
+    assert_eq!(after, expected);
+    assert_ne!(fingerprint(&sm).0, before_delete);
+    drop(sm);
+    let mut sm = open(dir.path());
+    assert_eq!(
+        canister.read(&mut sm, true, 4096 * 9, 18),
+        b"the canister's own"
+    );
+}
+
+/// Merges rewrite a memory's newest files into one; the files they replace may still be under
+/// a snapshot. Across many checkpoints with snapshots taken and deleted, no file a memory
+/// uses is ever removed (every snapshot reads back what it was taken with, before and after a
+/// restart), every memory keeps at most `MAX_FILES_PER_MEMORY` files, and the directory holds
+/// only files some memory uses: its size is bounded by the memories alive, not by history.
+/// 200 checkpoints by default (about 15 s, most of it `fsync`); `MERGE_LOOP_CHECKPOINTS=1000`
+/// runs the count, as CI does (`.ci/run`).
+#[test]
+fn merges_keep_the_files_snapshots_use_and_stay_bounded_across_many_checkpoints() {
+    const PAGES: u64 = 64;
+    const SNAPSHOTS: usize = 3;
+    let checkpoints: u64 = std::env::var("MERGE_LOOP_CHECKPOINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let config = Config {
+        max_snapshots_per_canister: SNAPSHOTS,
+        ..Config::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), config.clone()).unwrap();
+    let canister = install_new(&mut sm, controller());
+    canister.fill(&mut sm, true, 0, PAGES * 4096, 1);
+    sm.checkpoint().unwrap();
+    let stable_of = |sm: &StateMachine, id: Option<&[u8]>| -> Vec<u8> {
+        let state = sm.state();
+        let memory = match id {
+            None => {
+                &state.canisters[&canister.id]
+                    .execution_state
+                    .as_ref()
+                    .unwrap()
+                    .stable_memory
+            }
+            Some(id) => {
+                &state
+                    .snapshots
+                    .iter()
+                    .find(|s| s.id().to_bytes() == id)
+                    .unwrap()
+                    .content()
+                    .stable_memory
+            }
+        };
+        assert!(memory.page_map().base().map_or(0, |b| b.files().len()) <= MAX_FILES_PER_MEMORY);
+        memory.read_vec(0, memory.size_bytes()).unwrap()
+    };
+    // Each live snapshot with the stable memory it was taken with.
+    let mut live: std::collections::VecDeque<(Vec<u8>, Vec<u8>)> = Default::default();
+    let mut most_files = 0;
+    for i in 0..checkpoints {
+        // Pages written at a stride, so overlays of many sizes pile up and merge.
+        for k in 0..1 + i % 5 {
+            let page = (i * 37 + k * 11) % PAGES;
+            canister.write(&mut sm, true, page * 4096 + k, &i.to_le_bytes());
+        }
+        if i % 7 == 3 {
+            if live.len() == SNAPSHOTS {
+                let (id, _) = live.pop_front().unwrap();
+                sm.delete_canister_snapshot(canister.id, Some(canister.sender), id)
+                    .unwrap();
+            }
+            let id = sm
+                .take_canister_snapshot(canister.id, Some(canister.sender), None)
+                .unwrap()
+                .id;
+            let bytes = stable_of(&sm, None);
+            live.push_back((id, bytes));
+        }
+        if i % 13 == 5 && !live.is_empty() {
+            let (id, _) = live.remove(live.len() / 2).unwrap();
+            sm.delete_canister_snapshot(canister.id, Some(canister.sender), id)
+                .unwrap();
+        }
+        sm.checkpoint().unwrap();
+        // The files on disk are those of the memories alive: heap and stable memory of the
+        // canister and of each snapshot, each within the bound.
+        let files = page_files(&checkpoint_dir(dir.path()));
+        most_files = most_files.max(files.len());
+        assert!(
+            files.len() <= 2 * MAX_FILES_PER_MEMORY * (1 + live.len()),
+            "{} files with {} snapshots at checkpoint {i}",
+            files.len(),
+            live.len()
+        );
+        if i % 50 == 0 {
+            for (id, bytes) in &live {
+                assert!(
+                    stable_of(&sm, Some(id)) == *bytes,
+                    "snapshot {id:?} changed"
+                );
+            }
+        }
+    }
+    let canister_bytes = stable_of(&sm, None);
+    let before = fingerprint(&sm);
+    drop(sm);
+    let sm = StateMachine::open(dir.path(), config).unwrap();
+    assert_eq!(fingerprint(&sm), before);
+    assert!(stable_of(&sm, None) == canister_bytes);
+    for (id, bytes) in &live {
+        assert!(
+            stable_of(&sm, Some(id)) == *bytes,
+            "snapshot {id:?} changed"
+        );
+    }
+    eprintln!("{checkpoints} checkpoints: at most {most_files} page files on disk");
+}

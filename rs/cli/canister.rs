@@ -6,6 +6,13 @@
 //! returns (`spec/durability.md`). Arguments and replies of `call` are Candid text, parsed and
 //! printed with `candid_parser` as dfx does; snapshot ids are hex, as dfx prints them. A reject
 //! prints the IC error code and message and exits non-zero.
+//!
+//! `snapshot download` and `snapshot upload` resume across processes, as icp-cli's do: the
+//! directory is locked while a transfer works in it (`.transfer.lock`), its progress file
+//! records only what is durable (a download's bytes synced to disk; an upload's slices, and
+//! the id of the snapshot it creates, in a replica checkpoint written first), and a process
+//! killed between slices is continued by the same command with `--resume`
+//! (`tests/cli_lifecycle.rs` kills one).
 
 use std::path::{Path, PathBuf};
 
@@ -346,8 +353,14 @@ fn execute_snapshot(
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let _lock = TransferLock::take(&dir, DOWNLOAD_PROGRESS, resume)?;
-            sm.download_canister_snapshot(principal(&canister)?, caller, snapshot_id(&id)?, &dir)
-                .map_err(|e| e.to_string())?;
+            sm.download_canister_snapshot_with(
+                principal(&canister)?,
+                caller,
+                snapshot_id(&id)?,
+                &dir,
+                &transfer_options()?,
+            )
+            .map_err(|e| e.to_string())?;
             Ok(format!("downloaded into {}", dir.display()))
         }
         CanisterSnapshotCommand::Upload {
@@ -358,15 +371,51 @@ fn execute_snapshot(
         } => {
             let _lock = TransferLock::take(&dir, UPLOAD_PROGRESS, resume)?;
             let replace = replace.as_deref().map(snapshot_id).transpose()?;
-            let id = sm
-                .upload_canister_snapshot(principal(&canister)?, caller, &dir, replace)
+            let report = sm
+                .upload_canister_snapshot_with(
+                    principal(&canister)?,
+                    caller,
+                    &dir,
+                    replace,
+                    None,
+                    &transfer_options()?,
+                )
                 .map_err(|e| e.to_string())?;
-            Ok(hex(&id))
+            Ok(hex(&report.snapshot_id))
         }
     }
 }
 
-use crate::transfer::{DOWNLOAD_PROGRESS, TRANSFER_LOCK, UPLOAD_PROGRESS};
+use crate::transfer::{DOWNLOAD_PROGRESS, TRANSFER_LOCK, TransferOptions, UPLOAD_PROGRESS};
+
+/// Test hook: a download or upload aborts the process (as `kill -9` would) after this many
+/// slices (`TransferOptions::abort_after_slices`).
+pub const ABORT_AFTER_SLICES_VAR: &str = "CANISTER_SNAPSHOTS_TEST_ABORT_AFTER_SLICES";
+
+/// Test hook: a transfer makes its progress durable every this many slices instead of every
+/// [`crate::transfer::SYNC_EVERY_SLICES`] (`TransferOptions::sync_every_slices`).
+pub const SYNC_EVERY_SLICES_VAR: &str = "CANISTER_SNAPSHOTS_TEST_SYNC_EVERY_SLICES";
+
+/// The options of a command-line transfer: the defaults, and the test hooks' variables.
+fn transfer_options() -> Result<TransferOptions, String> {
+    let number = |var: &str| -> Result<Option<u64>, String> {
+        match std::env::var(var) {
+            Ok(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("{var}={text:?} is not a count: {e}")),
+            Err(_) => Ok(None),
+        }
+    };
+    let mut options = TransferOptions {
+        abort_after_slices: number(ABORT_AFTER_SLICES_VAR)?,
+        ..TransferOptions::default()
+    };
+    if let Some(every) = number(SYNC_EVERY_SLICES_VAR)? {
+        options.sync_every_slices = every;
+    }
+    Ok(options)
+}
 
 /// A snapshot directory locked for one transfer, as icp-cli locks it: a second process
 /// transferring into or out of the same directory gets an error. The lock file stays (a hidden

@@ -732,7 +732,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TransferError> 
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| TransferError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| TransferError::io(path, e))
+    fs::rename(&tmp, path).map_err(|e| TransferError::io(path, e))?;
+    // The rename itself survives a power loss only once the directory is synced.
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| TransferError::io(parent, e))
 }
 
 /// `name.part`: where a file is written before it is complete.

@@ -308,9 +308,14 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
                     size,
                     slices,
                 };
-                checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
-                    file.sync_data().map_err(|e| TransferError::io(&part, e))
-                })?;
+                checkpoint(
+                    &mut progress,
+                    &progress_path,
+                    &step,
+                    &mut budget,
+                    &bar,
+                    || file.sync_data().map_err(|e| TransferError::io(&part, e)),
+                )?;
             }
         }
         bar.finish_and_clear();

@@ -35,6 +35,7 @@ pub use dir::{
     chunk_hashes, for_each_block,
 };
 pub use download::{DOWNLOAD_PROGRESS, TRANSFER_LOCK, download_canister_snapshot};
+pub use progress::SYNC_EVERY_SLICES;
 pub use tools::{DiffReport, PageRanges, RegionDiff, diff, inspect, nonzero_page_ranges, unhex};
 pub use upload::{UPLOAD_PROGRESS, upload_canister_snapshot};
 
@@ -129,6 +130,13 @@ pub enum TransferError {
     Resume { path: PathBuf, reason: String },
     #[error("the transfer stopped after {bytes} bytes as asked; run it again to resume")]
     Interrupted { bytes: u64 },
+    #[error(
+        "the replica could not make what was uploaded durable: {source}; the progress file \
+         claims only what was durable before, run the upload again to resume"
+    )]
+    NotDurable {
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl TransferError {
@@ -167,6 +175,16 @@ pub struct TransferOptions {
     /// Refuse to upload a directory whose files changed since its download (by its
     /// `checksum.json`) instead of uploading the edits and reporting them (`--strict`).
     pub strict: bool,
+    /// Every this many slices (and at the end of each region) the transfer makes what it moved
+    /// durable (a download syncs its file, an upload asks the replica,
+    /// [`ManagementClient::make_durable`]) and records it in its progress file: what a killed
+    /// transfer resends at most. Default [`SYNC_EVERY_SLICES`]; 0 counts as 1.
+    pub sync_every_slices: u64,
+    /// Test hook: the process aborts, as if killed (`kill -9`: no destructor, no checkpoint),
+    /// once this many slices have been moved, after the slice's calls and before the progress
+    /// file can record it. For the tests that kill a transfer between slices.
+    #[doc(hidden)]
+    pub abort_after_slices: Option<u64>,
 }
 
 impl TransferOptions {
@@ -183,6 +201,8 @@ impl Default for TransferOptions {
             stop_after_bytes: None,
             force: false,
             strict: false,
+            sync_every_slices: SYNC_EVERY_SLICES,
+            abort_after_slices: None,
         }
     }
 }

@@ -21,7 +21,7 @@ use super::{TransferError, TransferOptions, dir};
 use crate::snapshots::SnapshotRegion;
 
 /// Progress is made durable (file synced, progress file rewritten) every this many slices.
-pub(super) const SYNC_EVERY_SLICES: u64 = 32;
+pub const SYNC_EVERY_SLICES: u64 = 32;
 
 /// `.download_progress.json` / `.upload_progress.json`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
@@ -88,10 +88,14 @@ impl Progress {
     }
 }
 
-/// Counts bytes against `stop_after_bytes`.
+/// Counts bytes against `stop_after_bytes`, and slices against the sync interval and the
+/// abort hook.
 pub(super) struct Budget {
     pub moved: u64,
     limit: Option<u64>,
+    slices: u64,
+    sync_every: u64,
+    abort_after_slices: Option<u64>,
 }
 
 impl Budget {
@@ -99,6 +103,18 @@ impl Budget {
         Budget {
             moved: 0,
             limit: options.stop_after_bytes,
+            slices: 0,
+            sync_every: options.sync_every_slices.max(1),
+            abort_after_slices: options.abort_after_slices,
+        }
+    }
+
+    /// One more slice moved; the test hook `abort_after_slices` ends the process here, between
+    /// the slice's calls and the progress record, as `kill -9` would.
+    fn slice_done(&mut self) {
+        self.slices += 1;
+        if self.abort_after_slices.is_some_and(|n| self.slices >= n) {
+            std::process::abort();
         }
     }
 
@@ -148,18 +164,21 @@ pub(super) struct Step {
     pub slices: u64,
 }
 
-/// Every [`SYNC_EVERY_SLICES`] slices, at the end of a region, and when the budget is spent:
-/// makes the data durable (`sync`) and then records the offset, so the progress file never
-/// claims bytes that could still be lost. Then stops the transfer if the budget is spent.
+/// Every `sync_every_slices` slices ([`SYNC_EVERY_SLICES`] by default), at the end of a
+/// region, and when the budget is spent: makes the data durable (`sync`: the file for a
+/// download, the replica's state for an upload) and then records the offset, so the progress
+/// file never claims bytes that could still be lost. Then stops the transfer if the budget is
+/// spent.
 pub(super) fn checkpoint(
     progress: &mut Progress,
     progress_path: &Path,
     step: &Step,
-    budget: &Budget,
+    budget: &mut Budget,
     bar: &indicatif::ProgressBar,
     sync: impl FnOnce() -> Result<(), TransferError>,
 ) -> Result<(), TransferError> {
-    if step.slices.is_multiple_of(SYNC_EVERY_SLICES)
+    budget.slice_done();
+    if step.slices.is_multiple_of(budget.sync_every)
         || step.offset == step.size
         || budget.exhausted()
     {

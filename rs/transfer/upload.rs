@@ -205,6 +205,9 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
                 },
                 Err(reject) => return Err(TransferError::reject(metadata_step)(reject)),
             };
+            // The new snapshot is durable on the replica before the progress file names it:
+            // a resume after `kill -9` finds it there.
+            make_durable(client)?;
             progress.save(&progress_path)?;
             progress
         }
@@ -328,9 +331,15 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
                     size,
                     slices,
                 };
-                checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
-                    Ok(())
-                })?;
+                // The replica holds the slices durably before the progress file says so.
+                checkpoint(
+                    &mut progress,
+                    &progress_path,
+                    &step,
+                    &mut budget,
+                    &bar,
+                    || make_durable(client),
+                )?;
             }
         }
         bar.finish_and_clear();
@@ -355,6 +364,7 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
                 "upload_canister_snapshot_data (chunk)",
             ))?;
         report.messages += 1;
+        make_durable(client)?;
         progress.chunks.push(hash_hex);
         progress.save(&progress_path)?;
     }
@@ -401,6 +411,13 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         report.replaced = Replaced::DeletedAfterVerification(old_id);
     }
     Ok(report)
+}
+
+/// [`ManagementClient::make_durable`], as the transfer's error.
+fn make_durable<C: ManagementClient + ?Sized>(client: &mut C) -> Result<(), TransferError> {
+    client
+        .make_durable()
+        .map_err(|source| TransferError::NotDurable { source })
 }
 
 /// Whether a refused `upload_canister_snapshot_metadata` was refused for the quota alone (the
