@@ -3,7 +3,9 @@
 //! - the message path (Candid encoding and decoding, 3 slices per round, as the transfer client
 //!   does) beside memcpy of the same bytes;
 //! - the directory path (files, progress, checksum verification) beside a sequential `std::fs`
-//!   write with `fsync` and SHA-256 of the same bytes' 4 KiB pages on one core and on all cores.
+//!   write with `fsync` and SHA-256 of the same bytes' 4 KiB pages on one core and on all cores;
+//! - the replica's share of an upload's verification, the checksum of the new pages, on all
+//!   cores and on one thread.
 //!
 //! Then, outside criterion, the peak extra resident memory of one directory download and one
 //! upload (`VmHWM` after resetting it through `/proc/self/clear_refs`).
@@ -21,6 +23,7 @@ use canister_snapshots::client::{ManagementClient, decode_reply_one};
 use canister_snapshots::management::types::{
     ReadCanisterSnapshotDataResultRef, UploadCanisterSnapshotDataArgsRef,
 };
+use canister_snapshots::memory::Memory;
 use canister_snapshots::memory::checksum::sha256;
 use canister_snapshots::transfer::{PARALLEL_SLICES, SLICE_BYTES};
 use canister_snapshots::{Config, StateMachine, TEST_CANISTER_WASM};
@@ -196,6 +199,49 @@ fn limits(c: &mut Criterion) {
     group.finish();
 }
 
+/// The replica's part of a directory upload's verification: the checksum of a memory whose
+/// pages are all new (`PageMap`'s cached Merkle hash, as the final metadata read computes it),
+/// on rayon's pool of all cores and on a pool of one thread (how it ran before the rehash was
+/// parallelised). Beside `limits`' SHA-256 of the same bytes' pages.
+fn replica_rehash(c: &mut Criterion) {
+    let size = size();
+    let source: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut group = c.benchmark_group(format!("replica_{}MiB", size >> 20));
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(size));
+    // Hashing is timed; writing the pages (and freeing them) is not.
+    let uploaded = || {
+        let mut memory = Memory::zeroed(size, size).unwrap();
+        memory.write(0, &source).unwrap();
+        memory
+    };
+    group.bench_function("checksum of new pages (PageMap), all cores", |b| {
+        b.iter_batched(
+            uploaded,
+            |memory| {
+                black_box(memory.root_hash());
+                memory
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    group.bench_function("checksum of new pages (PageMap), one thread", |b| {
+        b.iter_batched(
+            uploaded,
+            |memory| {
+                black_box(one_thread.install(|| memory.root_hash()));
+                memory
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 fn transfer(c: &mut Criterion) {
     let size = size();
     let (mut sm, canister, id) = setup(size);
@@ -337,7 +383,14 @@ fn memory(_: &mut Criterion) {
 
 // `memory` first: later groups leave freed memory resident in the allocator, which would hide
 // what a transfer allocates.
-criterion_group!(benches, memory, transfer, limits, round_trip);
+criterion_group!(
+    benches,
+    memory,
+    transfer,
+    limits,
+    replica_rehash,
+    round_trip
+);
 criterion_main!(benches);
 
 // The IC replica allocates with jemalloc; so does this benchmark, like the binary.

@@ -14,7 +14,7 @@
 //! | `clone` | O(1): one `Arc` increment |
 //! | read or write one page | O(height) pointer steps, height = ⌈log16(pages)⌉ ≤ 8 |
 //! | first write to a page shared with a clone | one 4 KiB copy + `height` node copies (16 pointers and 16 cached hashes each) |
-//! | `root_hash` after k pages changed | O(k · height) SHA-256 compressions of 4 KiB leaves and 528-byte nodes |
+//! | `root_hash` after k pages changed | O(k · height) SHA-256 compressions of 4 KiB leaves and 528-byte nodes; on every core when k is large (below) |
 //! | memory for never-written pages | none: an absent subtree reads as zero |
 //!
 //! Each node caches the Merkle hashes of its 16 children (see [`crate::memory::checksum`]): leaf
@@ -23,6 +23,15 @@
 //! uniquely owned path, which forgets the cached hash of the child on the path at every level on
 //! the way down. So after k pages change, rehashing touches only the k paths from those pages to
 //! the root, and never reads an unchanged sibling (a 4 KiB page, or a node, elsewhere in memory).
+//!
+//! Subtrees hash independently, so a large rehash (a new upload's pages, a fresh memory) runs
+//! on every core: a node whose uncached children hold at least
+//! `PARALLEL_MIN_UNCACHED_GRANDCHILDREN` uncached children of their own hashes those children
+//! as tasks of `rayon`'s pool, each filling its own slot of the node's cache; below that, and
+//! always for a few scattered writes, the rehash stays on the calling thread. The result is the
+//! same either way: the hash is a function of the bytes, and every node hash is still computed
+//! from its 16 children in slot order. Measured: `benches/README.md`, "Transfer at the speed of
+//! the machine" (the directory upload, whose replica side is this rehash).
 //!
 //! # The page-source seam
 //!
@@ -49,6 +58,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
+use rayon::prelude::*;
+
 use super::checksum::{self, Hash};
 use super::page_file::{PageFileError, PageLayers, as_page};
 
@@ -64,6 +75,13 @@ pub const MAX_HEIGHT: u32 = 8;
 
 /// The number of pages a `PageMap` can address.
 pub const MAX_PAGES: u64 = 1 << (FANOUT_BITS * MAX_HEIGHT);
+
+/// A node's uncached children are hashed on every core when they have at least this many
+/// uncached children of their own between them (see `Node::worth_hashing_in_parallel`): each
+/// costs at least one 4 KiB leaf hash (about 3 µs on one core), so the work parallelised is at
+/// least ~50 µs, well above what a fork into rayon's pool costs (a few µs; the first one from
+/// a thread outside the pool wakes a worker). A few scattered writes stay sequential.
+const PARALLEL_MIN_UNCACHED_GRANDCHILDREN: u32 = 16;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
@@ -125,9 +143,10 @@ impl Page {
 ///
 /// Filled lazily through `&self` while hashing, so it is made of atomics: a slot's words are
 /// stored before its bit is set (`Release`) and read only after the bit is seen (`Acquire`).
-/// Two threads hashing the same shared node at once may both fill a slot; they store the same
-/// value, because a node's children never change while it is shared or borrowed. Bits are
-/// cleared only through `&mut self`, on the write path, before the child changes.
+/// The parallel rehash fills different slots of one node from different pool threads; two
+/// threads hashing the same shared node at once may both fill one slot, and they store the
+/// same value, because a node's children never change while it is shared or borrowed. Bits
+/// are cleared only through `&mut self`, on the write path, before the child changes.
 ///
 /// Keeping the hashes here rather than in each child means that rehashing a node after one of
 /// its children changed reads this node alone plus the changed child: no cache miss on the 15
@@ -223,21 +242,74 @@ impl Node {
 
     /// The Merkle hash of this node at `level`; absent children count as all-zero subtrees.
     /// Children whose hash is cached are not visited: the cost is one node hash plus the
-    /// rehashing of the children changed since the last call.
+    /// rehashing of the children changed since the last call. When that rehashing is large
+    /// ([`Self::worth_hashing_in_parallel`]), the uncached children are hashed on every core.
     /// `first_page` is the first page this node covers; `base` supplies absent children.
     fn hash(&self, level: u32, first_page: u64, base: Option<&PageLayers>) -> Hash {
         let mut hashes = [[0u8; 32]; FANOUT];
+        let mut uncached = 0u16;
         for (i, hash) in hashes.iter_mut().enumerate() {
-            *hash = match self.child_hashes.get(i) {
-                Some(cached) => cached,
-                None => {
-                    let computed = self.child_hash(i, level, first_page, base);
-                    self.child_hashes.set(i, &computed);
-                    computed
-                }
-            };
+            match self.child_hashes.get(i) {
+                Some(cached) => *hash = cached,
+                None => uncached |= 1 << i,
+            }
+        }
+        let compute = |(i, hash): (usize, &mut Hash)| {
+            if uncached & (1 << i) != 0 {
+                *hash = self.child_hash(i, level, first_page, base);
+                self.child_hashes.set(i, hash);
+            }
+        };
+        if self.worth_hashing_in_parallel(uncached) {
+            // One task per child: the children are subtrees of equal span but not of equal
+            // work (their changed pages), so the pool balances them by stealing.
+            hashes
+                .par_iter_mut()
+                .with_max_len(1)
+                .enumerate()
+                .for_each(compute);
+        } else {
+            hashes.iter_mut().enumerate().for_each(compute);
         }
         checksum::node_hash(&hashes)
+    }
+
+    /// Whether the children of this node whose bits are set in `uncached` are worth hashing in
+    /// parallel: they hold at least [`PARALLEL_MIN_UNCACHED_GRANDCHILDREN`] uncached children
+    /// of their own (pages, or level-1 nodes with at least one changed page each), so the work
+    /// is at least that many leaf hashes, tens of microseconds, against a fork of a few. Reads
+    /// the cache bits of the uncached children only, no page. Checkpointed pages under absent
+    /// children are not counted: their hashes come from the base's cache and its stored leaf
+    /// hashes, not from SHA-256 of the pages.
+    fn worth_hashing_in_parallel(&self, uncached: u16) -> bool {
+        let Children::Nodes(nodes) = &self.children else {
+            return false;
+        };
+        if uncached.count_ones() < 2 {
+            return false;
+        }
+        let mut work = 0u32;
+        for (i, node) in nodes.iter().enumerate() {
+            if let Some(node) = node
+                && uncached & (1 << i) != 0
+            {
+                work = work.saturating_add(node.uncached_present_children());
+                if work >= PARALLEL_MIN_UNCACHED_GRANDCHILDREN {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Children present in the tree whose hash is not cached here.
+    fn uncached_present_children(&self) -> u32 {
+        let known = self.child_hashes.known.load(Ordering::Acquire);
+        let present = match &self.children {
+            Children::Pages(pages) => present_mask(pages),
+            Children::Nodes(nodes) => present_mask(nodes),
+        };
+        (present & !known).count_ones()
     }
 
     /// Reads every child's reference count, so that the cache misses on them (one per child:
@@ -278,6 +350,15 @@ impl Node {
             },
         }
     }
+}
+
+/// Bit `i` set when slot `i` holds a child.
+fn present_mask<T>(slots: &[Option<T>; FANOUT]) -> u16 {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, slot)| slot.is_some())
+        .fold(0, |mask, (i, _)| mask | 1 << i)
 }
 
 /// The hash of the base's subtree at `level` from `first_page`; zero without a base.
@@ -952,6 +1033,56 @@ mod tests {
         let mut after = changed.clone();
         after.write(3, &[7]).unwrap();
         assert_root_matches_flat(&after, 2_000);
+    }
+
+    /// Whether a hash of `map` now would hash the root's uncached children in parallel, and
+    /// whether any node on the path to `page_index` would.
+    fn parallel_at_root_and_on_path(map: &PageMap, page_index: u64) -> (bool, bool) {
+        let uncached = |node: &Node| !node.child_hashes.known.load(Ordering::Acquire);
+        let root = map.root.as_deref().unwrap();
+        let at_root = root.worth_hashing_in_parallel(uncached(root));
+        let (mut node, mut level, mut on_path) = (root, map.height, false);
+        while let Children::Nodes(nodes) = &node.children {
+            on_path |= node.worth_hashing_in_parallel(uncached(node));
+            node = nodes[slot(page_index, level)].as_deref().unwrap();
+            level -= 1;
+        }
+        (at_root, on_path)
+    }
+
+    /// The parallel path computes the definition: a large map, dense then sparse, hashed from
+    /// scratch (every upper node's children on every core) equals the flat computation; a
+    /// single write after that rehashes one path, sequentially; a large rewrite of a clone goes
+    /// parallel again while the clone it shares nodes with keeps its root.
+    #[test]
+    fn large_sparse_and_dense_maps_hashed_in_parallel_equal_the_flat_root() {
+        const PAGES: u64 = 12_288;
+        let mut map = PageMap::new();
+        let dense: Vec<u8> = (0..4_096 * PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+        map.write(0, &dense).unwrap();
+        for page in (4_096..PAGES).step_by(7) {
+            map.write(page * PAGE_SIZE as u64 + page % 4_000, &page.to_le_bytes())
+                .unwrap();
+        }
+        assert_eq!(parallel_at_root_and_on_path(&map, 0), (true, true));
+        assert_root_matches_flat(&map, PAGES);
+
+        let snapshot = map.clone();
+        map.write(9_000 * PAGE_SIZE as u64 + 5, &[0xAB]).unwrap();
+        assert_eq!(
+            parallel_at_root_and_on_path(&map, 9_000),
+            (false, false),
+            "one changed page is rehashed on the calling thread"
+        );
+        assert_root_matches_flat(&map, PAGES);
+
+        map.fill(2_000 * PAGE_SIZE as u64, 3_000 * PAGE_SIZE as u64, 0x5C)
+            .unwrap();
+        // Two uncached children at the root, but ~130 uncached level-1 nodes below: the level-3
+        // node on this path forks.
+        assert_eq!(parallel_at_root_and_on_path(&map, 2_500), (false, true));
+        assert_root_matches_flat(&map, PAGES);
+        assert_root_matches_flat(&snapshot, PAGES);
     }
 
     /// A map standing on a base of two page files in `dir`: `0..40` filled with 1, then

@@ -1,6 +1,11 @@
 //! Download: a snapshot on the replica into a local directory, in page-aligned slices, with
 //! `.part` files, a progress file for resumption and the checksum checked at the end
 //! (`spec/transfer.md`).
+//!
+//! Each byte is hashed once per side. The client hashes each memory's bytes as it writes them
+//! (`RootHasher`, on every core) and never reads the files back to verify them; the replica's
+//! checksum in the metadata reply is memoised in the snapshot and its page maps' nodes, so
+//! downloading a snapshot again hashes nothing on the replica.
 
 // The client's own streaming loops: offsets and counts are bounded by region sizes that
 // `SnapshotDir::validate` checked against the metadata (the IC's limits, far below u64::MAX),

@@ -2,6 +2,14 @@
 //! the pages that differ from a base, for an incremental upload), with a progress file for
 //! resumption and the replica's checksum compared with the directory's at the end
 //! (`spec/transfer.md`).
+//!
+//! Each byte is hashed once per side. The client hashes the directory once, before sending
+//! (`SnapshotDir::digest`: read ahead, on every core); the slices it then reads and sends are
+//! not hashed again. The replica hashes the pages it received once, when the final metadata read
+//! asks for the checksum: `PageMap`'s cached Merkle hash, on every core for a large upload,
+//! memoised in the snapshot and in the page maps' nodes, so a later list, load or state hash
+//! does not hash them again. (A resumed upload's first metadata read hashes what was sent so
+//! far; the final one rehashes only the paths of the pages written since.)
 
 // The client's own streaming loops: offsets and counts are bounded by region sizes that
 // `SnapshotDir::validate` checked against the metadata (the IC's limits, far below u64::MAX),
