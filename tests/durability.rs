@@ -276,6 +276,48 @@ fn assert_corrupt(dir: &Path, file: &Path, needle: &str) {
     }
 }
 
+/// Where a page file's areas start (`spec/durability.md`, page files, version 2), from its
+/// footer.
+struct PageFileLayout {
+    leaf_hashes_at: usize,
+    group_table_at: usize,
+}
+
+impl PageFileLayout {
+    fn of(bytes: &[u8]) -> Self {
+        let footer = &bytes[bytes.len() - 32..];
+        assert_eq!(&footer[24..], b"CSPAGES1");
+        assert_eq!(u32::from_le_bytes(footer[16..20].try_into().unwrap()), 2);
+        let pages = u64::from_le_bytes(footer[8..16].try_into().unwrap()) as usize;
+        assert!(pages > 0);
+        PageFileLayout {
+            leaf_hashes_at: pages * 4096,
+            group_table_at: pages * (4096 + 32),
+        }
+    }
+}
+
+/// Reads every memory of every canister and snapshot in full: the errors, as text.
+fn read_every_memory(sm: &StateMachine) -> Vec<String> {
+    let state = sm.state();
+    let mut memories = Vec::new();
+    for canister in state.canisters.values() {
+        let execution = canister.execution_state.as_ref().unwrap();
+        memories.extend([&execution.wasm_memory, &execution.stable_memory]);
+    }
+    for snapshot in state.snapshots.iter() {
+        memories.extend([
+            &snapshot.content().wasm_memory,
+            &snapshot.content().stable_memory,
+        ]);
+    }
+    memories
+        .iter()
+        .filter_map(|m| m.read_vec(0, m.size_bytes()).err())
+        .map(|e| e.to_string())
+        .collect()
+}
+
 #[test]
 fn damaged_checkpoints_are_refused_naming_the_file() {
     let (source, checkpointed) = populated_dir();
@@ -300,7 +342,7 @@ fn damaged_checkpoints_are_refused_naming_the_file() {
         .unwrap();
     assert_corrupt(&dir, &file, "truncated");
 
-    // One bit flipped in a page file's tail (its leaf hashes, index and footer).
+    // One bit flipped in a page file's checked tail (its group table, index and footer).
     let (dir, _, file) = case("flipped-tail");
     make_writable(&file);
     let mut bytes = std::fs::read(&file).unwrap();
@@ -320,27 +362,47 @@ fn damaged_checkpoints_are_refused_naming_the_file() {
     // Hashing reads the stored leaf hashes, not the pages (so it costs no page reads).
     assert_eq!(sm.state().state_hash(), checkpointed.0);
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
-    let state = sm.state();
-    let mut memories = Vec::new();
-    for canister in state.canisters.values() {
-        let execution = canister.execution_state.as_ref().unwrap();
-        memories.extend([&execution.wasm_memory, &execution.stable_memory]);
-    }
-    for snapshot in state.snapshots.iter() {
-        memories.extend([
-            &snapshot.content().wasm_memory,
-            &snapshot.content().stable_memory,
-        ]);
-    }
-    let errors: Vec<String> = memories
-        .iter()
-        .filter_map(|m| m.read_vec(0, m.size_bytes()).err())
-        .map(|e| e.to_string())
-        .collect();
+    let errors = read_every_memory(&sm);
     assert!(!errors.is_empty(), "a damaged page was served");
     for err in &errors {
         assert!(err.contains(&name) && err.contains("page "), "{err}");
     }
+
+    // One bit flipped in a group table entry: the manifest covers the table, so opening
+    // refuses it.
+    let (dir, _, file) = case("flipped-group-table");
+    make_writable(&file);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let layout = PageFileLayout::of(&bytes);
+    bytes[layout.group_table_at + 5] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    assert_corrupt(&dir, &file, "SHA-256");
+
+    // One bit flipped in a leaf hash: opening reads no leaf hash, so the state opens (with the
+    // state hash it had: hashing falls back to the page bytes where a group does not match its
+    // table entry), and the first read of a page of that group is refused, naming the file
+    // and the group.
+    let (dir, _, file) = case("flipped-leaf-hash");
+    make_writable(&file);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let layout = PageFileLayout::of(&bytes);
+    bytes[layout.leaf_hashes_at + 7] ^= 0x80; // the leaf hash of the file's first page
+    std::fs::write(&file, &bytes).unwrap();
+    let sm = open(&dir);
+    assert_eq!(sm.state().state_hash(), checkpointed.0);
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let errors = read_every_memory(&sm);
+    assert!(
+        !errors.is_empty(),
+        "a page under a damaged leaf hash was served"
+    );
+    for err in &errors {
+        assert!(
+            err.contains(&name) && err.contains("leaf hash group 0"),
+            "{err}"
+        );
+    }
+    drop(sm);
 
     // One bit flipped in the state records.
     let (dir, checkpoint, _) = case("state");

@@ -1,19 +1,33 @@
 //! Page files: checkpointed pages, served from read-only memory mappings.
 //!
-//! # The format (`spec/durability.md`, version 1)
+//! # The format (`spec/durability.md`, version 2)
 //!
 //! ```text
 //! [ data: page_count × 4096 bytes, at offset 0, so every page is 4 KiB-aligned in the file ]
-//! [ leaf hashes: page_count × 32 bytes, the Merkle leaf hash of each page, in data order ]
+//! [ leaf hashes: page_count × 32 bytes, the Merkle leaf hash of each page, in data order, in
+//!   groups of 128 (4 KiB, 4 KiB-aligned; the last group may be shorter) ]
+//! [ group table: ⌈page_count / 128⌉ × 32 bytes, the SHA-256 of each group's leaf hashes ]
 //! [ index: range_count × (start_page u64 LE, end_page u64 LE), ascending, disjoint, end > start ]
 //! [ footer, 32 bytes: range_count u64 LE, page_count u64 LE, version u32 LE, 4 zero bytes,
 //!   magic "CSPAGES1" ]
 //! ```
 //!
-//! Everything after the data is the file's *tail*: the state manager's manifest checks the tail
-//! at open (O(pages · 32 bytes), never the pages). A page's bytes are checked against its
-//! stored leaf hash the first time they are read, and a mismatch is an error naming the file
-//! and the page, never data. Hashing a memory uses the stored leaf hashes and reads no page.
+//! Everything after the leaf hashes is the file's *checked tail*: the state manager's manifest
+//! checks its SHA-256 at open, O(pages / 128 · 32 bytes) (1 MiB at 16 GiB), and opening reads
+//! nothing else of the file but the index and the footer: neither a page nor a leaf hash.
+//! Verification is lazy, in two steps, each done once per process and remembered in a bit:
+//!
+//! - a *group* of leaf hashes is checked against its table entry the first time anything uses
+//!   a hash in it (reading a page of the group, hashing the memory, merging the file);
+//! - a *page* is checked against its (so verified) leaf hash the first time it is read.
+//!
+//! A mismatch at either step is an error naming the file and the group or page, never data.
+//! Hashing a memory uses the stored leaf hashes and reads no page; where a group does not match
+//! its table entry, hashing falls back to the page bytes themselves (so damage to the leaf-hash
+//! area alone never changes a memory's hash, and damaged pages change it and fail to read).
+//!
+//! Version 1 files (no group table; the manifest checks all leaf hashes at open) are still
+//! read: their leaf hashes count as verified, as they were before version 2.
 //!
 //! The pages of range `i` are stored one after another, after the pages of ranges `0..i`: page
 //! `p` of range `(start, end)` whose first page is stored at slot `s` is at byte
@@ -39,7 +53,9 @@
 //!
 //! # Costs
 //!
-//! Opening a file maps it and reads its index and footer: O(ranges), never the page bytes.
+//! Opening a file maps it and reads its index and footer: O(ranges), never the page bytes or
+//! the leaf hashes (the manifest check reads the group table: O(pages / 128)). The first use of
+//! a group hashes its 4 KiB of leaf hashes; the first read of a page hashes its 4 KiB.
 //! A lookup is O(files · log ranges), files ≤ 7 per memory by the state manager's merges.
 //! The Merkle hash of a part of the stack that no in-memory page shadows is computed from the
 //! mapped bytes on first request and cached here, so a memory is hashed once per process
@@ -49,6 +65,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(test)]
+thread_local! {
+    /// Bytes of leaf hashes hashed by group checks on this thread: what tests measure to show
+    /// that opening reads none and a read checks one group.
+    static GROUP_BYTES_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 use std::sync::{Arc, Mutex};
 
 use memmap2::Mmap;
@@ -57,8 +80,14 @@ use super::checksum::{self, Hash};
 use super::page_map::{FANOUT, PAGE_SIZE, Page, span};
 
 /// The newest page file format this build reads and the one it writes.
-pub const PAGE_FILE_VERSION: u32 = 1;
+pub const PAGE_FILE_VERSION: u32 = 2;
+/// The first version with a group table; version 1 files are read without one.
+const GROUPED_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"CSPAGES1";
+const HASH_BYTES: usize = 32;
+/// Leaf hashes per group: 128 × 32 bytes, one 4 KiB page of hashes.
+const HASHES_PER_GROUP: u64 = 128;
+const GROUP_BYTES: usize = HASHES_PER_GROUP as usize * HASH_BYTES;
 const FOOTER_BYTES: usize = 32;
 const RANGE_BYTES: usize = 16;
 
@@ -94,16 +123,29 @@ pub struct PageFile {
     map: Mmap,
     ranges: Vec<Range>,
     page_count: u64,
+    /// Byte offset of the leaf hashes (the end of the data) and of the checked tail (the group
+    /// table; for version 1, the leaf hashes).
+    hashes_at: usize,
+    checked_at: usize,
+    /// Whether the file has a group table (version ≥ 2).
+    grouped: bool,
     /// One bit per slot: the page's bytes have been checked against their stored hash. Set
     /// once, never cleared (the file is immutable); a race only repeats a check.
     verified: Box<[AtomicU64]>,
+    /// One bit per group of [`HASHES_PER_GROUP`] leaf hashes: the group matched its table
+    /// entry. Set with `Release` after the check and read with `Acquire` before a hash of the
+    /// group is used, as `ChildHashes` in `page_map.rs` does: a thread that sees the bit also
+    /// sees everything the checking thread did before setting it. (The hashes themselves are
+    /// immutable mapped bytes, so a thread that misses the bit only repeats the check.) Never
+    /// cleared.
+    groups_verified: Box<[AtomicU64]>,
 }
 
 /// What [`write_page_file`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageFileSummary {
     pub pages: u64,
-    /// Bytes after the page data: leaf hashes, index and footer.
+    /// Bytes of the checked tail, after the leaf hashes: group table, index and footer.
     pub tail_bytes: u64,
     /// SHA-256 of those bytes.
     pub tail_sha256: Hash,
@@ -142,13 +184,19 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
         hashes.extend_from_slice(&hash.unwrap_or_else(|| checksum::leaf_hash(bytes)));
         count = count.saturating_add(1);
     }
-    let mut tail = hashes;
-    tail.reserve(
-        ranges
+    // The leaf hashes are not part of the checked tail: the group table stands for them.
+    out.write_all(&hashes)?;
+    let mut tail = Vec::with_capacity(
+        hashes
             .len()
-            .saturating_mul(RANGE_BYTES)
+            .div_ceil(GROUP_BYTES)
+            .saturating_mul(HASH_BYTES)
+            .saturating_add(ranges.len().saturating_mul(RANGE_BYTES))
             .saturating_add(FOOTER_BYTES),
     );
+    for group in hashes.chunks(GROUP_BYTES) {
+        tail.extend_from_slice(&checksum::sha256(group));
+    }
     for (start, end) in &ranges {
         tail.extend_from_slice(&start.to_le_bytes());
         tail.extend_from_slice(&end.to_le_bytes());
@@ -223,14 +271,23 @@ impl PageFile {
                 found: version,
             });
         }
+        if version == 0 {
+            return Err(corrupt("its footer declares format version 0".into()));
+        }
+        let grouped = version >= GROUPED_VERSION;
         let (range_count, page_count) = (le_u64(field(0..8)), le_u64(field(8..16)));
+        let group_count = if grouped {
+            page_count.div_ceil(HASHES_PER_GROUP)
+        } else {
+            0
+        };
+        // Data and leaf hashes, then the group table: where the index starts.
+        let hashes_end = page_count.checked_mul((PAGE_SIZE + HASH_BYTES) as u64);
+        let index_at =
+            hashes_end.and_then(|h| h.checked_add(group_count.checked_mul(HASH_BYTES as u64)?));
         let expected = range_count
             .checked_mul(RANGE_BYTES as u64)
-            .and_then(|r| {
-                page_count
-                    .checked_mul((PAGE_SIZE + 32) as u64)?
-                    .checked_add(r)
-            })
+            .and_then(|r| index_at?.checked_add(r))
             .and_then(|b| b.checked_add(FOOTER_BYTES as u64));
         if expected != Some(len) {
             return Err(corrupt(format!(
@@ -238,11 +295,19 @@ impl PageFile {
                  ranges (truncated or extended?)"
             )));
         }
-        // `expected == len` above puts the index between the hashes and the footer; checked
-        // anyway rather than sliced.
-        let index = (page_count as usize)
-            .checked_mul(PAGE_SIZE + 32)
-            .and_then(|at| body.get(at..))
+        // `expected == len` above puts the index between the group table and the footer, and
+        // every offset below inside the file (so they fit a `usize`); checked anyway rather
+        // than sliced.
+        let hashes_at = (page_count as usize).checked_mul(PAGE_SIZE);
+        let hashes_end = hashes_end.map(|h| h as usize);
+        let checked_at = if grouped { hashes_end } else { hashes_at };
+        let (Some(hashes_at), Some(checked_at)) = (hashes_at, checked_at) else {
+            return Err(corrupt(format!(
+                "its footer declares {page_count} pages, more than it holds"
+            )));
+        };
+        let index = index_at
+            .and_then(|at| body.get(at as usize..))
             .ok_or_else(|| {
                 corrupt(format!(
                     "its footer declares {page_count} pages, more than it holds"
@@ -273,7 +338,13 @@ impl PageFile {
             map,
             ranges,
             page_count,
+            hashes_at,
+            checked_at,
+            grouped,
             verified: (0..page_count.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            groups_verified: (0..group_count.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
         })
@@ -311,6 +382,7 @@ impl PageFile {
         // there; if it were not, the page would just be checked on every read.
         let seen = self.verified.get(word);
         if seen.is_none_or(|seen| seen.load(Ordering::Relaxed) & bit == 0) {
+            self.verify_group(slot / HASHES_PER_GROUP, Some(index))?;
             if checksum::leaf_hash(bytes) != self.slot_hash(slot) {
                 return Err(PageFileError::Corrupt {
                     file: self.name.clone(),
@@ -327,13 +399,91 @@ impl PageFile {
         Ok(Some(bytes))
     }
 
-    /// The stored leaf hash of page `index`, if this file holds it. Reads no page.
-    pub fn stored_hash(&self, index: u64) -> Option<Hash> {
-        self.slot_of(index).map(|slot| self.slot_hash(slot))
+    /// The stored leaf hash of page `index`, if this file holds it, its group checked against
+    /// the group table on first use. Reads no page.
+    pub fn stored_hash(&self, index: u64) -> Result<Option<Hash>, PageFileError> {
+        let Some(slot) = self.slot_of(index) else {
+            return Ok(None);
+        };
+        self.verify_group(slot / HASHES_PER_GROUP, Some(index))?;
+        Ok(Some(self.slot_hash(slot)))
+    }
+
+    /// The leaf hash of page `index` for the memory's Merkle hash: the stored one, or where its
+    /// group does not match the group table, the hash of the page's bytes (the error is left to
+    /// the reads, which refuse the page). Hashing is infallible (`PageMap::root_hash`), and so
+    /// a damaged leaf-hash area never changes a memory's hash.
+    fn merkle_leaf_hash(&self, index: u64) -> Option<Hash> {
+        let slot = self.slot_of(index)?;
+        match self.stored_hash(index) {
+            Ok(hash) => hash,
+            Err(_) => Some(checksum::leaf_hash(self.slot_bytes(slot))),
+        }
+    }
+
+    /// Checks group `group`'s leaf hashes against its table entry once (version 1 files have
+    /// none: the manifest checked all their leaf hashes at open). `page` is named in the error.
+    fn verify_group(&self, group: u64, page: Option<u64>) -> Result<(), PageFileError> {
+        if !self.grouped {
+            return Ok(());
+        }
+        let (word, bit) = ((group / 64) as usize, 1u64 << (group % 64));
+        // `groups_verified` has a word for every 64 groups and `group < group_count` (callers
+        // pass a slot's group or one below `group_count`): `seen` is always there; if it were
+        // not, the group would just be checked on every use.
+        let seen = self.groups_verified.get(word);
+        if seen.is_some_and(|seen| seen.load(Ordering::Acquire) & bit != 0) {
+            return Ok(());
+        }
+        let page = page.map(|p| format!(" (page {p})")).unwrap_or_default();
+        let corrupt = |what: &str| PageFileError::Corrupt {
+            file: self.name.clone(),
+            reason: format!(
+                "leaf hash group {group}{page} {what} (the file was changed after it was written)"
+            ),
+        };
+        // Groups are `GROUP_BYTES` apart from `hashes_at`, the last one ending at `checked_at`
+        // where the table starts; `map` checked that both areas are inside the file.
+        let first = usize::try_from(group)
+            .ok()
+            .and_then(|g| g.checked_mul(GROUP_BYTES))
+            .and_then(|g| g.checked_add(self.hashes_at));
+        let hashes = first
+            .map(|at| (at, at.saturating_add(GROUP_BYTES).min(self.checked_at)))
+            .and_then(|(at, end)| self.map.get(at..end));
+        let entry = usize::try_from(group)
+            .ok()
+            .and_then(|g| g.checked_mul(HASH_BYTES))
+            .and_then(|g| g.checked_add(self.checked_at))
+            .and_then(|at| self.map.get(at..at.checked_add(HASH_BYTES)?));
+        let (Some(hashes), Some(entry)) = (hashes, entry) else {
+            return Err(corrupt("is outside the file"));
+        };
+        #[cfg(test)]
+        GROUP_BYTES_CHECKED.with(|c| c.set(c.get() + hashes.len() as u64));
+        if checksum::sha256(hashes) != entry {
+            return Err(corrupt("does not match the group table"));
+        }
+        if let Some(seen) = seen {
+            seen.fetch_or(bit, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Checks every group of leaf hashes (once): before the file's stored hashes are copied
+    /// into a merged file, whose own group table would otherwise vouch for a damaged hash.
+    /// O(pages · 32 bytes), against the merge's O(pages · 4 KiB).
+    pub fn verify_leaf_hashes(&self) -> Result<(), PageFileError> {
+        let groups = if self.grouped {
+            self.page_count.div_ceil(HASHES_PER_GROUP)
+        } else {
+            0
+        };
+        (0..groups).try_for_each(|group| self.verify_group(group, None))
     }
 
     // Slot arithmetic: `map` checked that the file is exactly `page_count` pages, as many
-    // hashes, the index and the footer, and that the index's ranges cover exactly
+    // hashes, the group table, the index and the footer, and that the index's ranges cover exactly
     // `page_count` slots; `slot_of` only returns a slot inside a range, so `slot < page_count`
     // and both areas hold it. On the page read path: no further checks here.
     #[allow(
@@ -348,23 +498,24 @@ impl PageFile {
             .expect("slot within the checked data area")
     }
 
-    // As `slot_bytes`: `slot < page_count`, inside the checked hash area.
+    // As `slot_bytes`: `slot < page_count`, inside the leaf-hash area from `hashes_at`. Callers
+    // outside a merge check the slot's group first (`verify_group`).
     #[allow(
         clippy::arithmetic_side_effects,
         clippy::indexing_slicing,
         clippy::expect_used
     )]
     fn slot_hash(&self, slot: u64) -> Hash {
-        let at = self.page_count as usize * PAGE_SIZE + slot as usize * 32;
-        self.map[at..at + 32]
+        let at = self.hashes_at + slot as usize * HASH_BYTES;
+        self.map[at..at + HASH_BYTES]
             .try_into()
             .expect("slot within the checked hash area")
     }
 
-    /// Bytes after the page data (leaf hashes, index, footer): what the manifest checks.
+    /// Bytes of the checked tail (group table, index, footer; for version 1, from the leaf
+    /// hashes on): what the manifest checks at open.
     pub fn tail_bytes(&self) -> u64 {
-        let data = (self.page_count as usize).saturating_mul(PAGE_SIZE);
-        self.map.len().saturating_sub(data) as u64
+        self.map.len().saturating_sub(self.checked_at) as u64
     }
 
     /// Whether any page in `[first, end)` is in this file. O(log ranges).
@@ -374,8 +525,8 @@ impl PageFile {
     }
 
     /// The file's pages in ascending index order with their stored hashes, unchecked: for
-    /// copying into a merged file, where a damaged page keeps its stored hash and so stays
-    /// detectable.
+    /// copying into a merged file (after `verify_leaf_hashes`), where a damaged page keeps its
+    /// stored hash and so stays detectable.
     fn pages(&self) -> impl Iterator<Item = (u64, &[u8; PAGE_SIZE], Hash)> + '_ {
         self.ranges.iter().flat_map(move |r| {
             (r.start..r.end)
@@ -422,15 +573,26 @@ impl PageLayers {
 
     /// The bytes of page `index` from the newest file that holds it, checked on first read.
     pub fn page(&self, index: u64) -> Result<Option<&[u8; PAGE_SIZE]>, PageFileError> {
-        match self.files.iter().rev().find(|f| f.slot_of(index).is_some()) {
+        match self.file_of(index) {
             Some(file) => file.page(index),
             None => Ok(None),
         }
     }
 
+    /// The newest file holding page `index`.
+    fn file_of(&self, index: u64) -> Option<&PageFile> {
+        self.files
+            .iter()
+            .rev()
+            .find(|f| f.slot_of(index).is_some())
+            .map(|f| &**f)
+    }
+
     /// The stored leaf hash of page `index` in the newest file that holds it.
-    fn stored_hash(&self, index: u64) -> Option<Hash> {
-        self.files.iter().rev().find_map(|f| f.stored_hash(index))
+    #[cfg(test)]
+    fn stored_hash(&self, index: u64) -> Result<Option<Hash>, PageFileError> {
+        self.file_of(index)
+            .map_or(Ok(None), |f| f.stored_hash(index))
     }
 
     /// The indices of every page of the stack, ascending. Reads no page.
@@ -445,11 +607,18 @@ impl PageLayers {
     /// Every page of the stack in ascending index order, each from the newest file holding it,
     /// with its stored hash, unchecked (see `PageFile::pages`).
     fn pages(&self) -> LayeredPages<'_> {
-        Self::pages_of(&self.files)
+        Self::unverified_pages_of(&self.files)
     }
 
-    /// Like [`Self::pages`] over `files` alone (oldest first): what a merge of them holds.
-    pub fn pages_of(files: &[Arc<PageFile>]) -> LayeredPages<'_> {
+    /// Like [`Self::pages`] over `files` alone (oldest first): what a merge of them holds,
+    /// after checking every group of their leaf hashes, so that the merged file's group table
+    /// vouches only for hashes that matched their own.
+    pub fn pages_of(files: &[Arc<PageFile>]) -> Result<LayeredPages<'_>, PageFileError> {
+        files.iter().try_for_each(|f| f.verify_leaf_hashes())?;
+        Ok(Self::unverified_pages_of(files))
+    }
+
+    fn unverified_pages_of(files: &[Arc<PageFile>]) -> LayeredPages<'_> {
         LayeredPages {
             cursors: files
                 .iter()
@@ -464,7 +633,8 @@ impl PageLayers {
     pub(super) fn subtree_hash(&self, level: u32, first_page: u64) -> Hash {
         let Some(child_level) = level.checked_sub(1) else {
             return self
-                .stored_hash(first_page)
+                .file_of(first_page)
+                .and_then(|f| f.merkle_leaf_hash(first_page))
                 .unwrap_or(*checksum::zero_subtree_hash(0));
         };
         if !self.has_pages_in(first_page, first_page.saturating_add(span(level))) {
@@ -556,7 +726,7 @@ mod tests {
         assert_eq!(layers.page(2).unwrap(), None);
         assert_eq!(layers.page(u64::MAX).unwrap(), None);
         assert_eq!(
-            layers.stored_hash(1),
+            layers.stored_hash(1).unwrap(),
             Some(checksum::leaf_hash(&page_of(9)))
         );
         let merged: Vec<(u64, u8)> = layers.pages().map(|(i, p, _)| (i, p[0])).collect();
@@ -601,15 +771,15 @@ mod tests {
         // A newer version.
         let mut newer = original.clone();
         let at = newer.len() - 16;
-        newer[at] = 2;
+        newer[at] = 3;
         std::fs::write(&path, &newer).unwrap();
         assert!(matches!(
             PageFile::map(&File::open(&path).unwrap(), "f"),
-            Err(PageFileError::NewerVersion { found: 2, .. })
+            Err(PageFileError::NewerVersion { found: 3, .. })
         ));
-        // An index range out of order.
+        // An index range out of order (after 2 pages, 2 leaf hashes and 1 group table entry).
         let mut bad_index = original.clone();
-        let index_at = 2 * (PAGE_SIZE + 32);
+        let index_at = 2 * (PAGE_SIZE + 32) + 32;
         bad_index[index_at + 8..index_at + 16].copy_from_slice(&1u64.to_le_bytes());
         std::fs::write(&path, &bad_index).unwrap();
         assert!(reopen().unwrap_err().to_string().contains("out of order"));
@@ -634,7 +804,139 @@ mod tests {
             "{err}"
         );
         // Hashing uses the stored hash and reads nothing.
-        assert_eq!(file.stored_hash(4), Some(checksum::leaf_hash(&page_of(2))));
+        assert_eq!(
+            file.stored_hash(4).unwrap(),
+            Some(checksum::leaf_hash(&page_of(2)))
+        );
+    }
+
+    /// Writes a file of `pages` pages `0..pages`, page `i` filled with `i as u8`.
+    fn file_of_pages(dir: &std::path::Path, name: &str, pages: u64) -> std::path::PathBuf {
+        let spec: Vec<(u64, u8)> = (0..pages).map(|i| (i, i as u8)).collect();
+        file_with(dir, name, &spec);
+        dir.join(name)
+    }
+
+    fn group_bytes_checked() -> u64 {
+        GROUP_BYTES_CHECKED.with(|c| c.get())
+    }
+
+    #[test]
+    fn the_checked_tail_grows_with_pages_over_128_not_with_pages() {
+        // 64 pages against 65,536: the manifest's check at open hashes the group table, 32
+        // bytes per 128 pages, not the 32 bytes per page of the leaf hashes (2 MiB here).
+        let page = page_of(7);
+        let tail = |pages: u64| {
+            write_page_file(
+                &mut std::io::sink(),
+                (0..pages).map(|i| (i, &page, Some([0u8; 32]))),
+            )
+            .unwrap()
+            .tail_bytes
+        };
+        let footer_and_index = (FOOTER_BYTES + RANGE_BYTES) as u64;
+        assert_eq!(tail(64), 32 + footer_and_index);
+        assert_eq!(tail(65_536), 65_536 / 128 * 32 + footer_and_index);
+        assert!(tail(65_536) * 100 < 65_536 * 32, "{}", tail(65_536));
+    }
+
+    #[test]
+    fn opening_reads_no_leaf_hash_and_a_read_checks_its_group_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_of_pages(dir.path(), "f", 300); // groups of 128, 128 and 44 pages
+        // Every leaf hash garbled: the file still maps, so opening does not read them.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let hashes_at = 300 * PAGE_SIZE;
+        for b in &mut bytes[hashes_at..hashes_at + 300 * 32] {
+            *b ^= 0x5a;
+        }
+        let garbled = dir.path().join("garbled");
+        std::fs::write(&garbled, &bytes).unwrap();
+        let before = group_bytes_checked();
+        let file = PageFile::map(&File::open(&garbled).unwrap(), "garbled").unwrap();
+        assert_eq!(group_bytes_checked(), before, "opening checked leaf hashes");
+        assert_eq!(file.tail_bytes(), 3 * 32 + 16 + 32);
+        let err = file.page(130).unwrap_err().to_string();
+        assert!(
+            err.contains("page file garbled") && err.contains("group 1 (page 130)"),
+            "{err}"
+        );
+        // The intact file: one read checks its group's 4 KiB of hashes, once.
+        let file = PageFile::map(&File::open(&path).unwrap(), "f").unwrap();
+        let before = group_bytes_checked();
+        assert_eq!(file.page(5).unwrap(), Some(&page_of(5)));
+        assert_eq!(file.page(6).unwrap(), Some(&page_of(6)));
+        assert_eq!(
+            file.stored_hash(7).unwrap(),
+            Some(checksum::leaf_hash(&page_of(7)))
+        );
+        assert_eq!(group_bytes_checked() - before, 128 * 32);
+        assert_eq!(file.page(299).unwrap(), Some(&page_of(299u64 as u8)));
+        assert_eq!(group_bytes_checked() - before, (128 + 44) * 32);
+    }
+
+    #[test]
+    fn a_changed_leaf_hash_is_an_error_naming_file_and_group_and_hashing_ignores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_of_pages(dir.path(), "f", 200);
+        let intact = PageLayers::new(vec![Arc::new(
+            PageFile::map(&File::open(&path).unwrap(), "f").unwrap(),
+        )]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[200 * PAGE_SIZE + 150 * 32 + 3] ^= 1; // the leaf hash of page 150, group 1
+        std::fs::write(&path, &bytes).unwrap();
+        let file = Arc::new(PageFile::map(&File::open(&path).unwrap(), "f").unwrap());
+        // Group 0 is intact and serves its pages.
+        assert_eq!(file.page(3).unwrap(), Some(&page_of(3)));
+        for index in [128, 150, 199] {
+            let err = file.page(index).unwrap_err().to_string();
+            assert!(
+                err.contains("page file f") && err.contains(&format!("group 1 (page {index})")),
+                "{err}"
+            );
+            assert!(file.stored_hash(index).is_err());
+        }
+        // A merge refuses to copy the damaged hashes under a new group table.
+        let err = PageLayers::pages_of(std::slice::from_ref(&file))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("group 1"), "{err}");
+        // The memory's hash is that of the bytes on disk, as if nothing were damaged.
+        let damaged = PageLayers::new(vec![file]);
+        assert_eq!(damaged.subtree_hash(2, 0), intact.subtree_hash(2, 0));
+    }
+
+    #[test]
+    fn a_version_1_file_is_still_read() {
+        // Version 1: data, leaf hashes, index, footer; no group table.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (page_of(1), page_of(2));
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&a);
+        bytes.extend_from_slice(&b);
+        bytes.extend_from_slice(&checksum::leaf_hash(&a));
+        bytes.extend_from_slice(&checksum::leaf_hash(&b));
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        bytes.extend_from_slice(&7u64.to_le_bytes());
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.extend_from_slice(&2u64.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(MAGIC);
+        let path = dir.path().join("v1");
+        std::fs::write(&path, &bytes).unwrap();
+        let file = PageFile::map(&File::open(&path).unwrap(), "v1").unwrap();
+        assert_eq!(file.page(6).unwrap(), Some(&page_of(2)));
+        assert_eq!(file.stored_hash(5).unwrap(), Some(checksum::leaf_hash(&a)));
+        // Its manifest checks everything after the data, leaf hashes included.
+        assert_eq!(file.tail_bytes(), 2 * 32 + 16 + 32);
+        file.verify_leaf_hashes().unwrap();
+        // Version 0 was never written.
+        let at = bytes.len() - 16;
+        bytes[at] = 0;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = PageFile::map(&File::open(&path).unwrap(), "v1").unwrap_err();
+        assert!(err.to_string().contains("version 0"), "{err}");
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!   checkpoints/<height: 16 hex digits>/  the last completed checkpoint
 //!     manifest.bin                        every other file's size and SHA-256, then its own
 //!     state.bin                           the state records (postcard)
-//!     pages/<height>_<n>.pages            page files (pages, leaf hashes, index, footer),
-//!                                         immutable, shared by hard links
+//!     pages/<height>_<n>.pages            page files (pages, leaf hashes, group table, index,
+//!                                         footer), immutable, shared by hard links
 //!     wasm/<sha256>.wasm                  modules, immutable, shared by hard links
 //!     unverified                          present until the checkpoint has been loaded once
 //! ```
@@ -41,10 +41,11 @@
 //!
 //! Lock, delete `tip/`, pick the highest checkpoint, and check it before anything is loaded:
 //! the manifest's own checksum and version, then every file against it (no file missing, none
-//! extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of its tail: leaf
-//! hashes, index and footer). Any difference is an error naming the file; nothing is loaded
-//! silently. Then the records are decoded and the page files mapped. No page is read: each is
-//! checked against its stored leaf hash when first read (`rs/memory/page_file.rs`), and
+//! extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of its tail: group
+//! table, index and footer, O(pages / 128)). Any difference is an error naming the file;
+//! nothing is loaded silently. Then the records are decoded and the page files mapped. No page
+//! and no leaf hash is read: a group of 128 leaf hashes is checked against the group table when
+//! first used, and each page against its leaf hash when first read (`rs/memory/page_file.rs`);
 //! hashing a memory uses the stored leaf hashes.
 
 #![forbid(unsafe_code)]
@@ -135,8 +136,9 @@ pub enum StateManagerError {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 struct FileEntry {
     size: u64,
-    /// SHA-256 of the whole file, or for a page file of its last `tail` bytes (leaf hashes,
-    /// index, footer): its pages are checked against their leaf hashes when first read.
+    /// SHA-256 of the whole file, or for a page file of its last `tail` bytes (group table,
+    /// index, footer; for a version-1 page file, from the leaf hashes on): its leaf hashes and
+    /// pages are checked against them when first used.
     sha256: Hash,
     /// 0 for a whole-file checksum.
     tail: u64,
@@ -879,10 +881,9 @@ impl Store for Writer<'_> {
                         .skip(merge_from)
                         .map(|(_, f)| f.clone())
                         .collect();
-                    let merged = self.new_page_file(
-                        PageLayers::pages_of(&merging)
-                            .map(|(i, bytes, hash)| (i, bytes, Some(hash))),
-                    )?;
+                    let pages = PageLayers::pages_of(&merging).map_err(|e| e.to_string())?;
+                    let merged =
+                        self.new_page_file(pages.map(|(i, bytes, hash)| (i, bytes, Some(hash))))?;
                     files.truncate(merge_from);
                     files.push(merged);
                 }
