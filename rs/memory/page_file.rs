@@ -90,6 +90,8 @@ const HASHES_PER_GROUP: u64 = 128;
 const GROUP_BYTES: usize = HASHES_PER_GROUP as usize * HASH_BYTES;
 const FOOTER_BYTES: usize = 32;
 const RANGE_BYTES: usize = 16;
+/// Below this many pages without a known leaf hash, a page file is hashed on the writing thread.
+const PARALLEL_HASH_MIN_PAGES: usize = 256;
 
 /// Why a page file was refused. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -167,23 +169,50 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
     pages: impl Iterator<Item = (u64, &'a [u8; PAGE_SIZE], Option<Hash>)>,
 ) -> std::io::Result<PageFileSummary> {
     let mut ranges: Vec<(u64, u64)> = Vec::new();
-    let mut hashes: Vec<u8> = Vec::new();
-    let mut count = 0u64;
-    for (index, bytes, hash) in pages {
-        match ranges.last_mut() {
-            // An index is below `MAX_PAGES` (2^32): `index + 1` cannot overflow.
-            Some((_, end)) if *end == index => *end = index.saturating_add(1),
-            Some((_, end)) if *end > index => {
-                return Err(std::io::Error::other(format!(
-                    "page {index} written out of order"
-                )));
+    let pages: Vec<(&[u8; PAGE_SIZE], Option<Hash>)> = pages
+        .map(|(index, bytes, hash)| {
+            match ranges.last_mut() {
+                // An index is below `MAX_PAGES` (2^32): `index + 1` cannot overflow.
+                Some((_, end)) if *end == index => *end = index.saturating_add(1),
+                Some((_, end)) if *end > index => {
+                    return Err(std::io::Error::other(format!(
+                        "page {index} written out of order"
+                    )));
+                }
+                _ => ranges.push((index, index.saturating_add(1))),
             }
-            _ => ranges.push((index, index.saturating_add(1))),
+            Ok((bytes, hash))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let count = pages.len() as u64;
+    // The leaf hashes the caller did not have are computed on a second thread while this one
+    // writes the pages: a first checkpoint costs max(write, hash), not their sum.
+    let leaf_hashes = |pages: &[(&[u8; PAGE_SIZE], Option<Hash>)]| -> Vec<u8> {
+        let mut hashes = Vec::with_capacity(pages.len().saturating_mul(HASH_BYTES));
+        for (bytes, hash) in pages {
+            hashes.extend_from_slice(&hash.unwrap_or_else(|| checksum::leaf_hash(bytes)));
         }
-        out.write_all(bytes)?;
-        hashes.extend_from_slice(&hash.unwrap_or_else(|| checksum::leaf_hash(bytes)));
-        count = count.saturating_add(1);
-    }
+        hashes
+    };
+    let missing = pages.iter().filter(|(_, hash)| hash.is_none()).count();
+    let hashes = if missing < PARALLEL_HASH_MIN_PAGES {
+        for (bytes, _) in &pages {
+            out.write_all(*bytes)?;
+        }
+        leaf_hashes(&pages)
+    } else {
+        std::thread::scope(|scope| {
+            let hashing = scope.spawn(|| leaf_hashes(&pages));
+            let written = pages
+                .iter()
+                .try_for_each(|(bytes, _)| out.write_all(*bytes));
+            // `join` fails only if the hashing thread panicked, which `leaf_hash` cannot.
+            let hashes = hashing
+                .join()
+                .map_err(|_| std::io::Error::other("the leaf-hashing thread panicked"))?;
+            written.map(|()| hashes)
+        })?
+    };
     // The leaf hashes are not part of the checked tail: the group table stands for them.
     out.write_all(&hashes)?;
     let mut tail = Vec::with_capacity(
