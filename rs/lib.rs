@@ -5,6 +5,7 @@
 //! [`harness`] ← [`cli`], and [`client`] ← [`transfer`] ← [`harness`]. `ARCHITECTURE.md` has
 //! the codemap and the invariants.
 
+pub mod archive;
 pub mod cli;
 pub mod client;
 pub mod config;

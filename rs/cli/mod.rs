@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod demo;
 pub mod snapshot;
 
@@ -45,6 +46,9 @@ pub enum Command {
     /// Tools on local snapshot directories (the layout of `dfx canister snapshot download`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Snapshot archives in object storage (S3, local files): push, pull, list, prune.
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,5 +100,6 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Snapshot(SnapshotCommand::Upload { dir, base, replace }) => {
             snapshot::run_upload(&dir, base.as_deref(), replace.as_deref())
         }
+        Command::Archive(command) => archive::run(command),
     }
 }
