@@ -184,7 +184,7 @@ fn main() {
 
     // Fresh push and pull, each beside the directory transfer of the same snapshot.
     let (mut download, mut upload, mut push, mut pull) = (vec![], vec![], vec![], vec![]);
-    let mut fresh_sent = 0;
+    let (mut fresh_sent, mut fresh_blocks) = (0, 0);
     for _ in 0..runs {
         let (again, took) = env.snapshot();
         download.push(took);
@@ -195,6 +195,7 @@ fn main() {
         let report = archive.push(&dir, &PushOptions::default()).unwrap();
         push.push(start.elapsed());
         fresh_sent = report.bytes_sent;
+        fresh_blocks = report.blocks;
         let out = env.path("pulled");
         let start = Instant::now();
         archive
@@ -214,9 +215,10 @@ fn main() {
     );
     println!("| | directory upload | {} |", secs(upload));
     println!(
-        "| | archive push (local files) | {} | sent {} | push ÷ download time {:.2} |",
+        "| | archive push (local files) | {} | sent {} in {fresh_blocks} blocks ({:.0} per GiB) | push ÷ download time {:.2} |",
         secs(push),
         human_bytes(fresh_sent),
+        fresh_blocks as f64 * (1u64 << 30) as f64 / snapshot_bytes as f64,
         push.as_secs_f64() / download.as_secs_f64()
     );
     println!(
@@ -284,12 +286,11 @@ fn main() {
     }
     let usage = archive.usage().unwrap();
     println!(
-        "| {dailies} daily snapshots, 1% contiguous change a day | archive {} in {} objects = {:.2}× one snapshot ({}) | {:.1} objects per GiB of snapshot | {} |",
+        "| {dailies} daily snapshots, 1% contiguous change a day | archive {} in {} objects = {:.2}× one snapshot ({}) | {} |",
         human_bytes(usage.bytes),
         usage.objects,
         usage.bytes as f64 / snapshot_bytes as f64,
         human_bytes(snapshot_bytes),
-        usage.objects as f64 / dailies as f64 / (snapshot_bytes as f64 / (1u64 << 30) as f64),
         secs(start.elapsed())
     );
 }
