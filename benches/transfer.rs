@@ -1,28 +1,46 @@
-//! Download and upload throughput through the full message path (Candid encoding and decoding,
-//! one round per message), beside memcpy of the same bytes in the same run.
+//! Transfer throughput, each path beside its limit measured in the same run:
 //!
-//! `cargo bench --bench transfer`; `BENCH_QUICK=1` uses 256 MiB instead of 1 GiB.
+//! - the message path (Candid encoding and decoding, 3 slices per round, as the transfer client
+//!   does) beside memcpy of the same bytes;
+//! - the directory path (files, progress, checksum verification) beside a sequential `std::fs`
+//!   write with `fsync` and SHA-256 of the same bytes' 4 KiB pages on one core and on all cores.
+//!
+//! Then, outside criterion, the peak extra resident memory of one directory download and one
+//! upload (`VmHWM` after resetting it through `/proc/self/clear_refs`).
+//!
+//! `cargo bench --bench transfer` uses 256 MiB; `BENCH_TRANSFER_MIB=1024` uses 1 GiB; without
+//! `--bench` (`cargo test --benches`) each runs once at 16 MiB. Every figure is in-process.
 //! Results: benches/README.md.
 
 use std::cell::RefCell;
 use std::hint::black_box;
+use std::io::Write;
 
 use candid::{Encode, Principal};
-use canister_snapshots::management::types::UploadCanisterSnapshotDataArgs;
-use canister_snapshots::transfer::SLICE_BYTES;
+use canister_snapshots::client::{ManagementClient, decode_reply_one};
+use canister_snapshots::management::types::{
+    ReadCanisterSnapshotDataResultRef, UploadCanisterSnapshotDataArgsRef,
+};
+use canister_snapshots::memory::checksum::sha256;
+use canister_snapshots::transfer::{PARALLEL_SLICES, SLICE_BYTES};
 use canister_snapshots::{Config, StateMachine, TEST_CANISTER_WASM};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ic_management_canister_types::{
-    ReadCanisterSnapshotDataArgs, ReadCanisterSnapshotDataResult, SnapshotDataKind,
-    SnapshotDataOffset, UploadCanisterSnapshotMetadataArgs, UploadCanisterSnapshotMetadataResult,
+    ReadCanisterSnapshotDataArgs, SnapshotDataKind, SnapshotDataOffset,
+    UploadCanisterSnapshotMetadataArgs, UploadCanisterSnapshotMetadataResult,
 };
+use rayon::prelude::*;
 
 fn size() -> u64 {
-    if std::env::var_os("BENCH_QUICK").is_some() {
-        256 << 20
-    } else {
-        1 << 30
+    // `cargo test --benches` runs each benchmark once, in a debug build: a smoke test.
+    if !std::env::args().any(|a| a == "--bench") {
+        return 16 << 20;
     }
+    std::env::var("BENCH_TRANSFER_MIB")
+        .ok()
+        .and_then(|mib| mib.parse::<u64>().ok())
+        .unwrap_or(256)
+        << 20
 }
 
 fn user() -> Principal {
@@ -58,35 +76,46 @@ fn setup(size: u64) -> (StateMachine, Principal, Vec<u8>) {
     (sm, canister, id)
 }
 
-/// Reads the whole heap of the snapshot through `read_canister_snapshot_data` into `out`.
+/// Reads the whole heap of the snapshot through `read_canister_snapshot_data` into `out`, as
+/// the transfer client does: 3 slices per round, each reply decoded borrowed.
 fn download(sm: &mut StateMachine, canister: Principal, id: &[u8], out: &mut [u8]) {
     let size = out.len() as u64;
     let mut offset = 0;
     while offset < size {
-        let len = SLICE_BYTES.min(size - offset);
-        let args = ReadCanisterSnapshotDataArgs {
-            canister_id: canister,
-            snapshot_id: id.to_vec(),
-            kind: SnapshotDataKind::WasmMemory { offset, size: len },
-        };
-        let (result,): (ReadCanisterSnapshotDataResult,) = sm
-            .management(Some(user()), "read_canister_snapshot_data", (args,))
-            .unwrap();
-        out[offset as usize..(offset + len) as usize].copy_from_slice(&result.chunk);
-        offset += len;
+        let slices: Vec<(u64, u64)> = (0..PARALLEL_SLICES as u64)
+            .map(|i| offset + i * SLICE_BYTES)
+            .filter(|&at| at < size)
+            .map(|at| (at, SLICE_BYTES.min(size - at)))
+            .collect();
+        let calls = slices
+            .iter()
+            .map(|&(at, len)| {
+                let args = ReadCanisterSnapshotDataArgs {
+                    canister_id: canister,
+                    snapshot_id: id.to_vec(),
+                    kind: SnapshotDataKind::WasmMemory {
+                        offset: at,
+                        size: len,
+                    },
+                };
+                ("read_canister_snapshot_data", Encode!(&args).unwrap())
+            })
+            .collect();
+        for (&(at, len), reply) in slices.iter().zip(sm.update_calls(user(), calls)) {
+            let reply = reply.unwrap();
+            let data: ReadCanisterSnapshotDataResultRef<'_> = decode_reply_one(&reply).unwrap();
+            out[at as usize..(at + len) as usize].copy_from_slice(data.chunk);
+            offset = at + len;
+        }
     }
 }
 
-/// Uploads `data` as the heap of a new uploaded snapshot (replacing `replace`); returns its id.
-fn upload(
-    sm: &mut StateMachine,
-    canister: Principal,
-    replace: Option<Vec<u8>>,
-    data: &[u8],
-) -> Vec<u8> {
+/// Uploads `data` as the heap of a new uploaded snapshot, as the transfer client does: each
+/// slice encoded from `data`, 3 per round. Returns its id.
+fn upload(sm: &mut StateMachine, canister: Principal, data: &[u8]) -> Vec<u8> {
     let args = UploadCanisterSnapshotMetadataArgs {
         canister_id: canister,
-        replace_snapshot: replace,
+        replace_snapshot: None,
         wasm_module_size: TEST_CANISTER_WASM.len() as u64,
         globals: vec![],
         wasm_memory_size: data.len() as u64,
@@ -98,19 +127,73 @@ fn upload(
     let (result,): (UploadCanisterSnapshotMetadataResult,) = sm
         .management(Some(user()), "upload_canister_snapshot_metadata", (args,))
         .unwrap();
-    for (i, slice) in data.chunks(SLICE_BYTES as usize).enumerate() {
-        let args = UploadCanisterSnapshotDataArgs {
-            canister_id: canister,
-            snapshot_id: result.snapshot_id.clone(),
-            kind: SnapshotDataOffset::WasmMemory {
-                offset: i as u64 * SLICE_BYTES,
-            },
-            chunk: slice.to_vec(),
-        };
-        sm.management::<()>(Some(user()), "upload_canister_snapshot_data", (args,))
-            .unwrap();
+    let slices: Vec<(usize, &[u8])> = data.chunks(SLICE_BYTES as usize).enumerate().collect();
+    for group in slices.chunks(PARALLEL_SLICES) {
+        let calls = group
+            .iter()
+            .map(|&(i, slice)| {
+                let args = UploadCanisterSnapshotDataArgsRef {
+                    canister_id: canister,
+                    snapshot_id: serde_bytes::Bytes::new(&result.snapshot_id),
+                    kind: SnapshotDataOffset::WasmMemory {
+                        offset: i as u64 * SLICE_BYTES,
+                    },
+                    chunk: serde_bytes::Bytes::new(slice),
+                };
+                ("upload_canister_snapshot_data", Encode!(&args).unwrap())
+            })
+            .collect();
+        for answer in sm.update_calls(user(), calls) {
+            answer.unwrap();
+        }
     }
     result.snapshot_id
+}
+
+/// The limits of the directory path on this machine, on the same bytes: a sequential write
+/// with `fsync`, and SHA-256 of the 4 KiB pages on one core and on all cores.
+fn limits(c: &mut Criterion) {
+    let size = size();
+    let mut group = c.benchmark_group(format!("limits_{}MiB", size >> 20));
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(size));
+    let source: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    group.bench_function("std::fs write + fsync (disk limit)", |b| {
+        b.iter_batched(
+            || {
+                let path = tmp.path().join("f");
+                let _ = std::fs::remove_file(&path);
+                path
+            },
+            |path| {
+                let mut file = std::fs::File::create(&path).unwrap();
+                for block in source.chunks(SLICE_BYTES as usize) {
+                    file.write_all(block).unwrap();
+                }
+                file.sync_all().unwrap();
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("SHA-256 of 4 KiB pages, one core", |b| {
+        b.iter(|| {
+            for page in black_box(&source).chunks(4096) {
+                black_box(sha256(page));
+            }
+        })
+    });
+    group.bench_function("SHA-256 of 4 KiB pages, all cores", |b| {
+        b.iter(|| {
+            black_box(&source)
+                .par_chunks(4096)
+                .with_min_len(16)
+                .for_each(|page| {
+                    black_box(sha256(page));
+                })
+        })
+    });
+    group.finish();
 }
 
 fn transfer(c: &mut Criterion) {
@@ -145,7 +228,7 @@ fn transfer(c: &mut Criterion) {
         b.iter_batched(
             delete_previous,
             |()| {
-                let id = upload(&mut sm.borrow_mut(), canister, None, black_box(&source));
+                let id = upload(&mut sm.borrow_mut(), canister, black_box(&source));
                 *previous.borrow_mut() = Some(id);
             },
             BatchSize::PerIteration,
@@ -201,7 +284,60 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, transfer, round_trip);
+/// Peak resident memory above the level before `f`, in bytes: `VmHWM` after resetting it to the
+/// current resident size (`clear_refs` 5). `None` where `/proc` does not offer it.
+fn peak_extra(f: impl FnOnce()) -> Option<u64> {
+    let status = |field: &str| -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = text.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib << 10)
+    };
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    let before = status("VmRSS:")?;
+    f();
+    Some(status("VmHWM:")?.saturating_sub(before))
+}
+
+/// One directory download and one upload, outside criterion, with their peak extra memory.
+/// The upload's new snapshot holds `size / 4096` new pages in the replica: that is the
+/// snapshot, not transfer memory. Each is an `Arc<Page>` of 4096 + 16 bytes, which jemalloc
+/// serves from its 5 KiB size class; that much is subtracted.
+fn memory(_: &mut Criterion) {
+    let size = size();
+    let (mut sm, canister, id) = setup(size);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let download = peak_extra(|| {
+        sm.download_canister_snapshot(canister, Some(user()), id.clone(), &dir)
+            .unwrap()
+    });
+    let upload = peak_extra(|| {
+        sm.upload_canister_snapshot(canister, Some(user()), &dir, None)
+            .unwrap();
+    });
+    let new_pages = size / 4096 * 5120;
+    let mib = |bytes: Option<u64>| match bytes {
+        Some(b) => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+        None => "not measurable here".to_string(),
+    };
+    println!(
+        "peak extra resident memory, {} MiB transfer (in-process; limit 64 MiB): directory \
+         download {}; directory upload {} ({} in all, less {} for the new snapshot's pages)",
+        size >> 20,
+        mib(download),
+        mib(upload.map(|b| b.saturating_sub(new_pages))),
+        mib(upload),
+        mib(Some(new_pages)),
+    );
+}
+
+// `memory` first: later groups leave freed memory resident in the allocator, which would hide
+// what a transfer allocates.
+criterion_group!(benches, memory, transfer, limits, round_trip);
 criterion_main!(benches);
 
 // The IC replica allocates with jemalloc; so does this benchmark, like the binary.

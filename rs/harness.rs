@@ -5,12 +5,17 @@
 //! `ic-management-canister-types` argument and goes through [`StateMachine::update_call`] to
 //! the management canister, so the Candid path is always the one exercised.
 
+// A test and tool harness with PocketIC's contract: its setup helpers panic on failure, as
+// PocketIC's do. The replica it drives stays under the crate's panic hygiene.
+#![allow(clippy::panic, clippy::expect_used, clippy::arithmetic_side_effects)]
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
 use candid::{Nat, Principal};
+use ic_error_types::{ErrorCode, UserError};
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInfoArgs, CanisterInfoResult, CanisterInstallMode, CanisterSettings,
     CanisterStatusResult, DeleteCanisterSnapshotArgs, InstallCodeArgs, LoadCanisterSnapshotArgs,
@@ -24,6 +29,7 @@ use crate::execution::TestCanisterEngine;
 use crate::management::types::{SnapshotInfo, SnapshotMetadata};
 use crate::replicated_state::ReplicatedState;
 use crate::scheduler::{Batch, ExecutionLoop, Ingress, MessageId};
+use crate::state_manager::{StateManager, StateManagerError};
 use crate::transfer::{self, TransferError, TransferOptions, UploadBase, UploadReport};
 
 /// Cycles a canister created through the harness starts with.
@@ -36,7 +42,17 @@ pub struct StateMachine {
     /// The time the next round runs at.
     time: u64,
     next_message_id: MessageId,
+    /// The state directory, for a machine made by [`StateMachine::open`].
+    durable: Option<StateManager>,
+    /// Messages submitted for the next round, in submission order.
+    queued: Vec<Ingress>,
+    /// Outcomes of executed messages not awaited yet.
+    completed: BTreeMap<MessageId, Result<Vec<u8>, RejectResponse>>,
 }
+
+/// Most messages that may wait for the next round; one more is refused with
+/// `IngressHistoryFull` until a [`StateMachine::tick`] executes them.
+pub const MAX_QUEUED_MESSAGES: usize = 100_000;
 
 impl Default for StateMachine {
     fn default() -> Self {
@@ -58,12 +74,54 @@ impl StateMachine {
             state,
             time,
             next_message_id: 0,
+            durable: None,
+            queued: Vec::new(),
+            completed: BTreeMap::new(),
         }
+    }
+
+    /// A machine on the state directory `dir` (created if absent): it starts from the
+    /// directory's last checkpoint and writes one on [`Self::checkpoint`]. Rounds executed
+    /// after the last checkpoint are lost when the machine is dropped (`spec/durability.md`).
+    pub fn open(dir: &std::path::Path, config: Config) -> Result<Self, StateManagerError> {
+        let execution = ExecutionLoop::new(config, Box::new(TestCanisterEngine));
+        let (manager, state) = execution.open_state(dir)?;
+        let time = state.time;
+        Ok(StateMachine {
+            execution,
+            state,
+            time,
+            next_message_id: 0,
+            durable: Some(manager),
+            queued: Vec::new(),
+            completed: BTreeMap::new(),
+        })
+    }
+
+    /// Writes a checkpoint of the state into the directory given to [`Self::open`]; does
+    /// nothing for an in-memory machine. Durable once this returns `Ok`.
+    pub fn checkpoint(&mut self) -> Result<(), StateManagerError> {
+        match &mut self.durable {
+            Some(manager) => manager.checkpoint(&mut self.state),
+            None => Ok(()),
+        }
+    }
+
+    /// The state directory's manager, for a machine made by [`Self::open`].
+    pub fn state_manager(&mut self) -> Option<&mut StateManager> {
+        self.durable.as_mut()
     }
 
     /// The replicated state, for inspection.
     pub fn state(&self) -> &ReplicatedState {
         &self.state
+    }
+
+    /// The replicated state, for tests that put a counter or a balance at its edge. A change to
+    /// memory must keep `memory_totals` equal to a recount (`check_accounting`), which every
+    /// debug round asserts.
+    pub fn state_mut(&mut self) -> &mut ReplicatedState {
+        &mut self.state
     }
 
     pub fn config(&self) -> &Config {
@@ -106,7 +164,7 @@ impl StateMachine {
             .unwrap_or_else(|err| panic!("install_canister failed: {err}"));
     }
 
-    /// Sends one ingress message and executes a round for it.
+    /// Sends one ingress message and executes a round for it (with whatever else is queued).
     pub fn update_call(
         &mut self,
         canister_id: Principal,
@@ -114,24 +172,82 @@ impl StateMachine {
         method: &str,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, RejectResponse> {
+        let message_id = self.submit_call(canister_id, sender, method, payload)?;
+        self.await_call(message_id)
+    }
+
+    /// Queues one ingress message for the next round (PocketIC's `submit_call`), so that many
+    /// messages can share a round. Refused only when [`MAX_QUEUED_MESSAGES`] are waiting.
+    pub fn submit_call(
+        &mut self,
+        canister_id: Principal,
+        sender: Principal,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<MessageId, RejectResponse> {
+        if self.queued.len() >= MAX_QUEUED_MESSAGES {
+            return Err(RejectResponse::from(UserError::new(
+                ErrorCode::IngressHistoryFull,
+                format!(
+                    "{MAX_QUEUED_MESSAGES} messages are already waiting for the next round: \
+                     call tick() or await_call() before submitting more."
+                ),
+            )));
+        }
         let message_id = self.next_message_id;
-        self.next_message_id += 1;
-        let batch = Batch {
-            time: self.time,
-            ingress: vec![Ingress {
-                message_id,
-                sender,
-                receiver: canister_id,
-                method: method.to_string(),
-                payload,
-            }],
-        };
-        let results = self.execution.execute_round(&mut self.state, batch);
-        let (_, result) = results
+        self.next_message_id = self.next_message_id.checked_add(1).ok_or_else(|| {
+            RejectResponse::from(UserError::new(
+                ErrorCode::IngressHistoryFull,
+                "every message id has been used: start a new StateMachine".to_string(),
+            ))
+        })?;
+        self.queued.push(Ingress {
+            message_id,
+            sender,
+            receiver: canister_id,
+            method: method.to_string(),
+            payload,
+        });
+        Ok(message_id)
+    }
+
+    /// The outcome of a submitted message (PocketIC's `await_call`), executing rounds until it
+    /// has one. Each outcome is handed out once; an id that was never submitted, or was
+    /// awaited already, is refused.
+    pub fn await_call(&mut self, message_id: MessageId) -> Result<Vec<u8>, RejectResponse> {
+        if !self.completed.contains_key(&message_id)
+            && self.queued.iter().any(|m| m.message_id == message_id)
+        {
+            // A round executes everything queued, so one tick answers it.
+            self.tick();
+        }
+        self.completed.remove(&message_id).unwrap_or_else(|| {
+            Err(RejectResponse::from(UserError::new(
+                ErrorCode::IngressMessageTimeout,
+                format!(
+                    "message {message_id} is unknown: it was never submitted or its outcome \
+                     was already awaited"
+                ),
+            )))
+        })
+    }
+
+    /// Sends several ingress messages in one batch and executes one round for all of them; the
+    /// answers are in the order of `calls`. The round executes them as it executes any batch
+    /// (subnet messages in arrival order, then canisters in id order), with whatever else was
+    /// submitted before it.
+    pub fn submit_ingress_batch(
+        &mut self,
+        calls: Vec<IngressCall>,
+    ) -> Vec<Result<Vec<u8>, RejectResponse>> {
+        let ids: Vec<Result<MessageId, RejectResponse>> = calls
             .into_iter()
-            .find(|(id, _)| *id == message_id)
-            .expect("a round answers every message of its batch");
-        result.map_err(RejectResponse::from)
+            .map(|call| self.submit_call(call.receiver, call.sender, &call.method, call.payload))
+            .collect();
+        self.tick();
+        ids.into_iter()
+            .map(|id| id.and_then(|id| self.await_call(id)))
+            .collect()
     }
 
     /// Calls the management canister and decodes its reply as the tuple `R`.
@@ -260,15 +376,17 @@ impl StateMachine {
             .map(|(info,)| info)
     }
 
-    /// Executes a round with no messages.
+    /// Executes one round of everything queued by [`Self::submit_call`] (possibly nothing),
+    /// keeping the outcomes for [`Self::await_call`].
     pub fn tick(&mut self) {
-        self.execution.execute_round(
-            &mut self.state,
-            Batch {
-                time: self.time,
-                ingress: Vec::new(),
-            },
-        );
+        let batch = Batch {
+            time: self.time,
+            ingress: std::mem::take(&mut self.queued),
+        };
+        for (message_id, result) in self.execution.execute_round(&mut self.state, batch) {
+            self.completed
+                .insert(message_id, result.map_err(RejectResponse::from));
+        }
     }
 
     /// ns since the Unix epoch; starts at the fixed genesis time.
@@ -286,7 +404,17 @@ impl StateMachine {
     }
 }
 
-/// The harness is a management client: each call runs one round.
+/// One message of [`StateMachine::submit_ingress_batch`].
+#[derive(Debug, Clone)]
+pub struct IngressCall {
+    pub receiver: Principal,
+    pub sender: Principal,
+    pub method: String,
+    pub payload: Vec<u8>,
+}
+
+/// The harness is a management client: each call runs one round, and a batch of calls shares
+/// one round.
 impl ManagementClient for StateMachine {
     fn update_call(
         &mut self,
@@ -301,6 +429,23 @@ impl ManagementClient for StateMachine {
             method,
             payload,
         )
+    }
+
+    fn update_calls(
+        &mut self,
+        sender: Principal,
+        calls: Vec<(&str, Vec<u8>)>,
+    ) -> Vec<Result<Vec<u8>, RejectResponse>> {
+        let calls = calls
+            .into_iter()
+            .map(|(method, payload)| IngressCall {
+                receiver: Principal::management_canister(),
+                sender,
+                method: method.to_string(),
+                payload,
+            })
+            .collect();
+        self.submit_ingress_batch(calls)
     }
 }
 

@@ -19,7 +19,7 @@ pub fn progress_bar(total: u64, message: &str) -> ProgressBar {
         ProgressStyle::with_template(
             "   {msg:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
         )
-        .expect("the template is valid")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
     bar.set_message(message.to_string());
@@ -28,16 +28,18 @@ pub fn progress_bar(total: u64, message: &str) -> ProgressBar {
 
 /// `1.50 GiB`, `256.00 MiB`, `12 B`.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
+    let mut unit = None;
+    for name in UNITS {
+        if value < 1024.0 {
+            break;
+        }
         value /= 1024.0;
-        unit += 1;
+        unit = Some(name);
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.2} {}", UNITS[unit])
+    match unit {
+        None => format!("{bytes} B"),
+        Some(name) => format!("{value:.2} {name}"),
     }
 }

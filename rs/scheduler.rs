@@ -2,10 +2,12 @@
 //!
 //! Depends on [`crate::management`] and [`crate::execution`]. A round (`spec/execution.md`):
 //! 1. the state's time becomes the batch time (never the wall clock; never moves backwards);
+//!    scheduled snapshots that are due are taken, in (due time, canister id) order;
 //! 2. ingress messages larger than `Config::max_ingress_bytes_per_message` are refused without
 //!    reaching their receiver; subnet messages (to `aaaaa-aa`) execute in arrival order;
-//! 3. canister messages execute canister by canister in ascending canister id, each canister's
-//!    messages in arrival order;
+//! 3. canister messages execute on `Config::scheduler_threads` workers: the canisters are split
+//!    in ascending id order, each canister's messages run in arrival order, and results merge
+//!    back in ascending canister id;
 //! 4. every canister's heap-delta debit drains by the per-round allowance; the round counter
 //!    advances.
 //!
@@ -22,7 +24,9 @@ use ic_error_types::{ErrorCode, UserError};
 use crate::config::Config;
 use crate::execution::{MemoryContext, WasmEngine, execute_canister_message};
 use crate::management::ManagementCanister;
-use crate::replicated_state::ReplicatedState;
+use crate::replicated_state::{MemoryFootprint, ReplicatedState};
+use crate::state::CanisterState;
+use crate::state_manager::{StateManager, StateManagerError};
 
 /// Identifies an ingress message within the batches a replica is fed.
 pub type MessageId = u64;
@@ -47,6 +51,64 @@ pub struct Batch {
 
 /// A message's outcome: the reply bytes or the reject.
 pub type IngressResult = (MessageId, Result<Vec<u8>, UserError>);
+
+/// What every canister of a round's canister phase sees, fixed before the phase starts.
+struct RoundContext {
+    time: u64,
+    /// The subnet usage a canister's memory checks start from: the capacity minus the
+    /// canister's share of the free memory (its own growth this round is added to it).
+    subnet_usage_before_growth: u64,
+    /// The subnet's real usage at the start of the phase: what storage reservation prices
+    /// growth against (plus the canister's own growth), whoever else runs in the round.
+    subnet_usage_at_start: u64,
+}
+
+/// One canister's part of a round: taken out of the state, executed on a worker, merged back.
+struct CanisterWork {
+    canister_id: Principal,
+    /// `None` if the receiver does not exist: each message is then refused.
+    canister: Option<CanisterState>,
+    /// Its footprint before the round, to move the running totals by the difference.
+    before: MemoryFootprint,
+    messages: Vec<Ingress>,
+    results: Vec<IngressResult>,
+}
+
+impl CanisterWork {
+    fn execute(&mut self, execution: &ExecutionLoop, context: &RoundContext) {
+        for message in self.messages.drain(..) {
+            let result = match &mut self.canister {
+                None => Err(UserError::new(
+                    ErrorCode::CanisterNotFound,
+                    format!("Canister {} not found.", self.canister_id),
+                )),
+                Some(canister) => {
+                    let grown = canister
+                        .memory_usage()
+                        .saturating_sub(self.before.canisters);
+                    let memory = MemoryContext {
+                        subnet_memory_usage: context
+                            .subnet_usage_before_growth
+                            .saturating_add(grown),
+                        reservation_usage: context.subnet_usage_at_start.saturating_add(grown),
+                        snapshots_size: self.before.snapshots,
+                    };
+                    execute_canister_message(
+                        execution.engine.as_ref(),
+                        &execution.config,
+                        canister,
+                        memory,
+                        message.sender,
+                        context.time,
+                        &message.method,
+                        &message.payload,
+                    )
+                }
+            };
+            self.results.push((message.message_id, result));
+        }
+    }
+}
 
 /// The execution layer of one replica: configuration plus engine, applied to state the caller
 /// owns.
@@ -76,10 +138,38 @@ impl ExecutionLoop {
         }
     }
 
+    /// Opens (or creates) the state directory `dir` and loads its last checkpoint: what a
+    /// durable replica starts with. The manager holds the directory's lock until dropped.
+    pub fn open_state(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<(StateManager, ReplicatedState), StateManagerError> {
+        StateManager::open(dir, self.config.max_snapshots_per_canister)
+    }
+
+    /// Executes one round, then writes a checkpoint if the round's number is a multiple of
+    /// [`Config::checkpoint_interval_rounds`]. A failed checkpoint leaves the round executed
+    /// in memory and the previous checkpoint on disk; the caller may retry with
+    /// [`StateManager::checkpoint`].
+    pub fn execute_round_durably(
+        &self,
+        state: &mut ReplicatedState,
+        manager: &mut StateManager,
+        batch: Batch,
+    ) -> Result<Vec<IngressResult>, StateManagerError> {
+        let results = self.execute_round(state, batch);
+        let interval = self.config.checkpoint_interval_rounds.max(1);
+        if state.round.is_multiple_of(interval) {
+            manager.checkpoint(state)?;
+        }
+        Ok(results)
+    }
+
     /// Executes one round (see the module docs). Returns each message's outcome in execution
     /// order.
     pub fn execute_round(&self, state: &mut ReplicatedState, batch: Batch) -> Vec<IngressResult> {
         state.time = state.time.max(batch.time);
+        self.management_canister().take_scheduled_snapshots(state);
         let mut results = Vec::with_capacity(batch.ingress.len());
         let mut per_canister: BTreeMap<Principal, Vec<Ingress>> = BTreeMap::new();
         for message in batch.ingress {
@@ -100,37 +190,93 @@ impl ExecutionLoop {
                     .push(message);
             }
         }
-        for (canister_id, messages) in per_canister {
-            for message in messages {
-                let memory = MemoryContext {
-                    subnet_memory_usage: state.memory_usage(),
-                    snapshots_size: state.snapshots.snapshots_size(canister_id),
-                };
-                let result = match state.canisters.get_mut(&canister_id) {
-                    None => Err(UserError::new(
-                        ErrorCode::CanisterNotFound,
-                        format!("Canister {canister_id} not found."),
-                    )),
-                    Some(canister) => execute_canister_message(
-                        self.engine.as_ref(),
-                        &self.config,
-                        canister,
-                        memory,
-                        message.sender,
-                        state.time,
-                        &message.method,
-                        &message.payload,
-                    ),
-                };
-                results.push((message.message_id, result));
-            }
-        }
+        results.extend(self.execute_canister_messages(state, per_canister));
         for canister in state.canisters.values_mut() {
             canister.heap_delta_debit = canister
                 .heap_delta_debit
                 .saturating_sub(self.config.heap_delta_rate_limit_bytes);
         }
-        state.round += 1;
+        state.round = state.round.saturating_add(1);
+        debug_assert_eq!(state.check_accounting(), Ok(()));
+        results
+    }
+
+    /// Step 3 of a round: the canister messages, on up to `Config::scheduler_threads` workers.
+    ///
+    /// The canisters with messages leave the state, are split by id order into contiguous
+    /// parts, one per worker, and come back in id order with their results. A canister's
+    /// messages see only that canister and values fixed before the phase starts (time, and its
+    /// share of the subnet's free memory), so neither the partition nor the threads' timing can
+    /// change any outcome.
+    fn execute_canister_messages(
+        &self,
+        state: &mut ReplicatedState,
+        per_canister: BTreeMap<Principal, Vec<Ingress>>,
+    ) -> Vec<IngressResult> {
+        if per_canister.is_empty() {
+            return Vec::new();
+        }
+        // Each canister may grow into an equal share of the free memory, so that no canister's
+        // growth depends on what runs beside it and the capacity still holds for their sum.
+        let capacity = self.config.subnet_memory_capacity_bytes;
+        let usage = state.memory_usage();
+        let share = capacity
+            .saturating_sub(usage)
+            .checked_div(per_canister.len() as u64)
+            .unwrap_or(0);
+        let context = RoundContext {
+            time: state.time,
+            subnet_usage_before_growth: capacity.saturating_sub(share),
+            subnet_usage_at_start: usage,
+        };
+        let mut work: Vec<CanisterWork> = per_canister
+            .into_iter()
+            .map(|(canister_id, messages)| CanisterWork {
+                before: state.footprint(canister_id),
+                canister: state.canisters.remove(&canister_id),
+                canister_id,
+                messages,
+                results: Vec::new(),
+            })
+            .collect();
+        let threads = self.config.scheduler_threads.clamp(1, work.len());
+        if threads == 1 {
+            for canister in &mut work {
+                canister.execute(self, &context);
+            }
+        } else {
+            let part_len = work.len().div_ceil(threads);
+            let context = &context;
+            let outcome = crossbeam_utils::thread::scope(|scope| {
+                let mut parts = work.chunks_mut(part_len);
+                // The first part runs on this thread, which would otherwise only wait: one
+                // thread fewer to start each round.
+                let first = parts.next();
+                for part in parts {
+                    scope.spawn(move |_| {
+                        for canister in part {
+                            canister.execute(self, context);
+                        }
+                    });
+                }
+                for canister in first.into_iter().flatten() {
+                    canister.execute(self, context);
+                }
+            });
+            if let Err(panic) = outcome {
+                // A worker panicked (a bug, never input): surface it as the sequential loop would.
+                std::panic::resume_unwind(panic);
+            }
+        }
+        let mut results = Vec::new();
+        for canister in work {
+            if let Some(state_of) = canister.canister {
+                state.canisters.insert(canister.canister_id, state_of);
+            }
+            let after = state.footprint(canister.canister_id);
+            state.account(canister.before, after);
+            results.extend(canister.results);
+        }
         results
     }
 

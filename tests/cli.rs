@@ -73,11 +73,22 @@ fn inspect_verify_diff_and_upload_round_trip() {
     assert!(out.contains("[0x200000, 0x201000)"), "{out}");
     assert!(out.contains("sends 4.00 KiB"), "{out}");
 
-    // A deliberate edit: drop the stale checksum record, then upload only the change.
-    std::fs::remove_file(b.join("checksum.json")).unwrap();
+    // A deliberate edit: `--strict` refuses it, naming the file; without it only the change
+    // is uploaded, and the output names the edited file. No file is deleted.
+    let (ok, out) = cli(&["snapshot", "upload", b_str, "--base", a_str, "--strict"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("changed since its download (stable_memory.bin)"),
+        "{out}"
+    );
     let (ok, out) = cli(&["snapshot", "upload", b_str, "--base", a_str]);
     assert!(ok, "{out}");
     assert!(out.contains("sent 4.00 KiB in 1 messages"), "{out}");
+    assert!(
+        out.contains("changed since the download: stable_memory.bin"),
+        "{out}"
+    );
+    assert!(b.join("checksum.json").exists());
     let edited = canister_snapshots::memory::checksum::hex(
         &canister_snapshots::transfer::SnapshotDir::new(&b)
             .compute_checksum()

@@ -25,7 +25,7 @@ use canister_snapshots::transfer::{
     TransferOptions,
 };
 use canister_snapshots::{Config, StateMachine, TEST_CANISTER_WASM};
-use common::{TestCanister, contents, install_new};
+use common::{TestCanister, contents, install_new, minimal_metadata};
 use ic_management_canister_types::{
     CanisterTimer, ChunkHash, OnLowWasmMemoryHookStatus, ReadCanisterSnapshotMetadataResult,
     SnapshotDataOffset, SnapshotMetadataGlobal, SnapshotSource,
@@ -133,6 +133,31 @@ fn the_demo_keeps_what_its_download_dir_held() {
     assert_eq!(names(&own), ["repaired", "snapshot"]);
     assert!(out.contains(own.to_str().unwrap()), "{out}");
     SnapshotDir::new(own.join("snapshot")).validate().unwrap();
+}
+
+/// The demo's edit-and-upload step used to delete the copy's `checksum.json` so that the edit
+/// would upload. Now it deletes nothing: the repaired copy holds every file of the download,
+/// and the upload reports the edited file.
+#[test]
+fn the_demo_edits_and_uploads_without_deleting_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "demo",
+        "--heap-mib",
+        "1",
+        "--stable-mib",
+        "1",
+        "--download-dir",
+    ];
+    let (ok, out) = cli(&[&args[..], &[tmp.path().to_str().unwrap()]].concat(), None);
+    assert!(ok, "{out}");
+    let own = tmp.path().join(&names(tmp.path())[0]);
+    assert_eq!(names(&own.join("repaired")), names(&own.join("snapshot")));
+    assert!(own.join("repaired").join("checksum.json").exists());
+    assert!(
+        out.contains("checksum.json: changed since the download: stable_memory.bin"),
+        "{out}"
+    );
 }
 
 /// Without `--download-dir`, the demo removes its own temporary directory and nothing else.
@@ -675,22 +700,6 @@ fn a_malformed_exact_float_globals_field_is_refused() {
             matches!(err, TransferError::Metadata { .. }) && err.to_string().contains(needle),
             "{needle}: {err}"
         );
-    }
-}
-
-fn minimal_metadata() -> ReadCanisterSnapshotMetadataResult {
-    ReadCanisterSnapshotMetadataResult {
-        source: None,
-        taken_at_timestamp: 0,
-        wasm_module_size: 8,
-        globals: vec![],
-        wasm_memory_size: 0,
-        stable_memory_size: 0,
-        wasm_chunk_store: vec![],
-        canister_version: 0,
-        certified_data: vec![],
-        global_timer: None,
-        on_low_wasm_memory_hook_status: None,
     }
 }
 

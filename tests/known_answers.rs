@@ -41,7 +41,7 @@ const MEMORY_ROOT_MULTI_PAGE: &str =
 /// `snapshot_checksum` of the fixed content of [`fixed_content`].
 const SNAPSHOT_CHECKSUM: &str = "b764b342f0f76fc13700b86796c98fcfdeebae7461cb31e7d993b0688c194e9f";
 /// `state_hash` of the state built by [`fixed_state`].
-const STATE_HASH: &str = "97e94097318947f949faabffa7437ccecc5c743c1648aae6a1e89af6e3b4246f";
+const STATE_HASH: &str = "39ee9e09b38777bc18f4e6fee82d24a4e041e09006461dd697c4d2ac676fa936";
 
 // ---------------------------------------------------------------------------------------------
 // Inputs

@@ -1,10 +1,15 @@
 //! Download, upload and cross-canister load through the harness, and the directory format.
 
+mod common;
+
 use std::path::Path;
 
 use candid::{Decode, Encode, Principal};
-use canister_snapshots::transfer::{SnapshotDir, TransferError, TransferOptions, UploadBase};
-use canister_snapshots::{StateMachine, TEST_CANISTER_WASM};
+use canister_snapshots::client::ManagementClient;
+use canister_snapshots::transfer::{
+    Edits, SnapshotDir, TransferError, TransferOptions, UploadBase,
+};
+use canister_snapshots::{RejectResponse, StateMachine, TEST_CANISTER_WASM};
 use ic_error_types::ErrorCode;
 use serde_bytes::ByteBuf;
 
@@ -82,6 +87,33 @@ fn live_root(sm: &StateMachine, canister: Principal) -> ([u8; 32], [u8; 32]) {
         .as_ref()
         .unwrap();
     (e.wasm_memory.root_hash(), e.stable_memory.root_hash())
+}
+
+/// A client that counts the calls it passes on to the harness.
+struct CountingClient<'a> {
+    sm: &'a mut StateMachine,
+    calls: u64,
+}
+
+impl ManagementClient for CountingClient<'_> {
+    fn update_call(
+        &mut self,
+        sender: Principal,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, RejectResponse> {
+        self.calls += 1;
+        ManagementClient::update_call(self.sm, sender, method, payload)
+    }
+
+    fn update_calls(
+        &mut self,
+        sender: Principal,
+        calls: Vec<(&str, Vec<u8>)>,
+    ) -> Vec<Result<Vec<u8>, RejectResponse>> {
+        self.calls += calls.len() as u64;
+        ManagementClient::update_calls(self.sm, sender, calls)
+    }
 }
 
 fn sm_with_quota(n: usize) -> StateMachine {
@@ -303,9 +335,21 @@ fn interrupted_download_and_upload_resume_without_restarting() {
     );
     assert!(tmp.path().join("wasm_memory.bin.part").exists());
     let round_before = sm.state().round;
-    sm.download_canister_snapshot(canister, Some(user()), snapshot.id.clone(), tmp.path())
-        .unwrap();
-    let reads = sm.state().round - round_before;
+    let mut counting = CountingClient {
+        sm: &mut sm,
+        calls: 0,
+    };
+    canister_snapshots::transfer::download_canister_snapshot(
+        &mut counting,
+        canister,
+        user(),
+        snapshot.id.clone(),
+        tmp.path(),
+        &TransferOptions::default(),
+    )
+    .unwrap();
+    let reads = counting.calls;
+    let rounds = sm.state().round - round_before;
     // The interruption came after the 8-byte module and two heap slices (8 + 1 slice < 2 MiB
     // ≤ 8 + 2 slices), all durable; the resume reads the metadata once, then only the rest of
     // the heap (the stable memory is empty), never a slice already on disk.
@@ -313,6 +357,8 @@ fn interrupted_download_and_upload_resume_without_restarting() {
     let resumed_slices = (6 * MIB - 2 * slice).div_ceil(slice);
     assert_eq!(resumed_slices, 2);
     assert_eq!(reads, 1 + resumed_slices, "resumed, {reads} calls");
+    // Both slices are read in one round (3 in flight by default).
+    assert_eq!(rounds, 2, "the metadata, then one round for both slices");
     // A second download into the same directory is refused.
     let again = sm
         .download_canister_snapshot(canister, Some(user()), snapshot.id.clone(), tmp.path())
@@ -358,13 +404,20 @@ fn corrupted_directories_are_refused_with_the_problem_named() {
         .unwrap();
     let snapshot_dir = SnapshotDir::new(dir);
 
-    // Edited bytes: caught by the recorded checksum.
+    // Edited bytes: caught by the recorded checksum (uploaded as edits, or refused if strict).
     let mut heap = std::fs::read(dir.join("wasm_memory.bin")).unwrap();
     heap[100] ^= 1;
     std::fs::write(dir.join("wasm_memory.bin"), &heap).unwrap();
-    let err = sm.upload_canister_snapshot(canister, Some(user()), dir, Some(snapshot.id.clone()));
+    let err = sm.upload_canister_snapshot_with(
+        canister,
+        Some(user()),
+        dir,
+        Some(snapshot.id.clone()),
+        None,
+        &strict(),
+    );
     assert!(
-        matches!(err, Err(TransferError::ChecksumMismatch { .. })),
+        matches!(err, Err(TransferError::EditedSinceDownload { .. })),
         "{err:?}"
     );
     let recorded = snapshot_dir.read_checksum_record().unwrap().unwrap();
@@ -394,7 +447,7 @@ fn corrupted_directories_are_refused_with_the_problem_named() {
     std::fs::write(dir.join("metadata.json"), b"{not json").unwrap();
     let err = snapshot_dir.validate().unwrap_err();
     assert!(err.to_string().contains("metadata.json"), "{err}");
-    let mut bad: serde_json::Value = serde_json::to_value(minimal_metadata()).unwrap();
+    let mut bad: serde_json::Value = serde_json::to_value(common::minimal_metadata()).unwrap();
     bad["wasm_memory_size"] = serde_json::json!(1000);
     std::fs::write(dir.join("metadata.json"), bad.to_string()).unwrap();
     let err = snapshot_dir.validate().unwrap_err();
@@ -406,22 +459,6 @@ fn corrupted_directories_are_refused_with_the_problem_named() {
             .len(),
         1
     );
-}
-
-fn minimal_metadata() -> ic_management_canister_types::ReadCanisterSnapshotMetadataResult {
-    ic_management_canister_types::ReadCanisterSnapshotMetadataResult {
-        source: None,
-        taken_at_timestamp: 0,
-        wasm_module_size: 8,
-        globals: vec![],
-        wasm_memory_size: 0,
-        stable_memory_size: 0,
-        wasm_chunk_store: vec![],
-        canister_version: 0,
-        certified_data: vec![],
-        global_timer: None,
-        on_low_wasm_memory_hook_status: None,
-    }
 }
 
 #[test]
@@ -776,4 +813,431 @@ mod methods {
             .unwrap();
         assert_eq!(read(&mut sm, canister, "read_heap", 65535, 1), vec![0]);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edited directories upload (issue 10, item 9)
+// ---------------------------------------------------------------------------------------------
+
+/// A snapshot of a canister with data, downloaded into `dir`.
+fn downloaded_into(sm: &mut StateMachine, dir: &Path) -> (Principal, Vec<u8>) {
+    let canister = canister_with_data(sm, 3 * MIB, 3 * MIB);
+    let id = sm
+        .take_canister_snapshot(canister, Some(user()), None)
+        .unwrap()
+        .id;
+    sm.download_canister_snapshot(canister, Some(user()), id.clone(), dir)
+        .unwrap();
+    (canister, id)
+}
+
+fn edit_stable(dir: &Path, offset: usize, bytes: &[u8]) {
+    let mut stable = std::fs::read(dir.join("stable_memory.bin")).unwrap();
+    stable[offset..offset + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(dir.join("stable_memory.bin"), &stable).unwrap();
+}
+
+fn strict() -> TransferOptions {
+    TransferOptions {
+        strict: true,
+        ..TransferOptions::default()
+    }
+}
+
+/// Today's main refused an edited `stable_memory.bin` until `checksum.json` was deleted by
+/// hand. Now the edit is uploaded as it is on disk and the report names the edited file; the
+/// replica's checksum is the checksum of the bytes read from disk.
+#[test]
+fn an_edited_directory_uploads_and_the_report_names_the_edited_files() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    edit_stable(tmp.path(), 2 * MIB as usize, b"repaired");
+
+    let report = sm
+        .upload_canister_snapshot_with(
+            canister,
+            Some(user()),
+            tmp.path(),
+            None,
+            None,
+            &TransferOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(report.edits, Edits::Files(vec!["stable_memory.bin".into()]));
+    assert!(tmp.path().join("checksum.json").exists(), "nothing deleted");
+    assert_eq!(
+        report.checksum,
+        SnapshotDir::new(tmp.path()).compute_checksum().unwrap()
+    );
+    sm.load_canister_snapshot(canister, Some(user()), report.snapshot_id)
+        .unwrap();
+    assert_eq!(
+        read(&mut sm, canister, "read_stable", 2 * MIB, 8),
+        b"repaired"
+    );
+}
+
+/// Every kind of file is named: memories, module, metadata (a timer the snapshot checksum
+/// leaves out) and a chunk added to the listing.
+#[test]
+fn the_edits_name_every_kind_of_file() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    downloaded_into(&mut sm, tmp.path());
+    let dir = SnapshotDir::new(tmp.path());
+    let record = dir.read_checksum_record().unwrap();
+    assert_eq!(
+        dir.digest().unwrap().edits_since(record.as_ref()),
+        Edits::Unchanged
+    );
+    let mut heap = std::fs::read(tmp.path().join("wasm_memory.bin")).unwrap();
+    heap[7] ^= 1;
+    std::fs::write(tmp.path().join("wasm_memory.bin"), &heap).unwrap();
+    let mut module = std::fs::read(tmp.path().join("wasm_module.bin")).unwrap();
+    *module.last_mut().unwrap() ^= 1;
+    std::fs::write(tmp.path().join("wasm_module.bin"), &module).unwrap();
+    let chunk = b"a chunk".to_vec();
+    let hash = canister_snapshots::memory::checksum::sha256(&chunk);
+    std::fs::write(dir.chunk_path(&hash), &chunk).unwrap();
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.metadata_path()).unwrap()).unwrap();
+    metadata["wasm_chunk_store"] = serde_json::json!([{ "hash": hash.to_vec() }]);
+    metadata["global_timer"] = serde_json::json!({ "active": 42 });
+    std::fs::write(dir.metadata_path(), metadata.to_string()).unwrap();
+    let hash_hex = canister_snapshots::memory::checksum::hex(&hash);
+    assert_eq!(
+        dir.digest().unwrap().edits_since(record.as_ref()),
+        Edits::Files(vec![
+            "metadata.json".into(),
+            "wasm_module.bin".into(),
+            "wasm_memory.bin".into(),
+            format!("wasm_chunk_store/{hash_hex}.bin"),
+        ])
+    );
+}
+
+/// `strict` refuses an edited directory, naming the files, before a message is sent; it
+/// accepts the directory as downloaded.
+#[test]
+fn a_strict_upload_refuses_an_edited_directory_naming_the_files() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    edit_stable(tmp.path(), 5, b"edit");
+    let (hash, round) = (sm.state().state_hash(), sm.state().round);
+    let err = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &strict())
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransferError::EditedSinceDownload { files, .. } if files == "stable_memory.bin"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("--strict"),
+        "says what to do: {err}"
+    );
+    assert_eq!((sm.state().state_hash(), sm.state().round), (hash, round));
+
+    edit_stable(tmp.path(), 5, &[0xAA; 4]);
+    let report = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &strict())
+        .unwrap();
+    assert_eq!(report.edits, Edits::Unchanged);
+}
+
+/// A `checksum.json` written before per-file hashes still works: an unedited directory is
+/// unchanged, an edited one "changed, files unknown", uploaded, or refused when strict.
+#[test]
+fn a_checksum_record_without_file_hashes_still_works() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    let dir = SnapshotDir::new(tmp.path());
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.checksum_path()).unwrap()).unwrap();
+    assert!(record["files"].is_object(), "written by the download");
+    record.as_object_mut().unwrap().remove("files");
+    std::fs::write(dir.checksum_path(), record.to_string()).unwrap();
+    let old = dir.read_checksum_record().unwrap();
+    assert_eq!(old.as_ref().unwrap().files, None);
+    assert_eq!(
+        dir.digest().unwrap().edits_since(old.as_ref()),
+        Edits::Unchanged
+    );
+
+    edit_stable(tmp.path(), 5, b"edit");
+    let err = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &strict())
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransferError::EditedSinceDownload { files, .. } if files.contains("unknown")),
+        "{err}"
+    );
+    let report = sm
+        .upload_canister_snapshot_with(
+            canister,
+            Some(user()),
+            tmp.path(),
+            None,
+            None,
+            &TransferOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(report.edits, Edits::FilesUnknown);
+}
+
+/// A resumed upload belongs to its canister, its base, the snapshot it replaces and the
+/// directory as it was when it started: a resume against anything else is refused, with the
+/// progress file and the replica left as they were, and the right resume still completes.
+#[test]
+fn a_resumed_upload_refuses_another_canister_or_an_edited_directory() {
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    let other = canister_with_data(&mut sm, MIB, 0);
+    let stop = TransferOptions {
+        stop_after_bytes: Some(MIB),
+        ..TransferOptions::default()
+    };
+    let err = sm
+        .upload_canister_snapshot_with(canister, Some(user()), tmp.path(), None, None, &stop)
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Interrupted { .. }), "{err}");
+    let progress_path = tmp.path().join(".upload_progress.json");
+    let progress = std::fs::read(&progress_path).unwrap();
+    let state = sm.state().state_hash();
+    let refused = |sm: &mut StateMachine, canister, replace: Option<Vec<u8>>, needle: &str| {
+        let err = sm
+            .upload_canister_snapshot_with(
+                canister,
+                Some(user()),
+                tmp.path(),
+                replace,
+                None,
+                &TransferOptions::default(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, TransferError::Resume { .. }) && err.to_string().contains(needle),
+            "{needle}: {err}"
+        );
+        assert!(err.to_string().contains("start over"), "{err}");
+        assert_eq!(std::fs::read(&progress_path).unwrap(), progress);
+        assert_eq!(sm.state().state_hash(), state);
+    };
+    refused(&mut sm, other, None, &format!("not {other}"));
+    refused(
+        &mut sm,
+        canister,
+        Some(vec![1; 16]),
+        "replacing snapshot none",
+    );
+    edit_stable(tmp.path(), 5, b"late edit");
+    refused(
+        &mut sm,
+        canister,
+        None,
+        "changed since this upload started (stable_memory.bin)",
+    );
+    edit_stable(tmp.path(), 5, &[0xAA; 9]);
+    let report = sm
+        .upload_canister_snapshot_with(
+            canister,
+            Some(user()),
+            tmp.path(),
+            None,
+            None,
+            &TransferOptions::default(),
+        )
+        .unwrap();
+    sm.load_canister_snapshot(canister, Some(user()), report.snapshot_id)
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fewer copies, same wire bytes (issue 11)
+// ---------------------------------------------------------------------------------------------
+
+/// `read_canister_snapshot_data` encodes its reply straight from the pages: it must be byte
+/// for byte what Candid writes for `ReadCanisterSnapshotDataResult`, for every region, length
+/// (LEB128 lengths of 1 to 3 bytes, the empty slice, unaligned offsets) and for a chunk; and
+/// the borrowed decoding the client uses must see the same bytes as the owned one.
+#[test]
+fn read_replies_are_candid_s_own_bytes() {
+    use canister_snapshots::management::types::ReadCanisterSnapshotDataResultRef;
+    use canister_snapshots::snapshots::SnapshotRegion;
+    use ic_management_canister_types::{
+        ReadCanisterSnapshotDataArgs, ReadCanisterSnapshotDataResult, SnapshotDataKind,
+    };
+    // An uploaded snapshot with a chunk: a download with a chunk added to its listing.
+    let mut sm = sm_with_quota(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let (canister, _) = downloaded_into(&mut sm, tmp.path());
+    let dir = SnapshotDir::new(tmp.path());
+    let chunk = b"a chunk in the store".to_vec();
+    let hash = canister_snapshots::memory::checksum::sha256(&chunk);
+    std::fs::write(dir.chunk_path(&hash), &chunk).unwrap();
+    let mut metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.metadata_path()).unwrap()).unwrap();
+    metadata["wasm_chunk_store"] = serde_json::json!([{ "hash": hash.to_vec() }]);
+    std::fs::write(dir.metadata_path(), metadata.to_string()).unwrap();
+    let id = sm
+        .upload_canister_snapshot(canister, Some(user()), tmp.path(), None)
+        .unwrap();
+    let hash = hash.to_vec();
+    let slice = canister_snapshots::transfer::SLICE_BYTES;
+    let kinds = [
+        SnapshotDataKind::WasmModule { offset: 0, size: 8 },
+        SnapshotDataKind::WasmModule { offset: 3, size: 0 },
+        SnapshotDataKind::WasmMemory {
+            offset: 0,
+            size: 127,
+        },
+        SnapshotDataKind::WasmMemory {
+            offset: 4000,
+            size: 128,
+        },
+        SnapshotDataKind::WasmMemory {
+            offset: 4095,
+            size: 16_384,
+        },
+        SnapshotDataKind::WasmMemory {
+            offset: MIB + 1,
+            size: slice,
+        },
+        SnapshotDataKind::WasmMemory {
+            offset: 0,
+            size: 2_000_000,
+        },
+        SnapshotDataKind::StableMemory {
+            offset: 0,
+            size: 70_000,
+        },
+        SnapshotDataKind::WasmChunk { hash },
+    ];
+    for kind in kinds {
+        let args = ReadCanisterSnapshotDataArgs {
+            canister_id: canister,
+            snapshot_id: id.clone(),
+            kind: kind.clone(),
+        };
+        let reply = ManagementClient::update_call(
+            &mut sm,
+            user(),
+            "read_canister_snapshot_data",
+            Encode!(&args).unwrap(),
+        )
+        .unwrap();
+        let owned = Decode!(&reply, ReadCanisterSnapshotDataResult).unwrap();
+        assert_eq!(
+            reply,
+            Encode!(&owned).unwrap(),
+            "{kind:?}: the reply is Candid's encoding of its content"
+        );
+        let borrowed: ReadCanisterSnapshotDataResultRef<'_> = candid::decode_one(&reply).unwrap();
+        assert_eq!(borrowed.chunk.as_ref(), owned.chunk.as_slice(), "{kind:?}");
+    }
+    let heap = std::fs::read(dir.region_path(SnapshotRegion::WasmMemory)).unwrap();
+    let args = ReadCanisterSnapshotDataArgs {
+        canister_id: canister,
+        snapshot_id: id,
+        kind: SnapshotDataKind::WasmMemory {
+            offset: 4095,
+            size: 16_384,
+        },
+    };
+    let (data,): (ReadCanisterSnapshotDataResult,) = sm
+        .management(Some(user()), "read_canister_snapshot_data", (args,))
+        .unwrap();
+    assert_eq!(
+        data.chunk,
+        heap[4095..4095 + 16_384],
+        "the bytes are the memory's"
+    );
+}
+
+/// The client encodes upload slices from its buffer (`UploadCanisterSnapshotDataArgsRef`): the
+/// same bytes as the owned crate type and as `ic-management-canister-types`' type, which the
+/// replica decodes borrowed.
+#[test]
+fn borrowed_upload_arguments_encode_to_the_same_bytes() {
+    use canister_snapshots::management::types::{
+        UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotDataArgsRef,
+    };
+    use ic_management_canister_types::SnapshotDataOffset;
+    let canister = Principal::from_slice(&[7; 10]);
+    let snapshot_id = vec![9u8; 18];
+    for (kind, len) in [
+        (SnapshotDataOffset::WasmModule { offset: 0 }, 0usize),
+        (SnapshotDataOffset::WasmMemory { offset: 4096 }, 127),
+        (SnapshotDataOffset::StableMemory { offset: 1 << 40 }, 128),
+        (SnapshotDataOffset::WasmMemory { offset: 0 }, 1_998_848),
+        (SnapshotDataOffset::WasmChunk, 1 << 20),
+    ] {
+        let chunk: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let borrowed = Encode!(&UploadCanisterSnapshotDataArgsRef {
+            canister_id: canister,
+            snapshot_id: serde_bytes::Bytes::new(&snapshot_id),
+            kind: kind.clone(),
+            chunk: serde_bytes::Bytes::new(&chunk),
+        })
+        .unwrap();
+        let owned = Encode!(&UploadCanisterSnapshotDataArgs {
+            canister_id: canister,
+            snapshot_id: snapshot_id.clone(),
+            kind: kind.clone(),
+            chunk: chunk.clone(),
+        })
+        .unwrap();
+        let official = Encode!(
+            &ic_management_canister_types::UploadCanisterSnapshotDataArgs {
+                canister_id: canister,
+                snapshot_id: snapshot_id.clone(),
+                kind: kind.clone(),
+                chunk: chunk.clone(),
+            }
+        )
+        .unwrap();
+        assert_eq!(borrowed, owned, "{kind:?} {len}");
+        assert_eq!(borrowed, official, "{kind:?} {len}");
+        let decoded: UploadCanisterSnapshotDataArgsRef<'_> = candid::decode_one(&official).unwrap();
+        assert_eq!(decoded.chunk.as_ref(), chunk.as_slice());
+    }
+}
+
+/// `submit_ingress_batch`: several messages, one round, each answered in the order given (a
+/// refusal among them answered in its place, the others executed).
+#[test]
+fn a_batch_of_ingress_messages_shares_one_round() {
+    use canister_snapshots::IngressCall;
+    let mut sm = sm_with_quota(1);
+    let canister = canister_with_data(&mut sm, MIB, 0);
+    let call = |method: &str, payload: Vec<u8>| IngressCall {
+        receiver: canister,
+        sender: user(),
+        method: method.to_string(),
+        payload,
+    };
+    let round = sm.state().round;
+    let answers = sm.submit_ingress_batch(vec![
+        call("read_heap", Encode!(&0u64, &4u64).unwrap()),
+        call("no_such_method", vec![]),
+        call(
+            "write_heap",
+            Encode!(&0u64, &ByteBuf::from(b"new!".to_vec())).unwrap(),
+        ),
+        call("read_heap", Encode!(&0u64, &4u64).unwrap()),
+    ]);
+    assert_eq!(sm.state().round, round + 1);
+    assert_eq!(answers.len(), 4);
+    let heap = |answer: &Result<Vec<u8>, RejectResponse>| {
+        Decode!(answer.as_ref().unwrap(), ByteBuf)
+            .unwrap()
+            .into_vec()
+    };
+    assert_eq!(heap(&answers[0]), vec![0, 7, 14, 21]);
+    assert!(answers[1].is_err());
+    assert!(answers[2].is_ok());
+    assert_eq!(heap(&answers[3]), b"new!");
 }

@@ -74,7 +74,10 @@ impl Manifest {
 
     /// Bytes of the snapshot's regions and chunks (not of the archive: blocks are shared).
     pub fn snapshot_bytes(&self) -> u64 {
-        self.wasm_module.size + self.wasm_memory.size + self.stable_memory.size
+        self.wasm_module
+            .size
+            .saturating_add(self.wasm_memory.size)
+            .saturating_add(self.stable_memory.size)
     }
 
     /// Every block the manifest references, each once.

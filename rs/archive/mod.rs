@@ -247,10 +247,10 @@ impl Archive {
             .block_on(self.store.list(prefix.as_ref()).try_collect::<Vec<_>>())?;
         let mut usage = ArchiveUsage::default();
         for object in objects {
-            usage.objects += 1;
-            usage.bytes += object.size;
+            usage.objects = usage.objects.saturating_add(1);
+            usage.bytes = usage.bytes.saturating_add(object.size);
             if object.location.as_ref().contains("blocks/") {
-                usage.blocks += 1;
+                usage.blocks = usage.blocks.saturating_add(1);
             }
         }
         Ok(usage)

@@ -102,7 +102,7 @@ impl Archive {
                     .await?;
                 report.manifests_deleted.push(name);
             }
-            report.manifests_kept += kept.len();
+            report.manifests_kept = report.manifests_kept.saturating_add(kept.len());
             for manifest in kept {
                 marked.extend(manifest.referenced_blocks());
             }
@@ -114,8 +114,8 @@ impl Archive {
             let name = block.location.filename().unwrap_or_default();
             if !marked.contains(name) {
                 self.store.delete(&block.location).await?;
-                report.blocks_deleted += 1;
-                report.bytes_freed += block.size;
+                report.blocks_deleted = report.blocks_deleted.saturating_add(1);
+                report.bytes_freed = report.bytes_freed.saturating_add(block.size);
             }
         }
         Ok(report)
@@ -227,7 +227,7 @@ impl Archive {
             .find(|l| {
                 // A lock written after ours (negative age) is live.
                 now.is_none_or(|now| {
-                    (now - l.last_modified)
+                    now.signed_duration_since(l.last_modified)
                         .to_std()
                         .is_ok_and(|age| age < stale_after)
                         || l.last_modified > now

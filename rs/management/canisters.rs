@@ -11,16 +11,21 @@ use ic_management_canister_types::{
     CodeDeploymentMode, CodeDeploymentRecord, ControllersChangeRecord, CreateCanisterArgs,
     CreationRecord, DefiniteCanisterSettings, InstallCodeArgs, LogVisibility, MemoryMetrics,
     ProvisionalCreateCanisterWithCyclesArgs, QueryStats, SnapshotVisibility, UninstallCodeArgs,
-    UpdateSettingsArgs,
 };
 
+use super::types::{
+    self, MAX_SNAPSHOT_INTERVAL_SECONDS, MIN_SNAPSHOT_INTERVAL_SECONDS,
+    ScheduledSnapshotFailureStatus, SnapshotScheduleChange, SnapshotScheduleStatus,
+};
 use super::{
     ManagementCanister, canister, canister_mut, controlled, from_user, invalid_payload, nat_u64,
     nat_u128, reply,
 };
 use crate::memory::Memory;
 use crate::replicated_state::{ReplicatedState, canister_id_from_index};
-use crate::state::{CanisterSettings, CanisterState, CanisterStatus, ExecutionState, WasmModule};
+use crate::state::{
+    CanisterSettings, CanisterState, CanisterStatus, ExecutionState, SnapshotSchedule, WasmModule,
+};
 
 /// At most this many controllers, allowed viewers, or allowed log viewers.
 pub const MAX_CONTROLLERS: usize = 10;
@@ -160,20 +165,27 @@ impl ManagementCanister<'_> {
                 ));
             }
             Some(id) => id,
-            None => loop {
-                // Skip ids taken by earlier `specified_id` creations.
-                let id = canister_id_from_index(state.next_canister_index);
-                state.next_canister_index =
-                    state.next_canister_index.checked_add(1).ok_or_else(|| {
+            None => {
+                // Skip ids taken by earlier `specified_id` creations. Checked: an index that
+                // wrapped would give out a deleted canister's id again.
+                let mut index = state.next_canister_index;
+                loop {
+                    let id = canister_id_from_index(index);
+                    index = index.checked_add(1).ok_or_else(|| {
                         UserError::new(
-                            ErrorCode::SubnetOversubscribed,
-                            "Could not create canister: the subnet has used up its canister ids.",
+                            ErrorCode::MaxNumberOfCanistersReached,
+                            "This subnet has allocated every canister id it has: create the \
+                             canister on another subnet."
+                                .to_string(),
                         )
                     })?;
-                if !state.canisters.contains_key(&id) && !state.deleted_canisters.contains(&id) {
-                    break id;
+                    if !state.canisters.contains_key(&id) && !state.deleted_canisters.contains(&id)
+                    {
+                        state.next_canister_index = index;
+                        break id;
+                    }
                 }
-            },
+            }
         };
         let mut canister = CanisterState::new(canister_id, controllers.clone(), cycles);
         canister.settings = valid.settings;
@@ -348,7 +360,37 @@ impl ManagementCanister<'_> {
                 response_payload_bytes_total: Nat::from(0u64),
             },
         };
-        reply((result,))
+        let schedule = canister
+            .snapshot_schedule
+            .as_ref()
+            .map(|s| SnapshotScheduleStatus {
+                interval_seconds: s.interval_seconds,
+                keep: s.keep,
+                only_when_stopped: s.only_when_stopped,
+                next_due: s.next_due,
+                last_failure: s
+                    .last_failure
+                    .as_ref()
+                    .map(|f| ScheduledSnapshotFailureStatus {
+                        time: f.time,
+                        error_code: f.error_code,
+                        message: f.message.clone(),
+                    }),
+            });
+        reply((types::CanisterStatusResult {
+            status: result.status,
+            ready_for_migration: result.ready_for_migration,
+            version: result.version,
+            settings: result.settings,
+            module_hash: result.module_hash,
+            memory_size: result.memory_size,
+            memory_metrics: result.memory_metrics,
+            cycles: result.cycles,
+            reserved_cycles: result.reserved_cycles,
+            idle_cycles_burned_per_day: result.idle_cycles_burned_per_day,
+            query_stats: result.query_stats,
+            snapshot_schedule: schedule,
+        },))
     }
 
     /// Public, as on the IC (where only canisters can call it).
@@ -381,13 +423,33 @@ impl ManagementCanister<'_> {
         &self,
         state: &mut ReplicatedState,
         sender: Principal,
-        args: UpdateSettingsArgs,
+        args: types::UpdateSettingsArgs,
     ) -> Result<Vec<u8>, UserError> {
         let canister = controlled(state, args.canister_id, sender)?;
         let valid = validate_settings(&args.settings, &canister.settings)?;
         let time = state.time;
+        let schedule = match &args.snapshot_schedule {
+            None => None,
+            Some(change) => Some(self.validate_schedule(change, sender, time)?),
+        };
         let canister = canister_mut(state, args.canister_id)?;
         canister.settings = valid.settings;
+        if let Some(mut schedule) = schedule {
+            // A new schedule keeps the scheduled snapshots of the one it replaces as its own.
+            if let (Some(new), Some(old)) = (&mut schedule, &canister.snapshot_schedule) {
+                new.taken = old.taken.clone();
+            }
+            let old = std::mem::replace(&mut canister.snapshot_schedule, schedule);
+            let new_due = canister.snapshot_schedule.as_ref().map(|s| s.next_due);
+            let id = args.canister_id;
+            if let Some(old) = old {
+                state.snapshot_schedule_due.remove(&(old.next_due, id));
+            }
+            if let Some(due) = new_due {
+                state.snapshot_schedule_due.insert((due, id));
+            }
+        }
+        let canister = canister_mut(state, args.canister_id)?;
         canister.bump_version();
         if let Some(controllers) = valid.controllers {
             canister.controllers = controllers;
@@ -401,6 +463,43 @@ impl ManagementCanister<'_> {
             );
         }
         reply(())
+    }
+
+    /// The schedule an `update_settings` asks for (`Some(None)` clears it), or
+    /// `InvalidManagementPayload` if it is out of range. Changes nothing.
+    fn validate_schedule(
+        &self,
+        change: &SnapshotScheduleChange,
+        sender: Principal,
+        time: u64,
+    ) -> Result<Option<SnapshotSchedule>, UserError> {
+        let args = match change {
+            SnapshotScheduleChange::Clear => return Ok(None),
+            SnapshotScheduleChange::Set(args) => args,
+        };
+        let interval = args.interval_seconds;
+        if !(MIN_SNAPSHOT_INTERVAL_SECONDS..=MAX_SNAPSHOT_INTERVAL_SECONDS).contains(&interval) {
+            return Err(invalid_payload(format!(
+                "snapshot_schedule.interval_seconds is {interval}; it must be between \
+                 {MIN_SNAPSHOT_INTERVAL_SECONDS} and {MAX_SNAPSHOT_INTERVAL_SECONDS} (366 days)"
+            )));
+        }
+        let quota = self.config.max_snapshots_per_canister as u64;
+        if args.keep == 0 || args.keep > quota {
+            return Err(invalid_payload(format!(
+                "snapshot_schedule.keep is {}; it must be between 1 and the snapshot quota, {quota}",
+                args.keep
+            )));
+        }
+        Ok(Some(SnapshotSchedule {
+            interval_seconds: interval,
+            keep: args.keep,
+            only_when_stopped: args.only_when_stopped.unwrap_or(false),
+            set_by: sender,
+            next_due: time.saturating_add(interval.saturating_mul(1_000_000_000)),
+            taken: Default::default(),
+            last_failure: None,
+        }))
     }
 
     pub(super) fn delete_canister(
@@ -418,6 +517,10 @@ impl ManagementCanister<'_> {
                     args.canister_id
                 ),
             ));
+        }
+        if let Some(schedule) = &canister.snapshot_schedule {
+            let due = (schedule.next_due, args.canister_id);
+            state.snapshot_schedule_due.remove(&due);
         }
         state.snapshots.delete_all(args.canister_id);
         state.canisters.remove(&args.canister_id);

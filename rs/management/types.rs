@@ -89,6 +89,27 @@ pub struct UploadCanisterSnapshotDataArgs {
     pub chunk: Vec<u8>,
 }
 
+/// [`UploadCanisterSnapshotDataArgs`] with the ids and bytes borrowed from the buffer they are
+/// encoded from or decoded out of: the same Candid type and the same wire bytes, without a copy
+/// of the chunk on either side (`benches/README.md`, "Copies on the message path").
+#[derive(CandidType, Deserialize, Debug, Clone)]
+pub struct UploadCanisterSnapshotDataArgsRef<'a> {
+    pub canister_id: Principal,
+    #[serde(borrow)]
+    pub snapshot_id: &'a serde_bytes::Bytes,
+    pub kind: ic_management_canister_types::SnapshotDataOffset,
+    #[serde(borrow)]
+    pub chunk: &'a serde_bytes::Bytes,
+}
+
+/// `ReadCanisterSnapshotDataResult` with the chunk borrowed from the reply: decoding it copies
+/// nothing.
+#[derive(CandidType, Deserialize, Debug, Clone, Copy)]
+pub struct ReadCanisterSnapshotDataResultRef<'a> {
+    #[serde(borrow)]
+    pub chunk: &'a serde_bytes::Bytes,
+}
+
 /// Largest slice `read_canister_snapshot_data` returns or `upload_canister_snapshot_data`
 /// accepts, as on the IC.
 pub const MAX_SLICE_BYTES: u64 = 2_000_000;
@@ -105,3 +126,76 @@ pub const MAX_GLOBALS: usize = 1000;
 
 /// Certified data is at most 32 bytes.
 pub const MAX_CERTIFIED_DATA_BYTES: usize = 32;
+
+/// `UpdateSettingsArgs` plus `snapshot_schedule` (`spec/management.md`, "Scheduled
+/// snapshots"): absent or `null` leaves the schedule as it is, so standard clients keep working.
+#[derive(CandidType, Deserialize, Debug, Clone)]
+pub struct UpdateSettingsArgs {
+    pub canister_id: Principal,
+    pub settings: ic_management_canister_types::CanisterSettings,
+    pub sender_canister_version: Option<u64>,
+    pub snapshot_schedule: Option<SnapshotScheduleChange>,
+}
+
+/// Sets or clears a canister's snapshot schedule.
+#[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotScheduleChange {
+    #[serde(rename = "set")]
+    Set(SnapshotScheduleArgs),
+    #[serde(rename = "clear")]
+    Clear,
+}
+
+/// A snapshot every `interval_seconds` of batch time, keeping the newest `keep`, optionally
+/// only while the canister is stopped.
+#[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotScheduleArgs {
+    pub interval_seconds: u64,
+    pub keep: u64,
+    pub only_when_stopped: Option<bool>,
+}
+
+/// Shortest and longest schedule interval accepted.
+pub const MIN_SNAPSHOT_INTERVAL_SECONDS: u64 = 1;
+pub const MAX_SNAPSHOT_INTERVAL_SECONDS: u64 = 366 * 86_400;
+
+/// The label scheduled snapshots carry.
+pub const SCHEDULED_SNAPSHOT_LABEL: &str = "scheduled";
+
+/// `canister_status`'s reply (`CanisterStatusResult`, field for field) plus the canister's
+/// `snapshot_schedule`, which clients decoding the crate type skip.
+#[derive(CandidType, Deserialize, Debug, Clone)]
+pub struct CanisterStatusResult {
+    pub status: ic_management_canister_types::CanisterStatusType,
+    pub ready_for_migration: bool,
+    pub version: u64,
+    pub settings: ic_management_canister_types::DefiniteCanisterSettings,
+    pub module_hash: Option<Vec<u8>>,
+    pub memory_size: candid::Nat,
+    pub memory_metrics: ic_management_canister_types::MemoryMetrics,
+    pub cycles: candid::Nat,
+    pub reserved_cycles: candid::Nat,
+    pub idle_cycles_burned_per_day: candid::Nat,
+    pub query_stats: ic_management_canister_types::QueryStats,
+    pub snapshot_schedule: Option<SnapshotScheduleStatus>,
+}
+
+/// A schedule as `canister_status` reports it.
+#[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotScheduleStatus {
+    pub interval_seconds: u64,
+    pub keep: u64,
+    pub only_when_stopped: bool,
+    /// Batch time (ns) the next snapshot is due at.
+    pub next_due: u64,
+    /// The last scheduled take that was refused, until one succeeds.
+    pub last_failure: Option<ScheduledSnapshotFailureStatus>,
+}
+
+#[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledSnapshotFailureStatus {
+    pub time: u64,
+    /// The IC `ErrorCode` of the refusal (e.g. 406 quota, 501 out of cycles).
+    pub error_code: u64,
+    pub message: String,
+}

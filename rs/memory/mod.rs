@@ -1,17 +1,26 @@
 //! Page memory: the bottom layer. Owns [`PageMap`] (copy-on-write 4 KiB pages), the memory
 //! checksum, and [`Memory`], a page map with a size in 64 KiB Wasm pages and bounds checks.
 //!
-//! This layer knows nothing of canisters or snapshots. It never does I/O, never reads the
-//! clock, and every operation on input-controlled offsets is bounds-checked and returns a typed
-//! [`MemoryError`] instead of panicking.
+//! This layer knows nothing of canisters or snapshots. It never reads the clock, and every
+//! operation on input-controlled offsets is bounds-checked and returns a typed [`MemoryError`]
+//! instead of panicking. Its only I/O is `page_file.rs`: encoding page files into a writer the
+//! caller gives, and mapping files the caller opened (the state manager owns the directory).
 
 pub mod checksum;
+mod page_file;
 mod page_map;
 
 use ic_error_types::ErrorCode;
 
 pub use checksum::Hash;
-pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap};
+pub use page_file::{
+    LayeredPages, PAGE_FILE_VERSION, PageFile, PageFileError, PageFileSummary, PageLayers,
+    write_page_file,
+};
+pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap, PageMapIdentity};
+
+/// [`PAGE_SIZE`] as a `u64`, for byte offsets.
+const PAGE_SIZE_U64: u64 = PAGE_SIZE as u64;
 
 /// Bytes in one WebAssembly page, the unit in which memories grow.
 pub const WASM_PAGE_SIZE: u64 = 64 * 1024;
@@ -32,9 +41,31 @@ pub struct Memory {
 /// A memory access or growth the memory refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemoryError {
-    OutOfBounds { offset: u64, len: u64, size: u64 },
-    GrowthBeyondLimit { requested: u64, limit: u64 },
-    SizeNotMultipleOfWasmPage { size: u64 },
+    OutOfBounds {
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    GrowthBeyondLimit {
+        requested: u64,
+        limit: u64,
+    },
+    SizeNotMultipleOfWasmPage {
+        size: u64,
+    },
+    /// A checkpointed page whose bytes no longer match their stored hash: the message names
+    /// the file and the page.
+    DamagedPageFile {
+        reason: String,
+    },
+}
+
+impl From<PageFileError> for MemoryError {
+    fn from(err: PageFileError) -> Self {
+        MemoryError::DamagedPageFile {
+            reason: err.to_string(),
+        }
+    }
 }
 
 impl MemoryError {
@@ -45,6 +76,8 @@ impl MemoryError {
             MemoryError::OutOfBounds { .. } => ErrorCode::CanisterTrapped,
             MemoryError::GrowthBeyondLimit { .. } => ErrorCode::CanisterOutOfMemory,
             MemoryError::SizeNotMultipleOfWasmPage { .. } => ErrorCode::InvalidManagementPayload,
+            // The replica's state cannot be read: not the canister's fault, and not data.
+            MemoryError::DamagedPageFile { .. } => ErrorCode::CertifiedStateUnavailable,
         }
     }
 }
@@ -63,6 +96,10 @@ impl std::fmt::Display for MemoryError {
             MemoryError::SizeNotMultipleOfWasmPage { size } => write!(
                 f,
                 "memory size {size} is not a multiple of the 64 KiB Wasm page size"
+            ),
+            MemoryError::DamagedPageFile { reason } => write!(
+                f,
+                "{reason}; the state directory is damaged: restore it from a backup"
             ),
         }
     }
@@ -98,6 +135,12 @@ impl Memory {
         &self.pages
     }
 
+    /// A memory of `size_bytes` over `pages`: how the state manager rebuilds a checkpointed
+    /// memory. Pages at or beyond the size are the caller's to avoid.
+    pub fn from_page_map(pages: PageMap, size_bytes: u64) -> Self {
+        Memory { pages, size_bytes }
+    }
+
     /// Grows by `delta` Wasm pages, refusing to pass `limit` bytes. Returns the old size in Wasm
     /// pages (the value of `memory.grow`).
     pub fn grow(&mut self, delta: u64, limit: u64) -> Result<u64, MemoryError> {
@@ -106,7 +149,7 @@ impl Memory {
             .checked_mul(WASM_PAGE_SIZE)
             .and_then(|d| d.checked_add(self.size_bytes))
             .unwrap_or(u64::MAX);
-        if requested > limit || requested > MAX_PAGES * PAGE_SIZE as u64 {
+        if requested > limit || requested > MAX_PAGES.saturating_mul(PAGE_SIZE as u64) {
             return Err(MemoryError::GrowthBeyondLimit { requested, limit });
         }
         self.size_bytes = requested;
@@ -115,9 +158,8 @@ impl Memory {
 
     /// Grows, if needed, so that `[0, end)` is inside the memory.
     pub fn grow_to_fit(&mut self, end: u64, limit: u64) -> Result<(), MemoryError> {
-        if end > self.size_bytes {
-            let needed = (end - self.size_bytes).div_ceil(WASM_PAGE_SIZE);
-            self.grow(needed, limit)?;
+        if let Some(missing) = end.checked_sub(self.size_bytes).filter(|&m| m > 0) {
+            self.grow(missing.div_ceil(WASM_PAGE_SIZE), limit)?;
         }
         Ok(())
     }
@@ -128,10 +170,10 @@ impl Memory {
         if !size_bytes.is_multiple_of(WASM_PAGE_SIZE) {
             return Err(MemoryError::SizeNotMultipleOfWasmPage { size: size_bytes });
         }
-        if size_bytes >= self.size_bytes {
-            self.grow((size_bytes - self.size_bytes) / WASM_PAGE_SIZE, limit)?;
+        if let Some(added) = size_bytes.checked_sub(self.size_bytes) {
+            self.grow(added / WASM_PAGE_SIZE, limit)?;
         } else {
-            self.pages.truncate(size_bytes / PAGE_SIZE as u64);
+            self.pages.truncate(size_bytes / PAGE_SIZE_U64);
             self.size_bytes = size_bytes;
         }
         Ok(())
@@ -150,28 +192,25 @@ impl Memory {
 
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.check(offset, buf.len() as u64)?;
-        self.pages.read(offset, buf);
-        Ok(())
+        Ok(self.pages.read(offset, buf)?)
     }
 
     /// Reads `len` bytes into a new vector; the bounds are checked before anything is allocated.
     pub fn read_vec(&self, offset: u64, len: u64) -> Result<Vec<u8>, MemoryError> {
         self.check(offset, len)?;
         let mut buf = vec![0u8; len as usize];
-        self.pages.read(offset, &mut buf);
+        self.pages.read(offset, &mut buf)?;
         Ok(buf)
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.check(offset, data.len() as u64)?;
-        self.pages.write(offset, data);
-        Ok(())
+        Ok(self.pages.write(offset, data)?)
     }
 
     pub fn fill(&mut self, offset: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
         self.check(offset, len)?;
-        self.pages.fill(offset, len, byte);
-        Ok(())
+        Ok(self.pages.fill(offset, len, byte)?)
     }
 
     /// The checksum of this memory (`spec/checksum.md`): O(pages changed since the last call on
@@ -181,9 +220,10 @@ impl Memory {
         checksum::memory_root(self.size_bytes, &tree)
     }
 
-    /// Bytes of page memory really allocated (present pages × 4 KiB). O(present pages).
+    /// Bytes of page memory really allocated on the heap (pages written since the last
+    /// checkpoint × 4 KiB; checkpointed pages are mapped from files). O(those pages).
     pub fn resident_bytes(&self) -> u64 {
-        self.pages.present_pages() * PAGE_SIZE as u64
+        self.pages.heap_pages().saturating_mul(PAGE_SIZE_U64)
     }
 }
 

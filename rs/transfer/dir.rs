@@ -20,8 +20,9 @@
 //! `exact_float_globals`, the exact bits of those globals, which JSON numbers cannot hold
 //! (`spec/transfer.md`, "Non-finite globals").
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use ic_management_canister_types::{ReadCanisterSnapshotMetadataResult, SnapshotMetadataGlobal};
@@ -37,15 +38,19 @@ use crate::state::Global;
 /// Bytes read per step when streaming a file.
 const READ_BUFFER: usize = 1 << 20;
 
+/// Blocks a streaming read keeps in flight: one being used, the others being read.
+const READ_AHEAD_BLOCKS: usize = 3;
+
 /// Largest `metadata.json` read. The largest a valid snapshot produces (100 chunk hashes and
 /// 1000 globals, pretty-printed, with every float global non-finite) is under 256 KiB.
 pub const MAX_METADATA_JSON_BYTES: u64 = 1 << 20;
 
-/// Largest `checksum.json` read (a valid one is under 1 KiB).
+/// Largest `checksum.json` read (a valid one, with 100 chunk hashes in `files`, is under
+/// 16 KiB).
 pub const MAX_CHECKSUM_JSON_BYTES: u64 = 64 << 10;
 
 /// Largest `.download_progress.json` / `.upload_progress.json` read (a valid one, with 100
-/// chunk hashes, is under 8 KiB).
+/// chunk hashes done and 100 in `directory_files`, is under 16 KiB).
 pub const MAX_PROGRESS_JSON_BYTES: u64 = 64 << 10;
 
 /// Largest chunk file read: the IC's chunk size limit.
@@ -85,7 +90,9 @@ struct MetadataFile<'a> {
     exact_float_globals: Vec<ExactFloatGlobal>,
 }
 
-/// What `checksum.json` records: the snapshot's checksum and where it came from.
+/// What `checksum.json` records: the snapshot's checksum and where it came from, and since
+/// per-file hashes were added, the hash of each file (`files`), so that an upload can say which
+/// files changed since the download. Records written before have no `files` and still parse.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ChecksumRecord {
     /// Hex of the 32-byte snapshot checksum (`spec/checksum.md`).
@@ -94,6 +101,120 @@ pub struct ChecksumRecord {
     /// Hex of the snapshot id bytes.
     pub snapshot_id: String,
     pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileHashes>,
+}
+
+/// The hash of each file of a snapshot directory, in lower-case hex: what the snapshot
+/// checksum is computed from (`spec/checksum.md`), plus `metadata.json` itself (which also
+/// holds the timer and hook status the checksum leaves out).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileHashes {
+    /// SHA-256 of `metadata.json`, byte for byte.
+    pub metadata: String,
+    /// SHA-256 of `wasm_module.bin`.
+    pub wasm_module: String,
+    /// Memory root of `wasm_memory.bin`.
+    pub wasm_memory: String,
+    /// Memory root of `stable_memory.bin`.
+    pub stable_memory: String,
+    /// The chunks `metadata.json` lists (each file's SHA-256 is its name), sorted.
+    pub chunks: Vec<String>,
+}
+
+impl FileHashes {
+    /// The files (paths relative to the directory) that differ between `self` (before) and
+    /// `now`; a chunk added or removed is named by its file.
+    pub fn changed_files(&self, now: &FileHashes) -> Vec<String> {
+        let mut changed: Vec<String> = [
+            ("metadata.json", &self.metadata, &now.metadata),
+            ("wasm_module.bin", &self.wasm_module, &now.wasm_module),
+            ("wasm_memory.bin", &self.wasm_memory, &now.wasm_memory),
+            ("stable_memory.bin", &self.stable_memory, &now.stable_memory),
+        ]
+        .into_iter()
+        .filter(|(_, before, after)| before != after)
+        .map(|(name, _, _)| name.to_string())
+        .collect();
+        let (before, after): (BTreeSet<&String>, BTreeSet<&String>) =
+            (self.chunks.iter().collect(), now.chunks.iter().collect());
+        changed.extend(
+            before
+                .symmetric_difference(&after)
+                .map(|hash| format!("wasm_chunk_store/{hash}.bin")),
+        );
+        changed
+    }
+}
+
+/// Memory roots already computed from the bytes of a directory's files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KnownRoots {
+    pub wasm_memory: Option<Hash>,
+    pub stable_memory: Option<Hash>,
+}
+
+/// A validated directory: its metadata, the snapshot checksum of its files and the hash of
+/// each file, from one pass over them.
+#[derive(Debug, Clone)]
+pub struct DirectoryDigest {
+    pub metadata: ReadCanisterSnapshotMetadataResult,
+    pub checksum: Hash,
+    pub files: FileHashes,
+}
+
+impl DirectoryDigest {
+    /// What changed since the download that wrote `record` (`checksum.json`), if any.
+    pub fn edits_since(&self, record: Option<&ChecksumRecord>) -> Edits {
+        let Some(record) = record else {
+            return Edits::NoRecord;
+        };
+        let same_checksum = record.checksum == hex(&self.checksum);
+        match &record.files {
+            Some(files) => match files.changed_files(&self.files) {
+                changed if !changed.is_empty() => Edits::Files(changed),
+                // Every file as recorded, yet another checksum: the record is inconsistent.
+                _ if !same_checksum => Edits::FilesUnknown,
+                _ => Edits::Unchanged,
+            },
+            None if same_checksum => Edits::Unchanged,
+            None => Edits::FilesUnknown,
+        }
+    }
+}
+
+/// What changed in a directory since its download, by its `checksum.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edits {
+    /// No `checksum.json`: not a download of this tool, nothing to compare with.
+    NoRecord,
+    /// Every file is as downloaded.
+    Unchanged,
+    /// These files (relative paths) changed since the download.
+    Files(Vec<String>),
+    /// The checksum differs from the recorded one, but the record predates per-file hashes.
+    FilesUnknown,
+}
+
+impl Edits {
+    pub fn is_edited(&self) -> bool {
+        matches!(self, Edits::Files(_) | Edits::FilesUnknown)
+    }
+}
+
+impl std::fmt::Display for Edits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Edits::NoRecord => write!(f, "no checksum.json to compare with"),
+            Edits::Unchanged => write!(f, "unchanged since the download"),
+            Edits::Files(files) => write!(f, "changed since the download: {}", files.join(", ")),
+            Edits::FilesUnknown => write!(
+                f,
+                "changed since the download, files unknown (checksum.json predates per-file \
+                 hashes)"
+            ),
+        }
+    }
 }
 
 /// A snapshot directory on disk.
@@ -133,6 +254,13 @@ impl SnapshotDir {
 
     /// Parses `metadata.json` and checks that the sizes it declares are possible.
     pub fn read_metadata(&self) -> Result<ReadCanisterSnapshotMetadataResult, TransferError> {
+        self.read_metadata_and_hash().map(|(metadata, _)| metadata)
+    }
+
+    /// [`Self::read_metadata`], and the SHA-256 of the file's bytes.
+    fn read_metadata_and_hash(
+        &self,
+    ) -> Result<(ReadCanisterSnapshotMetadataResult, Hash), TransferError> {
         let path = self.metadata_path();
         let text = read_small_file(&path, MAX_METADATA_JSON_BYTES, "metadata.json")?
             .ok_or_else(|| TransferError::MissingFile { path: path.clone() })?;
@@ -168,7 +296,7 @@ impl SnapshotDir {
                 "a global has a type this tool does not know (null in globals)".into(),
             ));
         }
-        Ok(metadata)
+        Ok((metadata, checksum::sha256(&text)))
     }
 
     pub fn write_metadata(
@@ -179,6 +307,9 @@ impl SnapshotDir {
             metadata,
             exact_float_globals: exact_float_globals(metadata),
         };
+        // A struct of strings, numbers and finite floats (non-finite ones are written as bits):
+        // serde_json serialises every such value.
+        #[allow(clippy::expect_used)]
         let json = serde_json::to_vec_pretty(&file).expect("metadata serialises");
         write_atomically(&self.metadata_path(), &json)
     }
@@ -199,6 +330,8 @@ impl SnapshotDir {
     }
 
     pub fn write_checksum_record(&self, record: &ChecksumRecord) -> Result<(), TransferError> {
+        // Strings only: serde_json serialises every such record.
+        #[allow(clippy::expect_used)]
         let json = serde_json::to_vec_pretty(record).expect("record serialises");
         write_atomically(&self.checksum_path(), &json)
     }
@@ -218,7 +351,15 @@ impl SnapshotDir {
     /// Checks that every file is present with the size the metadata declares and every chunk
     /// file hashes to its name. Returns the metadata.
     pub fn validate(&self) -> Result<ReadCanisterSnapshotMetadataResult, TransferError> {
-        let metadata = self.read_metadata()?;
+        self.validate_and_hash_metadata()
+            .map(|(metadata, _)| metadata)
+    }
+
+    /// [`Self::validate`], and the SHA-256 of `metadata.json`.
+    fn validate_and_hash_metadata(
+        &self,
+    ) -> Result<(ReadCanisterSnapshotMetadataResult, Hash), TransferError> {
+        let (metadata, metadata_hash) = self.read_metadata_and_hash()?;
         for region in REGIONS {
             let path = self.region_path(region);
             let expected = Self::region_size(&metadata, region);
@@ -247,7 +388,7 @@ impl SnapshotDir {
                 });
             }
         }
-        Ok(metadata)
+        Ok((metadata, metadata_hash))
     }
 
     /// Recomputes the snapshot checksum from the files alone (`spec/checksum.md`), streaming
@@ -260,21 +401,42 @@ impl SnapshotDir {
     pub fn validate_and_checksum(
         &self,
     ) -> Result<(ReadCanisterSnapshotMetadataResult, Hash), TransferError> {
-        let metadata = self.validate()?;
+        self.digest()
+            .map(|digest| (digest.metadata, digest.checksum))
+    }
+
+    /// Validates the directory and hashes each file once: the metadata, the snapshot checksum
+    /// and the per-file hashes `checksum.json` records.
+    pub fn digest(&self) -> Result<DirectoryDigest, TransferError> {
+        self.digest_with(&KnownRoots::default())
+    }
+
+    /// [`Self::digest`], taking the memory roots given in `known` instead of reading those
+    /// files again (a download hashes what it writes as it writes it). The files are still
+    /// validated (present, declared sizes).
+    pub fn digest_with(&self, known: &KnownRoots) -> Result<DirectoryDigest, TransferError> {
+        let (metadata, metadata_hash) = self.validate_and_hash_metadata()?;
         let wasm_module_hash = checksum::sha256(&self.read_module()?);
-        // The two memories hash independently: one thread each.
-        let (wasm_memory_root, stable_memory_root) = std::thread::scope(|scope| {
-            let stable = scope.spawn(|| self.memory_root(SnapshotRegion::StableMemory));
-            let wasm = self.memory_root(SnapshotRegion::WasmMemory);
-            (wasm, stable.join().expect("hashing a file does not panic"))
-        });
-        let (wasm_memory_root, stable_memory_root) = (wasm_memory_root?, stable_memory_root?);
+        // One memory after the other, each hashed on every core.
+        let root = |known: Option<Hash>, region| match known {
+            Some(root) => Ok(root),
+            None => self.memory_root(region),
+        };
+        let wasm_memory_root = root(known.wasm_memory, SnapshotRegion::WasmMemory)?;
+        let stable_memory_root = root(known.stable_memory, SnapshotRegion::StableMemory)?;
         let globals = metadata_globals(&metadata)?;
         // `validate` checked that every hash is the SHA-256 of its file: all are 32 bytes.
         let chunk_hashes: Vec<Hash> = chunk_hashes(&metadata)
             .iter()
             .filter_map(|h| h.as_slice().try_into().ok())
             .collect();
+        let files = FileHashes {
+            metadata: hex(&metadata_hash),
+            wasm_module: hex(&wasm_module_hash),
+            wasm_memory: hex(&wasm_memory_root),
+            stable_memory: hex(&stable_memory_root),
+            chunks: chunk_hashes.iter().map(|h| hex(h)).collect(),
+        };
         let checksum = snapshot_checksum(&SnapshotDigest {
             wasm_module_hash,
             wasm_memory_root,
@@ -283,7 +445,11 @@ impl SnapshotDir {
             certified_data: &metadata.certified_data,
             chunk_hashes,
         });
-        Ok((metadata, checksum))
+        Ok(DirectoryDigest {
+            metadata,
+            checksum,
+            files,
+        })
     }
 
     /// `wasm_module.bin`, whole (at most [`MAX_WASM_MODULE_FILE_BYTES`]).
@@ -293,12 +459,9 @@ impl SnapshotDir {
             .ok_or(TransferError::MissingFile { path })
     }
 
-    fn memory_root(&self, region: SnapshotRegion) -> Result<Hash, TransferError> {
-        let mut builder = MemoryRootBuilder::new();
-        for_each_block(&self.region_path(region), |_, block| {
-            builder.push_bytes(block)
-        })?;
-        Ok(builder.finish())
+    /// The memory root of a region's file, read ahead on one thread and hashed on all cores.
+    pub fn memory_root(&self, region: SnapshotRegion) -> Result<Hash, TransferError> {
+        memory_root_of_file(&self.region_path(region))
     }
 }
 
@@ -388,7 +551,10 @@ fn parse_metadata(text: &[u8]) -> Result<ReadCanisterSnapshotMetadataResult, Str
     let mut metadata: ReadCanisterSnapshotMetadataResult =
         serde_json::from_value(value).map_err(parse_error)?;
     for (index, global) in bits {
-        metadata.globals[index] = Some(global);
+        // `index` was found in the same `globals` array above, so the slot exists.
+        if let Some(slot) = metadata.globals.get_mut(index) {
+            *slot = Some(global);
+        }
     }
     Ok(metadata)
 }
@@ -484,7 +650,7 @@ pub fn read_small_file(
     }
     let file = File::open(path).map_err(|e| TransferError::io(path, e))?;
     let mut bytes = Vec::new();
-    file.take(limit + 1)
+    file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| TransferError::io(path, e))?;
     if bytes.len() as u64 > limit {
@@ -493,29 +659,65 @@ pub fn read_small_file(
     Ok(Some(bytes))
 }
 
-/// Streams a file in blocks of 1 MiB (the last may be shorter), with their offsets.
+/// Streams a file in blocks of 1 MiB (the last may be shorter), with their offsets. A reader
+/// thread reads the next blocks while `f` works on this one (at most [`READ_AHEAD_BLOCKS`]
+/// blocks in flight, so memory stays bounded whatever the file's size).
 pub fn for_each_block(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), TransferError> {
     let file = open_plain_file(path)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
-    let mut buf = vec![0u8; READ_BUFFER];
-    let mut offset = 0u64;
-    loop {
-        let n = read_full(&mut reader, &mut buf).map_err(|e| TransferError::io(path, e))?;
-        if n == 0 {
-            return Ok(());
-        }
-        f(offset, &buf[..n]);
-        offset += n as u64;
+    // One block being used, one queued, one being read.
+    let (full_tx, full_rx) =
+        std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(READ_AHEAD_BLOCKS - 2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..READ_AHEAD_BLOCKS {
+        let _ = empty_tx.send(vec![0u8; READ_BUFFER]);
     }
+    // `move`: the consumer's ends of both channels drop when it returns (or unwinds), which
+    // stops a reader still waiting for a buffer, so the scope's join cannot hang.
+    std::thread::scope(move |scope| {
+        scope.spawn(move || {
+            let mut reader = file;
+            // Ends when the file ends, on an error, or when the consumer stops taking blocks.
+            while let Ok(mut buf) = empty_rx.recv() {
+                buf.resize(READ_BUFFER, 0);
+                let read = read_full(&mut reader, &mut buf).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                let last = !matches!(&read, Ok(buf) if !buf.is_empty());
+                if full_tx.send(read).is_err() || last {
+                    return;
+                }
+            }
+        });
+        let mut offset = 0u64;
+        for read in full_rx {
+            let buf = read.map_err(|e| TransferError::io(path, e))?;
+            if buf.is_empty() {
+                break;
+            }
+            f(offset, &buf);
+            offset = offset.saturating_add(buf.len() as u64);
+            let _ = empty_tx.send(buf);
+        }
+        Ok(())
+    })
+}
+
+/// The memory root (`spec/checksum.md`) of a file's bytes: read ahead on one thread, hashed on
+/// all cores.
+pub fn memory_root_of_file(path: &Path) -> Result<Hash, TransferError> {
+    let mut builder = MemoryRootBuilder::new();
+    for_each_block(path, |_, block| builder.push_bytes_parallel(block))?;
+    Ok(builder.finish())
 }
 
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
 pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..])? {
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match reader.read(rest)? {
             0 => break,
-            n => filled += n,
+            n => filled = filled.saturating_add(n),
         }
     }
     Ok(filled)
@@ -547,7 +749,9 @@ pub fn changed_page_runs(old: &[u8], new: &[u8]) -> Vec<(u64, u64)> {
     for (i, (a, b)) in old.chunks(PAGE_SIZE).zip(new.chunks(PAGE_SIZE)).enumerate() {
         if a != b {
             match runs.last_mut() {
-                Some((start, count)) if *start + *count == i as u64 => *count += 1,
+                Some((start, count)) if start.saturating_add(*count) == i as u64 => {
+                    *count = count.saturating_add(1)
+                }
                 _ => runs.push((i as u64, 1)),
             }
         }

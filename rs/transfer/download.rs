@@ -2,6 +2,17 @@
 //! `.part` files, a progress file for resumption and the checksum checked at the end
 //! (`spec/transfer.md`).
 
+// The client's own streaming loops: offsets and counts are bounded by region sizes that
+// `SnapshotDir::validate` checked against the metadata (the IC's limits, far below u64::MAX),
+// buffers are allocated to `SLICE_BYTES` and indexed only by slices in flight (fewer than the
+// buffers), and Candid encodes every value of the crate's argument types. What this module
+// reads from disk goes through `dir.rs` and `tools.rs`, which are under the crate's lints.
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -12,18 +23,23 @@ use ic_management_canister_types::{
     ReadCanisterSnapshotMetadataResult, SnapshotDataKind,
 };
 
-use super::progress::{Budget, Progress, Step, checkpoint};
+use super::progress::{Budget, Progress, Step, checkpoint, next_batch};
 use super::{
-    ChecksumRecord, REGIONS, SLICE_BYTES, SnapshotDir, TransferError, TransferOptions, dir,
+    ChecksumRecord, DirectoryDigest, KnownRoots, REGIONS, SLICE_BYTES, SnapshotDir, TransferError,
+    TransferOptions, dir,
 };
-use crate::client::ManagementClient;
-use crate::management::types::SnapshotMetadata;
-use crate::memory::checksum::hex;
+use crate::client::{ManagementClient, decode_reply_one};
+use crate::management::types::{ReadCanisterSnapshotDataResultRef, SnapshotMetadata};
+use crate::memory::checksum::{Hash, MemoryRootBuilder, hex};
 use crate::progress::progress_bar;
 use crate::snapshots::SnapshotRegion;
 
 /// The progress file of a download, in the directory it downloads into.
-const DOWNLOAD_PROGRESS: &str = ".download_progress.json";
+pub const DOWNLOAD_PROGRESS: &str = ".download_progress.json";
+
+/// The lock file a command-line transfer holds in its directory while it works (as icp-cli
+/// does): ours, so a download into a directory holding only it is a download into an empty one.
+pub const TRANSFER_LOCK: &str = ".transfer.lock";
 
 /// What a directory holds before a download starts (one without a progress file).
 enum Contents {
@@ -50,7 +66,7 @@ fn directory_contents(snapshot_dir: &SnapshotDir) -> Result<Contents, TransferEr
     }
     names.sort();
     let interrupted_start = dir::part_path(Path::new(DOWNLOAD_PROGRESS));
-    names.retain(|name| Path::new(name) != interrupted_start);
+    names.retain(|name| Path::new(name) != interrupted_start && name != TRANSFER_LOCK);
     if dir::plain_file_len(&snapshot_dir.metadata_path())?.is_some() {
         return Ok(Contents::CompleteSnapshot);
     }
@@ -77,6 +93,46 @@ fn remove_snapshot_files(snapshot_dir: &SnapshotDir) -> Result<(), TransferError
         }
     }
     Ok(())
+}
+
+/// Computes a memory root on a thread of its own (hashing on every core) from the replies a
+/// download writes, so that hashing overlaps reading the next slices and writing the file. At
+/// most [`HASH_QUEUE_REPLIES`] replies wait for it, so memory stays bounded.
+struct RootHasher {
+    queue: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
+    thread: std::thread::JoinHandle<Hash>,
+}
+
+/// Replies (of at most one slice each) waiting to be hashed.
+const HASH_QUEUE_REPLIES: usize = 4;
+
+impl RootHasher {
+    /// Starts from the bytes `part` already holds (those of an interrupted download).
+    fn start(part: &Path) -> Result<Self, TransferError> {
+        let mut builder = MemoryRootBuilder::new();
+        dir::for_each_block(part, |_, block| builder.push_bytes_parallel(block))?;
+        let (queue, replies) =
+            std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE_REPLIES);
+        let thread = std::thread::spawn(move || {
+            for (reply, start) in replies {
+                builder.push_bytes_parallel(&reply[start..]);
+            }
+            builder.finish()
+        });
+        Ok(RootHasher { queue, thread })
+    }
+
+    /// Hashes `reply[start..]`, the next bytes of the region.
+    fn push(&mut self, reply: Vec<u8>, start: usize) {
+        // The thread ends only when the queue is dropped: a send cannot fail.
+        let _ = self.queue.send((reply, start));
+    }
+
+    /// The root of every byte pushed.
+    fn finish(self) -> Hash {
+        drop(self.queue);
+        self.thread.join().expect("hashing bytes does not panic")
+    }
 }
 
 fn read_kind(region: SnapshotRegion, offset: u64, size: u64) -> SnapshotDataKind {
@@ -169,6 +225,7 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
         .map_err(|e| TransferError::io(&snapshot_dir.chunk_store_dir(), e))?;
 
     let mut budget = Budget::new(options);
+    let mut known = KnownRoots::default();
     for region in REGIONS {
         let size = SnapshotDir::region_size(&metadata, region);
         let final_path = snapshot_dir.region_path(region);
@@ -188,45 +245,82 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
         file.set_len(offset)
             .and_then(|()| file.seek(SeekFrom::Start(offset)).map(|_| ()))
             .map_err(|e| TransferError::io(&part, e))?;
+        // The memories are hashed as they are written, on other threads (a resumed download
+        // first hashes what the `.part` file already holds): no second pass over the files.
+        let mut hasher = match region {
+            SnapshotRegion::WasmModule => None,
+            _ => Some(RootHasher::start(&part)?),
+        };
         let bar = progress_bar(size, region.name());
         bar.set_position(offset);
         let mut slices = 0u64;
         while offset < size {
-            let len = SLICE_BYTES.min(size - offset);
-            let args = ReadCanisterSnapshotDataArgs {
-                canister_id,
-                snapshot_id: snapshot_id.clone(),
-                kind: read_kind(region, offset, len),
-            };
-            let (data,): (ReadCanisterSnapshotDataResult,) = client
-                .management_call(sender, "read_canister_snapshot_data", (args,))
-                .map_err(TransferError::reject("read_canister_snapshot_data"))?;
-            if data.chunk.len() as u64 != len {
-                return Err(TransferError::Metadata {
-                    path: part.clone(),
-                    reason: format!(
-                        "the replica returned {} bytes for a slice of {len}",
-                        data.chunk.len()
-                    ),
-                });
-            }
-            file.write_all(&data.chunk)
-                .map_err(|e| TransferError::io(&part, e))?;
-            offset += len;
-            slices += 1;
-            budget.spend(len);
-            bar.set_position(offset);
-            let step = Step {
-                region,
+            // Several slices in flight (one round on the harness), then written in order.
+            let batch = next_batch(
                 offset,
                 size,
-                slices,
-            };
-            checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
-                file.sync_data().map_err(|e| TransferError::io(&part, e))
-            })?;
+                SLICE_BYTES,
+                options.slices_in_flight(),
+                &budget,
+            );
+            let calls = batch
+                .iter()
+                .map(|&(at, len)| {
+                    let args = ReadCanisterSnapshotDataArgs {
+                        canister_id,
+                        snapshot_id: snapshot_id.clone(),
+                        kind: read_kind(region, at, len),
+                    };
+                    let payload = candid::encode_one(args).expect("a crate type encodes");
+                    ("read_canister_snapshot_data", payload)
+                })
+                .collect();
+            let replies = client.update_calls(sender, calls);
+            for (&(at, len), reply) in batch.iter().zip(replies) {
+                debug_assert_eq!(at, offset, "a batch is written in order");
+                let reply = reply.map_err(TransferError::reject("read_canister_snapshot_data"))?;
+                // Borrowed from the reply: the bytes go from the reply into the file.
+                let data: ReadCanisterSnapshotDataResultRef<'_> = decode_reply_one(&reply)
+                    .map_err(TransferError::reject("read_canister_snapshot_data (reply)"))?;
+                if data.chunk.len() as u64 != len {
+                    return Err(TransferError::Metadata {
+                        path: part.clone(),
+                        reason: format!(
+                            "the replica returned {} bytes for a slice of {len}",
+                            data.chunk.len()
+                        ),
+                    });
+                }
+                file.write_all(data.chunk)
+                    .map_err(|e| TransferError::io(&part, e))?;
+                if let Some(hasher) = &mut hasher {
+                    // The chunk borrows from the reply: where it starts in it.
+                    let start = data.chunk.as_ptr() as usize - reply.as_ptr() as usize;
+                    hasher.push(reply, start);
+                }
+                offset += len;
+                slices += 1;
+                budget.spend(len);
+                bar.set_position(offset);
+                let step = Step {
+                    region,
+                    offset,
+                    size,
+                    slices,
+                };
+                checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
+                    file.sync_data().map_err(|e| TransferError::io(&part, e))
+                })?;
+            }
         }
         bar.finish_and_clear();
+        match (region, hasher) {
+            (SnapshotRegion::WasmMemory, Some(hasher)) => known.wasm_memory = Some(hasher.finish()),
+            (SnapshotRegion::StableMemory, Some(hasher)) => {
+                known.stable_memory = Some(hasher.finish())
+            }
+            _ => {}
+        }
         drop(file);
         fs::rename(&part, &final_path).map_err(|e| TransferError::io(&final_path, e))?;
     }
@@ -252,20 +346,30 @@ pub fn download_canister_snapshot<C: ManagementClient + ?Sized>(
     }
 
     snapshot_dir.write_metadata(&metadata)?;
+    // The files as written, hashed once: the checksum to verify, and each file's hash for
+    // `checksum.json`, which an upload compares against to say what was edited.
+    let digest = snapshot_dir.digest_with(&known);
+    let verified = |digest: &DirectoryDigest| digest.checksum.as_slice() == extended.checksum;
     let record = ChecksumRecord {
         checksum: hex(&extended.checksum),
         canister_id: canister_id.to_text(),
         snapshot_id: hex(&snapshot_id),
         label: extended.label.clone(),
+        // Per-file hashes only of files that are the snapshot's.
+        files: digest
+            .as_ref()
+            .ok()
+            .filter(|digest| verified(digest))
+            .map(|digest| digest.files.clone()),
     };
     snapshot_dir.write_checksum_record(&record)?;
     fs::remove_file(&progress_path).map_err(|e| TransferError::io(&progress_path, e))?;
-    let computed = snapshot_dir.compute_checksum()?;
-    if computed.as_slice() != extended.checksum.as_slice() {
+    let digest = digest?;
+    if !verified(&digest) {
         return Err(TransferError::ChecksumMismatch {
             what: format!("the download in {}", dir.display()),
             expected: record.checksum,
-            actual: hex(&computed),
+            actual: hex(&digest.checksum),
         });
     }
     Ok(())

@@ -29,13 +29,14 @@ use crate::memory::PAGE_SIZE;
 use crate::memory::checksum::Hash;
 
 pub use dir::{
-    ChecksumRecord, EXACT_FLOAT_GLOBALS, MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES,
-    MAX_METADATA_JSON_BYTES, MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS,
-    SnapshotDir, changed_page_runs, chunk_hashes, for_each_block,
+    ChecksumRecord, DirectoryDigest, EXACT_FLOAT_GLOBALS, Edits, FileHashes, KnownRoots,
+    MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES, MAX_METADATA_JSON_BYTES,
+    MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS, SnapshotDir, changed_page_runs,
+    chunk_hashes, for_each_block,
 };
-pub use download::download_canister_snapshot;
+pub use download::{DOWNLOAD_PROGRESS, TRANSFER_LOCK, download_canister_snapshot};
 pub use tools::{DiffReport, PageRanges, RegionDiff, diff, inspect, nonzero_page_ranges, unhex};
-pub use upload::upload_canister_snapshot;
+pub use upload::{UPLOAD_PROGRESS, upload_canister_snapshot};
 
 /// Slices are whole pages: 488 pages = 1,998,848 bytes, the most that fits in
 /// [`MAX_SLICE_BYTES`]. Page-aligned slices let an upload skip unchanged pages exactly.
@@ -119,6 +120,11 @@ pub enum TransferError {
         replaced: String,
         reject: RejectResponse,
     },
+    #[error(
+        "{path} changed since its download ({files}) and the upload is strict: upload without \
+         strict (`--strict`) to send the edits, or restore the files"
+    )]
+    EditedSinceDownload { path: PathBuf, files: String },
     #[error("cannot resume from {path}: {reason}; delete it to start over")]
     Resume { path: PathBuf, reason: String },
     #[error("the transfer stopped after {bytes} bytes as asked; run it again to resume")]
@@ -138,9 +144,19 @@ impl TransferError {
     }
 }
 
+/// Slices a transfer keeps in flight at once by default, as dfx and icp-cli do.
+pub const PARALLEL_SLICES: usize = 3;
+
+/// The most slices a transfer keeps in flight (about 2 MB of buffers each).
+pub const MAX_PARALLEL_SLICES: usize = 16;
+
 /// Knobs for a transfer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TransferOptions {
+    /// Slices sent together ([`ManagementClient::update_calls`]: one round on the harness),
+    /// from 1 to [`MAX_PARALLEL_SLICES`] (a value outside counts as the nearest bound). Default
+    /// [`PARALLEL_SLICES`].
+    pub parallel_slices: usize,
     /// Stop (as if interrupted) once this many bytes have been transferred; for testing
     /// resumption.
     pub stop_after_bytes: Option<u64>,
@@ -148,6 +164,27 @@ pub struct TransferOptions {
     /// `metadata.json`, `checksum.json` and region files). Never lets it write into a directory
     /// holding anything else.
     pub force: bool,
+    /// Refuse to upload a directory whose files changed since its download (by its
+    /// `checksum.json`) instead of uploading the edits and reporting them (`--strict`).
+    pub strict: bool,
+}
+
+impl TransferOptions {
+    /// [`Self::parallel_slices`] within its bounds: each slice in flight holds a buffer.
+    pub fn slices_in_flight(&self) -> usize {
+        self.parallel_slices.clamp(1, MAX_PARALLEL_SLICES)
+    }
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            parallel_slices: PARALLEL_SLICES,
+            stop_after_bytes: None,
+            force: false,
+            strict: false,
+        }
+    }
 }
 
 /// What an upload did to the snapshot it supersedes (`replace_snapshot`).
@@ -173,6 +210,9 @@ pub struct UploadReport {
     pub messages: u64,
     pub checksum: Hash,
     pub replaced: Replaced,
+    /// Which files changed since the directory was downloaded (by its `checksum.json`): what
+    /// this upload carried that the downloaded snapshot did not.
+    pub edits: Edits,
 }
 
 /// The snapshot an incremental upload starts from: on the replica, and its download on disk.

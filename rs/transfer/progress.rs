@@ -2,6 +2,17 @@
 //! byte budget that stops a transfer on purpose (for tests of resumption), and the checkpoint
 //! routine both directions share (`spec/transfer.md`, "Writing safely, resuming").
 
+// The client's own streaming loops: offsets and counts are bounded by region sizes that
+// `SnapshotDir::validate` checked against the metadata (the IC's limits, far below u64::MAX),
+// buffers are allocated to `SLICE_BYTES` and indexed only by slices in flight (fewer than the
+// buffers), and Candid encodes every value of the crate's argument types. What this module
+// reads from disk goes through `dir.rs` and `tools.rs`, which are under the crate's lints.
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +41,20 @@ pub(super) struct Progress {
     /// started (the quota was full and the caller named it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_at_start: Option<String>,
+    /// Upload only: the canister (text) the upload goes into. A resume into another canister is
+    /// refused. Absent in progress files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canister_id: Option<String>,
+    /// Upload only: hex id of the base snapshot of an incremental upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_snapshot: Option<String>,
+    /// Upload only: the directory's snapshot checksum when the upload started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_checksum: Option<String>,
+    /// Upload only: the hash of each file when the upload started, so that a resume of an
+    /// edited directory is refused naming the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_files: Option<super::FileHashes>,
 }
 
 impl Progress {
@@ -82,8 +107,37 @@ impl Budget {
     }
 
     pub fn exhausted(&self) -> bool {
-        self.limit.is_some_and(|limit| self.moved >= limit)
+        self.exhausted_after(0)
     }
+
+    /// Whether moving `more` bytes would spend the budget: a batch of slices ends at the slice
+    /// that spends it, so a stop comes exactly where it would without batching.
+    pub fn exhausted_after(&self, more: u64) -> bool {
+        self.limit.is_some_and(|limit| self.moved + more >= limit)
+    }
+}
+
+/// The slices of a region to send together next: up to `parallel` slices of at most
+/// `slice_bytes` from `offset`, ending early at the slice that spends the budget.
+pub(super) fn next_batch(
+    offset: u64,
+    size: u64,
+    slice_bytes: u64,
+    parallel: usize,
+    budget: &Budget,
+) -> Vec<(u64, u64)> {
+    let mut batch = Vec::new();
+    let (mut at, mut planned) = (offset, 0u64);
+    while at < size && batch.len() < parallel.max(1) {
+        let len = slice_bytes.min(size - at);
+        batch.push((at, len));
+        at += len;
+        planned += len;
+        if budget.exhausted_after(planned) {
+            break;
+        }
+    }
+    batch
 }
 
 /// Where a transfer is within a region, after a slice.

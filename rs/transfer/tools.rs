@@ -12,9 +12,21 @@ use crate::snapshots::SnapshotRegion;
 /// Page ranges `[first, first + count)` as (first page, count), in order.
 pub type PageRanges = Vec<(u64, u64)>;
 
+/// The page a byte offset lies in.
+fn page_of(offset: u64) -> u64 {
+    offset.checked_div(PAGE_SIZE as u64).unwrap_or(0)
+}
+
+/// Bytes in `pages` pages (saturating: a count from a file cannot overflow the arithmetic).
+fn bytes_of(pages: u64) -> u64 {
+    pages.saturating_mul(PAGE_SIZE as u64)
+}
+
 fn push_page(ranges: &mut PageRanges, page: u64) {
     match ranges.last_mut() {
-        Some((first, count)) if *first + *count == page => *count += 1,
+        Some((first, count)) if first.saturating_add(*count) == page => {
+            *count = count.saturating_add(1)
+        }
         _ => ranges.push((page, 1)),
     }
 }
@@ -25,7 +37,7 @@ pub fn nonzero_page_ranges(path: &Path) -> Result<PageRanges, TransferError> {
     dir::for_each_block(path, |offset, block| {
         for (i, page) in block.chunks(PAGE_SIZE).enumerate() {
             if page.iter().any(|&b| b != 0) {
-                push_page(&mut ranges, offset / PAGE_SIZE as u64 + i as u64);
+                push_page(&mut ranges, page_of(offset).saturating_add(i as u64));
             }
         }
     })?;
@@ -36,15 +48,15 @@ pub fn nonzero_page_ranges(path: &Path) -> Result<PageRanges, TransferError> {
 fn format_ranges(ranges: &PageRanges, limit: usize) -> String {
     let mut out = String::new();
     for (first, count) in ranges.iter().take(limit) {
-        let start = first * PAGE_SIZE as u64;
+        let start = bytes_of(*first);
         let _ = write!(
             out,
             "[{start:#x}, {:#x}) ",
-            start + count * PAGE_SIZE as u64
+            start.saturating_add(bytes_of(*count))
         );
     }
     if ranges.len() > limit {
-        let _ = write!(out, "… and {} more", ranges.len() - limit);
+        let _ = write!(out, "… and {} more", ranges.len().saturating_sub(limit));
     }
     out.trim_end().to_string()
 }
@@ -83,7 +95,7 @@ pub fn inspect(path: &Path) -> Result<String, TransferError> {
             }
             _ => {
                 let ranges = nonzero_page_ranges(&snapshot_dir.region_path(region))?;
-                let nonzero: u64 = ranges.iter().map(|(_, c)| c).sum::<u64>() * PAGE_SIZE as u64;
+                let nonzero = bytes_of(ranges.iter().map(|(_, c)| c).sum::<u64>());
                 format!(
                     "{} non-zero in {} ranges: {}",
                     human_bytes(nonzero),
@@ -122,7 +134,7 @@ pub struct RegionDiff {
 
 impl RegionDiff {
     pub fn changed_bytes(&self) -> u64 {
-        self.changed.iter().map(|(_, c)| c).sum::<u64>() * PAGE_SIZE as u64
+        bytes_of(self.changed.iter().map(|(_, c)| c).sum::<u64>())
     }
 }
 
@@ -139,7 +151,7 @@ impl DiffReport {
     /// A readable report, including what an incremental upload of B over A would send.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut total = 0;
+        let mut total = 0u64;
         for r in &self.regions {
             let sizes = if r.size_a == r.size_b {
                 human_bytes(r.size_a)
@@ -154,7 +166,7 @@ impl DiffReport {
                 r.changed.len(),
                 format_ranges(&r.changed, 8)
             );
-            total += r.changed_bytes();
+            total = total.saturating_add(r.changed_bytes());
         }
         let _ = writeln!(
             out,
@@ -205,8 +217,8 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport, TransferError> {
                 failed.get_or_insert(e);
             }
             for (first, count) in dir::changed_page_runs(&block_a, block) {
-                for page in first..first + count {
-                    push_page(&mut changed, offset / PAGE_SIZE as u64 + page);
+                for page in first..first.saturating_add(count) {
+                    push_page(&mut changed, page_of(offset).saturating_add(page));
                 }
             }
         })?;
@@ -231,11 +243,12 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport, TransferError> {
 
 /// Parses lower- or upper-case hex.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // `from_str_radix` alone would take a sign ("+f").
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .map(|i| u8::from_str_radix(text.get(i..i.saturating_add(2))?, 16).ok())
         .collect()
 }

@@ -3,6 +3,17 @@
 //! resumption and the replica's checksum compared with the directory's at the end
 //! (`spec/transfer.md`).
 
+// The client's own streaming loops: offsets and counts are bounded by region sizes that
+// `SnapshotDir::validate` checked against the metadata (the IC's limits, far below u64::MAX),
+// buffers are allocated to `SLICE_BYTES` and indexed only by slices in flight (fewer than the
+// buffers), and Candid encodes every value of the crate's argument types. What this module
+// reads from disk goes through `dir.rs` and `tools.rs`, which are under the crate's lints.
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::fs;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -14,14 +25,16 @@ use ic_management_canister_types::{
     UploadCanisterSnapshotMetadataResult,
 };
 
-use super::progress::{Budget, Progress, Step, checkpoint};
+use super::progress::{Budget, Progress, Step, checkpoint, next_batch};
 use super::{
-    REGIONS, Replaced, SLICE_BYTES, SnapshotDir, TransferError, TransferOptions, UploadBase,
-    UploadReport, changed_page_runs, chunk_hashes, dir, read_canister_snapshot_metadata,
+    DirectoryDigest, Edits, REGIONS, Replaced, SLICE_BYTES, SnapshotDir, TransferError,
+    TransferOptions, UploadBase, UploadReport, changed_page_runs, chunk_hashes, dir,
+    read_canister_snapshot_metadata,
 };
 use crate::client::{ManagementClient, RejectResponse};
 use crate::management::types::{
-    UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+    UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotDataArgsRef,
+    UploadCanisterSnapshotMetadataArgs,
 };
 use crate::memory::PAGE_SIZE;
 use crate::memory::checksum::hex;
@@ -35,6 +48,9 @@ fn upload_kind(region: SnapshotRegion, offset: u64) -> SnapshotDataOffset {
         SnapshotRegion::StableMemory => SnapshotDataOffset::StableMemory { offset },
     }
 }
+
+/// Where an upload records how far it got (`spec/transfer.md`).
+pub const UPLOAD_PROGRESS: &str = ".upload_progress.json";
 
 /// Uploads the snapshot in `dir` as a new snapshot of `canister_id`, sending only the pages that
 /// differ from `base` if given, resuming an interrupted upload of the same directory, and checks
@@ -54,20 +70,21 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
     options: &TransferOptions,
 ) -> Result<UploadReport, TransferError> {
     let snapshot_dir = SnapshotDir::new(dir);
-    let (metadata, local_checksum) = snapshot_dir.validate_and_checksum()?;
-    if let Some(record) = snapshot_dir.read_checksum_record()?
-        && record.checksum != hex(&local_checksum)
-    {
-        return Err(TransferError::ChecksumMismatch {
-            what: format!(
-                "{} against its checksum.json (edited files? delete checksum.json to \
-                         upload them anyway)",
-                dir.display()
-            ),
-            expected: record.checksum,
-            actual: hex(&local_checksum),
+    let digest = snapshot_dir.digest()?;
+    let local_checksum = digest.checksum;
+    // What is on disk is what is uploaded; the edits since the download are reported, or,
+    // strictly, refused.
+    let edits = digest.edits_since(snapshot_dir.read_checksum_record()?.as_ref());
+    if options.strict && edits.is_edited() {
+        return Err(TransferError::EditedSinceDownload {
+            path: dir.to_path_buf(),
+            files: match &edits {
+                Edits::Files(files) => files.join(", "),
+                _ => "which files is unknown: its checksum.json predates per-file hashes".into(),
+            },
         });
     }
+    let metadata = &digest.metadata;
     let base_dir = match &base {
         Some(base) => {
             let base_dir = SnapshotDir::new(base.dir);
@@ -97,9 +114,18 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         None => None,
     };
 
-    let progress_path = dir.join(".upload_progress.json");
+    let progress_path = dir.join(UPLOAD_PROGRESS);
+    let base_hex = base.as_ref().map(|b| hex(&b.snapshot_id));
     let mut progress = match Progress::load(&progress_path)? {
         Some(p) => {
+            check_resume(
+                &p,
+                &progress_path,
+                canister_id,
+                &replace_snapshot,
+                &base_hex,
+                &digest,
+            )?;
             let id =
                 crate::transfer::unhex(&p.snapshot_id).ok_or_else(|| TransferError::Resume {
                     path: progress_path.clone(),
@@ -137,6 +163,14 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
                     ),
                 )?;
             }
+            // What the progress file records of where the upload belongs, checked on resume.
+            let started = Progress {
+                canister_id: Some(canister_id.to_text()),
+                base_snapshot: base_hex.clone(),
+                directory_checksum: Some(hex(&local_checksum)),
+                directory_files: Some(digest.files.clone()),
+                ..Progress::default()
+            };
             // Verify before destroy: into a new snapshot while the quota has room; the one it
             // supersedes is deleted only once the new one's checksum is verified.
             let metadata_step = "upload_canister_snapshot_metadata";
@@ -148,7 +182,7 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
                 Ok((result,)) => Progress {
                     snapshot_id: hex(&result.snapshot_id),
                     supersedes: replace_snapshot.as_deref().map(hex),
-                    ..Progress::default()
+                    ..started.clone()
                 },
                 Err(reject) if is_quota_reached(&reject) => match &replace_snapshot {
                     // Named by the caller: consent to lose it before verification.
@@ -159,7 +193,7 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
                         Progress {
                             snapshot_id: hex(&result.snapshot_id),
                             replaced_at_start: Some(hex(old)),
-                            ..Progress::default()
+                            ..started.clone()
                         }
                     }
                     None => {
@@ -183,6 +217,7 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         bytes_sent: 0,
         messages: 0,
         checksum: local_checksum,
+        edits,
         replaced: match &progress.replaced_at_start {
             Some(old) => Replaced::ReplacedAtStart(unhex_recorded(old, &progress_path)?),
             None => Replaced::Nothing,
@@ -190,7 +225,7 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
     };
     let mut budget = Budget::new(options);
     for region in REGIONS {
-        let size = SnapshotDir::region_size(&metadata, region);
+        let size = SnapshotDir::region_size(metadata, region);
         // What the new snapshot already holds where nothing is sent: the base's bytes
         // (if the base module has the same size), else zeros for memories. A fresh module
         // has no reference: every byte must be sent.
@@ -218,63 +253,89 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         let bar = progress_bar(size, region.name());
         bar.set_position(offset);
         let mut slices = 0u64;
-        let mut block = vec![0u8; SLICE_BYTES as usize];
+        let parallel = options.slices_in_flight();
+        let mut blocks = vec![vec![0u8; SLICE_BYTES as usize]; parallel];
         let mut reference_block = vec![0u8; SLICE_BYTES as usize];
         while offset < size {
-            let len = SLICE_BYTES.min(size - offset) as usize;
-            let n = dir::read_full(&mut file, &mut block[..len])
-                .map_err(|e| TransferError::io(&path, e))?;
-            if n != len {
-                return Err(TransferError::FileSize {
-                    path: path.clone(),
-                    expected: size,
-                    actual: offset + n as u64,
-                });
-            }
-            let runs = match &reference {
-                None => vec![(0, (len as u64).div_ceil(PAGE_SIZE as u64))],
-                Some(_) => {
-                    reference_block[..len].fill(0);
-                    if let Some(r) = &mut reference_file {
-                        // A shorter base reads as zeros past its end.
-                        dir::read_full(r, &mut reference_block[..len])
-                            .map_err(|e| TransferError::io(&path, e))?;
-                    }
-                    changed_page_runs(&reference_block[..len], &block[..len])
+            // Read the next slices and find what each must send, then send the messages of all
+            // of them together (one round on the harness), then account for them slice by
+            // slice, in order.
+            let batch = next_batch(offset, size, SLICE_BYTES, parallel, &budget);
+            let mut sends: Vec<(usize, usize, usize)> = Vec::new(); // (slice, start, end)
+            for (i, &(at, len)) in batch.iter().enumerate() {
+                let len = len as usize;
+                let block = &mut blocks[i];
+                let n = dir::read_full(&mut file, &mut block[..len])
+                    .map_err(|e| TransferError::io(&path, e))?;
+                if n != len {
+                    return Err(TransferError::FileSize {
+                        path: path.clone(),
+                        expected: size,
+                        actual: at + n as u64,
+                    });
                 }
-            };
-            for (first_page, pages) in runs {
-                let start = first_page as usize * PAGE_SIZE;
-                let end = (start + pages as usize * PAGE_SIZE).min(len);
-                let args = UploadCanisterSnapshotDataArgs {
-                    canister_id,
-                    snapshot_id: snapshot_id.clone(),
-                    kind: upload_kind(region, offset + start as u64),
-                    chunk: block[start..end].to_vec(),
+                let runs = match &reference {
+                    None => vec![(0, (len as u64).div_ceil(PAGE_SIZE as u64))],
+                    Some(_) => {
+                        reference_block[..len].fill(0);
+                        if let Some(r) = &mut reference_file {
+                            // A shorter base reads as zeros past its end.
+                            dir::read_full(r, &mut reference_block[..len])
+                                .map_err(|e| TransferError::io(&path, e))?;
+                        }
+                        changed_page_runs(&reference_block[..len], &block[..len])
+                    }
                 };
-                client
-                    .management_call::<()>(sender, "upload_canister_snapshot_data", (args,))
-                    .map_err(TransferError::reject("upload_canister_snapshot_data"))?;
-                report.bytes_sent += (end - start) as u64;
-                report.messages += 1;
-                budget.spend((end - start) as u64);
+                sends.extend(runs.into_iter().map(|(first_page, pages)| {
+                    let start = first_page as usize * PAGE_SIZE;
+                    (i, start, (start + pages as usize * PAGE_SIZE).min(len))
+                }));
             }
-            offset += len as u64;
-            slices += 1;
-            bar.set_position(offset);
-            let step = Step {
-                region,
-                offset,
-                size,
-                slices,
-            };
-            checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
-                Ok(())
-            })?;
+            let mut results = Vec::with_capacity(sends.len());
+            for group in sends.chunks(parallel) {
+                let calls = group
+                    .iter()
+                    .map(|&(i, start, end)| {
+                        // Encoded from the block itself: one copy, into the payload.
+                        let args = UploadCanisterSnapshotDataArgsRef {
+                            canister_id,
+                            snapshot_id: serde_bytes::Bytes::new(&snapshot_id),
+                            kind: upload_kind(region, batch[i].0 + start as u64),
+                            chunk: serde_bytes::Bytes::new(&blocks[i][start..end]),
+                        };
+                        let payload = candid::encode_one(args).expect("a crate type encodes");
+                        ("upload_canister_snapshot_data", payload)
+                    })
+                    .collect();
+                results.extend(client.update_calls(sender, calls));
+            }
+            let mut results = sends.iter().zip(results).peekable();
+            for (i, &(_, len)) in batch.iter().enumerate() {
+                while let Some((&(_, start, end), result)) =
+                    results.next_if(|((slice, _, _), _)| *slice == i)
+                {
+                    result.map_err(TransferError::reject("upload_canister_snapshot_data"))?;
+                    report.bytes_sent += (end - start) as u64;
+                    report.messages += 1;
+                    budget.spend((end - start) as u64);
+                }
+                offset += len;
+                slices += 1;
+                bar.set_position(offset);
+                let step = Step {
+                    region,
+                    offset,
+                    size,
+                    slices,
+                };
+                checkpoint(&mut progress, &progress_path, &step, &budget, &bar, || {
+                    Ok(())
+                })?;
+            }
         }
         bar.finish_and_clear();
     }
-    for hash in chunk_hashes(&metadata) {
+    for hash in chunk_hashes(metadata) {
         let hash_hex = hex(&hash);
         if progress.chunks.contains(&hash_hex) {
             continue;
@@ -392,4 +453,71 @@ fn unhex_recorded(text: &str, progress_path: &Path) -> Result<Vec<u8>, TransferE
         path: progress_path.to_path_buf(),
         reason: format!("{text:?} is not a hex snapshot id"),
     })
+}
+
+/// Refuses to resume an upload that belongs elsewhere: into another canister, from another
+/// base, superseding another snapshot, or of a directory edited since the upload started. A
+/// progress file written before these were recorded is checked for what it has.
+fn check_resume(
+    progress: &Progress,
+    progress_path: &Path,
+    canister_id: Principal,
+    replace_snapshot: &Option<Vec<u8>>,
+    base_hex: &Option<String>,
+    digest: &DirectoryDigest,
+) -> Result<(), TransferError> {
+    let partial = format!(
+        "(the partial upload is snapshot {}: delete it with delete_canister_snapshot if you \
+         start over)",
+        progress.snapshot_id
+    );
+    let refuse = |reason: String| {
+        Err(TransferError::Resume {
+            path: progress_path.to_path_buf(),
+            reason: format!("{reason} {partial}"),
+        })
+    };
+    if let Some(recorded) = &progress.canister_id
+        && *recorded != canister_id.to_text()
+    {
+        return refuse(format!(
+            "it is an upload into canister {recorded}, not {canister_id}"
+        ));
+    }
+    if progress.canister_id.is_some() && progress.base_snapshot != *base_hex {
+        return refuse(format!(
+            "it is an upload from base snapshot {}, not {}",
+            progress.base_snapshot.as_deref().unwrap_or("none"),
+            base_hex.as_deref().unwrap_or("none")
+        ));
+    }
+    let recorded_replace = progress
+        .supersedes
+        .as_ref()
+        .or(progress.replaced_at_start.as_ref());
+    let given_replace = replace_snapshot.as_deref().map(hex);
+    if recorded_replace != given_replace.as_ref() {
+        return refuse(format!(
+            "it is an upload replacing snapshot {}, not {}",
+            recorded_replace.map(String::as_str).unwrap_or("none"),
+            given_replace.as_deref().unwrap_or("none")
+        ));
+    }
+    let changed = match (&progress.directory_files, &progress.directory_checksum) {
+        (Some(files), _) => match files.changed_files(&digest.files) {
+            changed if changed.is_empty() => None,
+            changed => Some(changed.join(", ")),
+        },
+        (None, Some(checksum)) if *checksum != hex(&digest.checksum) => {
+            Some("files unknown".to_string())
+        }
+        _ => None,
+    };
+    if let Some(files) = changed {
+        return refuse(format!(
+            "the directory changed since this upload started ({files}), so the slices already \
+             sent are not its bytes"
+        ));
+    }
+    Ok(())
 }

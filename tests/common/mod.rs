@@ -523,6 +523,23 @@ pub fn upload_module(sm: &mut StateMachine, c: &TestCanister, snapshot_id: &[u8]
     .unwrap_or_else(|err| panic!("upload_canister_snapshot_data: {err}"));
 }
 
+/// The smallest valid `metadata.json` content: an 8-byte module and nothing else.
+pub fn minimal_metadata() -> ic_management_canister_types::ReadCanisterSnapshotMetadataResult {
+    ic_management_canister_types::ReadCanisterSnapshotMetadataResult {
+        source: None,
+        taken_at_timestamp: 0,
+        wasm_module_size: 8,
+        globals: vec![],
+        wasm_memory_size: 0,
+        stable_memory_size: 0,
+        wasm_chunk_store: vec![],
+        canister_version: 0,
+        certified_data: vec![],
+        global_timer: None,
+        on_low_wasm_memory_hook_status: None,
+    }
+}
+
 /// Candid-encodes `args` (a tuple), as `StateMachine::management` does.
 pub fn encode<T: ArgumentEncoder>(args: T) -> Vec<u8> {
     candid::encode_args(args).unwrap()

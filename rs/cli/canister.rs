@@ -1,0 +1,453 @@
+//! `canister-snapshots canister …`: a `dfx canister …`-shaped command line over a local replica
+//! kept in a state directory.
+//!
+//! Each invocation opens the state directory (`--state-dir`, locked while it runs), executes
+//! its messages, writes a checkpoint and exits, so every command's effect is durable when it
+//! returns (`spec/durability.md`). Arguments and replies of `call` are Candid text, parsed and
+//! printed with `candid_parser` as dfx does; snapshot ids are hex, as dfx prints them. A reject
+//! prints the IC error code and message and exits non-zero.
+
+use std::path::{Path, PathBuf};
+
+use candid::{IDLArgs, Principal};
+use clap::{Subcommand, ValueEnum};
+use ic_management_canister_types::{
+    CanisterInstallMode, CanisterSettings, CanisterStatusResult, CanisterStatusType,
+    ProvisionalCreateCanisterWithCyclesArgs, UpgradeFlags,
+};
+
+use crate::harness::HARNESS_CANISTER_CYCLES;
+use crate::memory::checksum::hex;
+use crate::state::CanisterStatus;
+use crate::{Config, RejectResponse, StateMachine, TEST_CANISTER_WASM};
+
+/// The default state directory, like dfx's `.dfx`.
+pub const DEFAULT_STATE_DIR: &str = ".canister-snapshots";
+
+/// The identity used without `--sender`: a fixed self-authenticating principal.
+pub fn default_sender() -> Principal {
+    Principal::self_authenticating(b"canister-snapshots default identity")
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CanisterCommand {
+    /// Create a canister; prints its id.
+    Create {
+        /// A controller of the new canister (repeatable; default: the sender).
+        #[arg(long = "controller")]
+        controllers: Vec<String>,
+    },
+    /// Install code (the native test canister unless --wasm is given).
+    Install {
+        canister: String,
+        #[arg(long, value_enum, default_value_t = InstallMode::Install)]
+        mode: InstallMode,
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+    },
+    /// Call METHOD with ARGS in Candid text (default `()`); prints the reply in Candid text.
+    Call {
+        canister: String,
+        method: String,
+        args: Option<String>,
+    },
+    Stop {
+        canister: String,
+    },
+    Start {
+        canister: String,
+    },
+    Status {
+        canister: String,
+    },
+    Delete {
+        canister: String,
+    },
+    #[command(subcommand)]
+    Snapshot(CanisterSnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CanisterSnapshotCommand {
+    /// Take a snapshot; prints its id in hex. Refuses a running canister unless --force.
+    Create {
+        canister: String,
+        #[arg(long)]
+        replace: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    List {
+        canister: String,
+    },
+    /// Load snapshot ID into the canister. Refuses a running canister unless --force.
+    Load {
+        canister: String,
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
+    Delete {
+        canister: String,
+        id: String,
+    },
+    /// Download snapshot ID into DIR (the dfx layout).
+    Download {
+        canister: String,
+        id: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Continue an interrupted download into DIR (its progress files say where).
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Upload DIR as a new snapshot; prints its id in hex.
+    Upload {
+        canister: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        replace: Option<String>,
+        /// Continue an interrupted upload of DIR.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum InstallMode {
+    Install,
+    Reinstall,
+    Upgrade,
+}
+
+fn principal(text: &str) -> Result<Principal, String> {
+    Principal::from_text(text).map_err(|e| format!("{text:?} is not a principal: {e}"))
+}
+
+fn snapshot_id(text: &str) -> Result<Vec<u8>, String> {
+    let text = text.trim_start_matches("0x");
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return Err(format!(
+            "{text:?} is not a snapshot id: expected an even number of hex digits"
+        ));
+    }
+    crate::transfer::unhex(text)
+        .ok_or_else(|| format!("{text:?} is not a snapshot id: expected hex digits"))
+}
+
+/// A reject as the command line prints it: the IC code first.
+fn reject(err: RejectResponse) -> String {
+    format!("{}: {}", err.error_code, err.reject_message)
+}
+
+/// Refuses a running canister, as dfx does for `snapshot create` and `load` (the protocol
+/// allows it; a running canister may be in the middle of something).
+fn require_stopped(
+    sm: &StateMachine,
+    canister: Principal,
+    what: &str,
+    force: bool,
+) -> Result<(), String> {
+    let running = sm
+        .state()
+        .canisters
+        .get(&canister)
+        .is_some_and(|c| c.status == CanisterStatus::Running);
+    if running && !force {
+        return Err(format!(
+            "canister {canister} is running: stop it first (`canister stop {canister}`) or pass \
+             --force to {what} a snapshot of a running canister"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `command` on the replica in `state_dir` as `sender`, then checkpoints.
+pub fn run(state_dir: &Path, sender: Principal, command: CanisterCommand) -> Result<(), String> {
+    let mut sm = StateMachine::open(state_dir, Config::default()).map_err(|e| e.to_string())?;
+    let result = execute(&mut sm, sender, command);
+    // The messages executed, accepted or not, advanced the round: make that durable.
+    sm.checkpoint().map_err(|e| e.to_string())?;
+    let output = result?;
+    if !output.is_empty() {
+        println!("{output}");
+    }
+    Ok(())
+}
+
+fn execute(
+    sm: &mut StateMachine,
+    sender: Principal,
+    command: CanisterCommand,
+) -> Result<String, String> {
+    let caller = Some(sender);
+    match command {
+        CanisterCommand::Create { controllers } => {
+            let controllers = if controllers.is_empty() {
+                vec![sender]
+            } else {
+                controllers
+                    .iter()
+                    .map(|c| principal(c))
+                    .collect::<Result<_, _>>()?
+            };
+            let args = ProvisionalCreateCanisterWithCyclesArgs {
+                amount: Some(HARNESS_CANISTER_CYCLES.into()),
+                settings: Some(CanisterSettings {
+                    controllers: Some(controllers),
+                    ..CanisterSettings::default()
+                }),
+                specified_id: None,
+                sender_canister_version: None,
+            };
+            let (record,): (ic_management_canister_types::CanisterIdRecord,) = sm
+                .management(caller, "provisional_create_canister_with_cycles", (args,))
+                .map_err(reject)?;
+            Ok(record.canister_id.to_text())
+        }
+        CanisterCommand::Install {
+            canister,
+            mode,
+            wasm,
+        } => {
+            let canister_id = principal(&canister)?;
+            let wasm_module = match wasm {
+                Some(path) => std::fs::read(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                None => TEST_CANISTER_WASM.to_vec(),
+            };
+            let mode = match mode {
+                InstallMode::Install => CanisterInstallMode::Install,
+                InstallMode::Reinstall => CanisterInstallMode::Reinstall,
+                InstallMode::Upgrade => CanisterInstallMode::Upgrade(Some(UpgradeFlags {
+                    skip_pre_upgrade: None,
+                    wasm_memory_persistence: None,
+                })),
+            };
+            let args = ic_management_canister_types::InstallCodeArgs {
+                mode,
+                canister_id,
+                wasm_module,
+                arg: vec![],
+                sender_canister_version: None,
+            };
+            sm.management::<()>(caller, "install_code", (args,))
+                .map_err(reject)?;
+            Ok(String::new())
+        }
+        CanisterCommand::Call {
+            canister,
+            method,
+            args,
+        } => {
+            let canister_id = principal(&canister)?;
+            let text = args.as_deref().unwrap_or("()");
+            let payload = candid_parser::parse_idl_args(text)
+                .and_then(|args| args.to_bytes().map_err(Into::into))
+                .map_err(|e| format!("ARGS {text:?} is not Candid text: {e}"))?;
+            let reply = sm
+                .update_call(canister_id, sender, &method, payload)
+                .map_err(reject)?;
+            let reply =
+                IDLArgs::from_bytes(&reply).map_err(|e| format!("the reply is not Candid: {e}"))?;
+            Ok(reply.to_string())
+        }
+        CanisterCommand::Stop { canister } => {
+            sm.stop_canister(principal(&canister)?, caller)
+                .map_err(reject)?;
+            Ok(String::new())
+        }
+        CanisterCommand::Start { canister } => {
+            sm.start_canister(principal(&canister)?, caller)
+                .map_err(reject)?;
+            Ok(String::new())
+        }
+        CanisterCommand::Status { canister } => {
+            let status = sm
+                .canister_status(principal(&canister)?, caller)
+                .map_err(reject)?;
+            Ok(render_status(&status))
+        }
+        CanisterCommand::Delete { canister } => {
+            let args = ic_management_canister_types::CanisterIdRecord {
+                canister_id: principal(&canister)?,
+            };
+            sm.management::<()>(caller, "delete_canister", (args,))
+                .map_err(reject)?;
+            Ok(String::new())
+        }
+        CanisterCommand::Snapshot(command) => execute_snapshot(sm, sender, command),
+    }
+}
+
+fn execute_snapshot(
+    sm: &mut StateMachine,
+    sender: Principal,
+    command: CanisterSnapshotCommand,
+) -> Result<String, String> {
+    let caller = Some(sender);
+    match command {
+        CanisterSnapshotCommand::Create {
+            canister,
+            replace,
+            force,
+        } => {
+            let canister = principal(&canister)?;
+            require_stopped(sm, canister, "take", force)?;
+            let replace = replace.as_deref().map(snapshot_id).transpose()?;
+            let snapshot = sm
+                .take_canister_snapshot(canister, caller, replace)
+                .map_err(reject)?;
+            Ok(hex(&snapshot.id))
+        }
+        CanisterSnapshotCommand::List { canister } => {
+            let snapshots = sm
+                .list_canister_snapshots(principal(&canister)?, caller)
+                .map_err(reject)?;
+            if snapshots.is_empty() {
+                return Ok("No snapshots found for this canister.".into());
+            }
+            Ok(snapshots
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}: taken at {} ns, {} bytes",
+                        hex(&s.id),
+                        s.taken_at_timestamp,
+                        s.total_size
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        CanisterSnapshotCommand::Load {
+            canister,
+            id,
+            force,
+        } => {
+            let canister = principal(&canister)?;
+            require_stopped(sm, canister, "load", force)?;
+            sm.load_canister_snapshot(canister, caller, snapshot_id(&id)?)
+                .map_err(reject)?;
+            Ok(String::new())
+        }
+        CanisterSnapshotCommand::Delete { canister, id } => {
+            sm.delete_canister_snapshot(principal(&canister)?, caller, snapshot_id(&id)?)
+                .map_err(reject)?;
+            Ok(String::new())
+        }
+        CanisterSnapshotCommand::Download {
+            canister,
+            id,
+            dir,
+            resume,
+        } => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let _lock = TransferLock::take(&dir, DOWNLOAD_PROGRESS, resume)?;
+            sm.download_canister_snapshot(principal(&canister)?, caller, snapshot_id(&id)?, &dir)
+                .map_err(|e| e.to_string())?;
+            Ok(format!("downloaded into {}", dir.display()))
+        }
+        CanisterSnapshotCommand::Upload {
+            canister,
+            dir,
+            replace,
+            resume,
+        } => {
+            let _lock = TransferLock::take(&dir, UPLOAD_PROGRESS, resume)?;
+            let replace = replace.as_deref().map(snapshot_id).transpose()?;
+            let id = sm
+                .upload_canister_snapshot(principal(&canister)?, caller, &dir, replace)
+                .map_err(|e| e.to_string())?;
+            Ok(hex(&id))
+        }
+    }
+}
+
+use crate::transfer::{DOWNLOAD_PROGRESS, TRANSFER_LOCK, UPLOAD_PROGRESS};
+
+/// A snapshot directory locked for one transfer, as icp-cli locks it: a second process
+/// transferring into or out of the same directory gets an error. The lock file stays (a hidden
+/// file the directory's readers ignore): unlinking it could let two processes lock two
+/// different files.
+struct TransferLock {
+    _file: std::fs::File,
+}
+
+impl TransferLock {
+    /// Locks `dir`; refuses to continue an interrupted transfer (its `progress` file is there)
+    /// unless `resume`.
+    fn take(dir: &Path, progress: &str, resume: bool) -> Result<TransferLock, String> {
+        use fs4::{FileExt, TryLockError};
+        let path = dir.join(TRANSFER_LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+        match FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "{} is in use by another transfer (its lock {} is held); wait for it to end",
+                    dir.display(),
+                    path.display()
+                ));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", dir.display()));
+            }
+        }
+        let lock = TransferLock { _file: file };
+        if !resume && dir.join(progress).exists() {
+            return Err(format!(
+                "{} holds an interrupted transfer ({progress}): pass --resume to continue it, \
+                 or remove the directory to start again",
+                dir.display()
+            ));
+        }
+        Ok(lock)
+    }
+}
+
+fn render_status(status: &CanisterStatusResult) -> String {
+    let state = match status.status {
+        CanisterStatusType::Running => "Running",
+        CanisterStatusType::Stopping => "Stopping",
+        CanisterStatusType::Stopped => "Stopped",
+    };
+    let controllers: Vec<String> = status
+        .settings
+        .controllers
+        .iter()
+        .map(Principal::to_text)
+        .collect();
+    format!(
+        "Canister status call result for this canister.\nStatus: {state}\nControllers: {}\n\
+         Memory size: {}\nBalance: {} Cycles\nModule hash: {}",
+        controllers.join(" "),
+        status.memory_size,
+        status.cycles,
+        status
+            .module_hash
+            .as_deref()
+            .map_or("None".to_string(), |h| format!("0x{}", hex(h))),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_parse_from_hex_and_refuse_anything_else() {
+        assert_eq!(snapshot_id("0a0B").unwrap(), vec![10, 11]);
+        assert_eq!(snapshot_id("0x01").unwrap(), vec![1]);
+        for bad in ["", "abc", "zz", "0x"] {
+            assert!(snapshot_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1006 @@
+//! The state manager: the replicated state on disk, in checkpoints that survive `kill -9`.
+//!
+//! The only module that touches the state directory. It reads and writes
+//! [`ReplicatedState`] through its own versioned records (`records.rs`) and hands page bytes to
+//! [`crate::memory`] through page files, so [`crate::memory::PageMap`] stays the only place that
+//! knows what a page is and where its bytes live.
+//!
+//! # The directory (`spec/durability.md` is the reference)
+//!
+//! ```text
+//! <state-dir>/
+//!   LOCK                                  held (flock) by the one process using the directory
+//!   tip/                                  the checkpoint being written; deleted at open
+//!   checkpoints/<height: 16 hex digits>/  the last completed checkpoint
+//!     manifest.bin                        every other file's size and SHA-256, then its own
+//!     state.bin                           the state records (postcard)
+//!     pages/<height>_<n>.pages            page files (pages, leaf hashes, index, footer),
+//!                                         immutable, shared by hard links
+//!     wasm/<sha256>.wasm                  modules, immutable, shared by hard links
+//!     unverified                          present until the checkpoint has been loaded once
+//! ```
+//!
+//! # Writing a checkpoint, and what a crash at each step leaves
+//!
+//! 1. `tip/` is emptied and filled: a page file per memory with the pages written since the
+//!    last checkpoint (never the others: those files are hard-linked from the last checkpoint),
+//!    merges where a memory has too many files, new modules, `state.bin`, `manifest.bin`,
+//!    `unverified`. Each new file is written, `fsync`ed and made read-only; then the
+//!    directories are `fsync`ed. *A crash here leaves a partial `tip/`, deleted at the next
+//!    open; the last checkpoint is untouched.* A failed write (a full disk) stops here with an
+//!    error, deletes `tip/` and changes nothing in memory.
+//! 2. The new page files are mapped (so nothing can fail after the next step).
+//! 3. `tip/` is renamed to `checkpoints/<height>` and `checkpoints/` is `fsync`ed: the atomic
+//!    commit point. *A crash before the rename keeps the old checkpoint; after it, the new one.*
+//! 4. In memory, every memory is put on its new files (its written pages leave the heap).
+//! 5. Older checkpoints are deleted (their files live on where later checkpoints link them).
+//!    *A crash here leaves an older checkpoint beside the new one; the newest wins at open,
+//!    which then deletes the older.*
+//!
+//! # Opening
+//!
+//! Lock, delete `tip/`, pick the highest checkpoint, and check it before anything is loaded:
+//! the manifest's own checksum and version, then every file against it (no file missing, none
+//! extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of its tail: leaf
+//! hashes, index and footer). Any difference is an error naming the file; nothing is loaded
+//! silently. Then the records are decoded and the page files mapped. No page is read: each is
+//! checked against its stored leaf hash when first read (`rs/memory/page_file.rs`), and
+//! hashing a memory uses the stored leaf hashes.
+
+#![forbid(unsafe_code)]
+
+mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fs4::{FileExt, TryLockError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::memory::{
+    Hash, Memory, PageFile, PageLayers, PageMap, PageMapIdentity, checksum::hex, write_page_file,
+};
+use crate::replicated_state::ReplicatedState;
+use crate::state::WasmModule;
+
+pub use records::STATE_FORMAT_VERSION;
+use records::{MemoryRecord, StateRecord, Store};
+
+/// The version of the manifest (and so of the directory layout) this build writes and the
+/// newest it reads.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// The most page files one memory keeps: more are merged (the replica keeps at most 7).
+pub const MAX_FILES_PER_MEMORY: usize = 7;
+
+const MANIFEST: &str = "manifest.bin";
+const STATE: &str = "state.bin";
+const UNVERIFIED: &str = "unverified";
+const PAGES: &str = "pages";
+const WASM: &str = "wasm";
+const LOCK: &str = "LOCK";
+const TIP: &str = "tip";
+const CHECKPOINTS: &str = "checkpoints";
+
+/// Why the state directory could not be opened or checkpointed. Each names the file or
+/// directory at fault and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StateManagerError {
+    #[error("state directory {}: {reason}", dir.display())]
+    Directory { dir: PathBuf, reason: String },
+    #[error(
+        "state directory {} is in use by another process (its lock file {} is held); stop that \
+         process or choose another --state-dir",
+        dir.display(), lock.display()
+    )]
+    Locked { dir: PathBuf, lock: PathBuf },
+    #[error(
+        "{} has format version {found}, newer than this build reads ({supported}); open it with \
+         a newer build",
+        file.display()
+    )]
+    NewerFormat {
+        file: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "checkpoint {}: {}: {reason}; nothing was loaded. Restore the directory from a backup, \
+         or move it away to start afresh",
+        checkpoint.display(), file.display()
+    )]
+    Corrupt {
+        checkpoint: PathBuf,
+        file: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "writing checkpoint {height} failed at {}: {source}; the previous checkpoint is kept and \
+         the state in memory is unchanged",
+        file.display()
+    )]
+    Write {
+        height: u64,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One file of a checkpoint as its manifest records it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+struct FileEntry {
+    size: u64,
+    /// SHA-256 of the whole file, or for a page file of its last `tail` bytes (leaf hashes,
+    /// index, footer): its pages are checked against their leaf hashes when first read.
+    sha256: Hash,
+    /// 0 for a whole-file checksum.
+    tail: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestRecord {
+    version: u32,
+    height: u64,
+    /// Path relative to the checkpoint directory → entry; every file but the manifest itself
+    /// and the `unverified` marker.
+    files: BTreeMap<String, FileEntry>,
+}
+
+/// The last completed checkpoint.
+struct Checkpoint {
+    height: u64,
+    dir: PathBuf,
+    files: BTreeMap<String, FileEntry>,
+}
+
+/// Owner of one state directory, for as long as it lives (it holds the lock).
+pub struct StateManager {
+    root: PathBuf,
+    _lock: File,
+    current: Option<Checkpoint>,
+    /// Page files of the current checkpoint already mapped, by name.
+    mapped: BTreeMap<String, Arc<PageFile>>,
+    /// Test hook: bytes the next checkpoints may still write before failing like a full disk.
+    write_budget: Option<u64>,
+}
+
+impl std::fmt::Debug for StateManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateManager")
+            .field("root", &self.root)
+            .field("height", &self.checkpoint_height())
+            .finish()
+    }
+}
+
+fn io_dir(dir: &Path, what: &str, err: std::io::Error) -> StateManagerError {
+    StateManagerError::Directory {
+        dir: dir.to_path_buf(),
+        reason: format!("{what}: {err}"),
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The name of a checkpoint directory: the height in 16 hex digits, so names sort by height.
+fn checkpoint_name(height: u64) -> String {
+    format!("{height:016x}")
+}
+
+/// Encodes `value` after its version and appends the SHA-256 of all that: the self-checking
+/// framing of `manifest.bin` and `state.bin`.
+fn framed<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    let mut bytes = postcard::to_stdvec(value).map_err(|e| e.to_string())?;
+    let hash = crate::memory::checksum::sha256(&bytes);
+    bytes.extend_from_slice(&hash);
+    Ok(bytes)
+}
+
+/// Checks the framing of [`framed`], refuses a version newer than `supported` (the records
+/// start with their version) and decodes.
+fn unframe<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    supported: u32,
+    checkpoint: &Path,
+    file: &Path,
+) -> Result<T, StateManagerError> {
+    let corrupt = |reason: String| StateManagerError::Corrupt {
+        checkpoint: checkpoint.to_path_buf(),
+        file: file.to_path_buf(),
+        reason,
+    };
+    if bytes.len() < 32 {
+        return Err(corrupt(format!("{} bytes is too short", bytes.len())));
+    }
+    let (body, hash) = bytes.split_at(bytes.len().saturating_sub(32));
+    if crate::memory::checksum::sha256(body) != hash {
+        return Err(corrupt("its checksum does not match its contents".into()));
+    }
+    let (version, _) =
+        postcard::take_from_bytes::<u32>(body).map_err(|e| corrupt(e.to_string()))?;
+    if version > supported {
+        return Err(StateManagerError::NewerFormat {
+            file: file.to_path_buf(),
+            found: version,
+            supported,
+        });
+    }
+    postcard::from_bytes(body).map_err(|e| corrupt(format!("cannot be decoded: {e}")))
+}
+
+/// A writer that hashes and counts what goes through it, and fails like a full disk once a
+/// budget (a test hook) is spent.
+struct CheckedWriter<'b, W: Write> {
+    inner: W,
+    /// `None` for a page file, whose own tail carries what is checked.
+    hasher: Option<Sha256>,
+    written: u64,
+    budget: &'b mut Option<u64>,
+}
+
+impl<W: Write> Write for CheckedWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(budget) = self.budget.as_mut() {
+            if (buf.len() as u64) > *budget {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device (injected)",
+                ));
+            }
+            *budget = budget.saturating_sub(buf.len() as u64);
+        }
+        let n = self.inner.write(buf)?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(buf.get(..n).unwrap_or(buf));
+        }
+        self.written = self.written.saturating_add(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes a new immutable file with `fill`, syncs it and makes it read-only. Returns its entry.
+fn write_file(
+    path: &Path,
+    budget: &mut Option<u64>,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<FileEntry> {
+    write_new_file(path, budget, true, |w| fill(w).map(|()| None))
+}
+
+/// Writes a new page file of `pages`, like [`write_file`]; its entry checks the file's tail.
+fn write_pages_file<'p>(
+    path: &Path,
+    budget: &mut Option<u64>,
+    pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE], Option<Hash>)>,
+) -> std::io::Result<FileEntry> {
+    write_new_file(path, budget, false, |w| {
+        write_page_file(w, pages).map(|summary| Some((summary.tail_bytes, summary.tail_sha256)))
+    })
+}
+
+/// `fill` returns the (tail length, tail checksum) of a file it checksums itself.
+fn write_new_file(
+    path: &Path,
+    budget: &mut Option<u64>,
+    hash_whole: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
+) -> std::io::Result<FileEntry> {
+    let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut writer = CheckedWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: hash_whole.then(Sha256::new),
+        written: 0,
+        budget,
+    };
+    let tail = fill(&mut writer)?;
+    writer.flush()?;
+    let entry = match (tail, writer.hasher.take()) {
+        (Some((tail, sha256)), _) => FileEntry {
+            size: writer.written,
+            sha256,
+            tail,
+        },
+        (None, Some(hasher)) => FileEntry {
+            size: writer.written,
+            sha256: hasher.finalize().into(),
+            tail: 0,
+        },
+        (None, None) => return Err(std::io::Error::other("a file without a checksum")),
+    };
+    let file = writer.inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    let mut permissions = file.metadata()?.permissions();
+    permissions.set_readonly(true);
+    fs::set_permissions(path, permissions)?;
+    Ok(entry)
+}
+
+/// The size of the file at `path` and the SHA-256 of its last `tail` bytes (all of it for 0;
+/// a file shorter than `tail` hashes as empty, and its size tells).
+fn file_sha256(path: &Path, tail: u64) -> std::io::Result<(u64, Hash)> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut hasher = Sha256::new();
+    if tail > 0 {
+        if size < tail {
+            return Ok((size, [0; 32]));
+        }
+        file.seek(SeekFrom::Start(size.saturating_sub(tail)))?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buf.get(..n).unwrap_or(&buf));
+    }
+    Ok((size, hasher.finalize().into()))
+}
+
+/// Every file under `dir`, as paths relative to it with `/` separators, in sorted order.
+fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((path, prefix)) = stack.pop() {
+        for entry in fs::read_dir(&path)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = format!("{prefix}{name}");
+            if entry.file_type()?.is_dir() {
+                stack.push((entry.path(), format!("{rel}/")));
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl StateManager {
+    /// Opens (creating it if absent, but not its parent) and locks the state directory `root`,
+    /// and loads its last checkpoint; a directory without one gives a fresh state.
+    pub fn open(
+        root: &Path,
+        max_snapshots_per_canister: usize,
+    ) -> Result<(StateManager, ReplicatedState), StateManagerError> {
+        match fs::metadata(root) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(StateManagerError::Directory {
+                    dir: root.to_path_buf(),
+                    reason: "is not a directory".into(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => fs::create_dir(root).map_err(|e| {
+                io_dir(
+                    root,
+                    "does not exist and cannot be created (does its parent exist?)",
+                    e,
+                )
+            })?,
+        }
+        let lock_path = root.join(LOCK);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| io_dir(root, "cannot create its lock file (is it writable?)", e))?;
+        match FileExt::try_lock(&lock) {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StateManagerError::Locked {
+                    dir: root.to_path_buf(),
+                    lock: lock_path,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_dir(root, "cannot lock it", e)),
+        }
+        let tip = root.join(TIP);
+        if tip.exists() {
+            fs::remove_dir_all(&tip)
+                .map_err(|e| io_dir(root, "cannot remove an unfinished checkpoint (tip/)", e))?;
+        }
+        let checkpoints = root.join(CHECKPOINTS);
+        fs::create_dir_all(&checkpoints)
+            .map_err(|e| io_dir(root, "cannot create checkpoints/ (is it writable?)", e))?;
+        let mut manager = StateManager {
+            root: root.to_path_buf(),
+            _lock: lock,
+            current: None,
+            mapped: BTreeMap::new(),
+            write_budget: None,
+        };
+        let Some(height) = manager.last_checkpoint_height()? else {
+            return Ok((manager, ReplicatedState::new(max_snapshots_per_canister)));
+        };
+        let state = manager.load(height, max_snapshots_per_canister)?;
+        manager.remove_checkpoints_below(height);
+        Ok((manager, state))
+    }
+
+    /// The state directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The height (round) of the last completed checkpoint, if any.
+    pub fn checkpoint_height(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.height)
+    }
+
+    /// The directory of the last completed checkpoint, if any.
+    pub fn checkpoint_dir(&self) -> Option<&Path> {
+        self.current.as_ref().map(|c| c.dir.as_path())
+    }
+
+    /// Test hook: the following checkpoints fail like a full disk once `bytes` more have
+    /// been written (`None`: no limit).
+    #[doc(hidden)]
+    pub fn set_write_budget(&mut self, bytes: Option<u64>) {
+        self.write_budget = bytes;
+    }
+
+    /// Best effort: removes checkpoints older than `height` (left by a crash between a commit
+    /// and its clean-up). Their files live on where `height` links them.
+    fn remove_checkpoints_below(&self, height: u64) {
+        let dir = self.root.join(CHECKPOINTS);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if u64::from_str_radix(&name, 16).is_ok_and(|h| h < height) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let _ = sync_dir(&dir);
+    }
+
+    fn last_checkpoint_height(&self) -> Result<Option<u64>, StateManagerError> {
+        let dir = self.root.join(CHECKPOINTS);
+        let entries = fs::read_dir(&dir).map_err(|e| io_dir(&dir, "cannot be listed", e))?;
+        let mut best = None;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_dir(&dir, "cannot be listed", e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let height = (name.len() == 16)
+                .then(|| u64::from_str_radix(&name, 16).ok())
+                .flatten()
+                .ok_or_else(|| StateManagerError::Directory {
+                    dir: dir.clone(),
+                    reason: format!(
+                        "{name} is not a checkpoint (16 hex digits); remove it or restore the \
+                         directory"
+                    ),
+                })?;
+            best = best.max(Some(height));
+        }
+        Ok(best)
+    }
+
+    /// Checks checkpoint `height` against its manifest, then decodes it and maps its pages.
+    fn load(
+        &mut self,
+        height: u64,
+        max_snapshots_per_canister: usize,
+    ) -> Result<ReplicatedState, StateManagerError> {
+        let dir = self.root.join(CHECKPOINTS).join(checkpoint_name(height));
+        let corrupt = |file: &str, reason: String| StateManagerError::Corrupt {
+            checkpoint: dir.clone(),
+            file: dir.join(file),
+            reason,
+        };
+        let manifest_bytes = fs::read(dir.join(MANIFEST))
+            .map_err(|e| corrupt(MANIFEST, format!("cannot be read: {e}")))?;
+        let manifest: ManifestRecord = unframe(
+            &manifest_bytes,
+            MANIFEST_FORMAT_VERSION,
+            &dir,
+            &dir.join(MANIFEST),
+        )?;
+        if manifest.height != height {
+            return Err(corrupt(
+                MANIFEST,
+                format!("records height {}, not {height}", manifest.height),
+            ));
+        }
+        let present =
+            list_files(&dir).map_err(|e| corrupt(".", format!("cannot be listed: {e}")))?;
+        for name in &present {
+            if name != MANIFEST && name != UNVERIFIED && !manifest.files.contains_key(name) {
+                return Err(corrupt(
+                    name,
+                    "is not in the manifest (an extra file)".into(),
+                ));
+            }
+        }
+        for (name, entry) in &manifest.files {
+            if present.binary_search(name).is_err() {
+                return Err(corrupt(name, "is missing (listed in the manifest)".into()));
+            }
+            let (size, sha256) = file_sha256(&dir.join(name), entry.tail)
+                .map_err(|e| corrupt(name, format!("cannot be read: {e}")))?;
+            if size != entry.size {
+                return Err(corrupt(
+                    name,
+                    format!(
+                        "has {size} bytes, the manifest records {} (truncated or extended)",
+                        entry.size
+                    ),
+                ));
+            }
+            if sha256 != entry.sha256 {
+                return Err(corrupt(
+                    name,
+                    "its SHA-256 differs from the manifest's (the file was changed)".into(),
+                ));
+            }
+        }
+        let state_bytes = fs::read(dir.join(STATE))
+            .map_err(|e| corrupt(STATE, format!("cannot be read: {e}")))?;
+        let record: StateRecord =
+            unframe(&state_bytes, STATE_FORMAT_VERSION, &dir, &dir.join(STATE))?;
+        let mut loader = Loader {
+            dir: &dir,
+            mapped: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            modules: BTreeMap::new(),
+        };
+        let state = record
+            .into_state(max_snapshots_per_canister, &mut loader)
+            .map_err(|reason| corrupt(STATE, reason))?;
+        self.mapped = loader.mapped;
+        self.current = Some(Checkpoint {
+            height,
+            dir: dir.clone(),
+            files: manifest.files,
+        });
+        let marker = dir.join(UNVERIFIED);
+        if marker.exists() {
+            fs::remove_file(&marker)
+                .and_then(|()| sync_dir(&dir))
+                .map_err(|e| io_dir(&dir, "cannot remove its unverified marker", e))?;
+        }
+        Ok(state)
+    }
+
+    /// Writes a checkpoint of `state` at its round (see the module docs) and puts every memory
+    /// of `state` on the checkpoint's files. Does nothing if the last checkpoint is at this
+    /// round already. On error the previous checkpoint stays and `state` is unchanged.
+    pub fn checkpoint(&mut self, state: &mut ReplicatedState) -> Result<(), StateManagerError> {
+        let height = state.round;
+        if self.checkpoint_height() == Some(height) {
+            return Ok(());
+        }
+        let tip = self.root.join(TIP);
+        let result = self.write_tip(state, height, &tip);
+        let (plan, new_files) = match result {
+            Ok(done) => done,
+            Err(err) => {
+                let _ = fs::remove_dir_all(&tip);
+                return Err(err);
+            }
+        };
+        let final_dir = self.root.join(CHECKPOINTS).join(checkpoint_name(height));
+        let write_err = |file: &Path, source| StateManagerError::Write {
+            height,
+            file: file.to_path_buf(),
+            source,
+        };
+        if let Err(e) = fs::rename(&tip, &final_dir) {
+            let _ = fs::remove_dir_all(&tip);
+            return Err(write_err(&final_dir, e));
+        }
+        let checkpoints = self.root.join(CHECKPOINTS);
+        sync_dir(&checkpoints).map_err(|e| write_err(&checkpoints, e))?;
+        // Committed. From here on nothing can fail that would leave memory and disk apart.
+        plan.apply(state);
+        let previous = self.current.replace(Checkpoint {
+            height,
+            dir: final_dir,
+            files: new_files,
+        });
+        self.mapped = plan.mapped;
+        if let Some(previous) = previous {
+            // Best effort: a leftover older checkpoint is harmless (the newest wins).
+            let _ = fs::remove_dir_all(&previous.dir);
+            let _ = sync_dir(&checkpoints);
+        }
+        Ok(())
+    }
+
+    /// Step 1 and 2 of the module docs: fills `tip/` and maps the new page files.
+    fn write_tip(
+        &mut self,
+        state: &ReplicatedState,
+        height: u64,
+        tip: &Path,
+    ) -> Result<(Plan, BTreeMap<String, FileEntry>), StateManagerError> {
+        let write_err = |file: &Path, source| StateManagerError::Write {
+            height,
+            file: file.to_path_buf(),
+            source,
+        };
+        if tip.exists() {
+            fs::remove_dir_all(tip).map_err(|e| write_err(tip, e))?;
+        }
+        for dir in [tip.to_path_buf(), tip.join(PAGES), tip.join(WASM)] {
+            fs::create_dir(&dir).map_err(|e| write_err(&dir, e))?;
+        }
+        let mut writer = Writer {
+            height,
+            tip,
+            previous: self.current.as_ref(),
+            mapped: &self.mapped,
+            budget: &mut self.write_budget,
+            files: BTreeMap::new(),
+            memories: HashMap::new(),
+            new_mapped: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            next_file: 0,
+            error: None,
+        };
+        let record = StateRecord::from_state(state, &mut writer);
+        if let Some(err) = writer.error.take() {
+            return Err(err);
+        }
+        let record = record.map_err(|reason| {
+            write_err(
+                tip,
+                std::io::Error::other(format!("cannot encode the state: {reason}")),
+            )
+        })?;
+        let bytes = framed(&record).map_err(|e| write_err(tip, std::io::Error::other(e)))?;
+        let path = tip.join(STATE);
+        let entry = write_file(&path, writer.budget, |w| w.write_all(&bytes))
+            .map_err(|e| write_err(&path, e))?;
+        writer.files.insert(STATE.to_string(), entry);
+        let manifest = ManifestRecord {
+            version: MANIFEST_FORMAT_VERSION,
+            height,
+            files: writer.files.clone(),
+        };
+        let bytes = framed(&manifest).map_err(|e| write_err(tip, std::io::Error::other(e)))?;
+        let path = tip.join(MANIFEST);
+        write_file(&path, writer.budget, |w| w.write_all(&bytes))
+            .map_err(|e| write_err(&path, e))?;
+        let path = tip.join(UNVERIFIED);
+        write_file(&path, writer.budget, |_| Ok(())).map_err(|e| write_err(&path, e))?;
+        for dir in [tip.join(PAGES), tip.join(WASM), tip.to_path_buf()] {
+            sync_dir(&dir).map_err(|e| write_err(&dir, e))?;
+        }
+        let files = writer.files;
+        let plan = Plan {
+            memories: writer.memories,
+            mapped: writer.new_mapped,
+        };
+        Ok((plan, files))
+    }
+}
+
+/// Each distinct memory (by page identity) of a checkpoint being written, once: the page map
+/// it had (kept, so that its identity stays its own) and the one it gets once the checkpoint
+/// is committed. Looked up by key only, never iterated.
+type Memories = HashMap<PageMapIdentity, (PageMap, PageMap)>;
+
+/// What a written checkpoint changes in memory once committed.
+struct Plan {
+    memories: Memories,
+    mapped: BTreeMap<String, Arc<PageFile>>,
+}
+
+impl Plan {
+    fn new_pages(&self, old: &PageMap) -> Option<PageMap> {
+        self.memories
+            .get(&old.identity())
+            .map(|(_, after)| after.clone())
+    }
+
+    fn rebase(&self, memory: &mut Memory) {
+        if let Some(pages) = self.new_pages(memory.page_map()) {
+            *memory = Memory::from_page_map(pages, memory.size_bytes());
+        }
+    }
+
+    /// Puts every memory of `state` on its checkpointed files. Contents are unchanged, so
+    /// every memoised checksum stays valid.
+    fn apply(&self, state: &mut ReplicatedState) {
+        for canister in state.canisters.values_mut() {
+            if let Some(execution) = &mut canister.execution_state {
+                self.rebase(&mut execution.wasm_memory);
+                self.rebase(&mut execution.stable_memory);
+            }
+        }
+        let ids: Vec<_> = state
+            .snapshots
+            .iter()
+            .map(|s| (s.canister_id(), s.id().clone()))
+            .collect();
+        for (canister, id) in ids {
+            if let Ok(snapshot) = state.snapshots.get_mut(canister, &id) {
+                snapshot.rebase_memories(|memory| self.rebase(memory));
+            }
+        }
+    }
+}
+
+/// [`Store`] for writing: new page files and modules into `tip/`, the rest hard-linked.
+struct Writer<'a> {
+    height: u64,
+    tip: &'a Path,
+    previous: Option<&'a Checkpoint>,
+    mapped: &'a BTreeMap<String, Arc<PageFile>>,
+    budget: &'a mut Option<u64>,
+    files: BTreeMap<String, FileEntry>,
+    memories: Memories,
+    new_mapped: BTreeMap<String, Arc<PageFile>>,
+    layers: BTreeMap<Vec<String>, Arc<PageLayers>>,
+    next_file: u64,
+    /// The first I/O error, kept typed (the `Store` trait carries strings).
+    error: Option<StateManagerError>,
+}
+
+impl Writer<'_> {
+    fn fail(&mut self, file: &Path, source: std::io::Error) -> String {
+        let message = format!("{}: {source}", file.display());
+        if self.error.is_none() {
+            self.error = Some(StateManagerError::Write {
+                height: self.height,
+                file: file.to_path_buf(),
+                source,
+            });
+        }
+        message
+    }
+
+    /// Makes `rel` part of the new checkpoint: hard-links it from the last one.
+    fn link(&mut self, rel: &str) -> Result<(), String> {
+        if self.files.contains_key(rel) {
+            return Ok(());
+        }
+        let Some(previous) = self.previous else {
+            return Err(format!("{rel} is not in any checkpoint"));
+        };
+        let Some(entry) = previous.files.get(rel).cloned() else {
+            return Err(format!("{rel} is not in the last checkpoint"));
+        };
+        let target = self.tip.join(rel);
+        if let Err(e) = fs::hard_link(previous.dir.join(rel), &target) {
+            return Err(self.fail(&target, e));
+        }
+        self.files.insert(rel.to_string(), entry);
+        Ok(())
+    }
+
+    /// Writes a new page file of `pages` and maps it.
+    fn new_page_file<'p>(
+        &mut self,
+        pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE], Option<Hash>)>,
+    ) -> Result<(String, Arc<PageFile>), String> {
+        let name = format!("{:016x}_{:04x}.pages", self.height, self.next_file);
+        self.next_file = self.next_file.saturating_add(1);
+        let rel = format!("{PAGES}/{name}");
+        let path = self.tip.join(&rel);
+        let entry = match write_pages_file(&path, self.budget, pages) {
+            Ok(entry) => entry,
+            Err(e) => return Err(self.fail(&path, e)),
+        };
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) => return Err(self.fail(&path, e)),
+        };
+        let mapped = PageFile::map(&file, &name)
+            .map_err(|e| self.fail(&path, std::io::Error::other(e.to_string())))?;
+        self.files.insert(rel, entry);
+        Ok((name, Arc::new(mapped)))
+    }
+
+    fn layers_for(&mut self, files: &[(String, Arc<PageFile>)]) -> PageMap {
+        if files.is_empty() {
+            return PageMap::new();
+        }
+        let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+        let layers = self
+            .layers
+            .entry(names)
+            .or_insert_with(|| {
+                Arc::new(PageLayers::new(
+                    files.iter().map(|(_, f)| f.clone()).collect(),
+                ))
+            })
+            .clone();
+        PageMap::with_base(layers)
+    }
+}
+
+impl Store for Writer<'_> {
+    fn memory_record(&mut self, memory: &Memory) -> Result<MemoryRecord, String> {
+        let pages = memory.page_map();
+        let after = match self.memories.get(&pages.identity()) {
+            Some((_, after)) => after.clone(),
+            None => {
+                // The files under the memory, then one with the pages written since.
+                let mut files: Vec<(String, Arc<PageFile>)> = pages
+                    .base()
+                    .map(|b| {
+                        b.files()
+                            .iter()
+                            .map(|f| (f.name().to_string(), f.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if pages.heap_iter().next().is_some() {
+                    // Leaf hashes the tree has cached are stored as they are.
+                    let mut heap = pages.heap_iter();
+                    let with_hashes = std::iter::from_fn(move || {
+                        let (index, page) = heap.next()?;
+                        Some((index, page.bytes(), heap.cached_hash_of_last()))
+                    });
+                    files.push(self.new_page_file(with_hashes)?);
+                }
+                // Merges: keep each file at least as large as all newer ones together (a
+                // pyramid: a page is rewritten O(log) times), and at most MAX files.
+                let mut newer = 0u64;
+                let mut merge_from = files.len();
+                for (i, (_, file)) in files.iter().enumerate().rev() {
+                    if file.page_count() < newer {
+                        merge_from = i;
+                    }
+                    newer = newer.saturating_add(file.page_count());
+                }
+                if files.len() > MAX_FILES_PER_MEMORY {
+                    // Merge enough of the newest files that at most MAX remain.
+                    merge_from = merge_from.min(
+                        files
+                            .len()
+                            .saturating_add(1)
+                            .saturating_sub(MAX_FILES_PER_MEMORY),
+                    );
+                }
+                if merge_from.saturating_add(1) < files.len() {
+                    let merging: Vec<Arc<PageFile>> = files
+                        .iter()
+                        .skip(merge_from)
+                        .map(|(_, f)| f.clone())
+                        .collect();
+                    let merged = self.new_page_file(
+                        PageLayers::pages_of(&merging)
+                            .map(|(i, bytes, hash)| (i, bytes, Some(hash))),
+                    )?;
+                    files.truncate(merge_from);
+                    files.push(merged);
+                }
+                for (name, file) in &files {
+                    let rel = format!("{PAGES}/{name}");
+                    if !self.files.contains_key(&rel) {
+                        self.link(&rel)?;
+                    }
+                    self.new_mapped
+                        .entry(name.clone())
+                        .or_insert_with(|| self.mapped.get(name).cloned().unwrap_or(file.clone()));
+                }
+                let after = self.layers_for(&files);
+                self.memories
+                    .insert(pages.identity(), (pages.clone(), after.clone()));
+                after
+            }
+        };
+        Ok(MemoryRecord {
+            size_bytes: memory.size_bytes(),
+            files: after
+                .base()
+                .map(|b| b.files().iter().map(|f| f.name().to_string()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn module_name(&mut self, module: &WasmModule) -> Result<String, String> {
+        let name = format!("{}.wasm", hex(module.hash()));
+        let rel = format!("{WASM}/{name}");
+        if self.files.contains_key(&rel) {
+            return Ok(name);
+        }
+        if self.previous.is_some_and(|p| p.files.contains_key(&rel)) {
+            self.link(&rel)?;
+            return Ok(name);
+        }
+        let path = self.tip.join(&rel);
+        match write_file(&path, self.budget, |w| w.write_all(module.bytes())) {
+            Ok(entry) => {
+                self.files.insert(rel, entry);
+                Ok(name)
+            }
+            Err(e) => Err(self.fail(&path, e)),
+        }
+    }
+
+    fn memory(&mut self, _: &MemoryRecord) -> Result<Memory, String> {
+        Err("the writer reads no memory".into())
+    }
+
+    fn module(&mut self, _: &str) -> Result<WasmModule, String> {
+        Err("the writer reads no module".into())
+    }
+}
+
+/// [`Store`] for loading: maps page files and reads modules of one checkpoint, each once, so
+/// memories and modules that were shared before the checkpoint are shared again.
+struct Loader<'a> {
+    dir: &'a Path,
+    mapped: BTreeMap<String, Arc<PageFile>>,
+    layers: BTreeMap<Vec<String>, Arc<PageLayers>>,
+    modules: BTreeMap<String, WasmModule>,
+}
+
+impl Store for Loader<'_> {
+    fn memory_record(&mut self, _: &Memory) -> Result<MemoryRecord, String> {
+        Err("the loader writes no memory".into())
+    }
+
+    fn module_name(&mut self, _: &WasmModule) -> Result<String, String> {
+        Err("the loader writes no module".into())
+    }
+
+    fn memory(&mut self, record: &MemoryRecord) -> Result<Memory, String> {
+        if record.files.is_empty() {
+            return Ok(Memory::from_page_map(PageMap::new(), record.size_bytes));
+        }
+        if let Some(layers) = self.layers.get(&record.files) {
+            return Ok(Memory::from_page_map(
+                PageMap::with_base(layers.clone()),
+                record.size_bytes,
+            ));
+        }
+        let mut files = Vec::with_capacity(record.files.len());
+        for name in &record.files {
+            if let Some(file) = self.mapped.get(name) {
+                files.push(file.clone());
+                continue;
+            }
+            if name.contains('/') || name.contains("..") {
+                return Err(format!("page file name {name:?} is not a plain name"));
+            }
+            let path = self.dir.join(PAGES).join(name);
+            let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mapped = Arc::new(PageFile::map(&file, name).map_err(|e| e.to_string())?);
+            self.mapped.insert(name.clone(), mapped.clone());
+            files.push(mapped);
+        }
+        let layers = Arc::new(PageLayers::new(files));
+        self.layers.insert(record.files.clone(), layers.clone());
+        Ok(Memory::from_page_map(
+            PageMap::with_base(layers),
+            record.size_bytes,
+        ))
+    }
+
+    fn module(&mut self, name: &str) -> Result<WasmModule, String> {
+        if let Some(module) = self.modules.get(name) {
+            return Ok(module.clone());
+        }
+        if name.contains('/') || name.contains("..") {
+            return Err(format!("module file name {name:?} is not a plain name"));
+        }
+        let path = self.dir.join(WASM).join(name);
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let module = WasmModule::new(bytes);
+        self.modules.insert(name.to_string(), module.clone());
+        Ok(module)
+    }
+}
