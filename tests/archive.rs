@@ -52,6 +52,7 @@ impl Backend {
 
     fn s3() -> Self {
         let server = S3Server::start();
+        canister_snapshots::archive::install_tls_provider();
         let store = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(format!("http://{}", server.addr))
             .with_allow_http(true)

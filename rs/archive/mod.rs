@@ -194,6 +194,7 @@ impl Archive {
             return Archive::with_store(Arc::new(object_store::memory::InMemory::new()), "");
         }
         if let Some(rest) = url.strip_prefix("s3://") {
+            install_tls_provider();
             let store = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url)
                 .build()
@@ -261,6 +262,16 @@ impl Archive {
         self.store.put(path, PutPayload::from(bytes)).await?;
         Ok(())
     }
+}
+
+/// Makes `ring` the process's TLS provider, once (later calls, and a provider the embedding
+/// program installed first, are left alone). The S3 client's `reqwest` is built with rustls
+/// but without a bundled provider, so that `aws-lc-sys`, a C library of minutes to compile, is
+/// not in the build; without a provider it could not build its client. [`Archive::open`]
+/// calls this; a program that builds its own S3 store calls it before.
+pub fn install_tls_provider() {
+    // `Err` means a provider is installed already: that one serves.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// What an archive holds.
