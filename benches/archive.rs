@@ -184,7 +184,7 @@ fn main() {
 
     // Fresh push and pull, each beside the directory transfer of the same snapshot.
     let (mut download, mut upload, mut push, mut pull) = (vec![], vec![], vec![], vec![]);
-    let (mut fresh_sent, mut fresh_blocks) = (0, 0);
+    let (mut fresh_sent, mut fresh_objects) = (0, 0);
     for _ in 0..runs {
         let (again, took) = env.snapshot();
         download.push(took);
@@ -195,7 +195,7 @@ fn main() {
         let report = archive.push(&dir, &PushOptions::default()).unwrap();
         push.push(start.elapsed());
         fresh_sent = report.bytes_sent;
-        fresh_blocks = report.blocks;
+        fresh_objects = archive.usage().unwrap().objects;
         let out = env.path("pulled");
         let start = Instant::now();
         archive
@@ -215,10 +215,10 @@ fn main() {
     );
     println!("| | directory upload | {} |", secs(upload));
     println!(
-        "| | archive push (local files) | {} | sent {} in {fresh_blocks} blocks ({:.0} per GiB) | push ÷ download time {:.2} |",
+        "| | archive push (local files) | {} | sent {} in {fresh_objects} objects ({:.0} per GiB) | push ÷ download time {:.2} |",
         secs(push),
         human_bytes(fresh_sent),
-        fresh_blocks as f64 * (1u64 << 30) as f64 / snapshot_bytes as f64,
+        fresh_objects as f64 * (1u64 << 30) as f64 / snapshot_bytes as f64,
         push.as_secs_f64() / download.as_secs_f64()
     );
     println!(
@@ -244,20 +244,20 @@ fn main() {
         let report = archive.push(&second, &PushOptions::default()).unwrap();
         let pushed = start.elapsed();
         println!(
-            "| second push, 1% of pages changed ({what}) | directory download {} | push {} | sent {} = {:.2}% of the snapshot ({} of {} blocks) |",
+            "| second push, 1% of pages changed ({what}) | directory download {} | push {} | sent {} = {:.2}% of the snapshot ({} of {} pages) |",
             secs(took),
             secs(pushed),
             human_bytes(report.bytes_sent),
             100.0 * report.bytes_sent as f64 / snapshot_bytes as f64,
-            report.blocks_sent,
-            report.blocks
+            report.pages_sent,
+            report.pages
         );
         std::fs::remove_dir_all(&store).unwrap();
         std::fs::remove_dir_all(&base).unwrap();
         std::fs::remove_dir_all(&second).unwrap();
     }
 
-    // Thirty daily snapshots, 1% (contiguous) changed a day: what the archive holds. The
+    // Thirty daily snapshots, 1% (scattered) changed a day: what the archive holds. The
     // directories are edited in place (a copy of yesterday's, 1% of the heap rewritten), which
     // is what a day's download would produce, without a replica in the loop.
     let store = env.path("archive");
@@ -278,15 +278,17 @@ fn main() {
         let _ = std::fs::remove_file(snapshot_dir.checksum_path());
         archive.push(&day, &options).unwrap();
         let mut bytes = std::fs::read(&heap).unwrap();
-        let pages = size / PAGE / 100;
-        let first = env.rng.next() % (size / PAGE - pages);
-        let fresh = env.rng.bytes(pages * PAGE);
-        bytes[(first * PAGE) as usize..((first + pages) * PAGE) as usize].copy_from_slice(&fresh);
+        // 1% of the pages, one in a hundred from a random start: every 1 MiB block touched.
+        let start = env.rng.next() % 100;
+        for page in (start..size / PAGE).step_by(100) {
+            let fresh = env.rng.bytes(PAGE);
+            bytes[(page * PAGE) as usize..((page + 1) * PAGE) as usize].copy_from_slice(&fresh);
+        }
         std::fs::write(&heap, bytes).unwrap();
     }
     let usage = archive.usage().unwrap();
     println!(
-        "| {dailies} daily snapshots, 1% contiguous change a day | archive {} in {} objects = {:.2}× one snapshot ({}) | {} |",
+        "| {dailies} daily snapshots, 1% scattered change a day | archive {} in {} objects = {:.2}× one snapshot ({}) | {} |",
         human_bytes(usage.bytes),
         usage.objects,
         usage.bytes as f64 / snapshot_bytes as f64,

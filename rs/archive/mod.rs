@@ -1,38 +1,46 @@
 //! Off-chain archives of snapshots in object storage (S3 and compatible stores, local files,
-//! memory), content-addressed and deduplicated. Format and guarantees: `spec/archive.md`.
+//! memory), content-addressed and deduplicated by page. Format and guarantees:
+//! `spec/archive.md` (format v2).
 //!
-//! An archive is three kinds of object under one prefix of one store:
+//! An archive is four kinds of object under one prefix of one store:
 //!
 //! ```text
-//! PREFIX/blocks/<hex sha256>                    1 MiB of a region (or one Wasm chunk), stored once
-//! PREFIX/manifests/<canister>/<manifest>.json   a snapshot: its metadata and its blocks' hashes
+//! PREFIX/packs/<name>.pages                     up to 4,096 pages of 4 KiB (1,024 by default: 4 MiB)
+//! PREFIX/packs/<name>.index                     the leaf hash of each; <name> = SHA-256 of this object
+//! PREFIX/manifests/<canister>/<manifest>.json   a snapshot: its metadata and runs of pack pages
 //! PREFIX/locks/<push|prune>-<nonce>.json        who is pushing or pruning right now
 //! ```
 //!
-//! **Block size: 1 MiB** (256 pages of 4 KiB, one level-2 subtree of the memory Merkle tree,
-//! `spec/checksum.md`). 1 GiB is 1,024 objects, under the 2,000 objects per GiB an object store
-//! handles well (request costs and latency are per object), and the smallest power of two that
-//! is: 512 KiB would make 2,048. A smaller block would deduplicate finer; a larger one would
-//! send more per changed page. All-zero blocks are not stored (a `null` in the manifest).
+//! **Why pages in packs.** The unit of deduplication is the 4 KiB page, the leaf of the
+//! checksum's Merkle tree (`spec/checksum.md`): a canister that changed 1% of its pages, even
+//! one page in a hundred, sends 1% again (plus 32 bytes of index and a run or two of manifest
+//! per changed stretch). 4 KiB objects would be 262,144 per GiB; packs of 1,024 new pages make
+//! 256 packs, 512 objects per GiB, under the 2,000 an object store handles well. A manifest
+//! names pages as runs `[pack, first, count]`, so a fresh snapshot is one run per pack and a
+//! pull reads each pack's runs in one ranged, coalesced GET. Zero pages are runs of `null`:
+//! not stored.
 //!
-//! **What a crash leaves behind.** A push writes blocks first and its manifest last, in one
-//! `put` (atomic in every `object_store` backend): a crash leaves blocks no manifest references,
-//! never a manifest without its blocks. Running the push again skips the blocks present. A pull
-//! writes into a new staging directory beside the destination, verifies the snapshot checksum
-//! of what it wrote end to end, and only then renames it into place.
+//! **What a crash leaves behind.** A push writes a pack's pages before its index, and its
+//! manifest last, each in one `put` (atomic in every `object_store` backend): a crash leaves
+//! packs no manifest references (or a pages object without an index), never a manifest
+//! without its pages, nor an index naming pages not stored. Running the push again reads the
+//! indexes and skips the pages stored. A pull writes into a new staging directory beside the
+//! destination, checks every page against its pack's index and every index against its name,
+//! verifies the snapshot checksum of what it wrote end to end, and only then renames it.
 //!
 //! **Prune against a concurrent push: mark and sweep under lock objects.** A push writes
-//! `locks/push-*` before its first block and deletes it after its manifest; a prune writes
+//! `locks/push-*` before it reads the indexes and deletes it after its manifest; a prune writes
 //! `locks/prune-*`, then lists the locks and stops if a live push lock is there; a push that
 //! finds a live prune lock after writing its own withdraws and waits. Whichever of the two lists
 //! second sees the other's lock (S3 and the other backends list what was written before), so a
-//! sweep never runs while a push relies on blocks it found present. A lock not refreshed for
+//! sweep never runs while a push relies on packs it found present. A lock not refreshed for
 //! [`STALE_LOCK`] (by the store's clock: its `last_modified`) is a crashed client's and ignored;
-//! a push refreshes its lock every [`LOCK_REFRESH`].
+//! a push refreshes its lock every [`LOCK_REFRESH`]. A prune keeps a pack whole while any
+//! manifest names any of its pages (no repacking: see `spec/archive.md` for the trade-off).
 //!
 //! The library's API is synchronous: each [`Archive`] owns a small tokio runtime and blocks on
-//! it. Nothing here touches replicated state; the only clocks read are for lock refreshes and
-//! the store's own timestamps.
+//! it. Nothing here touches replicated state; the only clocks read are for lock refreshes,
+//! temporary names and the store's own timestamps.
 
 #![forbid(unsafe_code)]
 
@@ -53,7 +61,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use crate::client::ManagementClient;
 use crate::transfer::{TransferError, TransferOptions, download_canister_snapshot};
 
-pub use manifest::{BLOCK_BYTES, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, Manifest, RegionBlocks};
+pub use manifest::{
+    ChunkPages, DEFAULT_PACK_PAGES, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, MAX_PACK_PAGES, Manifest,
+    PAGE_BYTES, PackIndex, PageRuns, Run,
+};
 pub use prune::{PruneOptions, PruneReport};
 pub use pull::{PullOptions, PullReport};
 pub use push::{Hook, PushOptions, PushReport};
@@ -64,7 +75,7 @@ pub const STALE_LOCK: Duration = Duration::from_secs(15 * 60);
 /// How often a running push rewrites its lock.
 pub const LOCK_REFRESH: Duration = Duration::from_secs(60);
 
-/// Blocks in flight at once, each way: enough to hide a store's per-request latency.
+/// Objects in flight at once, each way: enough to hide a store's per-request latency.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Why an archive operation failed. Each variant names the object, file or step.
@@ -85,19 +96,19 @@ pub enum ArchiveError {
         source: std::io::Error,
     },
     #[error(
-        "block {name} ({what}) is missing from the archive: the archive lost data; nothing was \
-         written to the destination. Push the snapshot again if you still have it"
+        "pack {name} (needed for {what}) is missing from the archive: the archive lost data; \
+         nothing was written to the destination. Push the snapshot again if you still have it"
     )]
-    MissingBlock { name: String, what: String },
+    MissingPack { name: String, what: String },
     #[error(
-        "block {name} ({what}) is corrupted in the archive: its content hashes to {actual}; \
-         nothing was written to the destination. Delete the object and push the snapshot again \
-         if you still have it"
+        "pack {name} (needed for {what}) is corrupted in the archive: {reason}; nothing was \
+         written to the destination. Delete packs/{name}.* and push the snapshot again if you \
+         still have it"
     )]
-    CorruptBlock {
+    CorruptPack {
         name: String,
         what: String,
-        actual: String,
+        reason: String,
     },
     #[error("manifest {name} is not valid: {reason}")]
     Manifest { name: String, reason: String },
@@ -137,16 +148,21 @@ pub enum ArchiveError {
     )]
     PruneInProgress { lock: String },
     #[error(
-        "a push is running on this archive ({lock}), and it may rely on blocks no manifest \
+        "a push is running on this archive ({lock}), and it may rely on packs no manifest \
          references yet: prune again when it has finished (a crashed push's lock expires after \
          15 minutes)"
     )]
     PushInProgress { lock: String },
     #[error(
-        "the push stopped after {blocks} blocks as asked, before its manifest: run it again to \
-         resume (blocks already stored are skipped)"
+        "the push stopped after {packs} new packs as asked, before its manifest: run it again \
+         to resume (pages already stored are skipped)"
     )]
-    Interrupted { blocks: u64 },
+    Interrupted { packs: u64 },
+    #[error(
+        "manifest {name} would have {bytes} bytes, more than the {MAX_MANIFEST_BYTES} a reader \
+         accepts: the snapshot's pages are too scattered across packs"
+    )]
+    ManifestTooLarge { name: String, bytes: u64 },
     #[error("--keep-last must be at least 1: to delete every snapshot, delete the archive")]
     KeepLastZero,
     #[error("{what} {text:?} is not valid: {reason}")]
@@ -227,7 +243,7 @@ impl Archive {
         })
     }
 
-    /// The store's path of `relative` (`blocks/…`, `manifests/…`, `locks/…`).
+    /// The store's path of `relative` (`packs/…`, `manifests/…`, `locks/…`).
     fn path(&self, relative: &str) -> Path {
         if self.prefix.is_empty() {
             Path::from(relative)
@@ -236,8 +252,13 @@ impl Archive {
         }
     }
 
-    fn block_path(&self, name: &str) -> Path {
-        self.path(&format!("blocks/{name}"))
+    /// `packs/<name>.<kind>`, `kind` being `pages` or `index`.
+    fn pack_path(&self, name: &str, kind: &str) -> Path {
+        self.path(&format!("packs/{name}.{kind}"))
+    }
+
+    fn manifest_path(&self, name: &str) -> Path {
+        self.path(&format!("manifests/{name}.json"))
     }
 
     /// Every object of the archive, with its size: what the archive costs to keep.
@@ -250,8 +271,12 @@ impl Archive {
         for object in objects {
             usage.objects = usage.objects.saturating_add(1);
             usage.bytes = usage.bytes.saturating_add(object.size);
-            if object.location.as_ref().contains("blocks/") {
-                usage.blocks = usage.blocks.saturating_add(1);
+            if object
+                .location
+                .filename()
+                .is_some_and(|f| f.ends_with(".index"))
+            {
+                usage.packs = usage.packs.saturating_add(1);
             }
         }
         Ok(usage)
@@ -277,8 +302,11 @@ pub fn install_tls_provider() {
 /// What an archive holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ArchiveUsage {
+    /// Objects of every kind.
     pub objects: u64,
-    pub blocks: u64,
+    /// Packs with an index (a pages object without one is a crashed push's, until a prune).
+    pub packs: u64,
+    /// Bytes of every object.
     pub bytes: u64,
 }
 

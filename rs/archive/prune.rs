@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
-use super::manifest::{MAX_MANIFEST_BYTES, Manifest, check_name};
+use super::manifest::{MAX_MANIFEST_BYTES, Manifest, check_name, is_hash};
 use super::push::PushOptions;
 use super::{Archive, ArchiveError, STALE_LOCK};
 
@@ -18,7 +18,7 @@ use super::{Archive, ArchiveError, STALE_LOCK};
 pub struct PruneOptions {
     /// Manifests kept per canister, the newest (by `taken_at_timestamp`); at least 1.
     pub keep_last: usize,
-    /// Prune this canister's manifests only (blocks are swept for the whole archive, marked
+    /// Prune this canister's manifests only (packs are swept for the whole archive, marked
     /// by every canister's manifests).
     pub canister_id: Option<Principal>,
     /// Age (by the store's clock) past which a push lock is a crashed push's and ignored.
@@ -40,7 +40,8 @@ impl PruneOptions {
 pub struct PruneReport {
     pub manifests_deleted: Vec<String>,
     pub manifests_kept: usize,
-    pub blocks_deleted: u64,
+    /// Packs deleted (pages and index objects; a crashed push's pages without an index).
+    pub packs_deleted: u64,
     pub bytes_freed: u64,
 }
 
@@ -56,7 +57,7 @@ impl Archive {
         self.runtime.block_on(self.read_manifest(name))
     }
 
-    /// Deletes all but the newest `keep_last` manifests of each canister, then every block no
+    /// Deletes all but the newest `keep_last` manifests of each canister, then every pack no
     /// remaining manifest references. Refused while a push runs ([`ArchiveError::PushInProgress`]).
     pub fn prune(&self, options: &PruneOptions) -> Result<PruneReport, ArchiveError> {
         if options.keep_last == 0 {
@@ -76,7 +77,7 @@ impl Archive {
 
     async fn prune_locked(&self, options: &PruneOptions) -> Result<PruneReport, ArchiveError> {
         // Mark: every manifest of every canister. One that cannot be read stops the prune
-        // before anything is deleted: its blocks are unknown.
+        // before anything is deleted: its packs are unknown.
         let mut by_canister: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
         for manifest in self.list_manifests(None).await? {
             by_canister
@@ -97,27 +98,39 @@ impl Archive {
             let (dropped, kept) = manifests.split_at(drop);
             for manifest in dropped {
                 let name = manifest.name();
-                self.store
-                    .delete(&self.path(&format!("manifests/{name}.json")))
-                    .await?;
+                self.store.delete(&self.manifest_path(&name)).await?;
                 report.manifests_deleted.push(name);
             }
             report.manifests_kept = report.manifests_kept.saturating_add(kept.len());
             for manifest in kept {
-                marked.extend(manifest.referenced_blocks());
+                marked.extend(manifest.referenced_packs());
             }
         }
-        // Sweep.
-        let blocks_dir = self.path("blocks");
-        let blocks: Vec<_> = self.store.list(Some(&blocks_dir)).try_collect().await?;
-        for block in blocks {
-            let name = block.location.filename().unwrap_or_default();
+        // Sweep: a pack goes whole when no kept manifest names it, pages and index alike (a
+        // pages object without an index is a crashed push's). Objects under packs/ that are
+        // not named like a pack are not ours and stay.
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&self.path("packs")))
+            .try_collect()
+            .await?;
+        let mut swept: BTreeSet<String> = BTreeSet::new();
+        for object in objects {
+            let Some((name, kind)) = object
+                .location
+                .filename()
+                .and_then(|f| f.split_once('.'))
+                .filter(|(name, kind)| is_hash(name) && matches!(*kind, "pages" | "index"))
+            else {
+                continue;
+            };
             if !marked.contains(name) {
-                self.store.delete(&block.location).await?;
-                report.blocks_deleted = report.blocks_deleted.saturating_add(1);
-                report.bytes_freed = report.bytes_freed.saturating_add(block.size);
+                self.store.delete(&self.pack_path(name, kind)).await?;
+                swept.insert(name.to_string());
+                report.bytes_freed = report.bytes_freed.saturating_add(object.size);
             }
         }
+        report.packs_deleted = swept.len() as u64;
         Ok(report)
     }
 
@@ -153,7 +166,7 @@ impl Archive {
     }
 
     pub(super) async fn read_manifest(&self, name: &str) -> Result<Manifest, ArchiveError> {
-        let path = self.path(&format!("manifests/{name}.json"));
+        let path = self.manifest_path(name);
         let found = match self.store.get(&path).await {
             Ok(found) => found,
             Err(object_store::Error::NotFound { .. }) => {

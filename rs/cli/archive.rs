@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use candid::Principal;
 use clap::Subcommand;
 
-use crate::archive::{Archive, PruneOptions, PullOptions, PushOptions};
+use crate::archive::{Archive, PruneOptions, PullOptions, PushOptions, PushReport};
 use crate::memory::checksum::hex;
 use crate::progress::human_bytes;
 
 #[derive(Subcommand, Debug)]
 pub enum ArchiveCommand {
-    /// Push a snapshot directory into an archive (blocks already there are skipped); prints
+    /// Push a snapshot directory into an archive (pages already there are skipped); prints
     /// the manifest's name.
     Push {
         dir: PathBuf,
@@ -36,7 +36,7 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "ID")]
         canister: Option<String>,
     },
-    /// Keep the newest N manifests per canister, then delete the blocks nothing references.
+    /// Keep the newest N manifests per canister, then delete the packs nothing references.
     Prune {
         url: String,
         #[arg(long, value_name = "N")]
@@ -51,8 +51,23 @@ fn principal(text: Option<String>) -> Result<Option<Principal>, String> {
         .transpose()
 }
 
-fn open(url: &str) -> Result<Archive, String> {
+pub fn open(url: &str) -> Result<Archive, String> {
     Archive::open(url).map_err(|e| e.to_string())
+}
+
+/// One line on what a push sent, for standard error.
+pub fn push_summary(report: &PushReport) -> String {
+    if report.already_archived {
+        return "already archived: nothing sent".into();
+    }
+    format!(
+        "sent {} ({} new pages of {}, in {} packs) for a snapshot of {}",
+        human_bytes(report.bytes_sent),
+        report.pages_sent,
+        report.pages,
+        report.packs_sent,
+        human_bytes(report.snapshot_bytes)
+    )
 }
 
 /// Runs an `archive` subcommand.
@@ -66,17 +81,7 @@ pub fn run(command: ArchiveCommand) -> Result<(), String> {
             let report = open(&url)?
                 .push(&dir, &options)
                 .map_err(|e| e.to_string())?;
-            if report.already_archived {
-                eprintln!("already archived: nothing sent");
-            } else {
-                eprintln!(
-                    "sent {} in {} new blocks of {} (snapshot {})",
-                    human_bytes(report.bytes_sent),
-                    report.blocks_sent,
-                    report.blocks,
-                    human_bytes(report.snapshot_bytes)
-                );
-            }
+            eprintln!("{}", push_summary(&report));
             println!("{}", report.manifest);
             Ok(())
         }
@@ -121,9 +126,9 @@ pub fn run(command: ArchiveCommand) -> Result<(), String> {
                 println!("deleted {name}");
             }
             println!(
-                "kept {} manifests; deleted {} unreferenced blocks ({})",
+                "kept {} manifests; deleted {} unreferenced packs ({})",
                 report.manifests_kept,
-                report.blocks_deleted,
+                report.packs_deleted,
                 human_bytes(report.bytes_freed)
             );
             Ok(())
