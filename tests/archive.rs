@@ -1024,3 +1024,67 @@ fn command_line_push_list_pull_prune() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("archive list"));
 }
+
+#[test]
+fn command_line_canister_snapshot_archive_downloads_and_pushes_in_one_step() {
+    // `canister snapshot archive CANISTER ID --to URL` over a durable local replica, every
+    // step a new process, as a daily cron job runs it.
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let store = work.path().join("backups");
+    let url = format!("file://{}", store.display());
+    let bin = env!("CARGO_BIN_EXE_canister-snapshots");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(bin)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let canister = run(&["canister", "create"]);
+    run(&["canister", "install", &canister]);
+    run(&[
+        "canister",
+        "call",
+        &canister,
+        "write_heap",
+        "(70000 : nat64, blob \"archived at the shell\")",
+    ]);
+    let id = run(&["canister", "snapshot", "create", &canister, "--force"]);
+    let name = run(&[
+        "canister", "snapshot", "archive", &canister, &id, "--to", &url,
+    ]);
+    assert!(name.starts_with(&format!("{canister}/")), "{name}");
+    assert_eq!(
+        run(&["archive", "list", &url]).split_whitespace().next(),
+        Some(name.as_str())
+    );
+    // Pulled back, it is the snapshot a download gives.
+    let pulled = work.path().join("pulled");
+    run(&["archive", "pull", &url, &name, pulled.to_str().unwrap()]);
+    let downloaded = work.path().join("downloaded");
+    run(&[
+        "canister",
+        "snapshot",
+        "download",
+        &canister,
+        &id,
+        "--dir",
+        downloaded.to_str().unwrap(),
+    ]);
+    assert_same_snapshot(&downloaded, &pulled);
+    // Again the next day: nothing new is sent for the same snapshot.
+    assert_eq!(
+        run(&[
+            "canister", "snapshot", "archive", &canister, &id, "--to", &url
+        ]),
+        name
+    );
+}
