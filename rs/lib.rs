@@ -23,6 +23,7 @@
     )
 )]
 
+pub mod archive;
 pub mod cli;
 pub mod client;
 pub mod config;

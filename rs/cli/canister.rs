@@ -108,6 +108,15 @@ pub enum CanisterSnapshotCommand {
         #[arg(long)]
         resume: bool,
     },
+    /// Download snapshot ID and push it into the archive at URL in one step (`archive push`
+    /// of the download, `spec/archive.md`); prints the manifest's name.
+    Archive {
+        canister: String,
+        id: String,
+        /// s3://BUCKET[/PREFIX], file:///PATH or a plain path.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Upload DIR as a new snapshot; prints its id in hex.
     Upload {
         canister: String,
@@ -362,6 +371,20 @@ fn execute_snapshot(
             )
             .map_err(|e| e.to_string())?;
             Ok(format!("downloaded into {}", dir.display()))
+        }
+        CanisterSnapshotCommand::Archive { canister, id, to } => {
+            let archive = super::archive::open(&to)?;
+            let report = crate::archive::archive_snapshot(
+                sm,
+                principal(&canister)?,
+                sender,
+                snapshot_id(&id)?,
+                &archive,
+                &crate::archive::PushOptions::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            eprintln!("{}", super::archive::push_summary(&report));
+            Ok(report.manifest)
         }
         CanisterSnapshotCommand::Upload {
             canister,

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod canister;
 pub mod demo;
 pub mod simulate;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Tools on local snapshot directories (the layout of `dfx canister snapshot download`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Snapshot archives in object storage (S3, local files): push, pull, list, prune.
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
     /// `dfx canister …` over a local replica kept in --state-dir.
     #[command(subcommand)]
     Canister(canister::CanisterCommand),
@@ -138,5 +142,6 @@ pub fn run(cli: Cli) -> Result<(), String> {
             };
             canister::run(&cli.state_dir, sender, command)
         }
+        Command::Archive(command) => archive::run(command),
     }
 }
