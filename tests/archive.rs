@@ -288,6 +288,33 @@ macro_rules! on_every_backend {
 // Snapshots to archive
 // ---------------------------------------------------------------------------------------------
 
+/// A day later, the canister's only snapshot (the previous one deleted: the quota is small),
+/// downloaded into `dirs/snapshot-<n>`.
+fn next_daily_snapshot(
+    sm: &mut StateMachine,
+    canister: &TestCanister,
+    dirs: &tempfile::TempDir,
+    n: u32,
+) -> PathBuf {
+    for snapshot in sm
+        .list_canister_snapshots(canister.id, Some(canister.sender))
+        .unwrap()
+    {
+        sm.delete_canister_snapshot(canister.id, Some(canister.sender), snapshot.id)
+            .unwrap();
+    }
+    // Snapshots a day apart: their manifests sort in this order.
+    sm.advance_time(Duration::from_secs(86_400));
+    let id = sm
+        .take_canister_snapshot(canister.id, Some(canister.sender), None)
+        .unwrap()
+        .id;
+    let dir = dirs.path().join(format!("snapshot-{n}"));
+    sm.download_canister_snapshot(canister.id, Some(canister.sender), id, &dir)
+        .unwrap();
+    dir
+}
+
 /// A canister with 3 MiB of heap and some stable memory, and a place to download its snapshots.
 struct Fixture {
     sm: StateMachine,
@@ -316,31 +343,8 @@ impl Fixture {
 
     /// Takes a snapshot (replacing the previous one: the quota is small) and downloads it.
     fn snapshot(&mut self) -> PathBuf {
-        let existing = self
-            .sm
-            .list_canister_snapshots(self.canister.id, Some(self.canister.sender))
-            .unwrap();
-        for snapshot in existing {
-            self.sm
-                .delete_canister_snapshot(self.canister.id, Some(self.canister.sender), snapshot.id)
-                .unwrap();
-        }
-        // Snapshots a day apart: their manifests sort in this order.
-        self.sm.advance_time(Duration::from_secs(86_400));
-        let id = self
-            .sm
-            .take_canister_snapshot(self.canister.id, Some(self.canister.sender), None)
-            .unwrap()
-            .id;
         self.snapshots += 1;
-        let dir = self
-            .dirs
-            .path()
-            .join(format!("snapshot-{}", self.snapshots));
-        self.sm
-            .download_canister_snapshot(self.canister.id, Some(self.canister.sender), id, &dir)
-            .unwrap();
-        dir
+        next_daily_snapshot(&mut self.sm, &self.canister, &self.dirs, self.snapshots)
     }
 
     /// Changes one 4 KiB page of the heap at `offset`.
@@ -735,30 +739,8 @@ impl BigCanister {
     }
 
     fn snapshot(&mut self) -> PathBuf {
-        for snapshot in self
-            .sm
-            .list_canister_snapshots(self.canister.id, Some(self.canister.sender))
-            .unwrap()
-        {
-            self.sm
-                .delete_canister_snapshot(self.canister.id, Some(self.canister.sender), snapshot.id)
-                .unwrap();
-        }
-        self.sm.advance_time(Duration::from_secs(86_400));
-        let id = self
-            .sm
-            .take_canister_snapshot(self.canister.id, Some(self.canister.sender), None)
-            .unwrap()
-            .id;
         self.snapshots += 1;
-        let dir = self
-            .dirs
-            .path()
-            .join(format!("snapshot-{}", self.snapshots));
-        self.sm
-            .download_canister_snapshot(self.canister.id, Some(self.canister.sender), id, &dir)
-            .unwrap();
-        dir
+        next_daily_snapshot(&mut self.sm, &self.canister, &self.dirs, self.snapshots)
     }
 }
 
