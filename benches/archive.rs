@@ -95,7 +95,10 @@ impl Env {
         let pages = self.size / PAGE / 100;
         let start = self.rng.next() % (self.size / PAGE - pages);
         let bytes = self.rng.bytes(pages * PAGE);
-        self.write(start * PAGE, bytes);
+        // In messages of at most 1 MiB: an ingress message is limited to 2 MB.
+        for (i, piece) in bytes.chunks(MIB as usize).enumerate() {
+            self.write(start * PAGE + i as u64 * MIB, piece.to_vec());
+        }
     }
 
     /// 1% of the heap's pages, each chosen at random.
