@@ -181,6 +181,35 @@ fn dirty_one_percent(state: &mut ReplicatedState, size: u64, salt: u64) {
     }
 }
 
+/// The 1% checkpoints split into those that wrote only their own overlay and those that also
+/// merged (wrote more than the smallest write seen, plus a page of slack), with the median time
+/// and bytes of each kind.
+fn print_merge_split(each: &[(Duration, u64)]) {
+    let Some(least) = each.iter().map(|&(_, bytes)| bytes).min() else {
+        return;
+    };
+    let median = |mut v: Vec<(Duration, u64)>| -> Option<(Duration, u64)> {
+        v.sort();
+        v.get(v.len() / 2).copied()
+    };
+    let (plain, merging): (Vec<_>, Vec<_>) = each
+        .iter()
+        .partition(|&&(_, bytes)| bytes <= least + PAGE * 2);
+    for (kind, v) in [("without a merge", plain), ("with a merge", merging)] {
+        let count = v.len();
+        let total: Duration = v.iter().map(|&(t, _)| t).sum();
+        if let Some((time, bytes)) = median(v) {
+            eprintln!(
+                "incremental/checkpoint_after_1pct {kind}: {count} of {} checkpoints, median \
+                 {time:?} (mean {:?}), {:.1} MiB of page files written",
+                each.len(),
+                total / count as u32,
+                bytes as f64 / MIB as f64
+            );
+        }
+    }
+}
+
 /// The take pair again, outside criterion: `pairs` checkpoints without and with the take,
 /// alternated, so that the two see the same disk and the same neighbours (criterion runs one
 /// function after the other, minutes apart on a busy machine). Prints the medians.
@@ -277,19 +306,26 @@ fn main() {
     let mut state = state_with_stable_memory(incremental_size);
     checkpoint(&mut manager, &mut state);
     let mut salt = 0u64;
+    // Each checkpoint's time and the page-file bytes it wrote: one that merged wrote more than
+    // its own overlay (printed below, split by that).
+    let mut each: Vec<(Duration, u64)> = Vec::new();
     group.bench_function("checkpoint_after_1pct", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 salt += 1;
                 dirty_one_percent(&mut state, incremental_size, salt);
+                let before = page_files(&manager);
                 let start = std::time::Instant::now();
                 checkpoint(&mut manager, &mut state);
-                total += start.elapsed();
+                let elapsed = start.elapsed();
+                total += elapsed;
+                each.push((elapsed, new_page_bytes(&before, &page_files(&manager))));
             }
             total
         })
     });
+    print_merge_split(&each);
     drop((manager, state, dir));
     group.finish();
 
