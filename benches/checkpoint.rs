@@ -154,6 +154,38 @@ fn new_page_bytes(before: &BTreeMap<u64, u64>, after: &BTreeMap<u64, u64>) -> u6
         .sum()
 }
 
+/// Times one checkpoint and counts the page-file bytes it wrote.
+fn timed_checkpoint(manager: &mut StateManager, state: &mut ReplicatedState) -> (Duration, u64) {
+    let before = page_files(manager);
+    let start = std::time::Instant::now();
+    checkpoint(manager, state);
+    let elapsed = start.elapsed();
+    (elapsed, new_page_bytes(&before, &page_files(manager)))
+}
+
+/// Benchmarks the first checkpoint of a fresh state built by `state` (untimed, with its own
+/// directory, deleted when the iteration ends).
+fn bench_fresh_checkpoint(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    state: impl Fn() -> ReplicatedState,
+) {
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let (manager, _) = open(dir.path());
+                (dir, manager, state())
+            },
+            |(dir, mut manager, mut state)| {
+                checkpoint(&mut manager, &mut state);
+                (dir, manager, state)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+}
+
 fn take(state: &mut ReplicatedState) {
     let mut snapshots: SnapshotStore = state.snapshots.clone();
     let canister = state.canisters.values_mut().next().expect("one");
@@ -256,20 +288,7 @@ fn main() {
     // Each iteration's directory is dropped (deleted) when the iteration ends.
     let mut group = c.benchmark_group("full");
     group.throughput(Throughput::Bytes(size));
-    group.bench_function("checkpoint", |b| {
-        b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().expect("a temporary directory");
-                let (manager, _) = open(dir.path());
-                (dir, manager, state_with_stable_memory(size))
-            },
-            |(dir, mut manager, mut state)| {
-                checkpoint(&mut manager, &mut state);
-                (dir, manager, state)
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    bench_fresh_checkpoint(&mut group, "checkpoint", || state_with_stable_memory(size));
     group.bench_function("fs_write_fsync", |b| {
         let bytes = vec![0x5Au8; size as usize];
         b.iter_batched(
@@ -286,19 +305,8 @@ fn main() {
     group.finish();
 
     let mut group = c.benchmark_group("incremental");
-    group.bench_function("full_checkpoint", |b| {
-        b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().expect("a temporary directory");
-                let (manager, _) = open(dir.path());
-                (dir, manager, state_with_stable_memory(incremental_size))
-            },
-            |(dir, mut manager, mut state)| {
-                checkpoint(&mut manager, &mut state);
-                (dir, manager, state)
-            },
-            BatchSize::PerIteration,
-        )
+    bench_fresh_checkpoint(&mut group, "full_checkpoint", || {
+        state_with_stable_memory(incremental_size)
     });
     // Built once, outside the routine (criterion calls it once per sample), deleted after.
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -315,12 +323,9 @@ fn main() {
             for _ in 0..iters {
                 salt += 1;
                 dirty_one_percent(&mut state, incremental_size, salt);
-                let before = page_files(&manager);
-                let start = std::time::Instant::now();
-                checkpoint(&mut manager, &mut state);
-                let elapsed = start.elapsed();
+                let (elapsed, written) = timed_checkpoint(&mut manager, &mut state);
                 total += elapsed;
-                each.push((elapsed, new_page_bytes(&before, &page_files(&manager))));
+                each.push((elapsed, written));
             }
             total
         })
@@ -337,33 +342,18 @@ fn main() {
         } else {
             "checkpoint_without_take"
         };
-        group.bench_function(name, |b| {
-            b.iter_batched(
-                || {
-                    let dir = tempfile::tempdir().expect("a temporary directory");
-                    let (manager, _) = open(dir.path());
-                    let mut state = state_with_stable_memory(size);
-                    if with_take {
-                        take(&mut state);
-                    }
-                    (dir, manager, state)
-                },
-                |(dir, mut manager, mut state)| {
-                    checkpoint(&mut manager, &mut state);
-                    (dir, manager, state)
-                },
-                BatchSize::PerIteration,
-            )
-        });
+        let fresh = || {
+            let mut state = state_with_stable_memory(size);
+            if with_take {
+                take(&mut state);
+            }
+            state
+        };
+        bench_fresh_checkpoint(&mut group, name, fresh);
         // Once more, untimed, to count what the checkpoint wrote.
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (mut manager, _) = open(dir.path());
-        let mut state = state_with_stable_memory(size);
-        if with_take {
-            take(&mut state);
-        }
-        checkpoint(&mut manager, &mut state);
-        let written = new_page_bytes(&BTreeMap::new(), &page_files(&manager));
+        let (_, written) = timed_checkpoint(&mut manager, &mut fresh());
         eprintln!("take/{name}: the checkpoint wrote {written} bytes of page files");
     }
     group.finish();
@@ -391,11 +381,9 @@ fn main() {
                     if with_take {
                         take(&mut state);
                     }
-                    let before = page_files(&manager);
-                    let start = std::time::Instant::now();
-                    checkpoint(&mut manager, &mut state);
-                    total += start.elapsed();
-                    written = new_page_bytes(&before, &page_files(&manager));
+                    let elapsed;
+                    (elapsed, written) = timed_checkpoint(&mut manager, &mut state);
+                    total += elapsed;
                 }
                 total
             })
