@@ -926,3 +926,119 @@ fn merges_keep_the_files_snapshots_use_and_stay_bounded_across_many_checkpoints(
     }
     eprintln!("{checkpoints} checkpoints: at most {most_files} page files on disk");
 }
+
+/// What a run of [`merge_workload`] does between its checkpoints.
+#[derive(Clone, Copy, Debug)]
+enum Between {
+    /// Nothing: each checkpoint waits for the merges of the one before, if still running.
+    Nothing,
+    /// Waits for the background merges, and checks that each one it wrote is linked into the
+    /// next checkpoint.
+    WaitForMerges,
+    /// Reopens the directory after each checkpoint: the merges are planned again from the
+    /// loaded checkpoint.
+    Reopen,
+    /// Deletes what the background thread wrote: the checkpoint must merge by itself.
+    LoseMerges,
+}
+
+/// The last checkpoint's manifest, its page files, the state's fingerprint and how many merged
+/// files the checkpoints took in.
+type MergeRun = (Vec<u8>, Vec<(String, u64)>, (Hash, Vec<Hash>), usize);
+
+/// 40 checkpoints of writes at a stride, so that overlays of many sizes pile up and merges
+/// are planned at most of them.
+fn merge_workload(between: Between) -> MergeRun {
+    const PAGES: u64 = 48;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path());
+    let canister = install_new(&mut sm, controller());
+    canister.fill(&mut sm, true, 0, PAGES * 4096, 1);
+    let (mut merged, mut snapshot) = (0, None);
+    for i in 0..40u64 {
+        for k in 0..1 + i % 6 {
+            let page = (i * 29 + k * 7) % PAGES;
+            canister.write(&mut sm, true, page * 4096 + k, &i.to_le_bytes());
+        }
+        if i % 9 == 4 {
+            let taken = sm
+                .take_canister_snapshot(canister.id, Some(canister.sender), snapshot.take())
+                .unwrap();
+            snapshot = Some(taken.id);
+        }
+        let mut written: Vec<String> = Vec::new();
+        match between {
+            Between::Nothing => {}
+            Between::WaitForMerges | Between::LoseMerges => {
+                sm.state_manager().unwrap().finish_merges();
+                assert!(!sm.state_manager().unwrap().merges_pending());
+                if let Ok(entries) = std::fs::read_dir(dir.path().join("merges")) {
+                    for entry in entries {
+                        let path = entry.unwrap().path();
+                        written.push(path.file_name().unwrap().to_string_lossy().into());
+                        if matches!(between, Between::LoseMerges) {
+                            std::fs::remove_file(path).unwrap();
+                        }
+                    }
+                }
+            }
+            Between::Reopen => {}
+        }
+        sm.checkpoint().unwrap();
+        if matches!(between, Between::Reopen) {
+            drop(sm);
+            sm = open(dir.path());
+        }
+        let files = page_files(&checkpoint_dir(dir.path()));
+        merged += files.iter().filter(|(n, _)| n.contains("_merge_")).count();
+        if matches!(between, Between::WaitForMerges) {
+            for name in &written {
+                assert!(
+                    files.iter().any(|(n, _)| n == name),
+                    "{name}, merged in the background, is not in the next checkpoint"
+                );
+            }
+        }
+    }
+    let checkpoint = checkpoint_dir(dir.path());
+    let manifest = std::fs::read(checkpoint.join("manifest.bin")).unwrap();
+    (manifest, page_files(&checkpoint), fingerprint(&sm), merged)
+}
+
+/// Merges are planned at a checkpoint and written in the background for the next one: the
+/// files of every checkpoint are the same byte for byte whether the next checkpoint waited for
+/// the merges, found them done, replanned them after a restart, or wrote them itself because
+/// the background thread's work was lost.
+#[test]
+fn background_merges_give_the_same_checkpoints_whatever_their_timing_or_fate() {
+    let (manifest, files, fingerprint, merged) = merge_workload(Between::Nothing);
+    assert!(merged > 0, "the workload merged nothing");
+    assert!(
+        files.iter().any(|(n, _)| n.contains("_merge_")),
+        "{files:?}"
+    );
+    for between in [Between::WaitForMerges, Between::Reopen, Between::LoseMerges] {
+        let (other_manifest, other_files, other_fingerprint, other_merged) =
+            merge_workload(between);
+        assert_eq!(other_files, files, "{between:?}");
+        assert!(
+            other_manifest == manifest,
+            "{between:?}: the manifests differ"
+        );
+        assert_eq!(other_fingerprint, fingerprint, "{between:?}");
+        assert_eq!(other_merged, merged, "{between:?}");
+    }
+}
+
+/// A crash while merges are being written leaves `merges/` behind: it is not part of any
+/// checkpoint, and the next open removes it and loads the last checkpoint.
+#[test]
+fn unfinished_merges_left_by_a_crash_are_removed_at_open() {
+    let (dir, checkpointed) = populated_dir();
+    let merges = dir.path().join("merges");
+    std::fs::create_dir_all(&merges).unwrap();
+    std::fs::write(merges.join("0000000000000001_merge_0000.pages"), b"torn").unwrap();
+    let sm = open(dir.path());
+    assert_eq!(fingerprint(&sm), checkpointed);
+    assert!(!merges.join("0000000000000001_merge_0000.pages").exists());
+}

@@ -11,6 +11,8 @@
 //! <state-dir>/
 //!   LOCK                                  held (flock) by the one process using the directory
 //!   tip/                                  the checkpoint being written; deleted at open
+//!   merges/                               merged page files written in the background for
+//!                                         the next checkpoint (`merges.rs`); deleted at open
 //!   checkpoints/<height: 16 hex digits>/  the last completed checkpoint
 //!     manifest.bin                        every other file's size and SHA-256, then its own
 //!     state.bin                           the state records (postcard)
@@ -24,8 +26,9 @@
 //!
 //! 1. `tip/` is emptied and filled: a page file per memory with the pages written since the
 //!    last checkpoint (never the others: those files are hard-linked from the last checkpoint),
-//!    merges where a memory has too many files, new modules, `state.bin`, `manifest.bin`,
-//!    `unverified`. Each new file is written, `fsync`ed and made read-only; then the
+//!    on top of the merged files the last checkpoint planned (linked from `merges/`, where a
+//!    background thread wrote them; waited for if not done, written here if missing), new
+//!    modules, `state.bin`, `manifest.bin`, `unverified`. Each new file is written, `fsync`ed and made read-only; then the
 //!    directories are `fsync`ed. *A crash here leaves a partial `tip/`, deleted at the next
 //!    open; the last checkpoint is untouched.* A failed write (a full disk) stops here with an
 //!    error, deletes `tip/` and changes nothing in memory.
@@ -36,6 +39,8 @@
 //! 5. Older checkpoints are deleted (their files live on where later checkpoints link them).
 //!    *A crash here leaves an older checkpoint beside the new one; the newest wins at open,
 //!    which then deletes the older.*
+//! 6. This checkpoint's merges are planned and a thread starts writing them into `merges/`.
+//!    *A crash leaves `merges/` partial; open deletes it and plans the same merges again.*
 //!
 //! # Opening
 //!
@@ -50,6 +55,7 @@
 
 #![forbid(unsafe_code)]
 
+mod merges;
 mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -68,6 +74,7 @@ use crate::memory::{
 use crate::replicated_state::ReplicatedState;
 use crate::state::WasmModule;
 
+use merges::Merges;
 pub use records::STATE_FORMAT_VERSION;
 use records::{MemoryRecord, StateRecord, Store};
 
@@ -85,6 +92,7 @@ const PAGES: &str = "pages";
 const WASM: &str = "wasm";
 const LOCK: &str = "LOCK";
 const TIP: &str = "tip";
+const MERGES: &str = "merges";
 const CHECKPOINTS: &str = "checkpoints";
 
 /// Why the state directory could not be opened or checkpointed. Each names the file or
@@ -162,6 +170,12 @@ struct Checkpoint {
 
 /// Owner of one state directory, for as long as it lives (it holds the lock).
 pub struct StateManager {
+    /// Declared (so dropped) before the lock: the merge thread is stopped and joined while the
+    /// directory is still locked, so no other owner's `open` can clear `merges/` under it.
+    merges: Merges,
+    /// The stacks of page files of the checkpoint `load` just loaded, until `open` plans their
+    /// merges.
+    loaded_stacks: BTreeMap<Vec<String>, Arc<PageLayers>>,
     root: PathBuf,
     _lock: File,
     current: Option<Checkpoint>,
@@ -418,10 +432,18 @@ impl StateManager {
             fs::remove_dir_all(&tip)
                 .map_err(|e| io_dir(root, "cannot remove an unfinished checkpoint (tip/)", e))?;
         }
+        // Merges a crash left unfinished (planned again once a checkpoint is loaded).
+        let merges = root.join(MERGES);
+        if merges.exists() {
+            fs::remove_dir_all(&merges)
+                .map_err(|e| io_dir(root, "cannot remove unfinished merges (merges/)", e))?;
+        }
         let checkpoints = root.join(CHECKPOINTS);
         fs::create_dir_all(&checkpoints)
             .map_err(|e| io_dir(root, "cannot create checkpoints/ (is it writable?)", e))?;
         let mut manager = StateManager {
+            merges: Merges::none(root),
+            loaded_stacks: BTreeMap::new(),
             root: root.to_path_buf(),
             _lock: lock,
             current: None,
@@ -433,6 +455,10 @@ impl StateManager {
         };
         let state = manager.load(height, max_snapshots_per_canister)?;
         manager.remove_checkpoints_below(height);
+        // Last, so that its writes slow nothing `open` does: the merges the loaded checkpoint
+        // planned when it was written, planned again.
+        let stacks = std::mem::take(&mut manager.loaded_stacks);
+        manager.merges = Merges::start(&manager.root, height, &stacks);
         Ok((manager, state))
     }
 
@@ -465,13 +491,16 @@ impl StateManager {
         let Ok(entries) = fs::read_dir(&dir) else {
             return;
         };
+        let mut removed = false;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if u64::from_str_radix(&name, 16).is_ok_and(|h| h < height) {
-                let _ = fs::remove_dir_all(entry.path());
+                removed |= fs::remove_dir_all(entry.path()).is_ok();
             }
         }
-        let _ = sync_dir(&dir);
+        if removed {
+            let _ = sync_dir(&dir);
+        }
     }
 
     fn last_checkpoint_height(&self) -> Result<Option<u64>, StateManagerError> {
@@ -568,6 +597,7 @@ impl StateManager {
             .into_state(max_snapshots_per_canister, &mut loader)
             .map_err(|reason| corrupt(STATE, reason))?;
         self.mapped = loader.mapped;
+        self.loaded_stacks = loader.layers;
         self.current = Some(Checkpoint {
             height,
             dir: dir.clone(),
@@ -590,6 +620,8 @@ impl StateManager {
         if self.checkpoint_height() == Some(height) {
             return Ok(());
         }
+        // The merges planned at the last checkpoint are part of this one.
+        self.merges.finish();
         let tip = self.root.join(TIP);
         let result = self.write_tip(state, height, &tip);
         let (plan, new_files) = match result {
@@ -624,7 +656,20 @@ impl StateManager {
             let _ = fs::remove_dir_all(&previous.dir);
             let _ = sync_dir(&checkpoints);
         }
+        self.merges = Merges::start(&self.root, height, &plan.stacks);
         Ok(())
+    }
+
+    /// Waits until the merges planned at the last checkpoint are written (`merges.rs`). The
+    /// next checkpoint waits for them itself if they are not; a replica calls this between
+    /// checkpoints (or a benchmark, to time a checkpoint apart from the merges before it).
+    pub fn finish_merges(&mut self) {
+        self.merges.finish();
+    }
+
+    /// Whether merges planned at the last checkpoint are still being written.
+    pub fn merges_pending(&self) -> bool {
+        self.merges.pending()
     }
 
     /// Step 1 and 2 of the module docs: fills `tip/` and maps the new page files.
@@ -650,6 +695,7 @@ impl StateManager {
             tip,
             previous: self.current.as_ref(),
             mapped: &self.mapped,
+            merges: &self.merges,
             budget: &mut self.write_budget,
             files: BTreeMap::new(),
             memories: HashMap::new(),
@@ -691,6 +737,7 @@ impl StateManager {
         let plan = Plan {
             memories: writer.memories,
             mapped: writer.new_mapped,
+            stacks: writer.layers,
         };
         Ok((plan, files))
     }
@@ -705,6 +752,9 @@ type Memories = HashMap<PageMapIdentity, (PageMap, PageMap)>;
 struct Plan {
     memories: Memories,
     mapped: BTreeMap<String, Arc<PageFile>>,
+    /// Every stack of page files of the checkpoint, by the files' names: what the merges for
+    /// the next checkpoint are planned from.
+    stacks: BTreeMap<Vec<String>, Arc<PageLayers>>,
 }
 
 impl Plan {
@@ -748,6 +798,8 @@ struct Writer<'a> {
     tip: &'a Path,
     previous: Option<&'a Checkpoint>,
     mapped: &'a BTreeMap<String, Arc<PageFile>>,
+    /// The merges planned at the last checkpoint, finished.
+    merges: &'a Merges,
     budget: &'a mut Option<u64>,
     files: BTreeMap<String, FileEntry>,
     memories: Memories,
@@ -797,6 +849,43 @@ impl Writer<'_> {
     ) -> Result<(String, Arc<PageFile>), String> {
         let name = format!("{:016x}_{:04x}.pages", self.height, self.next_file);
         self.next_file = self.next_file.saturating_add(1);
+        self.named_page_file(name, pages)
+    }
+
+    /// Writes the merge of `files` (oldest first) as the page file `name`.
+    fn merge_file(
+        &mut self,
+        name: String,
+        files: &[Arc<PageFile>],
+    ) -> Result<(String, Arc<PageFile>), String> {
+        let pages = PageLayers::pages_of(files).map_err(|e| e.to_string())?;
+        self.named_page_file(name, pages.map(|(i, bytes, hash)| (i, bytes, Some(hash))))
+    }
+
+    /// The merged file `name` planned at the last checkpoint: linked from `merges/` if the
+    /// background thread wrote it, else written here under the same name (so the checkpoint's
+    /// files never depend on the thread's timing or fate).
+    fn planned_merge(&mut self, name: &str) -> Result<(String, Arc<PageFile>), String> {
+        let merges = self.merges;
+        let rel = format!("{PAGES}/{name}");
+        if let Some(file) = self.new_mapped.get(name) {
+            return Ok((name.to_string(), file.clone()));
+        }
+        if let Some((merged, path)) = merges.written(name)
+            && fs::hard_link(&path, self.tip.join(&rel)).is_ok()
+        {
+            self.files.insert(rel, merged.entry.clone());
+            return Ok((name.to_string(), merged.file.clone()));
+        }
+        self.merge_file(name.to_string(), merges.inputs(name))
+    }
+
+    /// Writes a new page file `name` of `pages` and maps it.
+    fn named_page_file<'p>(
+        &mut self,
+        name: String,
+        pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE], Option<Hash>)>,
+    ) -> Result<(String, Arc<PageFile>), String> {
         let rel = format!("{PAGES}/{name}");
         let path = self.tip.join(&rel);
         let entry = match write_pages_file(&path, self.budget, pages) {
@@ -847,6 +936,14 @@ impl Store for Writer<'_> {
                             .collect()
                     })
                     .unwrap_or_default();
+                // The merge planned for these files at the last checkpoint, under its files
+                // written since.
+                let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+                if let Some((from, name)) = self.merges.planned(&names) {
+                    let merged = self.planned_merge(name)?;
+                    files.truncate(from);
+                    files.push(merged);
+                }
                 if pages.heap_iter().next().is_some() {
                     // Leaf hashes the tree has cached are stored as they are.
                     let mut heap = pages.heap_iter();
@@ -856,35 +953,16 @@ impl Store for Writer<'_> {
                     });
                     files.push(self.new_page_file(with_hashes)?);
                 }
-                // Merges: keep each file at least as large as all newer ones together (a
-                // pyramid: a page is rewritten O(log) times), and at most MAX files.
-                let mut newer = 0u64;
-                let mut merge_from = files.len();
-                for (i, (_, file)) in files.iter().enumerate().rev() {
-                    if file.page_count() < newer {
-                        merge_from = i;
-                    }
-                    newer = newer.saturating_add(file.page_count());
-                }
+                // Never more than MAX files: only if no merge was planned for a full stack (the
+                // plans leave room for one overlay), merge the newest down to the bound here.
                 if files.len() > MAX_FILES_PER_MEMORY {
-                    // Merge enough of the newest files that at most MAX remain.
-                    merge_from = merge_from.min(
-                        files
-                            .len()
-                            .saturating_add(1)
-                            .saturating_sub(MAX_FILES_PER_MEMORY),
-                    );
-                }
-                if merge_from.saturating_add(1) < files.len() {
-                    let merging: Vec<Arc<PageFile>> = files
-                        .iter()
-                        .skip(merge_from)
-                        .map(|(_, f)| f.clone())
-                        .collect();
-                    let pages = PageLayers::pages_of(&merging).map_err(|e| e.to_string())?;
-                    let merged =
-                        self.new_page_file(pages.map(|(i, bytes, hash)| (i, bytes, Some(hash))))?;
-                    files.truncate(merge_from);
+                    let from = MAX_FILES_PER_MEMORY.saturating_sub(1);
+                    let merging: Vec<Arc<PageFile>> =
+                        files.iter().skip(from).map(|(_, f)| f.clone()).collect();
+                    let name = format!("{:016x}_{:04x}.pages", self.height, self.next_file);
+                    self.next_file = self.next_file.saturating_add(1);
+                    let merged = self.merge_file(name, &merging)?;
+                    files.truncate(from);
                     files.push(merged);
                 }
                 for (name, file) in &files {
