@@ -65,8 +65,10 @@
 //!
 //! Opening a file maps it and reads its index and footer: O(ranges), never the page bytes, the
 //! leaf hashes or the group table (the manifest check reads the block table:
-//! O(pages / 16384)). The first use of a block hashes its 4 KiB of group table, the first use
-//! of a group its 4 KiB of leaf hashes; the first read of a page hashes its 4 KiB.
+//! O(pages / 16384)). The bits that remember the checks are allocated per block on first use:
+//! opening allocates one empty cell per 16,384 pages, not a bit per page. The first use of a
+//! block hashes its 4 KiB of group table, the first use of a group its 4 KiB of leaf hashes;
+//! the first read of a page hashes its 4 KiB.
 //! A lookup is O(files · log ranges), files ≤ 7 per memory by the state manager's merges.
 //! The Merkle hash of a part of the stack that no in-memory page shadows is computed from the
 //! mapped bytes on first request and cached here, so a memory is hashed once per process
@@ -75,8 +77,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use memmap2::Mmap;
 
@@ -91,6 +93,8 @@ thread_local! {
     /// Bytes of group table hashed by block checks on this thread: likewise, that opening reads
     /// none of the group table and a read checks one block.
     static BLOCK_BYTES_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Bytes of pages hashed by page checks on this thread: that a page is checked once.
+    static PAGE_BYTES_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The newest page file format this build reads and the one it writes.
@@ -205,25 +209,39 @@ pub struct PageFile {
     page_count: u64,
     version: u32,
     layout: Layout,
-    /// One bit per slot: the page's bytes have been checked against their stored hash. Set
-    /// once, never cleared (the file is immutable); a race only repeats a check.
-    verified: Box<[AtomicU64]>,
-    /// One bit per group of [`HASHES_PER_GROUP`] leaf hashes: the group matched its table
-    /// entry. Set with `Release` after the check and read with `Acquire` before a hash of the
-    /// group is used, as `ChildHashes` in `page_map.rs` does: a thread that sees the bit also
-    /// sees everything the checking thread did before setting it. (The hashes themselves are
-    /// immutable mapped bytes, so a thread that misses the bit only repeats the check.) Never
-    /// cleared.
-    groups_verified: Box<[AtomicU64]>,
-    /// One bit per block of [`GROUPS_PER_BLOCK`] group table entries: the block matched its
-    /// block table entry. Set with `Release` after the check and read with `Acquire` before an
-    /// entry of the block is used, as `groups_verified`. Never cleared.
-    blocks_verified: Box<[AtomicU64]>,
+    /// What has been checked, per block: cell `b` covers slots
+    /// `[b · PAGES_PER_BLOCK, (b + 1) · PAGES_PER_BLOCK)` and their groups (for versions 1 and
+    /// 2, which have no block table, the same spans). A cell is filled on the first check in
+    /// its span, so opening a file allocates an empty cell per 16,384 pages, not a bit per
+    /// page.
+    checks: Box<[OnceLock<BlockChecks>]>,
 }
 
-/// `count` bits, all clear.
-fn clear_bits(count: u64) -> Box<[AtomicU64]> {
-    (0..count.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
+/// The checks passed in one block's span of a file. Bits are set once and never cleared (the
+/// file is immutable); a thread that misses a bit only repeats a check.
+struct BlockChecks {
+    /// The block of the group table matched its block table entry. Set with `Release` after
+    /// the check and read with `Acquire` before an entry of the block is used, as `groups`.
+    block: AtomicBool,
+    /// One bit per group of the block: the group matched its table entry. Set with `Release`
+    /// after the check and read with `Acquire` before a hash of the group is used, as
+    /// `ChildHashes` in `page_map.rs` does: a thread that sees the bit also sees everything the
+    /// checking thread did before setting it. (The hashes themselves are immutable mapped
+    /// bytes, so a thread that misses the bit only repeats the check.)
+    groups: [AtomicU64; (GROUPS_PER_BLOCK / 64) as usize],
+    /// One bit per slot of the block: the page's bytes matched their stored hash. `Relaxed`:
+    /// the bit only says that a check already passed on immutable bytes.
+    pages: Box<[AtomicU64]>,
+}
+
+impl BlockChecks {
+    fn new(slots: u64) -> Self {
+        BlockChecks {
+            block: AtomicBool::new(false),
+            groups: [const { AtomicU64::new(0) }; (GROUPS_PER_BLOCK / 64) as usize],
+            pages: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 /// Whether bit `i` of `bits` is set; `false` past the end, so a check that has no bit is
@@ -452,9 +470,9 @@ impl PageFile {
             page_count,
             version,
             layout,
-            verified: clear_bits(page_count),
-            groups_verified: clear_bits(page_count.div_ceil(HASHES_PER_GROUP)),
-            blocks_verified: clear_bits(page_count.div_ceil(PAGES_PER_BLOCK)),
+            checks: (0..page_count.div_ceil(PAGES_PER_BLOCK))
+                .map(|_| OnceLock::new())
+                .collect(),
         })
     }
 
@@ -476,6 +494,17 @@ impl PageFile {
         range.slot.checked_add(offset)
     }
 
+    /// The checks passed in block `block`'s span, allocated on first use. `None` only past the
+    /// file's last block, which callers never ask for (a slot's block, a group's block); a
+    /// check without its bits would just be repeated on every use.
+    fn checks(&self, block: u64) -> Option<&BlockChecks> {
+        let cell = self.checks.get(usize::try_from(block).ok()?)?;
+        Some(cell.get_or_init(|| {
+            let first = block.saturating_mul(PAGES_PER_BLOCK);
+            BlockChecks::new(self.page_count.saturating_sub(first).min(PAGES_PER_BLOCK))
+        }))
+    }
+
     /// The bytes of page `index`, if this file holds it, checked against the stored leaf hash
     /// on first read. O(log ranges), plus one leaf hash the first time.
     pub fn page(&self, index: u64) -> Result<Option<&[u8; PAGE_SIZE]>, PageFileError> {
@@ -483,10 +512,14 @@ impl PageFile {
             return Ok(None);
         };
         let bytes = self.slot_bytes(slot);
+        let checks = self.checks(slot / PAGES_PER_BLOCK);
+        let bit = slot % PAGES_PER_BLOCK;
         // Relaxed is enough: the bit only says that a check already passed on these immutable
         // bytes; a thread that misses it checks again.
-        if !bit_is_set(&self.verified, slot, Ordering::Relaxed) {
+        if checks.is_none_or(|checks| !bit_is_set(&checks.pages, bit, Ordering::Relaxed)) {
             self.verify_group(slot / HASHES_PER_GROUP, Some(index))?;
+            #[cfg(test)]
+            PAGE_BYTES_CHECKED.with(|c| c.set(c.get() + PAGE_SIZE as u64));
             if checksum::leaf_hash(bytes) != self.slot_hash(slot) {
                 return Err(PageFileError::Corrupt {
                     file: self.name.clone(),
@@ -496,7 +529,9 @@ impl PageFile {
                     ),
                 });
             }
-            set_bit(&self.verified, slot, Ordering::Relaxed);
+            if let Some(checks) = checks {
+                set_bit(&checks.pages, bit, Ordering::Relaxed);
+            }
         }
         Ok(Some(bytes))
     }
@@ -532,7 +567,10 @@ impl PageFile {
         if self.version < GROUPED_VERSION {
             return Ok(());
         }
-        if bit_is_set(&self.groups_verified, group, Ordering::Acquire) {
+        let block = group / GROUPS_PER_BLOCK;
+        let checks = self.checks(block);
+        let bit = group % GROUPS_PER_BLOCK;
+        if checks.is_some_and(|checks| bit_is_set(&checks.groups, bit, Ordering::Acquire)) {
             return Ok(());
         }
         let page = page.map(|p| format!(" (page {p})")).unwrap_or_default();
@@ -543,8 +581,7 @@ impl PageFile {
             ),
         };
         if self.version >= BLOCKED_VERSION {
-            self.verify_block(group / GROUPS_PER_BLOCK)
-                .map_err(corrupt)?;
+            self.verify_block(block, checks).map_err(corrupt)?;
         }
         let Some((hashes, entry)) = self.chunk_and_entry(
             self.layout.hashes_at..self.layout.group_table_at,
@@ -559,14 +596,16 @@ impl PageFile {
         if checksum::sha256(hashes) != entry {
             return Err(corrupt("does not match the group table".into()));
         }
-        set_bit(&self.groups_verified, group, Ordering::Release);
+        if let Some(checks) = checks {
+            set_bit(&checks.groups, bit, Ordering::Release);
+        }
         Ok(())
     }
 
     /// Checks block `block` of the group table against its block table entry once (version 3).
     /// `Err` says what is wrong, for `verify_group` to name the group and the page.
-    fn verify_block(&self, block: u64) -> Result<(), String> {
-        if bit_is_set(&self.blocks_verified, block, Ordering::Acquire) {
+    fn verify_block(&self, block: u64, checks: Option<&BlockChecks>) -> Result<(), String> {
+        if checks.is_some_and(|checks| checks.block.load(Ordering::Acquire)) {
             return Ok(());
         }
         let Some((table, entry)) = self.chunk_and_entry(
@@ -584,7 +623,9 @@ impl PageFile {
                 "is in group table block {block}, which does not match the block table"
             ));
         }
-        set_bit(&self.blocks_verified, block, Ordering::Release);
+        if let Some(checks) = checks {
+            checks.block.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -975,6 +1016,13 @@ mod tests {
         (value, (blocks_after - blocks, groups_after - groups))
     }
 
+    /// Bytes of pages this thread hashed in page checks while `f` ran.
+    fn pages_checked_by<T>(f: impl FnOnce() -> T) -> (T, u64) {
+        let before = PAGE_BYTES_CHECKED.with(|c| c.get());
+        let value = f();
+        (value, PAGE_BYTES_CHECKED.with(|c| c.get()) - before)
+    }
+
     fn map_file(path: &std::path::Path, name: &str) -> Result<PageFile, PageFileError> {
         PageFile::map(&File::open(path).unwrap(), name)
     }
@@ -1055,9 +1103,19 @@ mod tests {
         let path = file_of_pages(dir.path(), "f", pages);
         let file = map_file(&path, "f").unwrap();
         let reads = |index: u64| file.page(index).unwrap() == Some(&page_of(index as u8));
+        // Opening allocated no check bits: a cell per block, each still empty.
+        let filled = || {
+            file.checks
+                .iter()
+                .map(|c| c.get().is_some())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(filled(), [false, false]);
         // The first read in block 0 checks its 4 KiB of group table and its group's 4 KiB of
-        // leaf hashes; more uses of the same group check nothing.
+        // leaf hashes, and fills that block's cell only; more uses of the same group check
+        // nothing.
         assert_eq!(checked_by(|| reads(5)), (true, (4096, 4096)));
+        assert_eq!(filled(), [true, false]);
         let (hash, checked) = checked_by(|| file.stored_hash(7).unwrap());
         assert_eq!(hash, Some(checksum::leaf_hash(&page_of(7))));
         assert_eq!(checked, (0, 0));
@@ -1071,6 +1129,18 @@ mod tests {
         );
         // The last group is shorter (44 pages).
         assert_eq!(checked_by(|| reads(pages - 1)), (true, (0, 44 * 32)));
+        // Each page is hashed on its first read only, in either block.
+        for index in [5, 6, 200, PAGES_PER_BLOCK + 130, pages - 1] {
+            assert_eq!(pages_checked_by(|| reads(index)), (true, 0), "page {index}");
+        }
+        for index in [4, PAGES_PER_BLOCK + 131] {
+            assert_eq!(
+                pages_checked_by(|| reads(index)),
+                (true, 4096),
+                "page {index}"
+            );
+            assert_eq!(pages_checked_by(|| reads(index)), (true, 0), "page {index}");
+        }
     }
 
     #[test]
