@@ -276,24 +276,36 @@ fn assert_corrupt(dir: &Path, file: &Path, needle: &str) {
     }
 }
 
-/// Where a page file's areas start (`spec/durability.md`, page files, version 2), from its
+/// Where a page file's areas start (`spec/durability.md`, page files, version 3), from its
 /// footer.
 struct PageFileLayout {
     leaf_hashes_at: usize,
     group_table_at: usize,
+    block_table_at: usize,
+    index_at: usize,
+    footer_at: usize,
 }
 
 impl PageFileLayout {
     fn of(bytes: &[u8]) -> Self {
-        let footer = &bytes[bytes.len() - 32..];
+        let footer_at = bytes.len() - 32;
+        let footer = &bytes[footer_at..];
         assert_eq!(&footer[24..], b"CSPAGES1");
-        assert_eq!(u32::from_le_bytes(footer[16..20].try_into().unwrap()), 2);
+        assert_eq!(u32::from_le_bytes(footer[16..20].try_into().unwrap()), 3);
+        let ranges = u64::from_le_bytes(footer[0..8].try_into().unwrap()) as usize;
         let pages = u64::from_le_bytes(footer[8..16].try_into().unwrap()) as usize;
         assert!(pages > 0);
-        PageFileLayout {
+        let groups = pages.div_ceil(128);
+        let blocks = groups.div_ceil(128);
+        let layout = PageFileLayout {
             leaf_hashes_at: pages * 4096,
             group_table_at: pages * (4096 + 32),
-        }
+            block_table_at: pages * (4096 + 32) + groups * 32,
+            index_at: pages * (4096 + 32) + (groups + blocks) * 32,
+            footer_at,
+        };
+        assert_eq!(layout.index_at + ranges * 16, footer_at);
+        layout
     }
 }
 
@@ -342,14 +354,23 @@ fn damaged_checkpoints_are_refused_naming_the_file() {
         .unwrap();
     assert_corrupt(&dir, &file, "truncated");
 
-    // One bit flipped in a page file's checked tail (its group table, index and footer).
-    let (dir, _, file) = case("flipped-tail");
-    make_writable(&file);
-    let mut bytes = std::fs::read(&file).unwrap();
-    let at = bytes.len() - 40;
-    bytes[at] ^= 0x10;
-    std::fs::write(&file, &bytes).unwrap();
-    assert_corrupt(&dir, &file, "SHA-256");
+    // One bit flipped in a page file's checked tail (its block table, index and footer):
+    // refused at open, naming the file.
+    type Offset = fn(&PageFileLayout) -> usize;
+    let areas: [(&str, Offset); 3] = [
+        ("block-table", |l| l.block_table_at + 3),
+        ("index", |l| l.index_at + 8),
+        ("footer", |l| l.footer_at + 21), // a byte of its zero padding
+    ];
+    for (area, at) in areas {
+        let (dir, _, file) = case(&format!("flipped-tail-{area}"));
+        make_writable(&file);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = at(&PageFileLayout::of(&bytes));
+        bytes[at] ^= 0x10;
+        std::fs::write(&file, &bytes).unwrap();
+        assert_corrupt(&dir, &file, "SHA-256");
+    }
 
     // One bit flipped in a page: opening checks metadata only, so the state opens, and the
     // page is refused, naming the file and the page, when it is first read; never served.
@@ -368,15 +389,34 @@ fn damaged_checkpoints_are_refused_naming_the_file() {
         assert!(err.contains(&name) && err.contains("page "), "{err}");
     }
 
-    // One bit flipped in a group table entry: the manifest covers the table, so opening
-    // refuses it.
+    // One bit flipped in a group table entry: opening reads no group table (the manifest
+    // covers the block table that stands for it), so the state opens with the state hash it
+    // had (hashing falls back to the page bytes where a block of the table does not match the
+    // block table), and the first read of a page whose group's entry is in that block is
+    // refused, naming the file, the group and the block.
     let (dir, _, file) = case("flipped-group-table");
     make_writable(&file);
     let mut bytes = std::fs::read(&file).unwrap();
     let layout = PageFileLayout::of(&bytes);
-    bytes[layout.group_table_at + 5] ^= 0x01;
+    bytes[layout.group_table_at + 5] ^= 0x01; // the entry of the file's first group
     std::fs::write(&file, &bytes).unwrap();
-    assert_corrupt(&dir, &file, "SHA-256");
+    let sm = open(&dir);
+    assert_eq!(sm.state().state_hash(), checkpointed.0);
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let errors = read_every_memory(&sm);
+    assert!(
+        !errors.is_empty(),
+        "a page under a damaged group table was served"
+    );
+    for err in &errors {
+        assert!(
+            err.contains(&name)
+                && err.contains("leaf hash group 0")
+                && err.contains("group table block 0"),
+            "{err}"
+        );
+    }
+    drop(sm);
 
     // One bit flipped in a leaf hash: opening reads no leaf hash, so the state opens (with the
     // state hash it had: hashing falls back to the page bytes where a group does not match its

@@ -1,33 +1,43 @@
 //! Page files: checkpointed pages, served from read-only memory mappings.
 //!
-//! # The format (`spec/durability.md`, version 2)
+//! # The format (`spec/durability.md`, version 3)
 //!
 //! ```text
 //! [ data: page_count × 4096 bytes, at offset 0, so every page is 4 KiB-aligned in the file ]
 //! [ leaf hashes: page_count × 32 bytes, the Merkle leaf hash of each page, in data order, in
 //!   groups of 128 (4 KiB, 4 KiB-aligned; the last group may be shorter) ]
-//! [ group table: ⌈page_count / 128⌉ × 32 bytes, the SHA-256 of each group's leaf hashes ]
+//! [ group table: ⌈page_count / 128⌉ × 32 bytes, the SHA-256 of each group's leaf hashes, in
+//!   blocks of 128 entries (4 KiB; the last block may be shorter) ]
+//! [ block table: ⌈group_count / 128⌉ × 32 bytes, the SHA-256 of each block of the group table ]
 //! [ index: range_count × (start_page u64 LE, end_page u64 LE), ascending, disjoint, end > start ]
 //! [ footer, 32 bytes: range_count u64 LE, page_count u64 LE, version u32 LE, 4 zero bytes,
 //!   magic "CSPAGES1" ]
 //! ```
 //!
-//! Everything after the leaf hashes is the file's *checked tail*: the state manager's manifest
-//! checks its SHA-256 at open, O(pages / 128 · 32 bytes) (1 MiB at 16 GiB), and opening reads
-//! nothing else of the file but the index and the footer: neither a page nor a leaf hash.
-//! Verification is lazy, in two steps, each done once per process and remembered in a bit:
+//! Everything after the group table is the file's *checked tail*: the state manager's manifest
+//! checks its SHA-256 at open, O(pages / 16384 · 32 bytes) (8 KiB at 16 GiB), and opening reads
+//! nothing else of the file but the index and the footer: neither a page, nor a leaf hash, nor
+//! the group table. Verification is lazy, in three steps, each done once per process and
+//! remembered in a bit:
 //!
-//! - a *group* of leaf hashes is checked against its table entry the first time anything uses
-//!   a hash in it (reading a page of the group, hashing the memory, merging the file);
+//! - a *block* of the group table (the entries of 128 groups, 16,384 pages) is checked against
+//!   its block table entry the first time a group in it is checked;
+//! - a *group* of leaf hashes is checked against its (so verified) table entry the first time
+//!   anything uses a hash in it (reading a page of the group, hashing the memory, merging the
+//!   file);
 //! - a *page* is checked against its (so verified) leaf hash the first time it is read.
 //!
-//! A mismatch at either step is an error naming the file and the group or page, never data.
-//! Hashing a memory uses the stored leaf hashes and reads no page; where a group does not match
-//! its table entry, hashing falls back to the page bytes themselves (so damage to the leaf-hash
-//! area alone never changes a memory's hash, and damaged pages change it and fail to read).
+//! A mismatch at any step is an error naming the file and the group (and its block) or the
+//! page, never data. Hashing a memory uses the stored leaf hashes and reads no page; where a
+//! group does not match its table entry, or its block its block table entry, hashing falls back
+//! to the page bytes themselves (so damage to the leaf hashes or the group table alone never
+//! changes a memory's hash, and damaged pages change it and fail to read).
 //!
-//! Version 1 files (no group table; the manifest checks all leaf hashes at open) are still
-//! read: their leaf hashes count as verified, as they were before version 2.
+//! Older versions are still read as they were written. Version 2 has no block table: its
+//! checked tail starts at the group table, which the manifest so checks at open
+//! (O(pages / 128 · 32 bytes)), and its groups are checked against the table directly.
+//! Version 1 has no group table either: its checked tail starts at the leaf hashes, which the
+//! manifest checks at open, and they count as verified.
 //!
 //! The pages of range `i` are stored one after another, after the pages of ranges `0..i`: page
 //! `p` of range `(start, end)` whose first page is stored at slot `s` is at byte
@@ -53,9 +63,12 @@
 //!
 //! # Costs
 //!
-//! Opening a file maps it and reads its index and footer: O(ranges), never the page bytes or
-//! the leaf hashes (the manifest check reads the group table: O(pages / 128)). The first use of
-//! a group hashes its 4 KiB of leaf hashes; the first read of a page hashes its 4 KiB.
+//! Opening a file maps it and reads its index and footer: O(ranges), never the page bytes, the
+//! leaf hashes or the group table (the manifest check reads the block table:
+//! O(pages / 16384)). The bits that remember the checks are allocated per block on first use:
+//! opening allocates one empty cell per 16,384 pages, not a bit per page. The first use of a
+//! block hashes its 4 KiB of group table, the first use of a group its 4 KiB of leaf hashes;
+//! the first read of a page hashes its 4 KiB.
 //! A lookup is O(files · log ranges), files ≤ 7 per memory by the state manager's merges.
 //! The Merkle hash of a part of the stack that no in-memory page shadows is computed from the
 //! mapped bytes on first request and cached here, so a memory is hashed once per process
@@ -64,30 +77,42 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-#[cfg(test)]
-thread_local! {
-    /// Bytes of leaf hashes hashed by group checks on this thread: what tests measure to show
-    /// that opening reads none and a read checks one group.
-    static GROUP_BYTES_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use memmap2::Mmap;
 
 use super::checksum::{self, Hash};
 use super::page_map::{FANOUT, PAGE_SIZE, Page, span};
 
+#[cfg(test)]
+thread_local! {
+    /// Bytes of leaf hashes hashed by group checks on this thread: what tests measure to show
+    /// that opening reads none and a read checks one group.
+    static GROUP_BYTES_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Bytes of group table hashed by block checks on this thread: likewise, that opening reads
+    /// none of the group table and a read checks one block.
+    static BLOCK_BYTES_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Bytes of pages hashed by page checks on this thread: that a page is checked once.
+    static PAGE_BYTES_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// The newest page file format this build reads and the one it writes.
-pub const PAGE_FILE_VERSION: u32 = 2;
+pub const PAGE_FILE_VERSION: u32 = 3;
 /// The first version with a group table; version 1 files are read without one.
 const GROUPED_VERSION: u32 = 2;
+/// The first version with a block table; version 2 files are read without one.
+const BLOCKED_VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"CSPAGES1";
 const HASH_BYTES: usize = 32;
 /// Leaf hashes per group: 128 × 32 bytes, one 4 KiB page of hashes.
 const HASHES_PER_GROUP: u64 = 128;
 const GROUP_BYTES: usize = HASHES_PER_GROUP as usize * HASH_BYTES;
+/// Group table entries per block: 128 × 32 bytes, 4 KiB of the table.
+const GROUPS_PER_BLOCK: u64 = 128;
+const BLOCK_BYTES: usize = GROUPS_PER_BLOCK as usize * HASH_BYTES;
+/// Pages under one block of the group table: 16,384, 64 MiB of data.
+const PAGES_PER_BLOCK: u64 = GROUPS_PER_BLOCK * HASHES_PER_GROUP;
 const FOOTER_BYTES: usize = 32;
 const RANGE_BYTES: usize = 16;
 /// Below this many pages without a known leaf hash, a page file is hashed on the writing thread.
@@ -119,35 +144,125 @@ struct Range {
     slot: u64,
 }
 
+/// Where the areas of a page file start, from its footer (module docs, "The format"). An area a
+/// version does not have is empty: it starts where the next one does.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    /// The leaf hashes: the end of the data.
+    hashes_at: usize,
+    /// The group table: the end of the leaf hashes.
+    group_table_at: usize,
+    /// The block table: the end of the group table.
+    block_table_at: usize,
+    /// The index: the end of the block table.
+    index_at: usize,
+    /// The checked tail: the block table (version 3), the group table (2), the leaf hashes (1).
+    checked_at: usize,
+    /// The file's length: the end of the footer.
+    len: usize,
+}
+
+impl Layout {
+    /// The layout of a file of `version` with `page_count` pages in `range_count` ranges;
+    /// `None` if it does not fit a `usize`.
+    fn of(version: u32, page_count: u64, range_count: u64) -> Option<Layout> {
+        let group_count = if version >= GROUPED_VERSION {
+            page_count.div_ceil(HASHES_PER_GROUP)
+        } else {
+            0
+        };
+        let block_count = if version >= BLOCKED_VERSION {
+            group_count.div_ceil(GROUPS_PER_BLOCK)
+        } else {
+            0
+        };
+        let bytes = |count: u64, each: usize| count.checked_mul(each as u64);
+        let hashes_at = bytes(page_count, PAGE_SIZE)?;
+        let group_table_at = hashes_at.checked_add(bytes(page_count, HASH_BYTES)?)?;
+        let block_table_at = group_table_at.checked_add(bytes(group_count, HASH_BYTES)?)?;
+        let index_at = block_table_at.checked_add(bytes(block_count, HASH_BYTES)?)?;
+        let len = index_at
+            .checked_add(bytes(range_count, RANGE_BYTES)?)?
+            .checked_add(FOOTER_BYTES as u64)?;
+        let checked_at = match version {
+            ..GROUPED_VERSION => hashes_at,
+            GROUPED_VERSION => group_table_at,
+            _ => block_table_at,
+        };
+        let at = |offset: u64| usize::try_from(offset).ok();
+        Some(Layout {
+            hashes_at: at(hashes_at)?,
+            group_table_at: at(group_table_at)?,
+            block_table_at: at(block_table_at)?,
+            index_at: at(index_at)?,
+            checked_at: at(checked_at)?,
+            len: at(len)?,
+        })
+    }
+}
+
 /// One immutable, mapped page file.
 pub struct PageFile {
     name: String,
     map: Mmap,
     ranges: Vec<Range>,
     page_count: u64,
-    /// Byte offset of the leaf hashes (the end of the data) and of the checked tail (the group
-    /// table; for version 1, the leaf hashes).
-    hashes_at: usize,
-    checked_at: usize,
-    /// Whether the file has a group table (version ≥ 2).
-    grouped: bool,
-    /// One bit per slot: the page's bytes have been checked against their stored hash. Set
-    /// once, never cleared (the file is immutable); a race only repeats a check.
-    verified: Box<[AtomicU64]>,
-    /// One bit per group of [`HASHES_PER_GROUP`] leaf hashes: the group matched its table
-    /// entry. Set with `Release` after the check and read with `Acquire` before a hash of the
-    /// group is used, as `ChildHashes` in `page_map.rs` does: a thread that sees the bit also
-    /// sees everything the checking thread did before setting it. (The hashes themselves are
-    /// immutable mapped bytes, so a thread that misses the bit only repeats the check.) Never
-    /// cleared.
-    groups_verified: Box<[AtomicU64]>,
+    version: u32,
+    layout: Layout,
+    /// What has been checked, per block: cell `b` covers slots
+    /// `[b · PAGES_PER_BLOCK, (b + 1) · PAGES_PER_BLOCK)` and their groups (for versions 1 and
+    /// 2, which have no block table, the same spans). A cell is filled on the first check in
+    /// its span, so opening a file allocates an empty cell per 16,384 pages, not a bit per
+    /// page.
+    checks: Box<[OnceLock<BlockChecks>]>,
+}
+
+/// The checks passed in one block's span of a file. Bits are set once and never cleared (the
+/// file is immutable); a thread that misses a bit only repeats a check.
+struct BlockChecks {
+    /// The block of the group table matched its block table entry. Set with `Release` after
+    /// the check and read with `Acquire` before an entry of the block is used, as `groups`.
+    block: AtomicBool,
+    /// One bit per group of the block: the group matched its table entry. Set with `Release`
+    /// after the check and read with `Acquire` before a hash of the group is used, as
+    /// `ChildHashes` in `page_map.rs` does: a thread that sees the bit also sees everything the
+    /// checking thread did before setting it. (The hashes themselves are immutable mapped
+    /// bytes, so a thread that misses the bit only repeats the check.)
+    groups: [AtomicU64; (GROUPS_PER_BLOCK / 64) as usize],
+    /// One bit per slot of the block: the page's bytes matched their stored hash. `Relaxed`:
+    /// the bit only says that a check already passed on immutable bytes.
+    pages: Box<[AtomicU64]>,
+}
+
+impl BlockChecks {
+    fn new(slots: u64) -> Self {
+        BlockChecks {
+            block: AtomicBool::new(false),
+            groups: [const { AtomicU64::new(0) }; (GROUPS_PER_BLOCK / 64) as usize],
+            pages: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// Whether bit `i` of `bits` is set; `false` past the end, so a check that has no bit is
+/// repeated rather than skipped.
+fn bit_is_set(bits: &[AtomicU64], i: u64, order: Ordering) -> bool {
+    bits.get((i / 64) as usize)
+        .is_some_and(|word| word.load(order) & (1u64 << (i % 64)) != 0)
+}
+
+/// Sets bit `i` of `bits`, if there is one.
+fn set_bit(bits: &[AtomicU64], i: u64, order: Ordering) {
+    if let Some(word) = bits.get((i / 64) as usize) {
+        word.fetch_or(1u64 << (i % 64), order);
+    }
 }
 
 /// What [`write_page_file`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageFileSummary {
     pub pages: u64,
-    /// Bytes of the checked tail, after the leaf hashes: group table, index and footer.
+    /// Bytes of the checked tail, after the group table: block table, index and footer.
     pub tail_bytes: u64,
     /// SHA-256 of those bytes.
     pub tail_sha256: Hash,
@@ -213,19 +328,18 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
             written.map(|()| hashes)
         })?
     };
-    // The leaf hashes are not part of the checked tail: the group table stands for them.
+    // Neither the leaf hashes nor the group table are part of the checked tail: the group
+    // table stands for the leaf hashes, and the block table for the group table.
     out.write_all(&hashes)?;
-    let mut tail = Vec::with_capacity(
-        hashes
+    let group_table = table_of(&hashes, GROUP_BYTES);
+    out.write_all(&group_table)?;
+    let mut tail = table_of(&group_table, BLOCK_BYTES);
+    tail.reserve(
+        ranges
             .len()
-            .div_ceil(GROUP_BYTES)
-            .saturating_mul(HASH_BYTES)
-            .saturating_add(ranges.len().saturating_mul(RANGE_BYTES))
+            .saturating_mul(RANGE_BYTES)
             .saturating_add(FOOTER_BYTES),
     );
-    for group in hashes.chunks(GROUP_BYTES) {
-        tail.extend_from_slice(&checksum::sha256(group));
-    }
     for (start, end) in &ranges {
         tail.extend_from_slice(&start.to_le_bytes());
         tail.extend_from_slice(&end.to_le_bytes());
@@ -243,6 +357,16 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
     })
 }
 
+/// The SHA-256 of each `chunk` bytes of `bytes` (the last chunk may be shorter), concatenated:
+/// the group table of the leaf hashes, or the block table of the group table.
+fn table_of(bytes: &[u8], chunk: usize) -> Vec<u8> {
+    let mut table = Vec::with_capacity(bytes.len().div_ceil(chunk).saturating_mul(HASH_BYTES));
+    for chunk in bytes.chunks(chunk) {
+        table.extend_from_slice(&checksum::sha256(chunk));
+    }
+    table
+}
+
 /// The little-endian `u64` at the start of `bytes`; zero-padded if `bytes` is shorter (callers
 /// pass 8-byte fields of a footer or index entry whose length is already checked).
 fn le_u64(bytes: &[u8]) -> u64 {
@@ -254,8 +378,9 @@ fn le_u64(bytes: &[u8]) -> u64 {
 }
 
 impl PageFile {
-    /// Maps `file` read-only and checks its footer and index; `name` is how errors name it.
-    /// Reads O(ranges) bytes, never the pages.
+    /// Maps `file` read-only and checks its footer, its length and its index; `name` is how
+    /// errors name it. Reads O(ranges) bytes, never the pages, the leaf hashes or the group
+    /// table.
     pub fn map(file: &File, name: &str) -> Result<PageFile, PageFileError> {
         let corrupt = |reason: String| PageFileError::Corrupt {
             file: name.to_string(),
@@ -303,45 +428,21 @@ impl PageFile {
         if version == 0 {
             return Err(corrupt("its footer declares format version 0".into()));
         }
-        let grouped = version >= GROUPED_VERSION;
         let (range_count, page_count) = (le_u64(field(0..8)), le_u64(field(8..16)));
-        let group_count = if grouped {
-            page_count.div_ceil(HASHES_PER_GROUP)
-        } else {
-            0
-        };
-        // Data and leaf hashes, then the group table: where the index starts.
-        let hashes_end = page_count.checked_mul((PAGE_SIZE + HASH_BYTES) as u64);
-        let index_at =
-            hashes_end.and_then(|h| h.checked_add(group_count.checked_mul(HASH_BYTES as u64)?));
-        let expected = range_count
-            .checked_mul(RANGE_BYTES as u64)
-            .and_then(|r| index_at?.checked_add(r))
-            .and_then(|b| b.checked_add(FOOTER_BYTES as u64));
-        if expected != Some(len) {
+        let layout = Layout::of(version, page_count, range_count);
+        let Some(layout) = layout.filter(|layout| layout.len == map.len()) else {
             return Err(corrupt(format!(
                 "{len} bytes, but its footer declares {page_count} pages in {range_count} \
                  ranges (truncated or extended?)"
             )));
-        }
-        // `expected == len` above puts the index between the group table and the footer, and
-        // every offset below inside the file (so they fit a `usize`); checked anyway rather
-        // than sliced.
-        let hashes_at = (page_count as usize).checked_mul(PAGE_SIZE);
-        let hashes_end = hashes_end.map(|h| h as usize);
-        let checked_at = if grouped { hashes_end } else { hashes_at };
-        let (Some(hashes_at), Some(checked_at)) = (hashes_at, checked_at) else {
-            return Err(corrupt(format!(
-                "its footer declares {page_count} pages, more than it holds"
-            )));
         };
-        let index = index_at
-            .and_then(|at| body.get(at as usize..))
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "its footer declares {page_count} pages, more than it holds"
-                ))
-            })?;
+        // `layout.len == map.len()` above puts every area inside the file, the index between
+        // the block table and the footer; checked anyway rather than sliced.
+        let index = body.get(layout.index_at..).ok_or_else(|| {
+            corrupt(format!(
+                "its footer declares {page_count} pages, more than it holds"
+            ))
+        })?;
         let mut ranges = Vec::with_capacity(range_count as usize);
         let mut slot = 0u64;
         let mut previous_end = 0u64;
@@ -367,14 +468,10 @@ impl PageFile {
             map,
             ranges,
             page_count,
-            hashes_at,
-            checked_at,
-            grouped,
-            verified: (0..page_count.div_ceil(64))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            groups_verified: (0..group_count.div_ceil(64))
-                .map(|_| AtomicU64::new(0))
+            version,
+            layout,
+            checks: (0..page_count.div_ceil(PAGES_PER_BLOCK))
+                .map(|_| OnceLock::new())
                 .collect(),
         })
     }
@@ -397,6 +494,17 @@ impl PageFile {
         range.slot.checked_add(offset)
     }
 
+    /// The checks passed in block `block`'s span, allocated on first use. `None` only past the
+    /// file's last block, which callers never ask for (a slot's block, a group's block); a
+    /// check without its bits would just be repeated on every use.
+    fn checks(&self, block: u64) -> Option<&BlockChecks> {
+        let cell = self.checks.get(usize::try_from(block).ok()?)?;
+        Some(cell.get_or_init(|| {
+            let first = block.saturating_mul(PAGES_PER_BLOCK);
+            BlockChecks::new(self.page_count.saturating_sub(first).min(PAGES_PER_BLOCK))
+        }))
+    }
+
     /// The bytes of page `index`, if this file holds it, checked against the stored leaf hash
     /// on first read. O(log ranges), plus one leaf hash the first time.
     pub fn page(&self, index: u64) -> Result<Option<&[u8; PAGE_SIZE]>, PageFileError> {
@@ -404,14 +512,14 @@ impl PageFile {
             return Ok(None);
         };
         let bytes = self.slot_bytes(slot);
-        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        let checks = self.checks(slot / PAGES_PER_BLOCK);
+        let bit = slot % PAGES_PER_BLOCK;
         // Relaxed is enough: the bit only says that a check already passed on these immutable
         // bytes; a thread that misses it checks again.
-        // `verified` has a word for every 64 slots and `slot < page_count`: `seen` is always
-        // there; if it were not, the page would just be checked on every read.
-        let seen = self.verified.get(word);
-        if seen.is_none_or(|seen| seen.load(Ordering::Relaxed) & bit == 0) {
+        if checks.is_none_or(|checks| !bit_is_set(&checks.pages, bit, Ordering::Relaxed)) {
             self.verify_group(slot / HASHES_PER_GROUP, Some(index))?;
+            #[cfg(test)]
+            PAGE_BYTES_CHECKED.with(|c| c.set(c.get() + PAGE_SIZE as u64));
             if checksum::leaf_hash(bytes) != self.slot_hash(slot) {
                 return Err(PageFileError::Corrupt {
                     file: self.name.clone(),
@@ -421,8 +529,8 @@ impl PageFile {
                     ),
                 });
             }
-            if let Some(seen) = seen {
-                seen.fetch_or(bit, Ordering::Relaxed);
+            if let Some(checks) = checks {
+                set_bit(&checks.pages, bit, Ordering::Relaxed);
             }
         }
         Ok(Some(bytes))
@@ -439,9 +547,10 @@ impl PageFile {
     }
 
     /// The leaf hash of page `index` for the memory's Merkle hash: the stored one, or where its
-    /// group does not match the group table, the hash of the page's bytes (the error is left to
-    /// the reads, which refuse the page). Hashing is infallible (`PageMap::root_hash`), and so
-    /// a damaged leaf-hash area never changes a memory's hash.
+    /// group does not match the group table (or the group's block the block table), the hash of
+    /// the page's bytes (the error is left to the reads, which refuse the page). Hashing is
+    /// infallible (`PageMap::root_hash`), and so a damaged leaf-hash area or group table never
+    /// changes a memory's hash.
     fn merkle_leaf_hash(&self, index: u64) -> Option<Hash> {
         let slot = self.slot_of(index)?;
         match self.stored_hash(index) {
@@ -450,60 +559,104 @@ impl PageFile {
         }
     }
 
-    /// Checks group `group`'s leaf hashes against its table entry once (version 1 files have
-    /// none: the manifest checked all their leaf hashes at open). `page` is named in the error.
+    /// Checks group `group`'s leaf hashes against its table entry once, after checking the
+    /// entry's block of the table against the block table once (version 2 files have no block
+    /// table: the manifest checked their group table at open; version 1 files have no group
+    /// table: it checked all their leaf hashes). `page` is named in the error.
     fn verify_group(&self, group: u64, page: Option<u64>) -> Result<(), PageFileError> {
-        if !self.grouped {
+        if self.version < GROUPED_VERSION {
             return Ok(());
         }
-        let (word, bit) = ((group / 64) as usize, 1u64 << (group % 64));
-        // `groups_verified` has a word for every 64 groups and `group < group_count` (callers
-        // pass a slot's group or one below `group_count`): `seen` is always there; if it were
-        // not, the group would just be checked on every use.
-        let seen = self.groups_verified.get(word);
-        if seen.is_some_and(|seen| seen.load(Ordering::Acquire) & bit != 0) {
+        let block = group / GROUPS_PER_BLOCK;
+        let checks = self.checks(block);
+        let bit = group % GROUPS_PER_BLOCK;
+        if checks.is_some_and(|checks| bit_is_set(&checks.groups, bit, Ordering::Acquire)) {
             return Ok(());
         }
         let page = page.map(|p| format!(" (page {p})")).unwrap_or_default();
-        let corrupt = |what: &str| PageFileError::Corrupt {
+        let corrupt = |what: String| PageFileError::Corrupt {
             file: self.name.clone(),
             reason: format!(
                 "leaf hash group {group}{page} {what} (the file was changed after it was written)"
             ),
         };
-        // Groups are `GROUP_BYTES` apart from `hashes_at`, the last one ending at `checked_at`
-        // where the table starts; `map` checked that both areas are inside the file.
-        let first = usize::try_from(group)
-            .ok()
-            .and_then(|g| g.checked_mul(GROUP_BYTES))
-            .and_then(|g| g.checked_add(self.hashes_at));
-        let hashes = first
-            .map(|at| (at, at.saturating_add(GROUP_BYTES).min(self.checked_at)))
-            .and_then(|(at, end)| self.map.get(at..end));
-        let entry = usize::try_from(group)
-            .ok()
-            .and_then(|g| g.checked_mul(HASH_BYTES))
-            .and_then(|g| g.checked_add(self.checked_at))
-            .and_then(|at| self.map.get(at..at.checked_add(HASH_BYTES)?));
-        let (Some(hashes), Some(entry)) = (hashes, entry) else {
-            return Err(corrupt("is outside the file"));
+        if self.version >= BLOCKED_VERSION {
+            self.verify_block(block, checks).map_err(corrupt)?;
+        }
+        let Some((hashes, entry)) = self.chunk_and_entry(
+            self.layout.hashes_at..self.layout.group_table_at,
+            GROUP_BYTES,
+            self.layout.group_table_at,
+            group,
+        ) else {
+            return Err(corrupt("is outside the file".into()));
         };
         #[cfg(test)]
         GROUP_BYTES_CHECKED.with(|c| c.set(c.get() + hashes.len() as u64));
         if checksum::sha256(hashes) != entry {
-            return Err(corrupt("does not match the group table"));
+            return Err(corrupt("does not match the group table".into()));
         }
-        if let Some(seen) = seen {
-            seen.fetch_or(bit, Ordering::Release);
+        if let Some(checks) = checks {
+            set_bit(&checks.groups, bit, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Checks block `block` of the group table against its block table entry once (version 3).
+    /// `Err` says what is wrong, for `verify_group` to name the group and the page.
+    fn verify_block(&self, block: u64, checks: Option<&BlockChecks>) -> Result<(), String> {
+        if checks.is_some_and(|checks| checks.block.load(Ordering::Acquire)) {
+            return Ok(());
+        }
+        let Some((table, entry)) = self.chunk_and_entry(
+            self.layout.group_table_at..self.layout.block_table_at,
+            BLOCK_BYTES,
+            self.layout.block_table_at,
+            block,
+        ) else {
+            return Err(format!("is in group table block {block}, outside the file"));
+        };
+        #[cfg(test)]
+        BLOCK_BYTES_CHECKED.with(|c| c.set(c.get() + table.len() as u64));
+        if checksum::sha256(table) != entry {
+            return Err(format!(
+                "is in group table block {block}, which does not match the block table"
+            ));
+        }
+        if let Some(checks) = checks {
+            checks.block.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Chunk `i` of `area`, cut in chunks of `chunk` bytes (the last may be shorter), and entry
+    /// `i` of the table of their hashes at `table_at`: a group of leaf hashes and its group
+    /// table entry, or a block of the group table and its block table entry. `None` if either
+    /// is outside the file, which `map`'s length check rules out for `i` below the area's
+    /// chunk count.
+    fn chunk_and_entry(
+        &self,
+        area: std::ops::Range<usize>,
+        chunk: usize,
+        table_at: usize,
+        i: u64,
+    ) -> Option<(&[u8], &[u8])> {
+        let i = usize::try_from(i).ok()?;
+        let at = i.checked_mul(chunk)?.checked_add(area.start)?;
+        let bytes = self
+            .map
+            .get(at..at.checked_add(chunk)?.min(area.end))
+            .filter(|bytes| !bytes.is_empty())?;
+        let entry_at = i.checked_mul(HASH_BYTES)?.checked_add(table_at)?;
+        let entry = self.map.get(entry_at..entry_at.checked_add(HASH_BYTES)?)?;
+        Some((bytes, entry))
     }
 
     /// Checks every group of leaf hashes (once): before the file's stored hashes are copied
     /// into a merged file, whose own group table would otherwise vouch for a damaged hash.
     /// O(pages · 32 bytes), against the merge's O(pages · 4 KiB).
     pub fn verify_leaf_hashes(&self) -> Result<(), PageFileError> {
-        let groups = if self.grouped {
+        let groups = if self.version >= GROUPED_VERSION {
             self.page_count.div_ceil(HASHES_PER_GROUP)
         } else {
             0
@@ -512,7 +665,7 @@ impl PageFile {
     }
 
     // Slot arithmetic: `map` checked that the file is exactly `page_count` pages, as many
-    // hashes, the group table, the index and the footer, and that the index's ranges cover exactly
+    // hashes, the tables, the index and the footer, and that the index's ranges cover exactly
     // `page_count` slots; `slot_of` only returns a slot inside a range, so `slot < page_count`
     // and both areas hold it. On the page read path: no further checks here.
     #[allow(
@@ -535,16 +688,16 @@ impl PageFile {
         clippy::expect_used
     )]
     fn slot_hash(&self, slot: u64) -> Hash {
-        let at = self.hashes_at + slot as usize * HASH_BYTES;
+        let at = self.layout.hashes_at + slot as usize * HASH_BYTES;
         self.map[at..at + HASH_BYTES]
             .try_into()
             .expect("slot within the checked hash area")
     }
 
-    /// Bytes of the checked tail (group table, index, footer; for version 1, from the leaf
-    /// hashes on): what the manifest checks at open.
+    /// Bytes of the checked tail (block table, index, footer; for version 2, from the group
+    /// table on; for version 1, from the leaf hashes on): what the manifest checks at open.
     pub fn tail_bytes(&self) -> u64 {
-        self.map.len().saturating_sub(self.checked_at) as u64
+        self.map.len().saturating_sub(self.layout.checked_at) as u64
     }
 
     /// Whether any page in `[first, end)` is in this file. O(log ranges).
@@ -800,15 +953,16 @@ mod tests {
         // A newer version.
         let mut newer = original.clone();
         let at = newer.len() - 16;
-        newer[at] = 3;
+        newer[at] = 4;
         std::fs::write(&path, &newer).unwrap();
         assert!(matches!(
             PageFile::map(&File::open(&path).unwrap(), "f"),
-            Err(PageFileError::NewerVersion { found: 3, .. })
+            Err(PageFileError::NewerVersion { found: 4, .. })
         ));
-        // An index range out of order (after 2 pages, 2 leaf hashes and 1 group table entry).
+        // An index range out of order (after 2 pages, 2 leaf hashes, 1 group table entry and 1
+        // block table entry).
         let mut bad_index = original.clone();
-        let index_at = 2 * (PAGE_SIZE + 32) + 32;
+        let index_at = 2 * (PAGE_SIZE + 32) + 32 + 32;
         bad_index[index_at + 8..index_at + 16].copy_from_slice(&1u64.to_le_bytes());
         std::fs::write(&path, &bad_index).unwrap();
         assert!(reopen().unwrap_err().to_string().contains("out of order"));
@@ -846,14 +1000,57 @@ mod tests {
         dir.join(name)
     }
 
-    fn group_bytes_checked() -> u64 {
-        GROUP_BYTES_CHECKED.with(|c| c.get())
+    /// Bytes hashed on this thread so far by block checks and by group checks.
+    fn bytes_checked() -> (u64, u64) {
+        (
+            BLOCK_BYTES_CHECKED.with(|c| c.get()),
+            GROUP_BYTES_CHECKED.with(|c| c.get()),
+        )
+    }
+
+    /// What this thread hashed in block and group checks while `f` ran.
+    fn checked_by<T>(f: impl FnOnce() -> T) -> (T, (u64, u64)) {
+        let (blocks, groups) = bytes_checked();
+        let value = f();
+        let (blocks_after, groups_after) = bytes_checked();
+        (value, (blocks_after - blocks, groups_after - groups))
+    }
+
+    /// Bytes of pages this thread hashed in page checks while `f` ran.
+    fn pages_checked_by<T>(f: impl FnOnce() -> T) -> (T, u64) {
+        let before = PAGE_BYTES_CHECKED.with(|c| c.get());
+        let value = f();
+        (value, PAGE_BYTES_CHECKED.with(|c| c.get()) - before)
+    }
+
+    fn map_file(path: &std::path::Path, name: &str) -> Result<PageFile, PageFileError> {
+        PageFile::map(&File::open(path).unwrap(), name)
+    }
+
+    /// Where the areas of the intact file at `path` start.
+    fn layout_of(path: &std::path::Path) -> Layout {
+        map_file(path, "layout").unwrap().layout
+    }
+
+    /// A copy of `path` named `name` in `dir`, with one bit of its byte `at` flipped.
+    fn flipped(
+        dir: &std::path::Path,
+        path: &std::path::Path,
+        name: &str,
+        at: usize,
+    ) -> std::path::PathBuf {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at] ^= 0x04;
+        let copy = dir.join(name);
+        std::fs::write(&copy, &bytes).unwrap();
+        copy
     }
 
     #[test]
-    fn the_checked_tail_grows_with_pages_over_128_not_with_pages() {
-        // 64 pages against 65,536: the manifest's check at open hashes the group table, 32
-        // bytes per 128 pages, not the 32 bytes per page of the leaf hashes (2 MiB here).
+    fn the_checked_tail_grows_with_pages_over_16384_not_with_pages() {
+        // The manifest's check at open hashes the block table, 32 bytes per 16,384 pages: not
+        // the 32 bytes per 128 pages of the group table (16 KiB here), nor the 32 bytes per
+        // page of the leaf hashes (2 MiB here).
         let page = page_of(7);
         let tail = |pages: u64| {
             write_page_file(
@@ -865,43 +1062,85 @@ mod tests {
         };
         let footer_and_index = (FOOTER_BYTES + RANGE_BYTES) as u64;
         assert_eq!(tail(64), 32 + footer_and_index);
-        assert_eq!(tail(65_536), 65_536 / 128 * 32 + footer_and_index);
-        assert!(tail(65_536) * 100 < 65_536 * 32, "{}", tail(65_536));
+        assert_eq!(tail(16_384), 32 + footer_and_index);
+        assert_eq!(tail(16_385), 2 * 32 + footer_and_index);
+        assert_eq!(tail(65_536), 4 * 32 + footer_and_index);
     }
 
     #[test]
-    fn opening_reads_no_leaf_hash_and_a_read_checks_its_group_once() {
+    fn opening_reads_no_leaf_hash_and_no_group_table() {
         let dir = tempfile::tempdir().unwrap();
         let path = file_of_pages(dir.path(), "f", 300); // groups of 128, 128 and 44 pages
-        // Every leaf hash garbled: the file still maps, so opening does not read them.
+        let layout = layout_of(&path);
+        // Every leaf hash and every group table entry garbled: the file still maps, so opening
+        // reads neither.
         let mut bytes = std::fs::read(&path).unwrap();
-        let hashes_at = 300 * PAGE_SIZE;
-        for b in &mut bytes[hashes_at..hashes_at + 300 * 32] {
+        for b in &mut bytes[layout.hashes_at..layout.block_table_at] {
             *b ^= 0x5a;
         }
         let garbled = dir.path().join("garbled");
         std::fs::write(&garbled, &bytes).unwrap();
-        let before = group_bytes_checked();
-        let file = PageFile::map(&File::open(&garbled).unwrap(), "garbled").unwrap();
-        assert_eq!(group_bytes_checked(), before, "opening checked leaf hashes");
-        assert_eq!(file.tail_bytes(), 3 * 32 + 16 + 32);
+        let (file, checked) = checked_by(|| map_file(&garbled, "garbled").unwrap());
+        assert_eq!(
+            checked,
+            (0, 0),
+            "opening checked the group table or leaf hashes"
+        );
+        // The checked tail: one block table entry, one index range, the footer.
+        assert_eq!(file.tail_bytes(), 32 + 16 + 32);
         let err = file.page(130).unwrap_err().to_string();
         assert!(
             err.contains("page file garbled") && err.contains("group 1 (page 130)"),
             "{err}"
         );
-        // The intact file: one read checks its group's 4 KiB of hashes, once.
-        let file = PageFile::map(&File::open(&path).unwrap(), "f").unwrap();
-        let before = group_bytes_checked();
-        assert_eq!(file.page(5).unwrap(), Some(&page_of(5)));
-        assert_eq!(file.page(6).unwrap(), Some(&page_of(6)));
+    }
+
+    #[test]
+    fn a_read_checks_one_block_and_one_group_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two blocks: 128 groups of 128 pages, then 3 groups (128, 128 and 44 pages).
+        let pages = PAGES_PER_BLOCK + 300;
+        let path = file_of_pages(dir.path(), "f", pages);
+        let file = map_file(&path, "f").unwrap();
+        let reads = |index: u64| file.page(index).unwrap() == Some(&page_of(index as u8));
+        // Opening allocated no check bits: a cell per block, each still empty.
+        let filled = || {
+            file.checks
+                .iter()
+                .map(|c| c.get().is_some())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(filled(), [false, false]);
+        // The first read in block 0 checks its 4 KiB of group table and its group's 4 KiB of
+        // leaf hashes, and fills that block's cell only; more uses of the same group check
+        // nothing.
+        assert_eq!(checked_by(|| reads(5)), (true, (4096, 4096)));
+        assert_eq!(filled(), [true, false]);
+        let (hash, checked) = checked_by(|| file.stored_hash(7).unwrap());
+        assert_eq!(hash, Some(checksum::leaf_hash(&page_of(7))));
+        assert_eq!(checked, (0, 0));
+        assert_eq!(checked_by(|| reads(6)), (true, (0, 0)));
+        // Another group of a checked block: its group only.
+        assert_eq!(checked_by(|| reads(200)), (true, (0, 4096)));
+        // Block 1 holds 3 group table entries; page 16,514 is in group 129 (128 pages).
         assert_eq!(
-            file.stored_hash(7).unwrap(),
-            Some(checksum::leaf_hash(&page_of(7)))
+            checked_by(|| reads(PAGES_PER_BLOCK + 130)),
+            (true, (3 * 32, 4096))
         );
-        assert_eq!(group_bytes_checked() - before, 128 * 32);
-        assert_eq!(file.page(299).unwrap(), Some(&page_of(299u64 as u8)));
-        assert_eq!(group_bytes_checked() - before, (128 + 44) * 32);
+        // The last group is shorter (44 pages).
+        assert_eq!(checked_by(|| reads(pages - 1)), (true, (0, 44 * 32)));
+        // Each page is hashed on its first read only, in either block.
+        for index in [5, 6, 200, PAGES_PER_BLOCK + 130, pages - 1] {
+            assert_eq!(pages_checked_by(|| reads(index)), (true, 0), "page {index}");
+        }
+        for index in [4, PAGES_PER_BLOCK + 131] {
+            assert_eq!(
+                pages_checked_by(|| reads(index)),
+                (true, 4096),
+                "page {index}"
+            );
+            assert_eq!(pages_checked_by(|| reads(index)), (true, 0), "page {index}");
+        }
     }
 
     #[test]
@@ -933,6 +1172,90 @@ mod tests {
         // The memory's hash is that of the bytes on disk, as if nothing were damaged.
         let damaged = PageLayers::new(vec![file]);
         assert_eq!(damaged.subtree_hash(2, 0), intact.subtree_hash(2, 0));
+    }
+
+    #[test]
+    fn a_changed_group_table_is_found_on_first_read_not_at_open_and_hashing_ignores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_of_pages(dir.path(), "f", 200); // groups 0 and 1, both in block 0
+        let layout = layout_of(&path);
+        let intact = PageLayers::new(vec![Arc::new(map_file(&path, "f").unwrap())]);
+        // A bit of group 1's table entry, then a bit of block 0's block table entry. In a
+        // state directory the manifest refuses the second at open; the file itself maps.
+        let group_entry = flipped(dir.path(), &path, "group", layout.group_table_at + 32 + 9);
+        let block_entry = flipped(dir.path(), &path, "block", layout.block_table_at + 9);
+        for (name, damaged) in [("group", group_entry), ("block", block_entry)] {
+            let (file, checked) = checked_by(|| Arc::new(map_file(&damaged, name).unwrap()));
+            assert_eq!(checked, (0, 0), "{name}: opening checked the group table");
+            // The block no longer vouches for any of its entries: every group under it is
+            // refused when first used, naming the file, the group, the page and the block.
+            for index in [3, 150] {
+                let err = file.page(index).unwrap_err().to_string();
+                let group = index / HASHES_PER_GROUP;
+                assert!(
+                    err.contains(&format!("page file {name}"))
+                        && err.contains(&format!("group {group} (page {index})"))
+                        && err.contains("group table block 0, which does not match"),
+                    "{err}"
+                );
+            }
+            let err = PageLayers::pages_of(std::slice::from_ref(&file))
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("group table block 0"), "{err}");
+            // The memory's hash falls back to the bytes on disk: unchanged.
+            let damaged = PageLayers::new(vec![file]);
+            assert_eq!(
+                damaged.subtree_hash(2, 0),
+                intact.subtree_hash(2, 0),
+                "{name}"
+            );
+        }
+    }
+
+    /// The version 2 encoding of the version 3 file at `path`: the same bytes without the
+    /// block table, under a version 2 footer.
+    fn as_version_2(path: &std::path::Path) -> Vec<u8> {
+        let layout = layout_of(path);
+        let v3 = std::fs::read(path).unwrap();
+        let mut v2 = v3[..layout.block_table_at].to_vec();
+        v2.extend_from_slice(&v3[layout.index_at..]);
+        let at = v2.len() - 16;
+        v2[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+        v2
+    }
+
+    #[test]
+    fn a_version_2_file_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let v3 = file_of_pages(dir.path(), "v3", 200); // two groups
+        let mut bytes = as_version_2(&v3);
+        let path = dir.path().join("v2");
+        std::fs::write(&path, &bytes).unwrap();
+        let file = map_file(&path, "v2").unwrap();
+        // Its manifest checks the group table at open: two entries, the index, the footer.
+        assert_eq!(file.tail_bytes(), 2 * 32 + 16 + 32);
+        // A read checks its group against the table, and no block.
+        let reads = |index: u64| file.page(index).unwrap() == Some(&page_of(index as u8));
+        assert_eq!(checked_by(|| reads(100)), (true, (0, 4096)));
+        // A changed group (here its table entry) is refused on first use, as before version 3.
+        let group_table_at = 200 * (PAGE_SIZE + 32);
+        bytes[group_table_at + 32 + 1] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let file = map_file(&path, "v2").unwrap();
+        assert_eq!(file.page(3).unwrap(), Some(&page_of(3)));
+        let err = file.page(150).unwrap_err().to_string();
+        assert!(
+            err.contains("page file v2")
+                && err.contains("group 1 (page 150) does not match the group table"),
+            "{err}"
+        );
+        // The same bytes under a version 3 footer miss their block table.
+        let at = bytes.len() - 16;
+        bytes[at] = 3;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = map_file(&path, "v2").unwrap_err().to_string();
+        assert!(err.contains("truncated or extended"), "{err}");
     }
 
     #[test]
