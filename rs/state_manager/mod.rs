@@ -16,8 +16,9 @@
 //!   checkpoints/<height: 16 hex digits>/  the last completed checkpoint
 //!     manifest.bin                        every other file's size and SHA-256, then its own
 //!     state.bin                           the state records (postcard)
-//!     pages/<height>_<n>.pages            page files (pages, leaf hashes, group table, index,
-//!                                         footer), immutable, shared by hard links
+//!     pages/<height>_<n>.pages            page files (pages, leaf hashes, group table, block
+//!                                         table, index, footer), immutable, shared by hard links;
+//!                                         `<height>_merge_<n>.pages` for merged ones
 //!     wasm/<sha256>.wasm                  modules, immutable, shared by hard links
 //!     unverified                          present until the checkpoint has been loaded once
 //! ```
@@ -44,14 +45,16 @@
 //!
 //! # Opening
 //!
-//! Lock, delete `tip/`, pick the highest checkpoint, and check it before anything is loaded:
-//! the manifest's own checksum and version, then every file against it (no file missing, none
-//! extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of its tail: group
-//! table, index and footer, O(pages / 128)). Any difference is an error naming the file;
-//! nothing is loaded silently. Then the records are decoded and the page files mapped. No page
-//! and no leaf hash is read: a group of 128 leaf hashes is checked against the group table when
+//! Lock, delete `tip/` and `merges/`, pick the highest checkpoint, and check it before anything
+//! is loaded: the manifest's own checksum and version, then every file against it (no file
+//! missing, none extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of
+//! its tail: block table, index and footer, O(pages / 16384)). Any difference is an error naming
+//! the file; nothing is loaded silently. Then the records are decoded and the page files mapped.
+//! No page, no leaf hash and no group table is read: a block of 128 group table entries is
+//! checked against the block table and a group of 128 leaf hashes against the group table when
 //! first used, and each page against its leaf hash when first read (`rs/memory/page_file.rs`);
-//! hashing a memory uses the stored leaf hashes.
+//! hashing a memory uses the stored leaf hashes. Last, the checkpoint's merges are planned
+//! again and started (`merges.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -144,9 +147,10 @@ pub enum StateManagerError {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 struct FileEntry {
     size: u64,
-    /// SHA-256 of the whole file, or for a page file of its last `tail` bytes (group table,
-    /// index, footer; for a version-1 page file, from the leaf hashes on): its leaf hashes and
-    /// pages are checked against them when first used.
+    /// SHA-256 of the whole file, or for a page file of its last `tail` bytes (block table,
+    /// index, footer; for a version-2 page file, from the group table on; for a version-1 page
+    /// file, from the leaf hashes on): its group table, leaf hashes and pages are checked
+    /// against them when first used.
     sha256: Hash,
     /// 0 for a whole-file checksum.
     tail: u64,
