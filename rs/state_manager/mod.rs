@@ -309,7 +309,41 @@ fn write_pages_file<'p>(
     })
 }
 
-/// `fill` returns the (tail length, tail checksum) of a file it checksums itself.
+/// Bytes of a page file written between two early flushes: see [`EarlyFlush`].
+const FLUSH_EVERY: u64 = 8 << 20;
+
+/// A file that, every [`FLUSH_EVERY`] bytes, asks a second thread to `fdatasync` it, so that
+/// the disk writes a large file while the rest of it is still being copied into the page cache,
+/// and the final `fsync` waits for the tail only: a page file costs about max(copy, disk), not
+/// their sum. An early flush that fails fails the file (its error is never dropped: a failed
+/// `fsync` may not be reported twice).
+struct EarlyFlush {
+    file: File,
+    since: u64,
+    flush: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Write for EarlyFlush {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.since = self.since.saturating_add(n as u64);
+        if self.since >= FLUSH_EVERY {
+            self.since = 0;
+            if let Some(flush) = &self.flush {
+                // The thread is gone only after a failed flush, which the caller gets at join.
+                let _ = flush.send(());
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// `fill` returns the (tail length, tail checksum) of a file it checksums itself; `hash_whole`
+/// files are small records and modules, the others page files, flushed early.
 fn write_new_file(
     path: &Path,
     budget: &mut Option<u64>,
@@ -317,8 +351,60 @@ fn write_new_file(
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
 ) -> std::io::Result<FileEntry> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let (entry, file) = if hash_whole {
+        fill_file(
+            EarlyFlush {
+                file,
+                since: 0,
+                flush: None,
+            },
+            budget,
+            true,
+            fill,
+        )?
+    } else {
+        let flushing = file.try_clone()?;
+        let (sender, requests) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let flusher = scope.spawn(move || -> std::io::Result<()> {
+                for () in requests.iter() {
+                    // Requests that queued up while the last flush ran are served by one.
+                    while requests.try_recv().is_ok() {}
+                    flushing.sync_data()?;
+                }
+                Ok(())
+            });
+            let out = EarlyFlush {
+                file,
+                since: 0,
+                flush: Some(sender),
+            };
+            // `fill_file` drops the sender with the writer, which ends the thread's loop.
+            let filled = fill_file(out, budget, false, fill);
+            let flushed = flusher
+                .join()
+                .map_err(|_| std::io::Error::other("the flushing thread panicked"))?;
+            let filled = filled?;
+            flushed.map(|()| filled)
+        })?
+    };
+    file.sync_all()?;
+    let mut permissions = file.metadata()?.permissions();
+    permissions.set_readonly(true);
+    fs::set_permissions(path, permissions)?;
+    Ok(entry)
+}
+
+/// Runs `fill` into `out` through the hashing, counting and budget-checking writer; returns
+/// the file's entry and the file, unsynced.
+fn fill_file(
+    out: EarlyFlush,
+    budget: &mut Option<u64>,
+    hash_whole: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
+) -> std::io::Result<(FileEntry, File)> {
     let mut writer = CheckedWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
+        inner: BufWriter::with_capacity(1 << 20, out),
         hasher: hash_whole.then(Sha256::new),
         written: 0,
         budget,
@@ -338,12 +424,8 @@ fn write_new_file(
         },
         (None, None) => return Err(std::io::Error::other("a file without a checksum")),
     };
-    let file = writer.inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    let mut permissions = file.metadata()?.permissions();
-    permissions.set_readonly(true);
-    fs::set_permissions(path, permissions)?;
-    Ok(entry)
+    let out = writer.inner.into_inner().map_err(|e| e.into_error())?;
+    Ok((entry, out.file))
 }
 
 /// The size of the file at `path` and the SHA-256 of its last `tail` bytes (all of it for 0;
