@@ -1113,3 +1113,73 @@ fn a_page_file_flushed_early_while_written_reads_back_whole() {
     assert!(bytes[..(LEN - 9) as usize].iter().all(|&b| b == 0x5C));
     assert_eq!(&bytes[(LEN - 9) as usize..], b"last page");
 }
+
+/// The inodes of the files under `dir` that this process has mapped (`/proc/self/maps`).
+fn mapped_inodes_under(dir: &Path) -> std::collections::BTreeSet<u64> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            // address perms offset device inode path
+            let mut fields = line.split_whitespace();
+            let inode = fields.nth(4)?.parse::<u64>().ok()?;
+            fields
+                .next()
+                .is_some_and(|path| path.starts_with(&prefix))
+                .then_some(inode)
+        })
+        .collect()
+}
+
+/// A committed checkpoint lets go of the one before it on the background thread (its
+/// directory, the mappings of files nothing uses any more, the inputs of merges it took in),
+/// off the checkpoint's time: all of it is gone once that thread is done, and when the
+/// manager is dropped, so the directory never holds more than the last checkpoint and this
+/// process maps no file that is not in it.
+#[test]
+fn a_committed_checkpoint_lets_go_of_the_one_before_it_in_the_background() {
+    let (dir, _) = populated_dir();
+    let mut sm = open(dir.path());
+    let canister = canister_of(&sm);
+    let checkpoints = |dir: &Path| -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        dirs.sort();
+        dirs
+    };
+    for i in 0..8u64 {
+        canister.write(&mut sm, true, (i % 3) * 4096, &i.to_le_bytes());
+        sm.checkpoint().unwrap();
+        sm.state_manager().unwrap().finish_merges();
+        assert_eq!(checkpoints(dir.path()), vec![checkpoint_dir(dir.path())]);
+        // The checkpoint's page files, and the merges written for the next one.
+        let mut linked: std::collections::BTreeSet<u64> = page_inodes(dir.path())
+            .into_values()
+            .map(|(inode, _)| inode)
+            .collect();
+        if let Ok(merges) = std::fs::read_dir(dir.path().join("merges")) {
+            use std::os::unix::fs::MetadataExt;
+            linked.extend(merges.map(|e| e.unwrap().metadata().unwrap().ino()));
+        }
+        let mapped = mapped_inodes_under(dir.path());
+        assert!(!mapped.is_empty(), "the checkpoint's page files are mapped");
+        assert!(
+            mapped.is_subset(&linked),
+            "after checkpoint {i}, mapped {mapped:?}, in the checkpoint or merges {linked:?}"
+        );
+    }
+    assert!(
+        page_inodes(dir.path())
+            .keys()
+            .any(|n| n.contains("_merge_")),
+        "the workload took in no merge, so no merge input was let go of"
+    );
+    canister.write(&mut sm, true, 0, b"last");
+    sm.checkpoint().unwrap();
+    let newest = checkpoint_dir(dir.path());
+    drop(sm);
+    assert_eq!(checkpoints(dir.path()), vec![newest]);
+}

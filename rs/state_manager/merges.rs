@@ -6,6 +6,8 @@
 //! memory's files bounded are planned when it commits (and again when it is loaded), from its
 //! stacks of files alone, written into `<state-dir>/merges/` by one background thread, and
 //! linked into the *next* checkpoint, which waits for them only if they are not done yet.
+//! Before merging, the same thread lets go of what the committed checkpoint no longer needs
+//! ([`Retired`]): the older checkpoint and the mappings of files nothing else uses.
 //!
 //! The plan is a function of the checkpoint's stacks (their file names and page counts), and
 //! every checkpoint applies the whole plan of the one before it, whether the thread finished,
@@ -20,13 +22,47 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use super::{FileEntry, MAX_FILES_PER_MEMORY, MERGES, write_pages_file};
+use super::{FileEntry, MAX_FILES_PER_MEMORY, MERGES, sync_dir, write_pages_file};
 use crate::memory::{PageFile, PageLayers};
 
 /// A merged file the background thread wrote, synced and mapped.
 pub(super) struct Merged {
     pub(super) entry: FileEntry,
     pub(super) file: Arc<PageFile>,
+}
+
+/// What a committed checkpoint no longer needs: the directory of the checkpoint before it and
+/// whatever still maps or holds that one's files. The background thread lets go of it before
+/// merging: the last unmap or unlink of a page file frees its page cache and its blocks, tens
+/// of milliseconds per 40 MiB on the disk measured (`benches/README.md`), which the replica
+/// also leaves to a thread (the checkpoint removal thread of dfinity/ic `rs/state_layout`).
+pub(super) struct Retired {
+    /// Deleted, then its parent synced; a crash first leaves it for the next open to delete.
+    pub(super) dir: Option<PathBuf>,
+    /// Mappings and page maps of files that may be used by nothing else, dropped first.
+    pub(super) held: Box<dyn Send>,
+}
+
+impl Retired {
+    /// Nothing to let go of.
+    pub(super) fn none() -> Retired {
+        Retired {
+            dir: None,
+            held: Box::new(()),
+        }
+    }
+
+    fn retire(self) {
+        drop(self.held);
+        if let Some(dir) = self.dir {
+            // Best effort: a leftover older checkpoint is harmless (the newest wins at open).
+            if fs::remove_dir_all(&dir).is_ok()
+                && let Some(parent) = dir.parent()
+            {
+                let _ = sync_dir(parent);
+            }
+        }
+    }
 }
 
 /// Merged file name → the file, or why it could not be written.
@@ -81,12 +117,14 @@ impl Merges {
     }
 
     /// Plans the merges of checkpoint `height`'s stacks (by their file names, so in a
-    /// deterministic order), empties `merges/` and starts writing them on a background thread.
-    /// Nothing here fails: a merge the thread cannot write is written by the next checkpoint.
+    /// deterministic order) and starts a background thread that first lets go of `retired`,
+    /// then empties `merges/` and writes them. Nothing here fails: a merge the thread cannot
+    /// write is written by the next checkpoint.
     pub(super) fn start(
         root: &Path,
         height: u64,
         stacks: &BTreeMap<Vec<String>, Arc<PageLayers>>,
+        retired: Retired,
     ) -> Merges {
         let mut merges = Merges::none(root);
         // The same files are merged once, under one name, whichever stacks share them.
@@ -109,13 +147,6 @@ impl Merges {
                 .or_insert_with(|| files.get(from..).unwrap_or_default().to_vec());
             merges.plan.insert(names.clone(), (from, name));
         }
-        if merges.inputs.is_empty() {
-            // Links to merges the last checkpoint took in, which nothing else should keep.
-            if merges.dir.exists() {
-                let _ = fs::remove_dir_all(&merges.dir);
-            }
-            return merges;
-        }
         let jobs: Vec<(String, Vec<Arc<PageFile>>)> = merges
             .inputs
             .iter()
@@ -125,12 +156,12 @@ impl Merges {
         merges.worker = std::thread::Builder::new()
             .name("checkpoint-merges".into())
             .spawn(move || {
+                retired.retire();
                 let mut done = Outcomes::new();
                 // What the last plan left (taken in, or not needed) goes; nothing is written
                 // if the directory cannot be made afresh.
-                if fs::remove_dir_all(&dir).is_err() && dir.exists()
-                    || fs::create_dir(&dir).is_err()
-                {
+                let cleared = fs::remove_dir_all(&dir).is_ok() || !dir.exists();
+                if jobs.is_empty() || !cleared || fs::create_dir(&dir).is_err() {
                     return done;
                 }
                 for (name, inputs) in jobs {
