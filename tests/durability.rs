@@ -602,6 +602,44 @@ fn a_full_disk_fails_the_checkpoint_and_keeps_the_previous_one() {
     sm.checkpoint().unwrap();
 }
 
+/// A page file is `fdatasync`ed early, every 8 MiB, while it is written. An early flush that
+/// fails (an I/O error, which Linux may not report to a second `fsync`) fails the checkpoint,
+/// naming the file, and keeps the previous one; memory is unchanged.
+#[test]
+fn a_failed_early_flush_fails_the_checkpoint_and_keeps_the_previous_one() {
+    let (dir, checkpointed) = populated_dir();
+    let mut sm = open(dir.path());
+    let canister = canister_of(&sm);
+    // 12 MiB of pages: one page file, flushed early once.
+    canister.fill(&mut sm, true, 0, 12 << 20, 7);
+    let in_memory = fingerprint(&sm);
+    sm.state_manager().unwrap().set_failing_early_flushes(true);
+    let err = sm.checkpoint().unwrap_err();
+    let StateManagerError::Write { file, .. } = &err else {
+        panic!("not a write error: {err}");
+    };
+    assert_eq!(
+        file.extension().and_then(|e| e.to_str()),
+        Some("pages"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("input/output error"), "{err}");
+    assert!(
+        err.to_string().contains("previous checkpoint is kept"),
+        "{err}"
+    );
+    assert!(!dir.path().join("tip").exists());
+    assert_eq!(fingerprint(&sm), in_memory);
+    sm.state_manager().unwrap().set_failing_early_flushes(false);
+    drop(sm);
+    let mut sm = open(dir.path());
+    assert_eq!(fingerprint(&sm), checkpointed);
+    // With a sound disk again, the same work checkpoints.
+    canister.fill(&mut sm, true, 0, 12 << 20, 7);
+    sm.checkpoint().unwrap();
+    assert_eq!(fingerprint(&sm), in_memory);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Crash loop
 // ---------------------------------------------------------------------------------------------

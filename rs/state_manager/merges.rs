@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use super::{FileEntry, MAX_FILES_PER_MEMORY, MERGES, sync_dir, write_pages_file};
+use super::{Faults, FileEntry, MAX_FILES_PER_MEMORY, MERGES, sync_dir, write_pages_file};
 use crate::memory::{PageFile, PageLayers};
 
 /// A merged file the background thread wrote, synced and mapped.
@@ -234,8 +234,8 @@ fn write_merge(
     let pages = pages.map_while(|(index, bytes, hash)| {
         (!cancel.load(Ordering::Relaxed)).then_some((index, bytes, Some(hash)))
     });
-    let entry =
-        write_pages_file(path, &mut None, pages).map_err(|e| format!("{}: {e}", path.display()))?;
+    let entry = write_pages_file(path, &mut Faults::default(), pages)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if cancel.load(Ordering::Relaxed) {
         return Err("cancelled".into());
     }

@@ -187,8 +187,8 @@ pub struct StateManager {
     current: Option<Checkpoint>,
     /// Page files of the current checkpoint already mapped, by name.
     mapped: BTreeMap<String, Arc<PageFile>>,
-    /// Test hook: bytes the next checkpoints may still write before failing like a full disk.
-    write_budget: Option<u64>,
+    /// Test hooks: the disk faults the next checkpoints meet.
+    faults: Faults,
 }
 
 impl std::fmt::Debug for StateManager {
@@ -257,6 +257,15 @@ fn unframe<T: for<'de> Deserialize<'de>>(
     postcard::from_bytes(body).map_err(|e| corrupt(format!("cannot be decoded: {e}")))
 }
 
+/// Test hooks: the disk faults that writes meet.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Bytes that may still be written before writes fail like a full disk (`None`: no limit).
+    budget: Option<u64>,
+    /// Whether the early flushes of page files fail, like an `fdatasync` reporting EIO.
+    early_flush: bool,
+}
+
 /// A writer that hashes and counts what goes through it, and fails like a full disk once a
 /// budget (a test hook) is spent.
 struct CheckedWriter<'b, W: Write> {
@@ -294,19 +303,19 @@ impl<W: Write> Write for CheckedWriter<'_, W> {
 /// Writes a new immutable file with `fill`, syncs it and makes it read-only. Returns its entry.
 fn write_file(
     path: &Path,
-    budget: &mut Option<u64>,
+    faults: &mut Faults,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<FileEntry> {
-    write_new_file(path, budget, true, |w| fill(w).map(|()| None))
+    write_new_file(path, faults, true, |w| fill(w).map(|()| None))
 }
 
 /// Writes a new page file of `pages`, like [`write_file`]; its entry checks the file's tail.
 fn write_pages_file<'p>(
     path: &Path,
-    budget: &mut Option<u64>,
+    faults: &mut Faults,
     pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE], Option<Hash>)>,
 ) -> std::io::Result<FileEntry> {
-    write_new_file(path, budget, false, |w| {
+    write_new_file(path, faults, false, |w| {
         write_page_file(w, pages).map(|summary| Some((summary.tail_bytes, summary.tail_sha256)))
     })
 }
@@ -348,7 +357,7 @@ impl Write for EarlyFlush {
 /// files are small records and modules, the others page files, flushed early.
 fn write_new_file(
     path: &Path,
-    budget: &mut Option<u64>,
+    faults: &mut Faults,
     hash_whole: bool,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
 ) -> std::io::Result<FileEntry> {
@@ -360,18 +369,24 @@ fn write_new_file(
                 since: 0,
                 flush: None,
             },
-            budget,
+            &mut faults.budget,
             true,
             fill,
         )?
     } else {
         let flushing = file.try_clone()?;
         let (sender, requests) = std::sync::mpsc::channel::<()>();
+        let fail = faults.early_flush;
         std::thread::scope(|scope| {
             let flusher = scope.spawn(move || -> std::io::Result<()> {
                 for () in requests.iter() {
                     // Requests that queued up while the last flush ran are served by one.
                     while requests.try_recv().is_ok() {}
+                    if fail {
+                        return Err(std::io::Error::other(
+                            "fdatasync: input/output error (injected)",
+                        ));
+                    }
                     flushing.sync_data()?;
                 }
                 Ok(())
@@ -382,7 +397,7 @@ fn write_new_file(
                 flush: Some(sender),
             };
             // `fill_file` drops the sender with the writer, which ends the thread's loop.
-            let filled = fill_file(out, budget, false, fill);
+            let filled = fill_file(out, &mut faults.budget, false, fill);
             let flushed = flusher
                 .join()
                 .map_err(|_| std::io::Error::other("the flushing thread panicked"))?;
@@ -536,7 +551,7 @@ impl StateManager {
             _lock: lock,
             current: None,
             mapped: BTreeMap::new(),
-            write_budget: None,
+            faults: Faults::default(),
         };
         let Some(height) = manager.last_checkpoint_height()? else {
             return Ok((manager, ReplicatedState::new(max_snapshots_per_canister)));
@@ -569,7 +584,14 @@ impl StateManager {
     /// been written (`None`: no limit).
     #[doc(hidden)]
     pub fn set_write_budget(&mut self, bytes: Option<u64>) {
-        self.write_budget = bytes;
+        self.faults.budget = bytes;
+    }
+
+    /// Test hook: whether the early flushes of the page files the following checkpoints write
+    /// fail, like an `fdatasync` that reports an I/O error.
+    #[doc(hidden)]
+    pub fn set_failing_early_flushes(&mut self, fail: bool) {
+        self.faults.early_flush = fail;
     }
 
     /// Best effort: removes checkpoints older than `height` (left by a crash between a commit
@@ -792,7 +814,7 @@ impl StateManager {
             previous: self.current.as_ref(),
             mapped: &self.mapped,
             merges: &self.merges,
-            budget: &mut self.write_budget,
+            faults: &mut self.faults,
             files: BTreeMap::new(),
             memories: HashMap::new(),
             new_mapped: BTreeMap::new(),
@@ -812,7 +834,7 @@ impl StateManager {
         })?;
         let bytes = framed(&record).map_err(|e| write_err(tip, std::io::Error::other(e)))?;
         let path = tip.join(STATE);
-        let entry = write_file(&path, writer.budget, |w| w.write_all(&bytes))
+        let entry = write_file(&path, writer.faults, |w| w.write_all(&bytes))
             .map_err(|e| write_err(&path, e))?;
         writer.files.insert(STATE.to_string(), entry);
         let manifest = ManifestRecord {
@@ -822,10 +844,10 @@ impl StateManager {
         };
         let bytes = framed(&manifest).map_err(|e| write_err(tip, std::io::Error::other(e)))?;
         let path = tip.join(MANIFEST);
-        write_file(&path, writer.budget, |w| w.write_all(&bytes))
+        write_file(&path, writer.faults, |w| w.write_all(&bytes))
             .map_err(|e| write_err(&path, e))?;
         let path = tip.join(UNVERIFIED);
-        write_file(&path, writer.budget, |_| Ok(())).map_err(|e| write_err(&path, e))?;
+        write_file(&path, writer.faults, |_| Ok(())).map_err(|e| write_err(&path, e))?;
         for dir in [tip.join(PAGES), tip.join(WASM), tip.to_path_buf()] {
             sync_dir(&dir).map_err(|e| write_err(&dir, e))?;
         }
@@ -896,7 +918,7 @@ struct Writer<'a> {
     mapped: &'a BTreeMap<String, Arc<PageFile>>,
     /// The merges planned at the last checkpoint, finished.
     merges: &'a Merges,
-    budget: &'a mut Option<u64>,
+    faults: &'a mut Faults,
     files: BTreeMap<String, FileEntry>,
     memories: Memories,
     new_mapped: BTreeMap<String, Arc<PageFile>>,
@@ -984,7 +1006,7 @@ impl Writer<'_> {
     ) -> Result<(String, Arc<PageFile>), String> {
         let rel = format!("{PAGES}/{name}");
         let path = self.tip.join(&rel);
-        let entry = match write_pages_file(&path, self.budget, pages) {
+        let entry = match write_pages_file(&path, self.faults, pages) {
             Ok(entry) => entry,
             Err(e) => return Err(self.fail(&path, e)),
         };
@@ -1096,7 +1118,7 @@ impl Store for Writer<'_> {
             return Ok(name);
         }
         let path = self.tip.join(&rel);
-        match write_file(&path, self.budget, |w| w.write_all(module.bytes())) {
+        match write_file(&path, self.faults, |w| w.write_all(module.bytes())) {
             Ok(entry) => {
                 self.files.insert(rel, entry);
                 Ok(name)
