@@ -18,8 +18,8 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::{Faults, FileEntry, MAX_FILES_PER_MEMORY, MERGES, sync_dir, write_pages_file};
@@ -33,7 +33,7 @@ pub(super) struct Merged {
 
 /// What a committed checkpoint no longer needs: the directory of the checkpoint before it and
 /// whatever still maps or holds that one's files. The background thread lets go of it before
-/// merging: the last unmap or unlink of a page file frees its page cache and its blocks, tens
+/// merging (or `start` itself, if no thread can be started): the last unmap or unlink of a page file frees its page cache and its blocks, tens
 /// of milliseconds per 40 MiB on the disk measured (`benches/README.md`), which the replica
 /// also leaves to a thread (the checkpoint removal thread of dfinity/ic `rs/state_layout`).
 pub(super) struct Retired {
@@ -153,10 +153,15 @@ impl Merges {
             .map(|(name, files)| (name.clone(), files.clone()))
             .collect();
         let (dir, cancel) = (merges.dir.clone(), merges.cancel.clone());
+        // Handed over through a slot: if no thread can be started, it is let go of here.
+        let slot = Arc::new(Mutex::new(Some(retired)));
+        let handed = Arc::clone(&slot);
         merges.worker = std::thread::Builder::new()
             .name("checkpoint-merges".into())
             .spawn(move || {
-                retired.retire();
+                if let Some(retired) = handed.lock().ok().and_then(|mut r| r.take()) {
+                    retired.retire();
+                }
                 let mut done = Outcomes::new();
                 // What the last plan left (taken in, or not needed) goes; nothing is written
                 // if the directory cannot be made afresh.
@@ -174,6 +179,11 @@ impl Merges {
                 done
             })
             .ok();
+        if merges.worker.is_none()
+            && let Some(retired) = slot.lock().ok().and_then(|mut r| r.take())
+        {
+            retired.retire();
+        }
         merges
     }
 
