@@ -431,7 +431,12 @@ fn main() {
         eprintln!("take/{name}: the checkpoint wrote {written} bytes of page files");
     }
     group.finish();
-    interleaved_take(size, if full() { 5 } else { 15 });
+    // `TAKE_PAIRS`: more pairs for a tighter median (each is two fresh checkpoints).
+    let pairs = std::env::var("TAKE_PAIRS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(if full() { 5 } else { 15 });
+    interleaved_take(size, pairs);
 
     // A canister already checkpointed: 1% dirtied, then (or not) a take, then the checkpoint.
     let mut group = c.benchmark_group("take_checkpointed");
