@@ -33,9 +33,10 @@ pub(super) struct Merged {
 
 /// What a committed checkpoint no longer needs: the directory of the checkpoint before it and
 /// whatever still maps or holds that one's files. The background thread lets go of it before
-/// merging (or `start` itself, if no thread can be started): the last unmap or unlink of a page file frees its page cache and its blocks, tens
-/// of milliseconds per 40 MiB on the disk measured (`benches/README.md`), which the replica
-/// also leaves to a thread (the checkpoint removal thread of dfinity/ic `rs/state_layout`).
+/// merging (or `start` itself, if no thread can be started): the last unmap or unlink of a
+/// page file frees its page cache and its blocks, tens of milliseconds per 40 MiB on the disk
+/// measured (`benches/README.md`), which the replica also leaves to a thread (the checkpoint
+/// removal thread of dfinity/ic `rs/state_layout`).
 pub(super) struct Retired {
     /// Deleted, then its parent synced; a crash first leaves it for the next open to delete.
     pub(super) dir: Option<PathBuf>,
