@@ -62,7 +62,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_snapshots_per_canister: 1,
-            stable_memory_limit_bytes: 500 << 30,
+            stable_memory_limit_bytes: crate::memory::MAX_STABLE_MEMORY_BYTES,
             subnet_memory_capacity_bytes: 2 << 40,
             subnet_memory_threshold_bytes: 450 << 30,
             max_storage_reservation_seconds: 300_000_000,

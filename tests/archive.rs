@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use canister_snapshots::StateMachine;
 use canister_snapshots::archive::{
-    Archive, ArchiveError, Hook, PruneOptions, PullOptions, PushOptions, archive_snapshot,
+    Archive, ArchiveError, Hook, Manifest, PageRuns, PruneOptions, PullOptions, PushOptions, Run,
+    archive_snapshot,
 };
 use canister_snapshots::memory::checksum::hex;
 use canister_snapshots::transfer::SnapshotDir;
@@ -118,6 +119,36 @@ impl Backend {
                 .put(&self.pack_path(name, kind), PutPayload::from(bytes)),
         )
         .unwrap();
+    }
+
+    /// Replaces manifest `name` with `manifest`, as a hostile or broken store would.
+    fn put_manifest(&self, name: &str, manifest: &Manifest) {
+        let path = object_store::path::Path::from(format!("team/archive/manifests/{name}.json"));
+        let bytes = serde_json::to_vec(manifest).unwrap();
+        self.block_on(self.store.put(&path, PutPayload::from(bytes)))
+            .unwrap();
+    }
+
+    /// Writes a lock object of `kind` (`push`, `prune`) as another client would.
+    fn write_lock(&self, kind: &str) {
+        let path = object_store::path::Path::from(format!(
+            "team/archive/locks/{kind}-from-another-client.json"
+        ));
+        self.block_on(self.store.put(&path, PutPayload::from_static(b"{}")))
+            .unwrap();
+    }
+
+    /// Every pack every manifest names is stored, both objects.
+    fn assert_every_named_pack_stored(&self, archive: &Archive) {
+        for manifest in archive.list(None).unwrap() {
+            for pack in manifest.referenced_packs() {
+                assert!(
+                    self.exists(&pack, "pages") && self.exists(&pack, "index"),
+                    "{} names pack {pack}, which is gone",
+                    manifest.name()
+                );
+            }
+        }
     }
 
     fn delete(&self, name: &str, kind: &str) {
@@ -869,18 +900,7 @@ fn pull_refuses_a_non_empty_destination_and_an_edited_manifest() {
     let mut manifest = archive.manifest(&pushed.manifest).unwrap();
     let last = manifest.checksum.pop().unwrap();
     manifest.checksum.push(if last == '0' { '1' } else { '0' });
-    let path =
-        object_store::path::Path::from(format!("team/archive/manifests/{}.json", pushed.manifest));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(backend.store.put(
-            &path,
-            PutPayload::from(serde_json::to_vec(&manifest).unwrap()),
-        ))
-        .unwrap();
+    backend.put_manifest(&pushed.manifest, &manifest);
     let out = fx.pull_dir("edited");
     let err = archive
         .pull(&pushed.manifest, &out, &PullOptions::default())
@@ -1069,4 +1089,328 @@ fn command_line_canister_snapshot_archive_downloads_and_pushes_in_one_step() {
         ]),
         name
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A store that loses or damages objects; locks that must not expire; hostile manifests
+// ---------------------------------------------------------------------------------------------
+
+/// The one pack a fresh push of the fixture's snapshot stores.
+fn only_pack(archive: &Archive, manifest: &str) -> String {
+    let packs = archive.manifest(manifest).unwrap().referenced_packs();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    packs.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_push_repairs_a_pack_whose_pages_a_store_lost_or_cut_and_verify_names_it() {
+    let mut fx = Fixture::new();
+    let backend = Backend::local();
+    let archive = backend.archive();
+    let dir = fx.snapshot();
+    let pushed = archive.push(&dir, &PushOptions::default()).unwrap();
+    let victim = only_pack(&archive, &pushed.manifest);
+    let good = backend.read(&victim, "pages");
+    assert!(archive.verify(None).unwrap().is_whole());
+
+    for damage in ["lost", "cut"] {
+        match damage {
+            "lost" => backend.delete(&victim, "pages"),
+            _ => backend.write(&victim, "pages", good[..good.len() - 4096].to_vec()),
+        }
+        // `archive verify` names the pack and the manifest that needs it.
+        let report = archive.verify(None).unwrap();
+        assert_eq!(report.damage.len(), 1, "{report:?}");
+        assert_eq!(report.damage[0].object, format!("packs/{victim}"));
+        assert_eq!(report.damage[0].manifests, std::slice::from_ref(&pushed.manifest));
+        assert!(archive.verify(Some(&pushed.manifest)).unwrap().damage.len() == 1);
+        // Pushing the same snapshot again repairs it instead of skipping it.
+        let again = archive.push(&dir, &PushOptions::default()).unwrap();
+        assert!(!again.already_archived, "{damage}: {again:?}");
+        assert_eq!(again.packs_damaged, std::slice::from_ref(&victim), "{damage}: {again:?}");
+        assert_eq!(again.packs_sent, 1, "{again:?}");
+        assert_eq!(
+            backend.read(&victim, "pages"),
+            good,
+            "the same pages, the same pack"
+        );
+        assert!(archive.verify(None).unwrap().is_whole());
+        archive_pull_ok(
+            &archive,
+            &pushed.manifest,
+            &fx.pull_dir(&format!("repaired-{damage}")),
+        );
+    }
+
+    // A later snapshot does not deduplicate against a pack that is not whole: its pull works
+    // although the pack is still damaged.
+    backend.delete(&victim, "pages");
+    fx.touch(MIB, 0x77);
+    let next = archive
+        .push(&fx.snapshot(), &PushOptions::default())
+        .unwrap();
+    assert_eq!(next.packs_damaged, std::slice::from_ref(&victim), "{next:?}");
+    assert!(
+        !archive
+            .manifest(&next.manifest)
+            .unwrap()
+            .referenced_packs()
+            .contains(&victim)
+    );
+    archive_pull_ok(&archive, &next.manifest, &fx.pull_dir("next"));
+}
+
+#[test]
+fn a_page_a_store_corrupted_in_place_is_found_on_request_and_by_verify() {
+    let mut fx = Fixture::new();
+    let backend = Backend::local();
+    let archive = backend.archive();
+    let dir = fx.snapshot();
+    let pushed = archive.push(&dir, &PushOptions::default()).unwrap();
+    let victim = only_pack(&archive, &pushed.manifest);
+    let good = backend.read(&victim, "pages");
+    let mut bad = good.clone();
+    bad[5 * 4096 + 9] ^= 0x40;
+    backend.write(&victim, "pages", bad);
+
+    let report = archive.verify(None).unwrap();
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    assert!(report.damage[0].reason.contains("page 5"), "{report:?}");
+    // The sizes are right: the cheap check cannot see it, a push that hashes the pages can.
+    assert!(
+        archive
+            .push(&dir, &PushOptions::default())
+            .unwrap()
+            .already_archived
+    );
+    let verify_pages = PushOptions {
+        verify_pages: true,
+        ..PushOptions::default()
+    };
+    let repaired = archive.push(&dir, &verify_pages).unwrap();
+    assert_eq!(repaired.packs_damaged, std::slice::from_ref(&victim), "{repaired:?}");
+    assert_eq!(backend.read(&victim, "pages"), good);
+    assert!(archive.verify(None).unwrap().is_whole());
+    assert!(archive.push(&dir, &verify_pages).unwrap().already_archived);
+    archive_pull_ok(&archive, &pushed.manifest, &fx.pull_dir("repaired"));
+}
+
+#[test]
+fn command_line_archive_verify_names_the_damage_and_exits_non_zero() {
+    let mut fx = Fixture::new();
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let bin = env!("CARGO_BIN_EXE_canister-snapshots");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let dir = fx.snapshot();
+    let pushed = run(&["archive", "push", dir.to_str().unwrap(), &url]);
+    assert!(pushed.status.success());
+    let name = String::from_utf8(pushed.stdout).unwrap().trim().to_string();
+    let verified = run(&["archive", "verify", &url]);
+    assert!(verified.status.success(), "{verified:?}");
+    let archive = Archive::open(&url).unwrap();
+    let victim = only_pack(&archive, &name);
+    std::fs::remove_file(store.path().join(format!("packs/{victim}.pages"))).unwrap();
+
+    let verified = run(&["archive", "verify", &url, &name]);
+    assert!(!verified.status.success());
+    let stderr = String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        stderr.contains(&format!("packs/{victim}")) && stderr.contains(&name),
+        "{stderr}"
+    );
+    let repaired = run(&["archive", "push", dir.to_str().unwrap(), &url]);
+    assert!(repaired.status.success());
+    assert!(
+        String::from_utf8_lossy(&repaired.stderr).contains("damaged"),
+        "{repaired:?}"
+    );
+    assert!(run(&["archive", "verify", &url]).status.success());
+}
+
+#[test]
+fn a_push_that_seals_nothing_keeps_its_lock_alive_against_a_prune() {
+    // Staleness scaled down from 15 minutes to 2 s, the refresh from 60 s to 50 ms. A push
+    // whose pages are all present seals no pack; it takes longer than the staleness before
+    // its manifest, and a prune then runs. Its lock must still be live: the prune refuses,
+    // and nothing the push's manifest names is deleted.
+    let mut fx = Fixture::new();
+    let backend = Backend::local();
+    let pusher = backend.archive();
+    let pruner = Arc::new(backend.archive());
+    let stale_after = Duration::from_secs(2);
+    pusher
+        .push(&fx.snapshot(), &PushOptions::default())
+        .unwrap();
+    fx.touch(MIB, 0x11);
+    let middle = fx.snapshot();
+    pusher.push(&middle, &PushOptions::default()).unwrap();
+    fx.touch(MIB, 0x22);
+    pusher
+        .push(&fx.snapshot(), &PushOptions::default())
+        .unwrap();
+
+    let prune_result = Arc::new(std::sync::Mutex::new(None));
+    let hook = {
+        let (pruner, prune_result) = (pruner.clone(), prune_result.clone());
+        Hook(Arc::new(move || {
+            std::thread::sleep(stale_after + Duration::from_millis(500));
+            *prune_result.lock().unwrap() = Some(pruner.prune(&PruneOptions {
+                stale_after,
+                lock_refresh: Duration::from_millis(50),
+                ..PruneOptions::keep_last(1)
+            }));
+        }))
+    };
+    let pushed = pusher
+        .push(
+            &middle,
+            &PushOptions {
+                canister_id: Some(common::stranger()),
+                stale_after,
+                lock_refresh: Duration::from_millis(50),
+                before_manifest: Some(hook),
+                ..PushOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(pushed.packs_sent, 0, "the push sealed nothing: {pushed:?}");
+    let prune_result = prune_result.lock().unwrap().take().expect("the hook ran");
+    assert!(
+        matches!(prune_result, Err(ArchiveError::PushInProgress { .. })),
+        "{prune_result:?}"
+    );
+    backend.assert_every_named_pack_stored(&pusher);
+    archive_pull_ok(&pusher, &pushed.manifest, &fx.pull_dir("b"));
+}
+
+#[test]
+fn a_prune_checks_the_push_locks_again_just_before_it_deletes() {
+    // A push lock that appears after the prune's first look (a push that started meanwhile)
+    // stops the sweep: nothing is deleted.
+    let mut fx = Fixture::new();
+    let backend = Backend::local();
+    let archive = backend.archive();
+    for day in 0..3u8 {
+        fx.touch(MIB, 0xC0 + day);
+        archive
+            .push(&fx.snapshot(), &PushOptions::default())
+            .unwrap();
+    }
+    let before = archive.usage().unwrap();
+    let hook = {
+        let store = backend.store.clone();
+        Hook(Arc::new(move || {
+            let path =
+                object_store::path::Path::from("team/archive/locks/push-started-meanwhile.json");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(store.put(&path, PutPayload::from_static(b"{}")))
+                .unwrap();
+        }))
+    };
+    let refused = archive.prune(&PruneOptions {
+        before_sweep: Some(hook),
+        ..PruneOptions::keep_last(1)
+    });
+    assert!(
+        matches!(refused, Err(ArchiveError::PushInProgress { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(archive.list(None).unwrap().len(), 3);
+    let after = archive.usage().unwrap();
+    assert_eq!((after.packs, after.bytes), (before.packs, before.bytes + 2));
+    // Another client's live prune lock keeps a push waiting, then refused.
+    backend.write_lock("prune");
+    let waited = archive.push(
+        &fx.snapshot(),
+        &PushOptions {
+            lock_wait: Duration::ZERO,
+            ..PushOptions::default()
+        },
+    );
+    assert!(
+        matches!(waited, Err(ArchiveError::PruneInProgress { .. })),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn a_hostile_manifest_is_refused_before_anything_is_allocated_or_read() {
+    let mut fx = Fixture::new();
+    let backend = Backend::local();
+    let archive = backend.archive();
+    let dir = fx.snapshot();
+    let pushed = archive.push(&dir, &PushOptions::default()).unwrap();
+    // A 1 TiB stable memory, one run of zero pages: metadata and runs agree, the name too.
+    let mut manifest = archive.manifest(&pushed.manifest).unwrap();
+    let mut metadata = manifest.metadata().unwrap();
+    metadata.stable_memory_size = 1 << 40;
+    manifest.metadata_candid = hex(&candid::encode_one(&metadata).unwrap());
+    manifest.stable_memory = PageRuns {
+        size: 1 << 40,
+        runs: vec![Run(None, 0, 1 << 28)],
+    };
+    backend.put_manifest(&pushed.manifest, &manifest);
+    let err = archive.manifest(&pushed.manifest).unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::Manifest { reason, .. } if reason.contains("stable_memory_size")),
+        "{err:?}"
+    );
+    let out = fx.pull_dir("hostile");
+    let err = archive
+        .pull(&pushed.manifest, &out, &PullOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, ArchiveError::Manifest { .. }), "{err:?}");
+    assert_nothing_written(&out);
+    let report = archive.verify(None).unwrap();
+    assert!(
+        report.damage[0].reason.contains("stable_memory_size"),
+        "{report:?}"
+    );
+    // A hostile metadata.json in a snapshot directory: refused naming the field, before the
+    // region file is even looked at.
+    let snapshot_dir = SnapshotDir::new(&dir);
+    let mut metadata = snapshot_dir.read_metadata().unwrap();
+    metadata.stable_memory_size = 1 << 40;
+    snapshot_dir.write_metadata(&metadata).unwrap();
+    let err = archive.push(&dir, &PushOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("stable_memory_size"), "{err}");
+    assert!(
+        matches!(
+            err,
+            ArchiveError::Transfer(canister_snapshots::transfer::TransferError::Metadata { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_killed_pull_leaves_a_staging_directory_the_next_pull_removes() {
+    let mut fx = Fixture::new();
+    let backend = Backend::local();
+    let archive = backend.archive();
+    let pushed = archive
+        .push(&fx.snapshot(), &PushOptions::default())
+        .unwrap();
+    let out = fx.pull_dir("restored");
+    // What a pull killed midway leaves: its staging directory, half written, its lock gone
+    // with the process; and one a pull still running holds.
+    let abandoned = out.with_file_name(".restored.pull-4242-dead");
+    std::fs::create_dir(&abandoned).unwrap();
+    std::fs::write(abandoned.join("stable_memory.bin"), vec![1u8; 8192]).unwrap();
+    let running = out.with_file_name(".restored.pull-4343-live");
+    std::fs::create_dir(&running).unwrap();
+    let held = canister_snapshots::transfer::lock_directory(&running)
+        .unwrap()
+        .unwrap();
+    archive_pull_ok(&archive, &pushed.manifest, &out);
+    assert!(
+        !abandoned.exists(),
+        "the killed pull's staging directory is removed"
+    );
+    assert!(running.exists(), "a running pull's is left alone");
+    drop(held);
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ArchiveError;
 use crate::memory::checksum::{Hash, hex, sha256};
-use crate::transfer::{MAX_CHUNK_FILE_BYTES, chunk_hashes, unhex};
+use crate::transfer::{MAX_CHUNK_FILE_BYTES, check_declared_sizes, chunk_hashes, unhex};
 
 /// The `format` field of a version-2 manifest. A reader refuses any other.
 pub const MANIFEST_FORMAT: &str = "canister-snapshots-archive/v2";
@@ -180,6 +180,8 @@ impl Manifest {
             return Err(invalid(format!("pack name {bad:?} is not a hash")));
         }
         let metadata = manifest.metadata().map_err(invalid)?;
+        // Before anything is allocated or read for it: the sizes the IC allows.
+        check_declared_sizes(&metadata).map_err(|reason| invalid(format!("metadata: {reason}")))?;
         for (what, region, declared) in [
             (
                 "wasm_module",

@@ -35,7 +35,8 @@
 //! second sees the other's lock (S3 and the other backends list what was written before), so a
 //! sweep never runs while a push relies on packs it found present. A lock not refreshed for
 //! [`STALE_LOCK`] (by the store's clock: its `last_modified`) is a crashed client's and ignored;
-//! a push refreshes its lock every [`LOCK_REFRESH`]. A prune keeps a pack whole while any
+//! a push or prune rewrites its lock every [`LOCK_REFRESH`] for its whole run (`lock.rs`), and a
+//! prune checks the push locks again just before it deletes anything. A prune keeps a pack whole while any
 //! manifest names any of its pages (no repacking: see `spec/archive.md` for the trade-off).
 //!
 //! The library's API is synchronous: each [`Archive`] owns a small tokio runtime and blocks on
@@ -44,10 +45,12 @@
 
 #![forbid(unsafe_code)]
 
+mod lock;
 mod manifest;
 mod prune;
 mod pull;
 mod push;
+mod verify;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -67,13 +70,25 @@ pub use manifest::{
 };
 pub use prune::{PruneOptions, PruneReport};
 pub use pull::{PullOptions, PullReport};
-pub use push::{Hook, PushOptions, PushReport};
+pub use push::{PushOptions, PushReport};
+pub use verify::{Damage, VerifyReport};
 
 /// A lock whose object was not rewritten for this long belongs to a client that crashed.
 pub const STALE_LOCK: Duration = Duration::from_secs(15 * 60);
 
-/// How often a running push rewrites its lock.
+/// How often a running push or prune rewrites its lock, on a thread of its own, for the whole
+/// run.
 pub const LOCK_REFRESH: Duration = Duration::from_secs(60);
+
+/// A callback at a moment of a run that a concurrent client could hurt (tests).
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
 
 /// Objects in flight at once, each way: enough to hide a store's per-request latency.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -153,6 +168,16 @@ pub enum ArchiveError {
          15 minutes)"
     )]
     PushInProgress { lock: String },
+    #[error(
+        "the lock {lock} was not rewritten for {idle:?} ({reason}): another client may have \
+         taken it for a crashed one's, so this run stopped before writing or deleting \
+         anything; run it again"
+    )]
+    LockLapsed {
+        lock: String,
+        idle: Duration,
+        reason: String,
+    },
     #[error(
         "the push stopped after {packs} new packs as asked, before its manifest: run it again \
          to resume (pages already stored are skipped)"

@@ -1,17 +1,16 @@
-//! List, prune, and the lock objects that keep a prune's sweep away from a running push
-//! (`spec/archive.md`, "Prune and concurrent pushes").
+//! List and prune: mark and sweep under a prune lease, with the push locks checked before the
+//! sweep is planned and again just before anything is deleted (`spec/archive.md`, "Prune, and
+//! concurrent pushes"; the locks: `lock.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candid::Principal;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
-use object_store::path::Path;
 
 use super::manifest::{MAX_MANIFEST_BYTES, Manifest, check_name, is_hash};
-use super::push::PushOptions;
-use super::{Archive, ArchiveError, STALE_LOCK};
+use super::{Archive, ArchiveError, Hook, LOCK_REFRESH, STALE_LOCK};
 
 /// Knobs for a prune.
 #[derive(Debug, Clone)]
@@ -23,6 +22,11 @@ pub struct PruneOptions {
     pub canister_id: Option<Principal>,
     /// Age (by the store's clock) past which a push lock is a crashed push's and ignored.
     pub stale_after: Duration,
+    /// How often the prune rewrites its own lock while it runs.
+    pub lock_refresh: Duration,
+    /// Called once the sweep is planned, just before the push locks are checked again and
+    /// anything is deleted: the moment a push that started meanwhile could be hurt. For tests.
+    pub before_sweep: Option<Hook>,
 }
 
 impl PruneOptions {
@@ -31,8 +35,21 @@ impl PruneOptions {
             keep_last,
             canister_id: None,
             stale_after: STALE_LOCK,
+            lock_refresh: LOCK_REFRESH,
+            before_sweep: None,
         }
     }
+}
+
+/// What a prune will delete, decided before anything is.
+#[derive(Default)]
+struct PrunePlan {
+    /// Manifest names (`<canister>/<id>`).
+    manifests: Vec<String>,
+    /// Manifests kept.
+    kept: usize,
+    /// Pack objects: name, kind (`pages`, `index`), size.
+    objects: Vec<(String, String, u64)>,
 }
 
 /// What a prune deleted.
@@ -63,21 +80,43 @@ impl Archive {
         if options.keep_last == 0 {
             return Err(ArchiveError::KeepLastZero);
         }
-        self.runtime.block_on(async {
-            let lock = self.write_lock("prune").await?;
-            let result = match self.live_lock("push", &lock, options.stale_after).await {
-                Ok(Some(push)) => Err(ArchiveError::PushInProgress { lock: push }),
-                Ok(None) => self.prune_locked(options).await,
-                Err(e) => Err(e),
-            };
-            let _ = self.store.delete(&lock).await;
-            result
-        })
+        let lease = self
+            .runtime
+            .block_on(self.take_lease("prune", options.lock_refresh))?;
+        let planned = self.runtime.block_on(async {
+            if let Some(push) = self
+                .live_lock("push", &lease.path, options.stale_after)
+                .await?
+            {
+                return Err(ArchiveError::PushInProgress { lock: push });
+            }
+            self.plan_prune(options).await
+        });
+        if let (Ok(_), Some(hook)) = (&planned, &options.before_sweep) {
+            (hook.0)();
+        }
+        let result = planned.and_then(|plan| {
+            // Just before deleting: this prune's lock was fresh all along (so a push that
+            // started since withdrew), and no push lock appeared meanwhile.
+            lease.check(options.stale_after)?;
+            self.runtime.block_on(async {
+                if let Some(push) = self
+                    .live_lock("push", &lease.path, options.stale_after)
+                    .await?
+                {
+                    return Err(ArchiveError::PushInProgress { lock: push });
+                }
+                self.sweep(plan).await
+            })
+        });
+        self.release(lease);
+        result
     }
 
-    async fn prune_locked(&self, options: &PruneOptions) -> Result<PruneReport, ArchiveError> {
-        // Mark: every manifest of every canister. One that cannot be read stops the prune
-        // before anything is deleted: its packs are unknown.
+    /// Mark: every manifest of every canister, and which manifests and pack objects go. One
+    /// manifest that cannot be read stops the prune before anything is deleted: its packs are
+    /// unknown. Nothing is deleted here.
+    async fn plan_prune(&self, options: &PruneOptions) -> Result<PrunePlan, ArchiveError> {
         let mut by_canister: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
         for manifest in self.list_manifests(None).await? {
             by_canister
@@ -86,7 +125,7 @@ impl Archive {
                 .push(manifest);
         }
         let only = options.canister_id.map(|id| id.to_text());
-        let mut report = PruneReport::default();
+        let mut plan = PrunePlan::default();
         let mut marked: BTreeSet<String> = BTreeSet::new();
         for (canister, mut manifests) in by_canister {
             manifests.sort_by_key(Manifest::id);
@@ -96,25 +135,20 @@ impl Archive {
                 0
             };
             let (dropped, kept) = manifests.split_at(drop);
-            for manifest in dropped {
-                let name = manifest.name();
-                self.store.delete(&self.manifest_path(&name)).await?;
-                report.manifests_deleted.push(name);
-            }
-            report.manifests_kept = report.manifests_kept.saturating_add(kept.len());
+            plan.manifests.extend(dropped.iter().map(Manifest::name));
+            plan.kept = plan.kept.saturating_add(kept.len());
             for manifest in kept {
                 marked.extend(manifest.referenced_packs());
             }
         }
-        // Sweep: a pack goes whole when no kept manifest names it, pages and index alike (a
-        // pages object without an index is a crashed push's). Objects under packs/ that are
-        // not named like a pack are not ours and stay.
+        // A pack goes whole when no kept manifest names it, pages and index alike (a pages
+        // object without an index is a crashed push's). Objects under packs/ that are not
+        // named like a pack are not ours and stay.
         let objects: Vec<_> = self
             .store
             .list(Some(&self.path("packs")))
             .try_collect()
             .await?;
-        let mut swept: BTreeSet<String> = BTreeSet::new();
         for object in objects {
             let Some((name, kind)) = object
                 .location
@@ -125,10 +159,28 @@ impl Archive {
                 continue;
             };
             if !marked.contains(name) {
-                self.store.delete(&self.pack_path(name, kind)).await?;
-                swept.insert(name.to_string());
-                report.bytes_freed = report.bytes_freed.saturating_add(object.size);
+                plan.objects
+                    .push((name.to_string(), kind.to_string(), object.size));
             }
+        }
+        Ok(plan)
+    }
+
+    /// Sweep: deletes what the plan names, manifests first.
+    async fn sweep(&self, plan: PrunePlan) -> Result<PruneReport, ArchiveError> {
+        let mut report = PruneReport {
+            manifests_kept: plan.kept,
+            ..PruneReport::default()
+        };
+        for name in plan.manifests {
+            self.store.delete(&self.manifest_path(&name)).await?;
+            report.manifests_deleted.push(name);
+        }
+        let mut swept: BTreeSet<String> = BTreeSet::new();
+        for (name, kind, size) in plan.objects {
+            self.store.delete(&self.pack_path(&name, &kind)).await?;
+            report.bytes_freed = report.bytes_freed.saturating_add(size);
+            swept.insert(name);
         }
         report.packs_deleted = swept.len() as u64;
         Ok(report)
@@ -188,101 +240,4 @@ impl Archive {
         let bytes = found.bytes().await?;
         Manifest::parse(name, &bytes)
     }
-
-    /// Writes a new lock object of `kind` (`push`, `prune`) and returns its path.
-    pub(super) async fn write_lock(&self, kind: &str) -> Result<Path, ArchiveError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let nonce = format!("{nanos:x}-{:x}-{:x}", std::process::id(), next_nonce());
-        let path = self.path(&format!("locks/{kind}-{nonce}.json"));
-        self.refresh_lock(&path).await?;
-        Ok(path)
-    }
-
-    /// Rewrites a lock, so that its `last_modified` (the store's clock) is now.
-    pub(super) async fn refresh_lock(&self, path: &Path) -> Result<(), ArchiveError> {
-        let body = format!(
-            "{{\"pid\": {}, \"host\": {:?}}}\n",
-            std::process::id(),
-            std::env::var("HOSTNAME").unwrap_or_default()
-        );
-        self.put(path, body.into_bytes()).await
-    }
-
-    /// Another client's live lock of `kind`, if any: one whose last write is less than
-    /// `stale_after` older than `own`'s (both by the store's clock).
-    pub(super) async fn live_lock(
-        &self,
-        kind: &str,
-        own: &Path,
-        stale_after: Duration,
-    ) -> Result<Option<String>, ArchiveError> {
-        let locks: Vec<_> = self
-            .store
-            .list(Some(&self.path("locks")))
-            .try_collect()
-            .await?;
-        let now = locks
-            .iter()
-            .find(|l| l.location == *own)
-            .or_else(|| locks.iter().max_by_key(|l| l.last_modified))
-            .map(|l| l.last_modified);
-        Ok(locks
-            .iter()
-            .filter(|l| l.location != *own)
-            .filter(|l| {
-                l.location
-                    .filename()
-                    .is_some_and(|f| f.starts_with(&format!("{kind}-")))
-            })
-            .find(|l| {
-                // A lock written after ours (negative age) is live.
-                now.is_none_or(|now| {
-                    now.signed_duration_since(l.last_modified)
-                        .to_std()
-                        .is_ok_and(|age| age < stale_after)
-                        || l.last_modified > now
-                })
-            })
-            .map(|l| l.location.to_string()))
-    }
-
-    /// Writes a push lock, withdrawing and waiting while a live prune lock is there.
-    pub(super) fn acquire_push_lock(&self, options: &PushOptions) -> Result<Path, ArchiveError> {
-        let start = Instant::now();
-        loop {
-            let lock = self.runtime.block_on(self.write_lock("push"))?;
-            let prune = self
-                .runtime
-                .block_on(self.live_lock("prune", &lock, options.stale_after));
-            match prune {
-                Ok(None) => return Ok(lock),
-                Ok(Some(prune)) => {
-                    self.release_lock(&lock);
-                    if start.elapsed() >= options.lock_wait {
-                        return Err(ArchiveError::PruneInProgress { lock: prune });
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => {
-                    self.release_lock(&lock);
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    /// Deletes a lock (best effort: a lock left behind expires).
-    pub(super) fn release_lock(&self, lock: &Path) {
-        let _ = self.runtime.block_on(self.store.delete(lock));
-    }
-}
-
-/// A per-process counter, so that two locks written in the same nanosecond differ.
-fn next_nonce() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }

@@ -18,7 +18,7 @@ use super::manifest::{Manifest, PAGE_BYTES, PackIndex, check_name};
 use super::{Archive, ArchiveError, DEFAULT_CONCURRENCY};
 use crate::memory::checksum::{Hash, hex, leaf_hash};
 use crate::progress::progress_bar;
-use crate::transfer::{ChecksumRecord, REGIONS, SnapshotDir, unhex};
+use crate::transfer::{ChecksumRecord, REGIONS, SnapshotDir, lock_directory, unhex};
 
 /// Knobs for a pull.
 #[derive(Debug, Clone)]
@@ -92,7 +92,11 @@ impl Archive {
             Err(e) => return Err(ArchiveError::io(dir, e)),
         };
         let staging = staging_path(dir)?;
+        remove_abandoned_staging(dir);
         fs::create_dir(&staging).map_err(|e| ArchiveError::io(&staging, e))?;
+        // Locked while this pull runs: a later pull removes it only once its lock is free,
+        // that is once this process has ended, however it ended.
+        let held = lock_directory(&staging).map_err(|e| ArchiveError::io(&staging, e))?;
         let result = self.pull_into(&manifest, &SnapshotDir::new(&staging), options);
         let result = result.and_then(|report| {
             if dir_exists {
@@ -105,6 +109,7 @@ impl Archive {
             // The staging directory is ours (a new name): nothing in it is good.
             let _ = fs::remove_dir_all(&staging);
         }
+        drop(held);
         result
     }
 
@@ -405,21 +410,46 @@ struct FetchedPack {
     bytes: Vec<Bytes>,
 }
 
+/// The prefix of the staging directories of pulls into `dir`: `.NAME.pull-`.
+fn staging_prefix(dir: &FsPath) -> Option<String> {
+    Some(format!(".{}.pull-", dir.file_name()?.to_string_lossy()))
+}
+
+/// Removes the staging directories that pulls into `dir` left behind when they were killed
+/// (a failed pull removes its own): each one whose lock no process holds. One a running pull
+/// holds is left alone. Best effort: what cannot be removed stays for the next run.
+fn remove_abandoned_staging(dir: &FsPath) {
+    let Some(prefix) = staging_prefix(dir) else {
+        return;
+    };
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => FsPath::new("."),
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_staging = entry.file_name().to_string_lossy().starts_with(&prefix)
+            && entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_staging {
+            continue;
+        }
+        let path = entry.path();
+        if let Ok(Some(_lock)) = lock_directory(&path) {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// A new name beside `dir`, for the directory a pull writes before it is verified.
 fn staging_path(dir: &FsPath) -> Result<PathBuf, ArchiveError> {
-    let file_name = dir
-        .file_name()
-        .ok_or_else(|| ArchiveError::DestinationNotEmpty {
-            path: dir.to_path_buf(),
-        })?
-        .to_string_lossy()
-        .into_owned();
+    let prefix = staging_prefix(dir).ok_or_else(|| ArchiveError::DestinationNotEmpty {
+        path: dir.to_path_buf(),
+    })?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    Ok(dir.with_file_name(format!(
-        ".{file_name}.pull-{}-{nanos:x}",
-        std::process::id()
-    )))
+    Ok(dir.with_file_name(format!("{prefix}{}-{nanos:x}", std::process::id())))
 }

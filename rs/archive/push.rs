@@ -7,24 +7,26 @@
 //! pack. A map from page hash to (pack, position) holds every stored page: ~72 bytes per page,
 //! 18 MiB per GiB stored.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path as FsPath;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candid::Principal;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use ic_management_canister_types::ReadCanisterSnapshotMetadataResult;
 use indicatif::ProgressBar;
-use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use rayon::prelude::*;
 use tokio::task::JoinHandle;
 
+use super::lock::Lease;
 use super::manifest::{
     ChunkPages, DEFAULT_PACK_PAGES, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, MAX_PACK_PAGES, Manifest,
     PAGE_BYTES, PackIndex, PageRuns, Run,
 };
-use super::{Archive, ArchiveError, DEFAULT_CONCURRENCY, LOCK_REFRESH, STALE_LOCK};
+use super::pull::IndexError;
+use super::verify::PackListing;
+use super::{Archive, ArchiveError, DEFAULT_CONCURRENCY, Hook, LOCK_REFRESH, STALE_LOCK};
 use crate::memory::checksum::{Hash, hex, leaf_hash};
 use crate::progress::progress_bar;
 use crate::snapshots::SnapshotRegion;
@@ -47,19 +49,14 @@ pub struct PushOptions {
     pub lock_wait: Duration,
     /// Age (by the store's clock) past which another client's lock is ignored.
     pub stale_after: Duration,
+    /// How often the push rewrites its lock while it runs.
+    pub lock_refresh: Duration,
+    /// Hash every page of every pack the push relies on (reading each once), not only check
+    /// the packs' sizes: finds a page a store corrupted in place.
+    pub verify_pages: bool,
     /// Called once every pack is stored, just before the manifest is written: the moment a
     /// concurrent prune could hurt. For tests.
     pub before_manifest: Option<Hook>,
-}
-
-/// A callback (see [`PushOptions::before_manifest`]).
-#[derive(Clone)]
-pub struct Hook(pub std::sync::Arc<dyn Fn() + Send + Sync>);
-
-impl std::fmt::Debug for Hook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hook")
-    }
 }
 
 impl Default for PushOptions {
@@ -71,6 +68,8 @@ impl Default for PushOptions {
             stop_after_packs: None,
             lock_wait: Duration::from_secs(60),
             stale_after: STALE_LOCK,
+            lock_refresh: LOCK_REFRESH,
+            verify_pages: false,
             before_manifest: None,
         }
     }
@@ -94,14 +93,19 @@ pub struct PushReport {
     pub bytes_sent: u64,
     /// Bytes of pack indexes read to learn which pages the archive holds.
     pub bytes_received: u64,
-    /// The manifest was already there: nothing was sent.
+    /// The manifest was already there and every pack it names whole: nothing was sent.
     pub already_archived: bool,
+    /// Packs found missing or damaged (by size, index, or with
+    /// [`PushOptions::verify_pages`], a page): the pages this snapshot needed from them were
+    /// stored again, and its manifest names the new packs.
+    pub packs_damaged: Vec<String>,
 }
 
 impl Archive {
     /// Pushes the snapshot directory `dir` (validated, and its checksum checked against
     /// `checksum.json` if present) and returns the manifest's name. Idempotent: a page
-    /// already in a pack is not sent again, and a snapshot already archived sends nothing.
+    /// already in a whole pack is not sent again, and a snapshot already archived whose packs
+    /// are all whole sends nothing; one whose packs a store lost or damaged is repaired.
     pub fn push(&self, dir: &FsPath, options: &PushOptions) -> Result<PushReport, ArchiveError> {
         let snapshot_dir = SnapshotDir::new(dir);
         let (metadata, checksum) = snapshot_dir.validate_and_checksum()?;
@@ -155,7 +159,6 @@ impl Archive {
             chunks: Vec::new(),
         };
         let name = manifest.name();
-        let manifest_path = self.manifest_path(&name);
         let mut report = PushReport {
             manifest: name,
             checksum,
@@ -169,97 +172,157 @@ impl Archive {
             bytes_sent: 0,
             bytes_received: 0,
             already_archived: false,
+            packs_damaged: Vec::new(),
         };
-        match self.runtime.block_on(self.store.head(&manifest_path)) {
-            Ok(_) => {
-                report.already_archived = true;
-                return Ok(report);
+        // An archived snapshot: nothing to do if every pack its manifest names is whole. A
+        // pack that is not (a store lost or damaged it) is repaired below: its pages stored
+        // again, the manifest rewritten. A manifest that does not parse is rewritten too.
+        let mut damaged: BTreeSet<String> = BTreeSet::new();
+        match self.runtime.block_on(self.read_manifest(&report.manifest)) {
+            Ok(existing) => {
+                let (bad, read) = self.runtime.block_on(async {
+                    let listing = self.list_packs().await?;
+                    self.damaged_packs(existing.referenced_packs(), &listing, options.verify_pages)
+                        .await
+                })?;
+                report.bytes_received = report.bytes_received.saturating_add(read);
+                if bad.is_empty() {
+                    report.already_archived = true;
+                    return Ok(report);
+                }
+                damaged = bad;
             }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Err(ArchiveError::ManifestNotFound { .. } | ArchiveError::Manifest { .. }) => {}
+            Err(e) => return Err(e),
         }
 
-        let lock = self.acquire_push_lock(options)?;
-        // Under the lock: a prune that started before it has finished, so every index read
-        // now names a pack that stays until this push releases the lock.
-        let known = match self.runtime.block_on(self.load_indexes()) {
-            Ok(known) => known,
-            Err(e) => {
-                self.release_lock(&lock);
-                return Err(e);
-            }
-        };
-        report.bytes_received = known.bytes_read;
-        let mut packer = Packer {
-            archive: self,
-            lock: &lock,
-            packs: known.packs,
-            pages: known.pages,
-            open: Vec::new(),
-            open_hashes: Vec::new(),
-            pack_pages: options.pack_pages.clamp(1, MAX_PACK_PAGES),
-            inflight: VecDeque::new(),
-            concurrency: options.concurrency.max(1),
-            stop_after: options.stop_after_packs,
-            sealed: 0,
-            report: &mut report,
-            error: None,
-            last_refresh: Instant::now(),
-            bar: progress_bar(0, "push"),
-        };
-        packer.bar.set_length(packer.report.snapshot_bytes);
-        let result = packer.push_snapshot(&snapshot_dir, &metadata, &mut manifest);
-        packer.bar.finish_and_clear();
+        let lease = self.acquire_push_lease(options)?;
+        let result = self.push_leased(
+            &lease,
+            &snapshot_dir,
+            &metadata,
+            &mut manifest,
+            &mut report,
+            damaged,
+            options,
+        );
         match result {
             // As if killed: the lock stays (it expires), the packs stay, no manifest.
-            Err(e @ ArchiveError::Interrupted { .. }) => return Err(e),
-            Err(e) => {
-                self.release_lock(&lock);
-                return Err(e);
+            Err(e @ ArchiveError::Interrupted { .. }) => Err(e),
+            result => {
+                self.release(lease);
+                result.map(|()| report)
             }
-            Ok(()) => {}
         }
+    }
+
+    /// The push proper, under its lease: packs, then the manifest. A prune that started
+    /// before the lease has finished, and none starts while it is held, so every index read
+    /// here names a pack that stays until the lease is released.
+    #[allow(clippy::too_many_arguments)]
+    fn push_leased(
+        &self,
+        lease: &Lease,
+        snapshot_dir: &SnapshotDir,
+        metadata: &ReadCanisterSnapshotMetadataResult,
+        manifest: &mut Manifest,
+        report: &mut PushReport,
+        mut damaged: BTreeSet<String>,
+        options: &PushOptions,
+    ) -> Result<(), ArchiveError> {
+        let mut verified: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let (listing, known) = self.runtime.block_on(async {
+                let listing = self.list_packs().await?;
+                let known = self.load_indexes(&listing, &damaged).await;
+                Ok::<_, ArchiveError>((listing, known))
+            })?;
+            report.bytes_received = report.bytes_received.saturating_add(known.bytes_read);
+            damaged.extend(known.damaged);
+            let existing: BTreeSet<String> = known.packs.iter().flatten().cloned().collect();
+            report.pages = 0;
+            manifest.chunks.clear();
+            let mut packer = Packer {
+                archive: self,
+                packs: known.packs,
+                pages: known.pages,
+                open: Vec::new(),
+                open_hashes: Vec::new(),
+                pack_pages: options.pack_pages.clamp(1, MAX_PACK_PAGES),
+                inflight: VecDeque::new(),
+                concurrency: options.concurrency.max(1),
+                stop_after: options.stop_after_packs,
+                sealed: 0,
+                report: &mut *report,
+                error: None,
+                bar: progress_bar(0, "push"),
+            };
+            packer.bar.set_length(packer.report.snapshot_bytes);
+            let result = packer.push_snapshot(snapshot_dir, metadata, manifest);
+            packer.bar.finish_and_clear();
+            result?;
+            if !options.verify_pages {
+                break;
+            }
+            // On request: every page of every pack this snapshot relies on (that this push
+            // did not write), hashed. A damaged pack's pages are stored again, and the
+            // snapshot placed again without it.
+            let relied_on: Vec<String> = manifest
+                .packs
+                .iter()
+                .filter(|p| existing.contains(*p) && !verified.contains(*p))
+                .cloned()
+                .collect();
+            let (bad, read) = self.runtime.block_on(self.damaged_packs(
+                relied_on.iter().cloned(),
+                &listing,
+                true,
+            ))?;
+            report.bytes_received = report.bytes_received.saturating_add(read);
+            verified.extend(relied_on.into_iter().filter(|p| !bad.contains(p)));
+            if bad.is_empty() {
+                break;
+            }
+            damaged.extend(bad);
+        }
+        report.packs_damaged = damaged.into_iter().collect();
         if let Some(hook) = &options.before_manifest {
             (hook.0)();
         }
-        // Last: the manifest, once every pack it names is stored.
-        let json = match serde_json::to_vec(&manifest) {
-            Ok(json) => json,
-            Err(e) => {
-                self.release_lock(&lock);
-                return Err(ArchiveError::Manifest {
-                    name: report.manifest.clone(),
-                    reason: e.to_string(),
-                });
-            }
-        };
+        // Last: the manifest, once every pack it names is stored, while the lock is sure to
+        // have been live all along (a prune never swept what this manifest names).
+        let json = serde_json::to_vec(&*manifest).map_err(|e| ArchiveError::Manifest {
+            name: report.manifest.clone(),
+            reason: e.to_string(),
+        })?;
         if json.len() as u64 > MAX_MANIFEST_BYTES {
-            self.release_lock(&lock);
             return Err(ArchiveError::ManifestTooLarge {
                 name: report.manifest.clone(),
                 bytes: json.len() as u64,
             });
         }
+        lease.check(options.stale_after)?;
         report.bytes_sent = report.bytes_sent.saturating_add(json.len() as u64);
-        let written = self.runtime.block_on(self.put(&manifest_path, json));
-        self.release_lock(&lock);
-        written.map(|()| report)
+        self.runtime
+            .block_on(self.put(&self.manifest_path(&report.manifest), json))
     }
 
-    /// Every pack index of the archive, checked against its name. An index that is missing,
-    /// unreadable or corrupt only costs deduplication: its pages are stored again.
-    async fn load_indexes(&self) -> Result<KnownPages, ArchiveError> {
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&self.path("packs")))
-            .try_collect()
-            .await?;
-        let names: Vec<String> = objects
-            .iter()
-            .filter(|o| o.size <= PackIndex::MAX_BYTES)
-            .filter_map(|o| o.location.filename()?.strip_suffix(".index"))
-            .map(str::to_string)
-            .collect();
+    /// Every whole pack's index, checked against its name. A pack that is not whole by the
+    /// listing's sizes, or whose index is corrupt, or that `exclude` names, only costs
+    /// deduplication: its pages are stored again. (A pages object without an index is a
+    /// crashed push's, not damage.)
+    async fn load_indexes(&self, listing: &PackListing, exclude: &BTreeSet<String>) -> KnownPages {
+        let mut known = KnownPages::default();
+        let mut names = Vec::new();
+        for (name, objects) in listing {
+            if objects.index.is_none() || exclude.contains(name) {
+                continue;
+            }
+            match objects.check_sizes() {
+                Ok(_) => names.push(name.clone()),
+                Err(_) => known.damaged.push(name.clone()),
+            }
+        }
         let indexes: Vec<_> = futures::stream::iter(names)
             .map(|name| async move {
                 let index = self.read_index(&name).await;
@@ -268,9 +331,15 @@ impl Archive {
             .buffered(DEFAULT_CONCURRENCY)
             .collect()
             .await;
-        let mut known = KnownPages::default();
         for (name, index) in indexes {
-            let Ok((index, bytes)) = index else { continue };
+            let (index, bytes) = match index {
+                Ok(found) => found,
+                Err(IndexError::Corrupt(_)) => {
+                    known.damaged.push(name);
+                    continue;
+                }
+                Err(_) => continue,
+            };
             known.bytes_read = known.bytes_read.saturating_add(bytes);
             let Ok(id) = u32::try_from(known.packs.len()) else {
                 break;
@@ -280,7 +349,7 @@ impl Archive {
                 known.pages.entry(hash).or_insert((id, position));
             }
         }
-        Ok(known)
+        known
     }
 }
 
@@ -290,6 +359,8 @@ struct KnownPages {
     packs: Vec<Option<String>>,
     pages: HashMap<Hash, (u32, u32)>,
     bytes_read: u64,
+    /// Packs found not whole: their pages are stored again.
+    damaged: Vec<String>,
 }
 
 /// A sealed pack on its way: pages object, then index object.
@@ -299,7 +370,6 @@ type Upload = JoinHandle<Result<u64, object_store::Error>>;
 /// and uploads sealed packs, at most `concurrency` at once.
 struct Packer<'a> {
     archive: &'a Archive,
-    lock: &'a Path,
     /// Pack names by id: the archive's, then this push's (`None` while open).
     packs: Vec<Option<String>>,
     /// Where each known page is: (pack id, position). Only looked up, never iterated.
@@ -314,7 +384,6 @@ struct Packer<'a> {
     report: &'a mut PushReport,
     /// The first failure; once set, nothing more is sent.
     error: Option<ArchiveError>,
-    last_refresh: Instant,
     bar: ProgressBar,
 }
 
@@ -500,17 +569,6 @@ impl Packer<'_> {
         self.sealed = self.sealed.saturating_add(1);
         while self.inflight.len() >= self.concurrency {
             self.wait_one();
-        }
-        if self.last_refresh.elapsed() >= LOCK_REFRESH {
-            self.last_refresh = Instant::now();
-            if let Err(e) = self
-                .archive
-                .runtime
-                .block_on(self.archive.refresh_lock(self.lock))
-            {
-                self.error = Some(e);
-                return;
-            }
         }
         let store = self.archive.store.clone();
         let pages_path = self.archive.pack_path(&name, "pages");

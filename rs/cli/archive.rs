@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use candid::Principal;
 use clap::Subcommand;
 
-use crate::archive::{Archive, PruneOptions, PullOptions, PushOptions, PushReport};
+use crate::archive::{Archive, PruneOptions, PullOptions, PushOptions, PushReport, VerifyReport};
 use crate::memory::checksum::hex;
 use crate::progress::human_bytes;
 
@@ -22,6 +22,10 @@ pub enum ArchiveCommand {
         /// The canister, if DIR has no checksum.json naming it (directories of other tools).
         #[arg(long, value_name = "ID")]
         canister: Option<String>,
+        /// Hash every page of every pack the push relies on, not only check the packs' sizes
+        /// (reads each such pack once).
+        #[arg(long)]
+        verify: bool,
     },
     /// Pull a manifest back into a new dfx-compatible directory, verified end to end.
     Pull {
@@ -35,6 +39,14 @@ pub enum ArchiveCommand {
         url: String,
         #[arg(long, value_name = "ID")]
         canister: Option<String>,
+    },
+    /// Check the archive end to end: every manifest (or NAME), every pack it names (present,
+    /// the right size, the index hashing to its name, every page to its index entry). Names
+    /// what is missing or damaged and exits non-zero if anything is.
+    Verify {
+        url: String,
+        /// CANISTER/TIMESTAMP-CHECKSUM: check this manifest only.
+        manifest: Option<String>,
     },
     /// Keep the newest N manifests per canister, then delete the packs nothing references.
     Prune {
@@ -58,10 +70,17 @@ pub fn open(url: &str) -> Result<Archive, String> {
 /// One line on what a push sent, for standard error.
 pub fn push_summary(report: &PushReport) -> String {
     if report.already_archived {
-        return "already archived: nothing sent".into();
+        return "already archived, every pack it needs whole: nothing sent".into();
     }
+    let repaired = match report.packs_damaged.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} missing or damaged packs found ({}), their pages stored again",
+            report.packs_damaged.join(", ")
+        ),
+    };
     format!(
-        "sent {} ({} new pages of {}, in {} packs) for a snapshot of {}",
+        "sent {} ({} new pages of {}, in {} packs) for a snapshot of {}{repaired}",
         human_bytes(report.bytes_sent),
         report.pages_sent,
         report.pages,
@@ -70,12 +89,46 @@ pub fn push_summary(report: &PushReport) -> String {
     )
 }
 
+/// What `archive verify` prints: one line per missing or damaged object, then a summary.
+pub fn verify_summary(report: &VerifyReport) -> String {
+    let mut lines: Vec<String> = report
+        .damage
+        .iter()
+        .map(|d| {
+            let needed = if d.manifests.is_empty() {
+                String::new()
+            } else {
+                format!(" (needed by {})", d.manifests.join(", "))
+            };
+            format!("damaged: {}: {}{needed}", d.object, d.reason)
+        })
+        .collect();
+    lines.push(format!(
+        "checked {} manifests and {} packs ({} read): {}",
+        report.manifests,
+        report.packs,
+        human_bytes(report.bytes_read),
+        if report.is_whole() {
+            "every manifest can be pulled".to_string()
+        } else {
+            format!("{} objects missing or damaged", report.damage.len())
+        }
+    ));
+    lines.join("\n")
+}
+
 /// Runs an `archive` subcommand.
 pub fn run(command: ArchiveCommand) -> Result<(), String> {
     match command {
-        ArchiveCommand::Push { dir, url, canister } => {
+        ArchiveCommand::Push {
+            dir,
+            url,
+            canister,
+            verify,
+        } => {
             let options = PushOptions {
                 canister_id: principal(canister)?,
+                verify_pages: verify,
                 ..PushOptions::default()
             };
             let report = open(&url)?
@@ -111,6 +164,21 @@ pub fn run(command: ArchiveCommand) -> Result<(), String> {
                 );
             }
             Ok(())
+        }
+        ArchiveCommand::Verify { url, manifest } => {
+            let report = open(&url)?
+                .verify(manifest.as_deref())
+                .map_err(|e| e.to_string())?;
+            let summary = verify_summary(&report);
+            if report.is_whole() {
+                println!("{summary}");
+                Ok(())
+            } else {
+                Err(format!(
+                    "{summary}\npush the snapshots that need them again (if you still have \
+                     them) to repair the archive"
+                ))
+            }
         }
         ArchiveCommand::Prune {
             url,

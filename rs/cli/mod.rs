@@ -54,7 +54,7 @@ pub enum Command {
     /// Tools on local snapshot directories (the layout of `dfx canister snapshot download`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
-    /// Snapshot archives in object storage (S3, local files): push, pull, list, prune.
+    /// Snapshot archives in object storage (S3, local files): push, pull, list, verify, prune.
     #[command(subcommand)]
     Archive(archive::ArchiveCommand),
     /// `dfx canister …` over a local replica kept in --state-dir.

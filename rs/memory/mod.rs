@@ -28,6 +28,11 @@ pub const WASM_PAGE_SIZE: u64 = 64 * 1024;
 /// Wasm32 heap limit: 65,536 Wasm pages = 4 GiB.
 pub const MAX_WASM_MEMORY_BYTES: u64 = 4 << 30;
 
+/// The IC's stable memory limit: 500 GiB (the replica's `MAX_STABLE_MEMORY_IN_BYTES`), the
+/// default of `Config::stable_memory_limit_bytes` and the bound a client checks a snapshot's
+/// declared stable memory against before it allocates or reads anything.
+pub const MAX_STABLE_MEMORY_BYTES: u64 = 500 << 30;
+
 /// A linear memory (the Wasm heap or stable memory): pages plus a size.
 ///
 /// Clone is O(1) and shares every page (see [`PageMap`]). Bytes at or beyond the size are never

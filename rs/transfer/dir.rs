@@ -29,9 +29,12 @@ use ic_management_canister_types::{ReadCanisterSnapshotMetadataResult, SnapshotM
 use serde::{Deserialize, Serialize};
 
 use super::TransferError;
-use crate::management::types::{MAX_WASM_CHUNK_BYTES, MAX_WASM_MODULE_BYTES};
+use crate::management::types::{
+    MAX_CERTIFIED_DATA_BYTES, MAX_GLOBALS, MAX_WASM_CHUNK_BYTES, MAX_WASM_CHUNKS,
+    MAX_WASM_MODULE_BYTES,
+};
 use crate::memory::checksum::{self, Hash, MemoryRootBuilder, hex};
-use crate::memory::{PAGE_SIZE, WASM_PAGE_SIZE};
+use crate::memory::{MAX_STABLE_MEMORY_BYTES, MAX_WASM_MEMORY_BYTES, PAGE_SIZE, WASM_PAGE_SIZE};
 use crate::snapshots::{SnapshotDigest, SnapshotRegion, snapshot_checksum};
 use crate::state::Global;
 
@@ -269,28 +272,7 @@ impl SnapshotDir {
             reason,
         };
         let metadata = parse_metadata(&text).map_err(invalid)?;
-        if metadata.wasm_module_size == 0 {
-            return Err(invalid(
-                "wasm_module_size is 0: a snapshot has a module".into(),
-            ));
-        }
-        if metadata.wasm_module_size > MAX_WASM_MODULE_FILE_BYTES {
-            return Err(invalid(format!(
-                "wasm_module_size {} is more than {MAX_WASM_MODULE_FILE_BYTES} (the IC's module \
-                 limit)",
-                metadata.wasm_module_size
-            )));
-        }
-        for (name, size) in [
-            ("wasm_memory_size", metadata.wasm_memory_size),
-            ("stable_memory_size", metadata.stable_memory_size),
-        ] {
-            if !size.is_multiple_of(WASM_PAGE_SIZE) {
-                return Err(invalid(format!(
-                    "{name} {size} is not a multiple of 65536 (the Wasm page size)"
-                )));
-            }
-        }
+        check_declared_sizes(&metadata).map_err(invalid)?;
         if metadata.globals.iter().any(Option::is_none) {
             return Err(invalid(
                 "a global has a type this tool does not know (null in globals)".into(),
@@ -489,6 +471,20 @@ pub fn metadata_globals(
         .collect()
 }
 
+/// Takes an exclusive lock (`flock`) on a directory's own descriptor, creating nothing in it:
+/// `Ok(None)` if another process holds it. Held until the returned file is dropped; the kernel
+/// releases it when its holder dies, so a killed process never leaves a lock behind, and a
+/// directory whose lock can be taken belongs to no running process.
+pub fn lock_directory(dir: &Path) -> Result<Option<File>, std::io::Error> {
+    use fs4::{FileExt, TryLockError};
+    let file = File::open(dir)?;
+    match FileExt::try_lock(&file) {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// The chunk hashes `metadata.json` lists, sorted, each once: the replica's chunk store is a
 /// set, and a listing that names a chunk twice (dfx writes what it is given) means one chunk.
 pub fn chunk_hashes(metadata: &ReadCanisterSnapshotMetadataResult) -> Vec<Vec<u8>> {
@@ -500,6 +496,68 @@ pub fn chunk_hashes(metadata: &ReadCanisterSnapshotMetadataResult) -> Vec<Vec<u8
     hashes.sort_unstable();
     hashes.dedup();
     hashes
+}
+
+/// Checks every size a snapshot's metadata declares against the IC's limits, the ones the
+/// replica's `upload_canister_snapshot_metadata` enforces: a module of `1..=100 MiB`, memories
+/// in whole Wasm pages of at most 4 GiB (heap) and 500 GiB (stable), at most 100 chunks,
+/// 1,000 globals and 32 bytes of certified data. A directory (`metadata.json`) and an archive
+/// manifest are checked with it before anything is allocated or read for them, so a hostile
+/// size (a 1 TiB stable memory) is refused naming the field instead of read for hours.
+pub fn check_declared_sizes(metadata: &ReadCanisterSnapshotMetadataResult) -> Result<(), String> {
+    if metadata.wasm_module_size == 0 {
+        return Err("wasm_module_size is 0: a snapshot has a module".into());
+    }
+    if metadata.wasm_module_size > MAX_WASM_MODULE_FILE_BYTES {
+        return Err(format!(
+            "wasm_module_size {} is more than {MAX_WASM_MODULE_FILE_BYTES} (the IC's module \
+             limit)",
+            metadata.wasm_module_size
+        ));
+    }
+    for (name, size, limit, what) in [
+        (
+            "wasm_memory_size",
+            metadata.wasm_memory_size,
+            MAX_WASM_MEMORY_BYTES,
+            "the IC's Wasm memory limit",
+        ),
+        (
+            "stable_memory_size",
+            metadata.stable_memory_size,
+            MAX_STABLE_MEMORY_BYTES,
+            "the IC's stable memory limit",
+        ),
+    ] {
+        if !size.is_multiple_of(WASM_PAGE_SIZE) {
+            return Err(format!(
+                "{name} {size} is not a multiple of 65536 (the Wasm page size)"
+            ));
+        }
+        if size > limit {
+            return Err(format!("{name} {size} is more than {limit} ({what})"));
+        }
+    }
+    let chunks = chunk_hashes(metadata).len();
+    if chunks > MAX_WASM_CHUNKS {
+        return Err(format!(
+            "wasm_chunk_store lists {chunks} chunks, more than {MAX_WASM_CHUNKS} (the IC's \
+             chunk store limit)"
+        ));
+    }
+    if metadata.globals.len() > MAX_GLOBALS {
+        return Err(format!(
+            "{} globals, more than {MAX_GLOBALS} (the IC's limit)",
+            metadata.globals.len()
+        ));
+    }
+    if metadata.certified_data.len() > MAX_CERTIFIED_DATA_BYTES {
+        return Err(format!(
+            "certified_data has {} bytes, more than {MAX_CERTIFIED_DATA_BYTES} (the IC's limit)",
+            metadata.certified_data.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `metadata.json`: the crate type, with the globals listed in `exact_float_globals`

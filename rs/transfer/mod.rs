@@ -32,7 +32,7 @@ pub use dir::{
     ChecksumRecord, DirectoryDigest, EXACT_FLOAT_GLOBALS, Edits, FileHashes, KnownRoots,
     MAX_CHECKSUM_JSON_BYTES, MAX_CHUNK_FILE_BYTES, MAX_METADATA_JSON_BYTES,
     MAX_PROGRESS_JSON_BYTES, MAX_WASM_MODULE_FILE_BYTES, REGIONS, SnapshotDir, changed_page_runs,
-    chunk_hashes, for_each_block,
+    check_declared_sizes, chunk_hashes, for_each_block, lock_directory,
 };
 pub use download::{DOWNLOAD_PROGRESS, TRANSFER_LOCK, download_canister_snapshot};
 pub use progress::SYNC_EVERY_SLICES;
