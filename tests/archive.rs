@@ -1122,12 +1122,19 @@ fn a_push_repairs_a_pack_whose_pages_a_store_lost_or_cut_and_verify_names_it() {
         let report = archive.verify(None).unwrap();
         assert_eq!(report.damage.len(), 1, "{report:?}");
         assert_eq!(report.damage[0].object, format!("packs/{victim}"));
-        assert_eq!(report.damage[0].manifests, std::slice::from_ref(&pushed.manifest));
+        assert_eq!(
+            report.damage[0].manifests,
+            std::slice::from_ref(&pushed.manifest)
+        );
         assert!(archive.verify(Some(&pushed.manifest)).unwrap().damage.len() == 1);
         // Pushing the same snapshot again repairs it instead of skipping it.
         let again = archive.push(&dir, &PushOptions::default()).unwrap();
         assert!(!again.already_archived, "{damage}: {again:?}");
-        assert_eq!(again.packs_damaged, std::slice::from_ref(&victim), "{damage}: {again:?}");
+        assert_eq!(
+            again.packs_damaged,
+            std::slice::from_ref(&victim),
+            "{damage}: {again:?}"
+        );
         assert_eq!(again.packs_sent, 1, "{again:?}");
         assert_eq!(
             backend.read(&victim, "pages"),
@@ -1149,7 +1156,11 @@ fn a_push_repairs_a_pack_whose_pages_a_store_lost_or_cut_and_verify_names_it() {
     let next = archive
         .push(&fx.snapshot(), &PushOptions::default())
         .unwrap();
-    assert_eq!(next.packs_damaged, std::slice::from_ref(&victim), "{next:?}");
+    assert_eq!(
+        next.packs_damaged,
+        std::slice::from_ref(&victim),
+        "{next:?}"
+    );
     assert!(
         !archive
             .manifest(&next.manifest)
@@ -1188,7 +1199,11 @@ fn a_page_a_store_corrupted_in_place_is_found_on_request_and_by_verify() {
         ..PushOptions::default()
     };
     let repaired = archive.push(&dir, &verify_pages).unwrap();
-    assert_eq!(repaired.packs_damaged, std::slice::from_ref(&victim), "{repaired:?}");
+    assert_eq!(
+        repaired.packs_damaged,
+        std::slice::from_ref(&victim),
+        "{repaired:?}"
+    );
     assert_eq!(backend.read(&victim, "pages"), good);
     assert!(archive.verify(None).unwrap().is_whole());
     assert!(archive.push(&dir, &verify_pages).unwrap().already_archived);

@@ -111,8 +111,9 @@ fn the_command_line_drives_a_canister_through_its_life_cycle_across_restarts() {
     ];
     // Another process transferring into the directory holds its lock.
     std::fs::create_dir_all(&dir).unwrap();
-    let lock = std::fs::File::create(dir.join(".transfer.lock")).unwrap();
-    fs4::FileExt::try_lock(&lock).unwrap();
+    let lock = canister_snapshots::transfer::lock_directory(&dir)
+        .unwrap()
+        .unwrap();
     let busy = fails(s, &download);
     assert!(busy.contains("in use by another transfer"), "{busy}");
     drop(lock);
@@ -304,4 +305,81 @@ fn a_transfer_killed_between_slices_is_resumed_by_a_new_process() {
         ok(s, &["canister", "call", &canister, "read_stable", &read]),
         "(blob \"the last slice\")"
     );
+}
+
+#[test]
+fn a_rerun_of_an_upload_killed_before_it_printed_the_id_reports_the_snapshot() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let s = state.as_path();
+    let canister = ok(s, &["canister", "create"]);
+    ok(s, &["canister", "install", &canister]);
+    ok(
+        s,
+        &[
+            "canister",
+            "call",
+            &canister,
+            "write_heap",
+            "(0 : nat64, blob \"uploaded once\")",
+        ],
+    );
+    let snapshot = ok(s, &["canister", "snapshot", "create", &canister, "--force"]);
+    let dir = work.path().join("download");
+    let dir_arg = dir.to_str().unwrap();
+    ok(
+        s,
+        &[
+            "canister", "snapshot", "download", &canister, &snapshot, "--dir", dir_arg,
+        ],
+    );
+    // The quota is one: the download's snapshot makes room for the upload.
+    ok(s, &["canister", "snapshot", "delete", &canister, &snapshot]);
+    let before: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    // The upload, as `canister snapshot upload` runs it, killed once the upload is durable but
+    // before the command's checkpoint and its output: the process ends without either.
+    let uploaded = {
+        let mut sm = StateMachine::open(s, Config::default()).unwrap();
+        let report = sm
+            .upload_canister_snapshot_with(
+                canister.parse().unwrap(),
+                Some(canister_snapshots::cli::canister::default_sender()),
+                &dir,
+                None,
+                None,
+                &canister_snapshots::transfer::TransferOptions::default(),
+            )
+            .unwrap();
+        canister_snapshots::memory::checksum::hex(&report.snapshot_id)
+    };
+    // Rerun, with and without --resume: the finished snapshot's id, not "quota full".
+    let upload = [
+        "canister", "snapshot", "upload", &canister, "--dir", dir_arg,
+    ];
+    assert_eq!(ok(s, &upload), uploaded);
+    let mut resume = upload.to_vec();
+    resume.push("--resume");
+    assert_eq!(ok(s, &resume), uploaded);
+    let listed = ok(s, &["canister", "snapshot", "list", &canister]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.starts_with(&uploaded), "{listed}");
+    // The transfers' locks left nothing in the directory: the snapshot's files only, as the
+    // download wrote them and the uploads read them.
+    let after: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(after, before);
+    assert!(
+        after
+            .iter()
+            .all(|name| !name.to_string_lossy().starts_with('.')),
+        "{after:?}"
+    );
+    ok(s, &["canister", "stop", &canister]);
+    ok(s, &["canister", "snapshot", "load", &canister, &uploaded]);
 }

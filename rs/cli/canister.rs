@@ -8,11 +8,13 @@
 //! prints the IC error code and message and exits non-zero.
 //!
 //! `snapshot download` and `snapshot upload` resume across processes, as icp-cli's do: the
-//! directory is locked while a transfer works in it (`.transfer.lock`), its progress file
+//! directory is locked while a transfer works in it (`flock` on the directory itself: nothing
+//! is created in the directory an upload reads), its progress file
 //! records only what is durable (a download's bytes synced to disk; an upload's slices, and
 //! the id of the snapshot it creates, in a replica checkpoint written first), and a process
 //! killed between slices is continued by the same command with `--resume`
-//! (`tests/cli_lifecycle.rs` kills one).
+//! (`tests/cli_lifecycle.rs` kills one). An upload killed after it finished but before it
+//! printed the id is reported by a rerun, with or without `--resume`.
 
 use std::path::{Path, PathBuf};
 
@@ -404,12 +406,15 @@ fn execute_snapshot(
                     &transfer_options()?,
                 )
                 .map_err(|e| e.to_string())?;
+            if report.already_uploaded {
+                eprintln!("an earlier run of this upload had finished it: nothing sent");
+            }
             Ok(hex(&report.snapshot_id))
         }
     }
 }
 
-use crate::transfer::{DOWNLOAD_PROGRESS, TRANSFER_LOCK, TransferOptions, UPLOAD_PROGRESS};
+use crate::transfer::{DOWNLOAD_PROGRESS, TransferOptions, UPLOAD_PROGRESS, lock_directory};
 
 /// Test hook: a download or upload aborts the process (as `kill -9` would) after this many
 /// slices (`TransferOptions::abort_after_slices`).
@@ -440,40 +445,33 @@ fn transfer_options() -> Result<TransferOptions, String> {
     Ok(options)
 }
 
-/// A snapshot directory locked for one transfer, as icp-cli locks it: a second process
-/// transferring into or out of the same directory gets an error. The lock file stays (a hidden
-/// file the directory's readers ignore): unlinking it could let two processes lock two
-/// different files.
+/// A snapshot directory locked for one transfer: a second process transferring into or out of
+/// the same directory gets an error. The lock is an `flock` on the directory's own descriptor,
+/// so nothing is created in it (an upload only reads the snapshot, and writes nothing there but
+/// its progress file), no lock file can be left behind or unlinked under a holder, and the
+/// kernel releases it when the holder dies.
 struct TransferLock {
-    _file: std::fs::File,
+    _directory: std::fs::File,
 }
 
 impl TransferLock {
     /// Locks `dir`; refuses to continue an interrupted transfer (its `progress` file is there)
     /// unless `resume`.
     fn take(dir: &Path, progress: &str, resume: bool) -> Result<TransferLock, String> {
-        use fs4::{FileExt, TryLockError};
-        let path = dir.join(TRANSFER_LOCK);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
-        match FileExt::try_lock(&file) {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
+        let directory = match lock_directory(dir) {
+            Ok(Some(directory)) => directory,
+            Ok(None) => {
                 return Err(format!(
-                    "{} is in use by another transfer (its lock {} is held); wait for it to end",
-                    dir.display(),
-                    path.display()
+                    "{} is in use by another transfer (it holds the directory's lock); wait for \
+                     it to end",
+                    dir.display()
                 ));
             }
-            Err(TryLockError::Error(e)) => {
-                return Err(format!("cannot lock {}: {e}", dir.display()));
-            }
-        }
-        let lock = TransferLock { _file: file };
+            Err(e) => return Err(format!("cannot lock {}: {e}", dir.display())),
+        };
+        let lock = TransferLock {
+            _directory: directory,
+        };
         if !resume && dir.join(progress).exists() {
             return Err(format!(
                 "{} holds an interrupted transfer ({progress}): pass --resume to continue it, \

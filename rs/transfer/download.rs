@@ -42,8 +42,9 @@ use crate::snapshots::SnapshotRegion;
 /// The progress file of a download, in the directory it downloads into.
 pub const DOWNLOAD_PROGRESS: &str = ".download_progress.json";
 
-/// The lock file a command-line transfer holds in its directory while it works (as icp-cli
-/// does): ours, so a download into a directory holding only it is a download into an empty one.
+/// The lock file earlier versions of the command line left in a transfer's directory (it now
+/// locks the directory itself and creates nothing): ours, so a download into a directory
+/// holding only it is a download into an empty one.
 pub const TRANSFER_LOCK: &str = ".transfer.lock";
 
 /// What a directory holds before a download starts (one without a progress file).

@@ -233,6 +233,9 @@ pub struct UploadReport {
     /// Which files changed since the directory was downloaded (by its `checksum.json`): what
     /// this upload carried that the downloaded snapshot did not.
     pub edits: Edits,
+    /// An earlier run of this upload had finished it (and was killed before it reported the
+    /// id): nothing was sent, the snapshot it made is reported.
+    pub already_uploaded: bool,
 }
 
 /// The snapshot an incremental upload starts from: on the replica, and its download on disk.

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use candid::Principal;
 use ic_error_types::ErrorCode;
 use ic_management_canister_types::{
-    CanisterIdRecord, DeleteCanisterSnapshotArgs, Snapshot, SnapshotDataOffset,
+    CanisterIdRecord, DeleteCanisterSnapshotArgs, Snapshot, SnapshotDataOffset, SnapshotSource,
     UploadCanisterSnapshotMetadataResult,
 };
 
@@ -148,6 +148,24 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
             p
         }
         None => {
+            // A run killed after its upload was durable but before it reported the id left
+            // the finished snapshot (and no progress file: it goes once the checksum is
+            // verified). Report it rather than upload a copy, or fail for the quota it holds.
+            let inputs = [
+                replace_snapshot.as_ref(),
+                base.as_ref().map(|b| &b.snapshot_id),
+            ];
+            if let Some(finished) = finished_upload(client, canister_id, sender, &digest, &inputs) {
+                return report_finished(
+                    client,
+                    canister_id,
+                    sender,
+                    finished,
+                    replace_snapshot,
+                    digest.checksum,
+                    edits,
+                );
+            }
             let globals: Vec<_> = metadata.globals.iter().flatten().cloned().collect();
             let args = |replace: Option<&Vec<u8>>| UploadCanisterSnapshotMetadataArgs {
                 canister_id,
@@ -229,6 +247,7 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         messages: 0,
         checksum: local_checksum,
         edits,
+        already_uploaded: false,
         replaced: match &progress.replaced_at_start {
             Some(old) => Replaced::ReplacedAtStart(unhex_recorded(old, &progress_path)?),
             None => Replaced::Nothing,
@@ -419,6 +438,87 @@ pub fn upload_canister_snapshot<C: ManagementClient + ?Sized>(
         report.replaced = Replaced::DeletedAfterVerification(old_id);
     }
     Ok(report)
+}
+
+/// The snapshot of the canister that an earlier run of this upload finished, if any: one
+/// uploaded (source `metadata_upload`) whose checksum is the directory's and whose timer and
+/// hook status (which the checksum leaves out) are the directory's, and which is not one of
+/// this upload's `inputs` (the snapshot it supersedes, its base): those are what the upload
+/// starts from, never what it made. Costs one listing and one metadata read per snapshot of
+/// the canister (at most its quota). A listing or read the replica refuses finds nothing: the
+/// upload then goes ahead and meets the refusal itself.
+fn finished_upload<C: ManagementClient + ?Sized>(
+    client: &mut C,
+    canister_id: Principal,
+    sender: Principal,
+    digest: &DirectoryDigest,
+    inputs: &[Option<&Vec<u8>>],
+) -> Option<Vec<u8>> {
+    let (snapshots,): (Vec<Snapshot>,) = client
+        .management_call(
+            sender,
+            "list_canister_snapshots",
+            (CanisterIdRecord { canister_id },),
+        )
+        .ok()?;
+    snapshots.into_iter().map(|s| s.id).find(|id| {
+        !inputs.contains(&Some(id))
+            && read_canister_snapshot_metadata(client, canister_id, sender, id.clone()).is_ok_and(
+                |uploaded| {
+                    matches!(uploaded.source, SnapshotSource::MetadataUpload(_))
+                        && uploaded.checksum.as_slice() == digest.checksum.as_slice()
+                        && same_on_the_wire(&uploaded.global_timer, &digest.metadata.global_timer)
+                        && same_on_the_wire(
+                            &uploaded.on_low_wasm_memory_hook_status,
+                            &digest.metadata.on_low_wasm_memory_hook_status,
+                        )
+                },
+            )
+    })
+}
+
+/// Whether two values encode to the same Candid (the management types have no `PartialEq`).
+fn same_on_the_wire<T: candid::CandidType>(a: &T, b: &T) -> bool {
+    matches!((candid::encode_one(a), candid::encode_one(b)), (Ok(a), Ok(b)) if a == b)
+}
+
+/// The report of an upload an earlier run finished: its snapshot, verified by checksum when
+/// it was found, and what it was to supersede deleted now if that run did not get to it.
+fn report_finished<C: ManagementClient + ?Sized>(
+    client: &mut C,
+    canister_id: Principal,
+    sender: Principal,
+    snapshot_id: Vec<u8>,
+    replace_snapshot: Option<Vec<u8>>,
+    checksum: crate::memory::Hash,
+    edits: Edits,
+) -> Result<UploadReport, TransferError> {
+    let replaced = match replace_snapshot {
+        Some(old)
+            if read_canister_snapshot_metadata(client, canister_id, sender, old.clone())
+                .is_ok() =>
+        {
+            delete_snapshot(client, canister_id, sender, &old).map_err(|reject| {
+                TransferError::SupersededNotDeleted {
+                    uploaded: hex(&snapshot_id),
+                    replaced: hex(&old),
+                    reject,
+                }
+            })?;
+            Replaced::DeletedAfterVerification(old)
+        }
+        // Gone already: the earlier run deleted it (or replaced it when it started).
+        _ => Replaced::Nothing,
+    };
+    Ok(UploadReport {
+        snapshot_id,
+        bytes_sent: 0,
+        messages: 0,
+        checksum,
+        edits,
+        already_uploaded: true,
+        replaced,
+    })
 }
 
 /// [`ManagementClient::make_durable`], as the transfer's error.
