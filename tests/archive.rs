@@ -44,6 +44,7 @@ impl Backend {
         let counter = Arc::new(CountingStore {
             inner: inner.clone(),
             put_bytes: AtomicU64::new(0),
+            refuse_locks: std::sync::atomic::AtomicBool::new(false),
         });
         Backend {
             store: inner,
@@ -163,6 +164,8 @@ impl Backend {
 struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     put_bytes: AtomicU64,
+    /// Refuse writes of lock objects, as a store refusing a client's requests would.
+    refuse_locks: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Display for CountingStore {
@@ -180,6 +183,12 @@ impl ObjectStore for CountingStore {
         opts: object_store::PutOptions,
     ) -> object_store::Result<object_store::PutResult> {
         // Lock objects are not data: a few bytes whose size depends on the host.
+        if location.as_ref().contains("/locks/") && self.refuse_locks.load(Ordering::SeqCst) {
+            return Err(object_store::Error::Generic {
+                store: "test",
+                source: "lock writes refused".into(),
+            });
+        }
         if !location.as_ref().contains("/locks/") {
             self.put_bytes
                 .fetch_add(payload.content_length() as u64, Ordering::SeqCst);
@@ -1428,4 +1437,40 @@ fn a_killed_pull_leaves_a_staging_directory_the_next_pull_removes() {
     );
     assert!(running.exists(), "a running pull's is left alone");
     drop(held);
+}
+
+#[test]
+fn a_push_whose_lock_could_not_be_rewritten_writes_no_manifest() {
+    // The store refuses the push's lock rewrites for longer than half the (scaled-down)
+    // staleness: a prune may have taken the push for crashed, so it stops before its manifest.
+    let mut fx = Fixture::new();
+    let backend = Backend::memory();
+    let archive = backend.archive();
+    let counter = backend.counter.clone();
+    let hook = Hook(Arc::new(move || {
+        counter.refuse_locks.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(600));
+        counter.refuse_locks.store(false, Ordering::SeqCst);
+    }));
+    let dir = fx.snapshot();
+    let err = archive
+        .push(
+            &dir,
+            &PushOptions {
+                stale_after: Duration::from_millis(400),
+                lock_refresh: Duration::from_millis(20),
+                before_manifest: Some(hook),
+                ..PushOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::LockLapsed { reason, .. } if reason.contains("refused")),
+        "{err:?}"
+    );
+    assert_eq!(archive.list(None).unwrap(), []);
+    // Run again, it completes (the pages stored are skipped).
+    let again = archive.push(&dir, &PushOptions::default()).unwrap();
+    assert_eq!(again.packs_sent, 0, "{again:?}");
+    archive_pull_ok(&archive, &again.manifest, &fx.pull_dir("again"));
 }

@@ -112,13 +112,15 @@ pub enum ArchiveError {
     },
     #[error(
         "pack {name} (needed for {what}) is missing from the archive: the archive lost data; \
-         nothing was written to the destination. Push the snapshot again if you still have it"
+         nothing was written to the destination. Push the snapshot again if you still have it: \
+         the push stores the missing pages again (`archive verify` lists what else needs it)"
     )]
     MissingPack { name: String, what: String },
     #[error(
         "pack {name} (needed for {what}) is corrupted in the archive: {reason}; nothing was \
-         written to the destination. Delete packs/{name}.* and push the snapshot again if you \
-         still have it"
+         written to the destination. Push the snapshot again with `archive push --verify` if \
+         you still have it: the push stores the damaged pages again (`archive verify` lists \
+         what else needs it)"
     )]
     CorruptPack {
         name: String,

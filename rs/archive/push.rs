@@ -1,10 +1,16 @@
 //! Push: a snapshot directory into an archive, page by page. Every non-zero page is named by
-//! its leaf hash; pages no pack holds yet are appended to new packs (pages object first, index
-//! second); the manifest is written last, under a push lock (`spec/archive.md`).
+//! its leaf hash; pages no whole pack holds yet are appended to new packs (pages object first,
+//! index second); the manifest is written last, under a push lease (`spec/archive.md`).
 //!
-//! Cost: one GET of every pack index of the archive (32 bytes per stored page: 8 MiB for
-//! 1 GiB of distinct pages), one leaf hash per page (on every core), and one PUT pair per new
-//! pack. A map from page hash to (pack, position) holds every stored page: ~72 bytes per page,
+//! A push trusts no pack it has not checked: a pack is used only if it is whole by the sizes
+//! the listing carries (`verify.rs`; with `verify_pages`, by its pages' hashes too). A snapshot
+//! already archived is skipped only if every pack its manifest names is whole; otherwise the
+//! push runs as if it were new, stores again the pages the damaged packs held, and rewrites
+//! the manifest: a repair, which a store's lost or truncated object otherwise never gets.
+//!
+//! Cost: one listing of `packs/`, one GET of every whole pack's index (32 bytes per stored
+//! page: 8 MiB for 1 GiB of distinct pages), one leaf hash per page (on every core), and one
+//! PUT pair per new pack. An archived snapshot costs the listing only. A map from page hash to (pack, position) holds every stored page: ~72 bytes per page,
 //! 18 MiB per GiB stored.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
