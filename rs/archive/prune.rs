@@ -8,8 +8,9 @@ use std::time::Duration;
 use candid::Principal;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
+use object_store::path::Path;
 
-use super::manifest::{MAX_MANIFEST_BYTES, Manifest, check_name, is_hash};
+use super::manifest::{MAX_MANIFEST_BYTES, Manifest, check_name};
 use super::{Archive, ArchiveError, Hook, LOCK_REFRESH, STALE_LOCK};
 
 /// Knobs for a prune.
@@ -49,7 +50,7 @@ struct PrunePlan {
     /// Manifests kept.
     kept: usize,
     /// Pack objects: name, kind (`pages`, `index`), size.
-    objects: Vec<(String, String, u64)>,
+    objects: Vec<(String, &'static str, u64)>,
 }
 
 /// What a prune deleted.
@@ -144,23 +145,14 @@ impl Archive {
         // A pack goes whole when no kept manifest names it, pages and index alike (a pages
         // object without an index is a crashed push's). Objects under packs/ that are not
         // named like a pack are not ours and stay.
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&self.path("packs")))
-            .try_collect()
-            .await?;
-        for object in objects {
-            let Some((name, kind)) = object
-                .location
-                .filename()
-                .and_then(|f| f.split_once('.'))
-                .filter(|(name, kind)| is_hash(name) && matches!(*kind, "pages" | "index"))
-            else {
+        for (name, objects) in self.list_packs().await? {
+            if marked.contains(&name) {
                 continue;
-            };
-            if !marked.contains(name) {
-                plan.objects
-                    .push((name.to_string(), kind.to_string(), object.size));
+            }
+            for (kind, size) in [("index", objects.index), ("pages", objects.pages)] {
+                if let Some(size) = size {
+                    plan.objects.push((name.clone(), kind, size));
+                }
             }
         }
         Ok(plan)
@@ -178,7 +170,7 @@ impl Archive {
         }
         let mut swept: BTreeSet<String> = BTreeSet::new();
         for (name, kind, size) in plan.objects {
-            self.store.delete(&self.pack_path(&name, &kind)).await?;
+            self.store.delete(&self.pack_path(&name, kind)).await?;
             report.bytes_freed = report.bytes_freed.saturating_add(size);
             swept.insert(name);
         }
@@ -194,20 +186,16 @@ impl Archive {
             Some(id) => self.path(&format!("manifests/{}", id.to_text())),
             None => self.path("manifests"),
         };
-        let root = format!("{}/", self.path("manifests"));
         let mut names = Vec::new();
         let objects: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
         for object in objects {
-            let location = object.location.as_ref();
-            let name = location
-                .strip_prefix(&root)
-                .and_then(|rest| rest.strip_suffix(".json"))
-                .unwrap_or(location);
-            check_name(name).map_err(|_| ArchiveError::Manifest {
-                name: location.to_string(),
-                reason: "an object under manifests/ that is not a manifest: remove it".into(),
+            let name = self.manifest_name(&object.location).map_err(|location| {
+                ArchiveError::Manifest {
+                    name: location,
+                    reason: "an object under manifests/ that is not a manifest: remove it".into(),
+                }
             })?;
-            names.push(name.to_string());
+            names.push(name);
         }
         names.sort();
         futures::stream::iter(names)
@@ -215,6 +203,19 @@ impl Archive {
             .buffered(super::DEFAULT_CONCURRENCY)
             .try_collect()
             .await
+    }
+
+    /// The manifest name (`<canister>/<id>`) an object under `manifests/` is stored as, or the
+    /// object's path if it is not named like a manifest.
+    pub(super) fn manifest_name(&self, location: &Path) -> Result<String, String> {
+        let root = format!("{}/", self.path("manifests"));
+        location
+            .as_ref()
+            .strip_prefix(&root)
+            .and_then(|rest| rest.strip_suffix(".json"))
+            .filter(|name| check_name(name).is_ok())
+            .map(str::to_string)
+            .ok_or_else(|| location.to_string())
     }
 
     pub(super) async fn read_manifest(&self, name: &str) -> Result<Manifest, ArchiveError> {

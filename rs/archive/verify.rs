@@ -220,7 +220,6 @@ impl Archive {
                 vec![name.to_string()]
             }
             None => {
-                let root = format!("{}/", self.path("manifests"));
                 let objects: Vec<_> = self
                     .store
                     .list(Some(&self.path("manifests")))
@@ -228,15 +227,10 @@ impl Archive {
                     .await?;
                 let mut names = Vec::new();
                 for object in objects {
-                    let location = object.location.as_ref();
-                    match location
-                        .strip_prefix(&root)
-                        .and_then(|rest| rest.strip_suffix(".json"))
-                        .filter(|name| check_name(name).is_ok())
-                    {
-                        Some(name) => names.push(name.to_string()),
-                        None => report.damage.push(Damage {
-                            object: location.to_string(),
+                    match self.manifest_name(&object.location) {
+                        Ok(name) => names.push(name),
+                        Err(location) => report.damage.push(Damage {
+                            object: location,
                             reason: "an object under manifests/ that is not a manifest".into(),
                             manifests: Vec::new(),
                         }),
