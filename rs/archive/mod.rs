@@ -26,7 +26,8 @@
 //! without its pages, nor an index naming pages not stored. Running the push again reads the
 //! indexes and skips the pages stored. A pull writes into a new staging directory beside the
 //! destination, checks every page against its pack's index and every index against its name,
-//! verifies the snapshot checksum of what it wrote end to end, and only then renames it.
+//! verifies the snapshot checksum of what it wrote end to end, and only then renames it; the
+//! next pull into the same place removes a killed pull's staging directory.
 //!
 //! **Prune against a concurrent push: mark and sweep under lock objects.** A push writes
 //! `locks/push-*` before it reads the indexes and deletes it after its manifest; a prune writes
@@ -35,9 +36,14 @@
 //! second sees the other's lock (S3 and the other backends list what was written before), so a
 //! sweep never runs while a push relies on packs it found present. A lock not refreshed for
 //! [`STALE_LOCK`] (by the store's clock: its `last_modified`) is a crashed client's and ignored;
-//! a push or prune rewrites its lock every [`LOCK_REFRESH`] for its whole run (`lock.rs`), and a
-//! prune checks the push locks again just before it deletes anything. A prune keeps a pack whole while any
-//! manifest names any of its pages (no repacking: see `spec/archive.md` for the trade-off).
+//! a push or prune rewrites its lock every [`LOCK_REFRESH`] for its whole run (`lock.rs`), and
+//! a prune checks the push locks again just before it deletes anything. A prune keeps a pack
+//! whole while any manifest names any of its pages (no repacking: see `spec/archive.md` for
+//! the trade-off).
+//!
+//! **Nothing stored is trusted unchecked.** A push uses a pack only if it is whole (`verify.rs`:
+//! its objects' sizes, from one listing; on request its pages' hashes), and repairs an archived
+//! snapshot whose packs are not; `archive verify` checks every manifest and pack end to end.
 //!
 //! The library's API is synchronous: each [`Archive`] owns a small tokio runtime and blocks on
 //! it. Nothing here touches replicated state; the only clocks read are for lock refreshes,
