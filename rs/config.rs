@@ -5,6 +5,9 @@
 
 use crate::state::Cycles;
 
+const SECONDS_PER_DAY: u64 = 86_400;
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
+
 /// Limits and prices. `Default` follows the IC's application subnets where the IC has a
 /// number, except `max_snapshots_per_canister`, which follows this project's design (one).
 #[derive(Debug, Clone)]
@@ -35,6 +38,10 @@ pub struct Config {
     pub cycles_per_ten_instructions: Cycles,
     /// Storage price in cycles per GiB per second (13-node application subnet: 127,000).
     pub storage_cycles_per_gib_second: Cycles,
+    /// Storage is charged whenever batch time crosses a multiple of this many seconds (the
+    /// IC's `duration_between_allocation_charges`: 10 s), for the whole periods crossed
+    /// (`spec/management.md`, "Storage charges").
+    pub allocation_charge_period_seconds: u64,
     /// The largest ingress message (method name + argument bytes) the round loop executes (the
     /// IC's `max_ingress_bytes_per_message` on application subnets: 2 MiB). A larger one is
     /// refused before execution (`spec/execution.md`, "Rounds").
@@ -72,6 +79,7 @@ impl Default for Config {
             read_data_base_instructions: 5_000_000,
             cycles_per_ten_instructions: 4,
             storage_cycles_per_gib_second: 127_000,
+            allocation_charge_period_seconds: 10,
             max_ingress_bytes_per_message: 2 << 20,
             max_number_of_canisters: 100_000,
             max_reply_bytes: 2 << 20,
@@ -126,6 +134,38 @@ impl Config {
             .saturating_mul(self.storage_cycles_per_gib_second)
             .saturating_mul(seconds as Cycles)
             / (1 << 30)
+    }
+
+    /// What a canister holding `memory_bytes` (its own memory and its snapshots') burns per
+    /// day while idle: `canister_status`'s `idle_cycles_burned_per_day`, and the rate storage
+    /// charges apply (the replica's `idle_cycles_burned_rate`, memory part).
+    pub fn idle_cycles_burned_per_day(&self, memory_bytes: u64) -> Cycles {
+        self.storage_cost(memory_bytes, SECONDS_PER_DAY)
+    }
+
+    /// The storage charge for holding `memory_bytes` for `seconds`: the daily rate prorated,
+    /// rounded down at each step as the replica's `charge_canister_for_single_resource` does
+    /// (rate per day first, then `rate × seconds / day`).
+    pub fn storage_charge(&self, memory_bytes: u64, seconds: u64) -> Cycles {
+        self.idle_cycles_burned_per_day(memory_bytes)
+            .saturating_mul(Cycles::from(seconds))
+            / 86_400
+    }
+
+    /// Seconds of storage a round at batch time `time` charges for when the previous round ran
+    /// at `previous` (ns since the Unix epoch): the whole charge periods between the last
+    /// period boundary at or before `previous` and the last one at or before `time`. Zero
+    /// unless the round crosses a boundary; summed over rounds it telescopes to the periods
+    /// elapsed, so nothing is lost to rounding whatever the round lengths.
+    pub fn storage_charge_seconds(&self, previous: u64, time: u64) -> u64 {
+        let period = self
+            .allocation_charge_period_seconds
+            .saturating_mul(NANOS_PER_SECOND)
+            .max(1);
+        // `period > 0`, and `t - t % period <= t`.
+        #[allow(clippy::arithmetic_side_effects)]
+        let boundary = |t: u64| t - t % period;
+        boundary(time).saturating_sub(boundary(previous)) / NANOS_PER_SECOND
     }
 }
 

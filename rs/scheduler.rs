@@ -2,7 +2,10 @@
 //!
 //! Depends on [`crate::management`] and [`crate::execution`]. A round (`spec/execution.md`):
 //! 1. the state's time becomes the batch time (never the wall clock; never moves backwards);
-//!    scheduled snapshots that are due are taken, in (due time, canister id) order;
+//!    if it crossed a storage charge period, every canister pays for the storage it held
+//!    since the previous round, and those that cannot pay are uninstalled and lose their
+//!    snapshots (`management::storage`); scheduled snapshots that are due are taken, in
+//!    (due time, canister id) order;
 //! 2. ingress messages larger than `Config::max_ingress_bytes_per_message` are refused without
 //!    reaching their receiver; subnet messages (to `aaaaa-aa`) execute in arrival order;
 //! 3. canister messages execute on `Config::scheduler_threads` workers: the canisters are split
@@ -168,7 +171,10 @@ impl ExecutionLoop {
     /// Executes one round (see the module docs). Returns each message's outcome in execution
     /// order.
     pub fn execute_round(&self, state: &mut ReplicatedState, batch: Batch) -> Vec<IngressResult> {
+        let previous = state.time;
         state.time = state.time.max(batch.time);
+        self.management_canister()
+            .charge_for_storage(state, previous);
         self.management_canister().take_scheduled_snapshots(state);
         let mut results = Vec::with_capacity(batch.ingress.len());
         let mut per_canister: BTreeMap<Principal, Vec<Ingress>> = BTreeMap::new();

@@ -61,14 +61,14 @@ fn config(test: &str) -> ProptestConfig {
     common::proptest_config(test, DEFAULT_CASES)
 }
 
-/// The model's configuration here: a quota of three, and an allowance small enough that a take
+/// The model's configuration here: a quota of three, an allowance small enough that a take
 /// or load of a large canister reaches the heap-delta rate limit for a round, but not so small
-/// that it blocks most loads.
+/// that it blocks most loads, and storage dear enough that canisters run out of cycles.
 fn model_config() -> Config {
     Config {
         max_snapshots_per_canister: 3,
         heap_delta_rate_limit_bytes: 1 << 20,
-        ..Config::default()
+        ..properties::with_dear_storage(Config::default())
     }
 }
 
@@ -171,14 +171,14 @@ impl Replica for LoadSkipsStableMemory {
                 .0
                 .canisters
                 .get(canister)
-                .map(|c| (*canister, c.live.stable.clone())),
+                .and_then(|c| Some((*canister, c.live.as_ref()?.stable.clone()))),
             _ => None,
         };
         let outcome = self.0.step(op);
         if let (Some((n, stable)), Outcome::Accepted) = (kept, outcome)
-            && let Some(c) = self.0.canisters.get_mut(&n)
+            && let Some(live) = self.0.canisters.get_mut(&n).and_then(|c| c.live.as_mut())
         {
-            c.live.stable = stable;
+            live.stable = stable;
         }
         outcome
     }
@@ -213,12 +213,12 @@ struct TakeAliasesLiveMemory {
 impl TakeAliasesLiveMemory {
     fn sync(&mut self) {
         for (n, local) in &self.aliased {
-            if let Some(c) = self.model.canisters.get_mut(n) {
-                let live = c.live.clone();
-                if let Some(snapshot) = c.snapshots.get_mut(local) {
-                    snapshot.heap = live.heap;
-                    snapshot.stable = live.stable;
-                }
+            if let Some(c) = self.model.canisters.get_mut(n)
+                && let Some(live) = c.live.clone()
+                && let Some(snapshot) = c.snapshots.get_mut(local)
+            {
+                snapshot.heap = live.heap;
+                snapshot.stable = live.stable;
             }
         }
     }

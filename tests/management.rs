@@ -1289,6 +1289,9 @@ fn load_restores_contents_byte_for_byte_but_keeps_cycles_and_controllers() {
     .unwrap();
     sm.advance_time(Duration::from_secs(60));
     let cycles_before_load = c.cycles(&sm);
+    let held = sm
+        .state()
+        .canister_memory_usage(&sm.state().canisters[&c.id]);
     assert_ne!(
         contents(sm.state()).canisters[0].wasm_memory,
         at_take.wasm_memory
@@ -1314,10 +1317,13 @@ fn load_restores_contents_byte_for_byte_but_keeps_cycles_and_controllers() {
     assert_eq!(c.get_global(&mut sm, 0), -42);
     assert_eq!(c.get_global(&mut sm, 1), i64::MAX);
 
-    // Cycles: those of the canister, minus the load's price; not those at the take.
+    // Cycles: those of the canister, minus the load's price and the storage its round charged
+    // for the minute before it; not those at the take.
     let load_cost =
         config.instructions_cost(config.snapshot_base_instructions + snapshot.total_size);
-    assert_eq!(after.cycles, cycles_before_load - load_cost);
+    let storage = config.storage_charge(held, 60);
+    assert!(storage > 0);
+    assert_eq!(after.cycles, cycles_before_load - storage - load_cost);
     // Controllers and settings: those of the canister.
     assert_eq!(after.controllers, BTreeSet::from([controller(), user(9)]));
     assert_eq!(

@@ -190,7 +190,12 @@ fn a_refused_scheduled_take_leaves_the_canister_untouched_and_shows_in_status() 
     let (mut sm, c, manual) = populated_env(true);
     set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
     sm.advance_time(Duration::from_secs(10));
-    let before = contents(sm.state());
+    let mut before = contents(sm.state());
+    // The round's storage charge for the 10 s is all that changes.
+    let held = sm
+        .state()
+        .canister_memory_usage(&sm.state().canisters[&c.id]);
+    before.canisters[0].cycles -= sm.config().storage_charge(held, 10);
     sm.tick();
     assert_eq!(contents(sm.state()), before, "the canister is untouched");
     let failure = schedule_status(&mut sm, &c).unwrap().last_failure.unwrap();

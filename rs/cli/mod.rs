@@ -70,6 +70,10 @@ pub enum Command {
         /// Thread counts, one replica each.
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         threads: Vec<usize>,
+        /// The subnet's limits: roomy, crowded (memory capacity), rate-limited (heap delta),
+        /// canister-limited, dear-storage (canisters run out of cycles).
+        #[arg(long, default_value = "roomy")]
+        shape: crate::testing::simulation::SubnetShape,
     },
 }
 
@@ -124,7 +128,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
             seed,
             rounds,
             threads,
-        } => simulate::run(seed, rounds, threads),
+            shape,
+        } => simulate::run(seed, rounds, threads, shape),
         Command::Snapshot(SnapshotCommand::Inspect { dir }) => snapshot::run_inspect(&dir),
         Command::Snapshot(SnapshotCommand::Verify { dir }) => snapshot::run_verify(&dir),
         Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),

@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use crate::testing::simulation::{SimulationOptions, simulate};
+use crate::testing::simulation::{SimulationOptions, SubnetShape, simulate};
 
-/// Runs `rounds` rounds of seed `seed` on one replica per entry of `threads`; prints a report,
-/// or returns the failure with the seed and round that replay it.
-pub fn run(seed: u64, rounds: u64, threads: Vec<usize>) -> Result<(), String> {
+/// Runs `rounds` rounds of seed `seed` on one replica per entry of `threads`, on a subnet of
+/// `shape`; prints a report, or returns the failure with what replays it.
+pub fn run(seed: u64, rounds: u64, threads: Vec<usize>, shape: SubnetShape) -> Result<(), String> {
     if threads.is_empty() || threads.contains(&0) {
         return Err("--threads takes a list of thread counts of at least 1, e.g. 1,2,4".into());
     }
@@ -15,6 +15,7 @@ pub fn run(seed: u64, rounds: u64, threads: Vec<usize>) -> Result<(), String> {
         seed,
         rounds,
         threads: threads.clone(),
+        shape,
         ..SimulationOptions::default()
     };
     // The wall clock measures the run for the report only; the simulation never sees it.
@@ -22,12 +23,16 @@ pub fn run(seed: u64, rounds: u64, threads: Vec<usize>) -> Result<(), String> {
     let report = simulate(&options).map_err(|failure| failure.to_string())?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "seed {seed}: {} rounds on replicas with {threads:?} threads agreed ({} messages, {} \
-         refused, {} snapshot ids, {} scheduled snapshots standing) in {seconds:.1} s ({:.0} \
-         rounds/min)",
+        "seed {seed} ({shape} subnet): {} rounds on replicas with {threads:?} threads agreed ({} \
+         messages, {} refused (by error code: subnet messages {:?}, canister messages {:?}), {} \
+         canisters out of cycles, {} snapshot ids, {} scheduled snapshots standing) in \
+         {seconds:.1} s ({:.0} rounds/min)",
         report.rounds,
         report.messages,
         report.refused,
+        report.subnet_refusals,
+        report.canister_refusals,
+        report.uninstalled_out_of_cycles,
         report.snapshots_seen,
         report.scheduled_snapshots,
         report.rounds as f64 * 60.0 / seconds.max(1e-9)

@@ -352,7 +352,9 @@ impl ManagementCanister<'_> {
             },
             cycles: Nat::from(canister.cycles),
             reserved_cycles: Nat::from(canister.reserved_cycles),
-            idle_cycles_burned_per_day: Nat::from(self.config.storage_cost(memory_size, 86_400)),
+            idle_cycles_burned_per_day: Nat::from(
+                self.config.idle_cycles_burned_per_day(memory_size),
+            ),
             query_stats: QueryStats {
                 num_calls_total: Nat::from(0u64),
                 num_instructions_total: Nat::from(0u64),
@@ -538,10 +540,17 @@ pub(super) fn uninstall_frees(canister: &CanisterState) -> u64 {
 /// Drops the code, memories, globals, certified data, timer and Wasm chunk store (as the
 /// interface spec says of `uninstall_code`); snapshots and cycles stay. Version + 1 and a `code_uninstall` history entry.
 pub(super) fn uninstall(canister: &mut CanisterState, time: u64, sender: Principal) {
+    drop_code(canister);
+    canister.record_change(time, from_user(sender), ChangeDetails::CodeUninstall);
+}
+
+/// What every uninstall does (the replica's `uninstall_canister`): drops the code, memories,
+/// globals, certified data, timer and Wasm chunk store, and bumps the version. Recording it in
+/// the history is the caller's part.
+pub(super) fn drop_code(canister: &mut CanisterState) {
     canister.execution_state = None;
     canister.certified_data.clear();
     canister.wasm_chunk_store.clear();
     canister.global_timer = None;
     canister.bump_version();
-    canister.record_change(time, from_user(sender), ChangeDetails::CodeUninstall);
 }

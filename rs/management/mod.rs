@@ -11,6 +11,7 @@
 
 mod canisters;
 mod snapshots;
+mod storage;
 mod transfer;
 pub mod types;
 

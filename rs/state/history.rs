@@ -145,6 +145,12 @@ impl CanisterHistory {
         self.total_num_changes
     }
 
+    /// Drops every kept change but keeps the count of all changes ever made (the replica's
+    /// `clear_canister_history`, when a canister is uninstalled for lack of cycles).
+    pub fn clear(&mut self) {
+        self.changes.clear();
+    }
+
     /// A history read back from storage: the kept `changes` (oldest first, at most
     /// [`MAX_CANISTER_HISTORY_CHANGES`]) and the count of all changes ever made.
     pub fn from_parts(changes: Vec<CanisterChange>, total_num_changes: u64) -> Self {

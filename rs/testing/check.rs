@@ -60,11 +60,15 @@ pub fn workload_machine(config: Config, canisters: u8) -> StateMachine {
 /// own state); returns its outcome.
 pub fn execute(sm: &mut StateMachine, op: &Operation) -> Outcome {
     let message = op.to_message(sm.state());
-    send(sm, message)
+    send(sm, op, message)
 }
 
-/// Sends `message` as one round, or runs an empty round for `None`.
-fn send(sm: &mut StateMachine, message: Option<Message>) -> Outcome {
+/// Sends `message` (what `op` resolved to) as one round, or runs an empty round for `None`,
+/// after moving the batch time if `op` is an [`Operation::AdvanceTime`].
+fn send(sm: &mut StateMachine, op: &Operation, message: Option<Message>) -> Outcome {
+    if let Operation::AdvanceTime { seconds } = op {
+        sm.advance_time(std::time::Duration::from_secs(*seconds));
+    }
     match message {
         None => {
             sm.tick();
@@ -77,8 +81,9 @@ fn send(sm: &mut StateMachine, message: Option<Message>) -> Outcome {
     }
 }
 
-/// What a live canister or a snapshot holds, read out flat.
-#[derive(Clone, PartialEq, Eq)]
+/// What a live canister or a snapshot holds, read out flat (all empty for a canister without
+/// code).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ImageView {
     pub heap: Vec<u8>,
     pub stable: Vec<u8>,
@@ -217,7 +222,10 @@ pub fn observe_model(model: &Model, n: CanisterIndex) -> Option<CanisterView> {
         freezing_threshold: c.freezing_threshold,
         version: c.version,
         heap_delta_debit: c.heap_delta_debit,
-        live: ImageView::of_model(&c.live),
+        live: c
+            .live
+            .as_ref()
+            .map_or_else(ImageView::default, ImageView::of_model),
         snapshots: c
             .snapshots
             .iter()
@@ -322,7 +330,7 @@ pub fn run_against_model(
         // has already gone wrong in a way the views do not show.
         let message = op.to_message(&*model);
         let expected = model.step(op);
-        let actual = send(sm, message);
+        let actual = send(sm, op, message);
         if expected != actual {
             return Err(diverged(format!("{expected:?}"), format!("{actual:?}")));
         }
@@ -365,20 +373,33 @@ mod tests {
     use crate::testing::workload::WorkloadShape;
 
     /// Seeded workloads (the simulator's generator) agree with the model, with a quota of two
-    /// and a small heap-delta allowance so that quota and rate limit are both reached.
+    /// and a small heap-delta allowance so that quota and rate limit are both reached, and dear
+    /// storage so that canisters run out of cycles.
     #[test]
     fn seeded_workloads_match_the_model() {
         let config = Config {
             max_snapshots_per_canister: 2,
             heap_delta_rate_limit_bytes: 256 << 10,
-            ..Config::default()
+            ..crate::testing::properties::with_dear_storage(Config::default())
         };
         let shape = WorkloadShape::default();
+        let mut uninstalled = 0;
         for seed in 0..8 {
             let ops = shape.generate(seed, 60);
-            if let Err(divergence) = assert_matches_model(&config, shape.canisters, &ops) {
+            let mut sm = workload_machine(config.clone(), shape.canisters);
+            let mut model = Model::new(config.clone(), shape.canisters);
+            if let Err(divergence) = run_against_model(&mut sm, &mut model, &ops) {
                 panic!("seed {seed}: {divergence}");
             }
+            uninstalled += model
+                .canisters
+                .values()
+                .filter(|c| c.live.is_none())
+                .count();
         }
+        assert!(
+            uninstalled > 0,
+            "no canister ran out of cycles: the charges went untested"
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! The reference model: a plain, obviously-correct subnet of test canisters.
 //!
 //! Each canister is full `Vec<u8>` copies of its heap and stable memory, its two globals and
-//! certified data, its controllers, cycles, freezing threshold, version and heap-delta debit;
-//! each snapshot is a full copy of what it holds. [`Model::step`] applies one
-//! [`Operation`] and returns the expected [`Outcome`]: the reply, or the IC `ErrorCode` the
-//! replica must refuse it with, following the validation order of `spec/management.md`.
+//! certified data (none of it once uninstalled), its controllers, cycles, freezing threshold,
+//! version and heap-delta debit; each snapshot is a full copy of what it holds. [`Model::step`]
+//! applies one [`Operation`] and returns the expected [`Outcome`]: the reply, or the IC
+//! `ErrorCode` the replica must refuse it with, following the validation order of
+//! `spec/management.md`. Batch time moves only by [`Operation::AdvanceTime`]; the model then
+//! charges each canister the storage it held for the charge periods crossed and uninstalls
+//! those that cannot pay, as "Storage charges" there says.
 //!
 //! For the accounting of really-held pages the model also keeps the *identity* of every page:
 //! each page a write or fill touches gets a fresh version number, a snapshot copies the version
@@ -29,6 +32,7 @@ use crate::execution::TEST_CANISTER_WASM;
 use crate::execution::test_canister::MAX_CERTIFIED_DATA_BYTES;
 use crate::memory::checksum::{memory_root_from_bytes, sha256};
 use crate::memory::{Hash, PAGE_SIZE, WASM_PAGE_SIZE};
+use crate::replicated_state::GENESIS_TIME_NANOS;
 use crate::snapshots::{SnapshotDigest, snapshot_checksum};
 use crate::state::Global;
 
@@ -150,7 +154,8 @@ impl Image {
 /// One canister of the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanisterModel {
-    pub live: Image,
+    /// What the canister holds while it has code; `None` once it is uninstalled.
+    pub live: Option<Image>,
     pub controllers: BTreeSet<Principal>,
     pub cycles: u128,
     pub freezing_threshold: u64,
@@ -166,9 +171,27 @@ impl CanisterModel {
         self.snapshots.values().map(Image::memory_usage).sum()
     }
 
+    /// The canister's own memory (nothing without code).
+    fn own_usage(&self) -> u64 {
+        self.live.as_ref().map_or(0, Image::memory_usage)
+    }
+
     /// The canister's memory and its snapshots'.
     fn usage(&self) -> u64 {
-        self.live.memory_usage() + self.snapshots_size()
+        self.own_usage() + self.snapshots_size()
+    }
+
+    /// Pays `charge` for storage, or, unable to, is uninstalled: no code, no snapshots, no
+    /// cycles, version + 1 (the model keeps no history or allocations).
+    fn pay_for_storage(&mut self, charge: u128) {
+        if charge <= self.cycles {
+            self.cycles -= charge;
+        } else {
+            self.live = None;
+            self.snapshots.clear();
+            self.cycles = 0;
+            self.version += 1;
+        }
     }
 }
 
@@ -178,6 +201,8 @@ pub struct Model {
     pub config: Config,
     pub canisters: BTreeMap<CanisterIndex, CanisterModel>,
     next_version: u64,
+    /// Batch time, ns since the Unix epoch (the workload machine's starts at genesis).
+    pub time: u64,
 }
 
 impl StateView for Model {
@@ -191,7 +216,9 @@ impl StateView for Model {
     }
 
     fn memory_size(&self, id: Principal, memory: MemoryKind) -> u64 {
-        self.by_id(id).map_or(0, |c| c.live.memory(memory).size())
+        self.by_id(id)
+            .and_then(|c| c.live.as_ref())
+            .map_or(0, |live| live.memory(memory).size())
     }
 }
 
@@ -205,19 +232,20 @@ impl Model {
             config,
             canisters: BTreeMap::new(),
             next_version: 0,
+            time: GENESIS_TIME_NANOS,
         };
         for n in 0..canisters {
             let module_version = model.fresh_version();
             model.canisters.insert(
                 n,
                 CanisterModel {
-                    live: Image {
+                    live: Some(Image {
                         heap: MemoryModel::default(),
                         stable: MemoryModel::default(),
                         globals: [0, 0],
                         certified_data: Vec::new(),
                         module_version,
-                    },
+                    }),
                     controllers: BTreeSet::from([caller(0)]),
                     cycles: WORKLOAD_CANISTER_CYCLES,
                     freezing_threshold: DEFAULT_FREEZING_THRESHOLD,
@@ -302,7 +330,7 @@ impl Model {
     /// Applies `op` as one round of the replica and returns what it must answer.
     pub fn step(&mut self, op: &Operation) -> Outcome {
         let outcome = match self.apply(op) {
-            _ if *op == Operation::Tick => Outcome::Tick,
+            _ if matches!(op, Operation::Tick | Operation::AdvanceTime { .. }) => Outcome::Tick,
             Ok(()) => Outcome::Accepted,
             Err(code) => Outcome::Refused(code),
         };
@@ -340,10 +368,7 @@ impl Model {
                 wasm_pages,
                 ..
             } => {
-                let size = self
-                    .canisters
-                    .get(canister)
-                    .map_or(0, |c| c.live.memory(*memory).size());
+                let size = self.memory_size(super::workload::canister(*canister), *memory);
                 let offset = (size + u64::from(*wasm_pages) * WASM_PAGE_SIZE).saturating_sub(1);
                 self.write(*canister, *memory, offset, &[0])
             }
@@ -394,7 +419,7 @@ impl Model {
                     None => 0,
                 };
                 self.rate_limited(c)?;
-                let size = c.live.memory_usage();
+                let size = c.own_usage();
                 let before = c.usage();
                 let cost = self.check_cycles(
                     c,
@@ -402,14 +427,16 @@ impl Model {
                     before - freed + size,
                     self.config.snapshot_base_instructions + size,
                 )?;
+                // Resources first, then code: the replica's order.
+                let live = c.live.clone().ok_or(ErrorCode::CanisterRejectedMessage)?;
                 let c = self.canisters.get_mut(n).expect("checked above");
                 if let Some(local) = replace {
                     c.snapshots.remove(&local);
                 }
-                c.snapshots.insert(c.next_snapshot_id, c.live.clone());
+                let unsaved = live.unsaved_page_bytes();
+                c.snapshots.insert(c.next_snapshot_id, live);
                 c.next_snapshot_id += 1;
                 c.cycles -= cost;
-                let unsaved = c.live.unsaved_page_bytes();
                 c.heap_delta_debit = c.heap_delta_debit.saturating_add(unsaved);
                 Ok(())
             }
@@ -441,12 +468,12 @@ impl Model {
                 let cost = self.check_cycles(
                     target,
                     usage,
-                    usage - target.live.memory_usage() + size,
+                    usage - target.own_usage() + size,
                     self.config.snapshot_base_instructions + size,
                 )?;
                 let c = self.canisters.get_mut(n).expect("checked above");
                 let unsaved = image.unsaved_page_bytes();
-                c.live = image;
+                c.live = Some(image);
                 c.cycles -= cost;
                 c.heap_delta_debit = c.heap_delta_debit.saturating_add(unsaved);
                 c.version += 1;
@@ -500,16 +527,31 @@ impl Model {
                 canister: n,
                 caller: s,
             } => {
-                self.controlled(*n, caller(*s))?;
+                if self.controlled(*n, caller(*s))?.live.is_none() {
+                    return Err(ErrorCode::CanisterWasmModuleNotFound);
+                }
                 let module_version = self.fresh_version();
                 let c = self.canisters.get_mut(n).expect("checked above");
-                c.live.heap = MemoryModel::default();
-                c.live.globals = [0, 0];
-                c.live.module_version = module_version;
+                let live = c.live.as_mut().expect("checked above");
+                live.heap = MemoryModel::default();
+                live.globals = [0, 0];
+                live.module_version = module_version;
                 c.version += 1;
                 Ok(())
             }
             Operation::Tick => Ok(()),
+            Operation::AdvanceTime { seconds } => {
+                let previous = self.time;
+                self.time = self
+                    .time
+                    .saturating_add(seconds.saturating_mul(1_000_000_000));
+                let seconds = self.config.storage_charge_seconds(previous, self.time);
+                for c in self.canisters.values_mut() {
+                    let charge = self.config.storage_charge(c.usage(), seconds);
+                    c.pay_for_storage(charge);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -521,17 +563,20 @@ impl Model {
         body: impl FnOnce(&mut Image, &mut u64) -> Result<u64, ErrorCode>,
     ) -> Step {
         let c = self.canisters.get(&n).ok_or(ErrorCode::CanisterNotFound)?;
-        let mut scratch = c.live.clone();
+        let mut scratch = c
+            .live
+            .clone()
+            .ok_or(ErrorCode::CanisterWasmModuleNotFound)?;
         let mut next_version = self.next_version;
         let heap_delta = body(&mut scratch, &mut next_version)?;
-        let grows_by = scratch.memory_usage().saturating_sub(c.live.memory_usage());
+        let grows_by = scratch.memory_usage().saturating_sub(c.own_usage());
         if grows_by > 0 {
             let before = c.usage();
             self.check_growth(c, before, before + grows_by)?;
         }
         self.next_version = next_version;
         let c = self.canisters.get_mut(&n).expect("checked above");
-        c.live = scratch;
+        c.live = Some(scratch);
         c.heap_delta_debit = c.heap_delta_debit.saturating_add(heap_delta);
         Ok(())
     }
@@ -565,7 +610,8 @@ impl Model {
         self.canisters
             .values()
             .map(|c| {
-                let live: BTreeSet<u64> = c.live.page_versions().collect();
+                let live: BTreeSet<u64> = c.live.iter().flat_map(Image::page_versions).collect();
+                let live_module = c.live.as_ref().map(|l| l.module_version);
                 let pages: BTreeSet<u64> = c
                     .snapshots
                     .values()
@@ -576,7 +622,7 @@ impl Model {
                     .snapshots
                     .values()
                     .map(|s| s.module_version)
-                    .filter(|&m| m != c.live.module_version)
+                    .filter(|&m| Some(m) != live_module)
                     .collect();
                 pages.len() as u64 * PAGE + modules.len() as u64 * TEST_CANISTER_WASM.len() as u64
             })

@@ -131,8 +131,8 @@ impl Replica for Model {
     }
 
     fn live(&self, n: CanisterIndex) -> Option<(ImageView, Hash)> {
-        let c = self.canisters.get(&n)?;
-        Some((observe_model(self, n)?.live, c.live.checksum()))
+        let live = self.canisters.get(&n)?.live.as_ref()?;
+        Some((observe_model(self, n)?.live, live.checksum()))
     }
 
     fn snapshot(&self, n: CanisterIndex, local: u64) -> Option<(ImageView, Hash)> {
@@ -432,11 +432,29 @@ impl std::error::Error for PropertyFailure {}
 pub const CANISTERS: u8 = 2;
 
 /// The configuration the properties run with: the default, with room for three snapshots per
-/// canister so that loads have older snapshots to choose from.
+/// canister so that loads have older snapshots to choose from, and storage
+/// [`STORAGE_PRICE_FACTOR`] times dearer so that canisters run out of cycles within a workload.
 pub fn property_config() -> Config {
     Config {
         max_snapshots_per_canister: 3,
-        ..Config::default()
+        ..with_dear_storage(Config::default())
+    }
+}
+
+/// How much dearer storage is in [`with_dear_storage`]: enough that a canister holding about a
+/// MiB (with its snapshots) cannot pay for the longest [`super::workload::TIME_STEPS`] (10 years)
+/// and is uninstalled, while a 30-day freezing threshold still reserves well under the
+/// workload canisters' cycles.
+pub const STORAGE_PRICE_FACTOR: u128 = 10_000;
+
+/// `config` with storage [`STORAGE_PRICE_FACTOR`] times dearer: what the model tests and the
+/// properties run with, so that storage charges and out-of-cycles uninstalls happen in them.
+pub fn with_dear_storage(config: Config) -> Config {
+    Config {
+        storage_cycles_per_gib_second: config
+            .storage_cycles_per_gib_second
+            .saturating_mul(STORAGE_PRICE_FACTOR),
+        ..config
     }
 }
 

@@ -5,8 +5,17 @@
 //! The stream is the [`super::workload`] vocabulary (writes, traps, takes, loads across
 //! canisters, deletes, controllers changing, freezing thresholds that make canisters run out of
 //! cycles, upgrades) plus what this module adds: snapshot schedules set through the
-//! `update_settings` extension (so scheduled snapshots fire), and snapshot uploads (metadata,
-//! then module bytes or Wasm chunks). Batch time advances 0 to 3 seconds a round.
+//! `update_settings` extension (so scheduled snapshots fire), snapshot uploads (metadata,
+//! then module bytes or Wasm chunks), and canister creations. Batch time advances 0 to 3
+//! seconds a round (up to 2 days in the [`SubnetShape::DearStorage`] shape).
+//!
+//! A [`SubnetShape`] picks the subnet's limits, so that each rule that can refuse a message
+//! binds in some shape: the subnet's memory capacity, where the canisters of a round compete
+//! for their shares of the free memory on each thread (`spec/execution.md`, "Threads"); the
+//! heap-delta rate limit; the number of canisters; and storage charges that exhaust cycles.
+//! The [`SimulationReport`] counts refusals by error code, so a test can require that the rule
+//! it targets did refuse messages during the run, and agreement at 1, 2 and 4 threads then
+//! covers it.
 //!
 //! After each round ([`check_round`]): every replica gave the same outcomes and has the same
 //! `state_hash`; running memory totals equal a recount; a snapshot, once taken (or sealed by a
@@ -19,7 +28,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use candid::{Encode, Principal};
-use ic_management_canister_types::{CanisterSettings, SnapshotDataOffset};
+use ic_error_types::ErrorCode;
+use ic_management_canister_types::{
+    CanisterSettings, ProvisionalCreateCanisterWithCyclesArgs, SnapshotDataOffset,
+};
 
 use super::workload::{Operation, Rng, WorkloadShape, caller, canister, setup_messages};
 use crate::config::Config;
@@ -43,6 +55,107 @@ pub struct SimulationOptions {
     pub canisters: u8,
     /// Most messages in one batch.
     pub max_messages_per_round: u64,
+    /// Which limits of the subnet bind.
+    pub shape: SubnetShape,
+}
+
+/// The subnet the replicas simulate: [`Roomy`](SubnetShape::Roomy) has the IC's application
+/// subnet limits, where only cycles, quotas and the workload's own errors refuse messages; each
+/// other shape tightens one limit until it binds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SubnetShape {
+    #[default]
+    Roomy,
+    /// 4 MiB of subnet memory for canisters and snapshots: growth is refused
+    /// (`SubnetOversubscribed`) by management messages and, in the canister phase, whenever a
+    /// canister outgrows its share of the free memory among the canisters of its round.
+    Crowded,
+    /// A heap-delta allowance of 64 KiB a round: takes, loads and uploads wait
+    /// (`CanisterHeapDeltaRateLimited`).
+    RateLimited,
+    /// Room for two canisters beyond the workload's: creations are refused
+    /// (`MaxNumberOfCanistersReached`).
+    CanisterLimited,
+    /// Storage 100,000 times dearer and rounds up to two days apart: canisters run out of
+    /// cycles and are uninstalled with their snapshots (`spec/management.md`, "Storage
+    /// charges").
+    DearStorage,
+}
+
+impl SubnetShape {
+    pub const ALL: [SubnetShape; 5] = [
+        SubnetShape::Roomy,
+        SubnetShape::Crowded,
+        SubnetShape::RateLimited,
+        SubnetShape::CanisterLimited,
+        SubnetShape::DearStorage,
+    ];
+
+    /// The name `canister-snapshots simulate --shape` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SubnetShape::Roomy => "roomy",
+            SubnetShape::Crowded => "crowded",
+            SubnetShape::RateLimited => "rate-limited",
+            SubnetShape::CanisterLimited => "canister-limited",
+            SubnetShape::DearStorage => "dear-storage",
+        }
+    }
+
+    /// The configuration of a replica of this shape with `threads` scheduler threads, running
+    /// a workload of `canisters` canisters.
+    pub fn config(self, threads: usize, canisters: u8) -> Config {
+        let config = simulation_config(threads);
+        match self {
+            SubnetShape::Roomy => config,
+            SubnetShape::Crowded => Config {
+                subnet_memory_capacity_bytes: 4 << 20,
+                ..config
+            },
+            SubnetShape::RateLimited => Config {
+                heap_delta_rate_limit_bytes: 64 << 10,
+                ..config
+            },
+            SubnetShape::CanisterLimited => Config {
+                max_number_of_canisters: u64::from(canisters) + 2,
+                ..config
+            },
+            SubnetShape::DearStorage => Config {
+                storage_cycles_per_gib_second: config
+                    .storage_cycles_per_gib_second
+                    .saturating_mul(100_000),
+                ..config
+            },
+        }
+    }
+
+    /// The most batch time one round advances, in seconds.
+    fn max_round_seconds(self) -> u64 {
+        match self {
+            SubnetShape::DearStorage => 2 * 86_400,
+            _ => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for SubnetShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SubnetShape {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        SubnetShape::ALL
+            .into_iter()
+            .find(|shape| shape.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SubnetShape::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown subnet shape '{name}': one of {}", names.join(", "))
+            })
+    }
 }
 
 impl Default for SimulationOptions {
@@ -53,6 +166,7 @@ impl Default for SimulationOptions {
             threads: vec![1, 2, 4],
             canisters: 4,
             max_messages_per_round: 8,
+            shape: SubnetShape::Roomy,
         }
     }
 }
@@ -65,12 +179,35 @@ pub struct SimulationReport {
     pub refused: u64,
     pub snapshots_seen: u64,
     pub scheduled_snapshots: u64,
+    /// Refused subnet messages (to `aaaaa-aa`) by `ErrorCode` number.
+    pub subnet_refusals: BTreeMap<u64, u64>,
+    /// Refused canister messages by `ErrorCode` number.
+    pub canister_refusals: BTreeMap<u64, u64>,
+    /// Canisters that lost their code for lack of cycles (the workload never uninstalls).
+    pub uninstalled_out_of_cycles: u64,
 }
 
-/// An invariant that failed, with the seed and round that replay it.
+impl SimulationReport {
+    /// Subnet and canister messages refused with `code`.
+    pub fn refused_with(&self, code: ErrorCode) -> u64 {
+        let count = |map: &BTreeMap<u64, u64>| map.get(&(code as u64)).copied().unwrap_or(0);
+        count(&self.subnet_refusals) + count(&self.canister_refusals)
+    }
+
+    /// Canister messages refused with `code`.
+    pub fn canister_refused_with(&self, code: ErrorCode) -> u64 {
+        self.canister_refusals
+            .get(&(code as u64))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// An invariant that failed, with the seed, shape and round that replay it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimulationFailure {
     pub seed: u64,
+    pub shape: SubnetShape,
     pub round: u64,
     pub what: String,
 }
@@ -79,12 +216,14 @@ impl std::fmt::Display for SimulationFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "simulation seed {} failed at round {}: {}. Replay: canister-snapshots simulate \
-             --seed {} --rounds {}",
+            "simulation seed {} ({} subnet) failed at round {}: {}. Replay: \
+             canister-snapshots simulate --seed {} --shape {} --rounds {}",
             self.seed,
+            self.shape,
             self.round,
             self.what,
             self.seed,
+            self.shape,
             self.round + 1
         )
     }
@@ -120,6 +259,7 @@ struct History {
 pub fn simulate(options: &SimulationOptions) -> Result<SimulationReport, SimulationFailure> {
     let fail = |round: u64, what: String| SimulationFailure {
         seed: options.seed,
+        shape: options.shape,
         round,
         what,
     };
@@ -130,8 +270,8 @@ pub fn simulate(options: &SimulationOptions) -> Result<SimulationReport, Simulat
         .threads
         .iter()
         .map(|&threads| {
-            let execution =
-                ExecutionLoop::new(simulation_config(threads), Box::new(TestCanisterEngine));
+            let config = options.shape.config(threads, options.canisters);
+            let execution = ExecutionLoop::new(config, Box::new(TestCanisterEngine));
             let state = execution.new_state();
             Replica { execution, state }
         })
@@ -159,7 +299,8 @@ pub fn simulate(options: &SimulationOptions) -> Result<SimulationReport, Simulat
     let mut report = SimulationReport::default();
     for round in 0..options.rounds {
         let view = &replicas[0].state;
-        let time = view.time.saturating_add(rng.below(4) * 1_000_000_000);
+        let seconds = rng.below(options.shape.max_round_seconds() + 1);
+        let time = view.time.saturating_add(seconds * 1_000_000_000);
         let count = rng.below(options.max_messages_per_round + 1);
         let mut ingress = Vec::new();
         for _ in 0..count {
@@ -186,6 +327,31 @@ pub fn simulate(options: &SimulationOptions) -> Result<SimulationReport, Simulat
             .map(|(id, _)| *id)
             .collect();
         report.refused += refused.len() as u64;
+        for (id, result) in &outcomes[0] {
+            let (Err(err), Some(message)) =
+                (result, batch.ingress.iter().find(|m| m.message_id == *id))
+            else {
+                continue;
+            };
+            let refusals = if message.receiver == Principal::management_canister() {
+                &mut report.subnet_refusals
+            } else {
+                &mut report.canister_refusals
+            };
+            *refusals.entry(err.code() as u64).or_default() += 1;
+        }
+        report.uninstalled_out_of_cycles += twin_state
+            .canisters
+            .iter()
+            .filter(|(id, before)| {
+                before.execution_state.is_some()
+                    && replicas[0]
+                        .state
+                        .canisters
+                        .get(id)
+                        .is_some_and(|after| after.execution_state.is_none())
+            })
+            .count() as u64;
         // The twin: the same round without the refused messages must end in the same state.
         let mut twin = twin_state;
         let accepted = Batch {
@@ -277,6 +443,16 @@ fn next_message(
     let target = rng.below(u64::from(canisters.max(1))) as u8;
     let controller = caller(0);
     match rng.below(20) {
+        19 => Some(management(
+            controller,
+            "provisional_create_canister_with_cycles",
+            Encode!(&ProvisionalCreateCanisterWithCyclesArgs {
+                amount: None,
+                settings: None,
+                specified_id: None,
+                sender_canister_version: None,
+            }),
+        )),
         0 => {
             let change = if rng.percent(20) {
                 SnapshotScheduleChange::Clear

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 
 use super::workload::{
     BOUNDARY_LENGTHS, BOUNDARY_PAGES, CallerIndex, CanisterIndex, FREEZING_THRESHOLDS, MemoryKind,
-    Message, Operation, Pattern, SnapshotPick, StateView, WorkloadShape, caller,
+    Message, Operation, Pattern, SnapshotPick, StateView, TIME_STEPS, WorkloadShape, caller,
 };
 use crate::memory::PAGE_SIZE;
 
@@ -191,7 +191,11 @@ pub fn operation(shape: &WorkloadShape) -> impl Strategy<Value = Operation> + us
         shape.memory_weight => memory_operation(shape),
         shape.canister_weight => canister_operation(shape),
         shape.snapshot_weight => management_operation(shape),
-        shape.settings_weight => Just(Operation::Tick),
+        shape.settings_weight => prop_oneof![
+            2 => Just(Operation::Tick),
+            1 => prop::sample::select(TIME_STEPS.to_vec())
+                .prop_map(|seconds| Operation::AdvanceTime { seconds }),
+        ],
     ]
 }
 

@@ -252,6 +252,10 @@ pub enum Operation {
     },
     /// A round with no message.
     Tick,
+    /// A round with no message, `seconds` of batch time after the previous one: the canisters
+    /// pay for the storage they held meanwhile, and those that cannot pay are uninstalled
+    /// (`spec/management.md`, "Storage charges").
+    AdvanceTime { seconds: u64 },
 }
 
 /// A concrete ingress message, before it gets a message id.
@@ -339,12 +343,13 @@ impl Operation {
             | Operation::SetControllers { canister, .. }
             | Operation::SetFreezingThreshold { canister, .. }
             | Operation::Upgrade { canister, .. } => Some(*canister),
-            Operation::Tick => None,
+            Operation::Tick | Operation::AdvanceTime { .. } => None,
         }
     }
 
     /// The ingress message this operation sends, with its snapshot picks resolved against
-    /// `view` (and a `Grow` from the memory's size there), or `None` for [`Operation::Tick`].
+    /// `view` (and a `Grow` from the memory's size there), or `None` for an empty round
+    /// ([`Operation::Tick`], [`Operation::AdvanceTime`]).
     pub fn to_message(&self, view: &(impl StateView + ?Sized)) -> Option<Message> {
         let message = match self {
             Operation::Write {
@@ -511,7 +516,7 @@ impl Operation {
                 };
                 management(caller(*s), "install_code", encoded(Encode!(&args)))
             }
-            Operation::Tick => return None,
+            Operation::Tick | Operation::AdvanceTime { .. } => return None,
         };
         Some(message)
     }
@@ -532,6 +537,11 @@ pub const BOUNDARY_LENGTHS: [u64; 9] = [0, 1, 4_095, 4_096, 4_097, 8_192, 65_535
 /// or load fails for lack of cycles.
 pub const FREEZING_THRESHOLDS: [u64; 3] = [0, 2_592_000, 1 << 40];
 
+/// Batch time an [`Operation::AdvanceTime`] moves: less than a storage charge period, one
+/// period, an hour, 30 days, and 10 years (which a canister with a snapshot and a high storage
+/// price cannot pay for).
+pub const TIME_STEPS: [u64; 5] = [9, 10, 3_600, 2_592_000, 315_360_000];
+
 /// How many canisters and callers a workload spans, and the weight of each kind of operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadShape {
@@ -540,7 +550,7 @@ pub struct WorkloadShape {
     pub callers: u8,
     /// Relative weights of memory operations (write, fill, grow), canister state (globals,
     /// certified data, traps), snapshot operations (take, load, delete) and settings
-    /// (controllers, freezing threshold, upgrade, empty rounds).
+    /// (controllers, freezing threshold, upgrade, empty rounds, batch time passing).
     pub memory_weight: u32,
     pub canister_weight: u32,
     pub snapshot_weight: u32,
@@ -737,6 +747,9 @@ impl WorkloadShape {
                 seconds: rng.pick(&FREEZING_THRESHOLDS),
             },
             2 => Operation::Upgrade { canister, caller },
+            3 => Operation::AdvanceTime {
+                seconds: rng.pick(&TIME_STEPS),
+            },
             _ => Operation::Tick,
         }
     }
