@@ -6,10 +6,12 @@
 //!   from the payloads, the old ones freed), split over 1 and 2 threads the same way: the
 //!   speed-up this machine's memory system allows for that work.
 //! - `download_beside_canisters`: downloading a 1 GiB snapshot (2 MB slices, one round each)
-//!   alone on the subnet, then with 1,000 other canisters on it: per-slice accounting is O(1)
-//!   in the number of canisters, so the two are within noise.
+//!   alone on the subnet, then with 1,000 other canisters on it, each with code, 64 KiB of
+//!   heap written and a snapshot: what a recount of the subnet's memory walks (canisters and
+//!   snapshots). Per-slice accounting is O(1) in them, so the two are within noise.
 //!
-//! `cargo bench --bench rounds`; `BENCH_QUICK=1` downloads 256 MiB. Results: benches/README.md.
+//! `cargo bench --bench rounds`; `BENCH_QUICK=1` downloads 256 MiB, `BENCH_DOWNLOAD_MIB=N`
+//! N MiB. Results: benches/README.md.
 
 use std::hint::black_box;
 
@@ -195,7 +197,12 @@ fn raw_page_replacement(c: &mut Criterion) {
 }
 
 fn size() -> u64 {
-    if std::env::var_os("BENCH_QUICK").is_some() {
+    if let Some(mib) = std::env::var("BENCH_DOWNLOAD_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        mib << 20
+    } else if std::env::var_os("BENCH_QUICK").is_some() {
         256 << 20
     } else {
         1 << 30
@@ -254,9 +261,22 @@ fn download_beside_canisters(c: &mut Criterion) {
     group.bench_function(format!("{} MiB, no other canister", size >> 20), |b| {
         b.iter(|| black_box(download(&mut sm, canister, &id, size)))
     });
-    for _ in 0..1_000 {
-        sm.create_canister_with_settings(Some(user()), None);
+    // Canisters that count: code, 64 KiB of heap and a snapshot each, so that a recount of the
+    // subnet's memory would walk 1,000 canisters and 1,000 snapshots on every slice.
+    let usage_before = sm.state().memory_usage();
+    for i in 0..1_000u64 {
+        let other = sm.create_canister_with_settings(Some(user()), None);
+        sm.install_canister(other, TEST_CANISTER_WASM.to_vec(), vec![], Some(user()));
+        let arg = Encode!(&0u64, &(64u64 << 10), &(i as u8 | 1)).unwrap();
+        sm.update_call(other, user(), "fill_heap", arg).unwrap();
+        sm.take_canister_snapshot(other, Some(user()), None)
+            .unwrap();
     }
+    eprintln!(
+        "download_beside_canisters: 1,000 other canisters with 1,000 snapshots hold {:.1} MiB \
+         of the subnet's memory",
+        (sm.state().memory_usage() - usage_before) as f64 / (1 << 20) as f64
+    );
     group.bench_function(format!("{} MiB, 1,000 other canisters", size >> 20), |b| {
         b.iter(|| black_box(download(&mut sm, canister, &id, size)))
     });

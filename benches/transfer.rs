@@ -2,8 +2,10 @@
 //!
 //! - the message path (Candid encoding and decoding, 3 slices per round, as the transfer client
 //!   does) beside memcpy of the same bytes;
-//! - the directory path (files, progress, checksum verification) beside a sequential `std::fs`
-//!   write with `fsync` and SHA-256 of the same bytes' 4 KiB pages on one core and on all cores;
+//! - the directory path (files, progress, checksum verification) beside its limits on the same
+//!   bytes: for the download, which writes and syncs files, a sequential `std::fs` write with
+//!   `fsync`; for the upload, which writes nothing to disk (it reads the files, hashes them and
+//!   builds pages in memory), SHA-256 of the 4 KiB pages on all cores (and on one) and memcpy;
 //! - the replica's share of an upload's verification, the checksum of the new pages, on all
 //!   cores and on one thread.
 //!
@@ -154,7 +156,9 @@ fn upload(sm: &mut StateMachine, canister: Principal, data: &[u8]) -> Vec<u8> {
 }
 
 /// The limits of the directory path on this machine, on the same bytes: a sequential write
-/// with `fsync`, and SHA-256 of the 4 KiB pages on one core and on all cores.
+/// with `fsync` (the download's: it writes and syncs files), and SHA-256 of the 4 KiB pages on
+/// one core and on all cores and memcpy (the upload's: it writes nothing to disk, and hashes
+/// every byte, on the client and again on the replica).
 fn limits(c: &mut Criterion) {
     let size = size();
     let mut group = c.benchmark_group(format!("limits_{}MiB", size >> 20));
@@ -162,6 +166,14 @@ fn limits(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(size));
     let source: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let tmp = tempfile::tempdir().unwrap();
+    let mut buffer = vec![0u8; size as usize];
+    group.bench_function("memcpy", |b| {
+        b.iter(|| {
+            buffer.copy_from_slice(black_box(&source));
+            black_box(&buffer);
+        })
+    });
+    drop(buffer);
     group.bench_function("std::fs write + fsync (disk limit)", |b| {
         b.iter_batched(
             || {

@@ -5,10 +5,12 @@
 //! nothing leaves the machine.
 
 mod common;
+#[path = "common/counting_store.rs"]
+mod counting_store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use canister_snapshots::StateMachine;
@@ -19,6 +21,7 @@ use canister_snapshots::archive::{
 use canister_snapshots::memory::checksum::hex;
 use canister_snapshots::transfer::SnapshotDir;
 use common::TestCanister;
+use counting_store::CountingStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 const MIB: u64 = 1 << 20;
@@ -41,11 +44,7 @@ impl Backend {
         dir: Option<tempfile::TempDir>,
         server: Option<S3Server>,
     ) -> Self {
-        let counter = Arc::new(CountingStore {
-            inner: inner.clone(),
-            put_bytes: AtomicU64::new(0),
-            refuse_locks: std::sync::atomic::AtomicBool::new(false),
-        });
+        let counter = Arc::new(CountingStore::new(inner.clone()));
         Backend {
             store: inner,
             counter,
@@ -87,7 +86,7 @@ impl Backend {
 
     /// Bytes the store received in `put`s so far (lock objects aside), from every client.
     fn received(&self) -> u64 {
-        self.counter.put_bytes.load(Ordering::SeqCst)
+        self.counter.put_bytes()
     }
 
     fn pack_path(&self, name: &str, kind: &str) -> object_store::path::Path {
@@ -155,104 +154,6 @@ impl Backend {
     fn delete(&self, name: &str, kind: &str) {
         self.block_on(self.store.delete(&self.pack_path(name, kind)))
             .unwrap();
-    }
-}
-
-/// An `ObjectStore` that counts the bytes of every `put` it passes on, but for lock objects:
-/// what a push really sent.
-#[derive(Debug)]
-struct CountingStore {
-    inner: Arc<dyn ObjectStore>,
-    put_bytes: AtomicU64,
-    /// Refuse writes of lock objects, as a store refusing a client's requests would.
-    refuse_locks: std::sync::atomic::AtomicBool,
-}
-
-impl std::fmt::Display for CountingStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Counting({})", self.inner)
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for CountingStore {
-    async fn put_opts(
-        &self,
-        location: &object_store::path::Path,
-        payload: PutPayload,
-        opts: object_store::PutOptions,
-    ) -> object_store::Result<object_store::PutResult> {
-        // Lock objects are not data: a few bytes whose size depends on the host.
-        if location.as_ref().contains("/locks/") && self.refuse_locks.load(Ordering::SeqCst) {
-            return Err(object_store::Error::Generic {
-                store: "test",
-                source: "lock writes refused".into(),
-            });
-        }
-        if !location.as_ref().contains("/locks/") {
-            self.put_bytes
-                .fetch_add(payload.content_length() as u64, Ordering::SeqCst);
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &object_store::path::Path,
-        opts: object_store::PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        // Not counted: the archive never uploads in parts; fail loudly if it starts to.
-        let _ = (location, opts);
-        unimplemented!("the archive uses single puts")
-    }
-
-    async fn get_opts(
-        &self,
-        location: &object_store::path::Path,
-        options: object_store::GetOptions,
-    ) -> object_store::Result<object_store::GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn get_ranges(
-        &self,
-        location: &object_store::path::Path,
-        ranges: &[std::ops::Range<u64>],
-    ) -> object_store::Result<Vec<bytes::Bytes>> {
-        self.inner.get_ranges(location, ranges).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: futures::stream::BoxStream<
-            'static,
-            object_store::Result<object_store::path::Path>,
-        >,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&object_store::path::Path>,
-    ) -> object_store::Result<object_store::ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &object_store::path::Path,
-        to: &object_store::path::Path,
-        options: object_store::CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
     }
 }
 

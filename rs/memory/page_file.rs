@@ -1213,41 +1213,54 @@ mod tests {
         }
     }
 
-    /// The version 2 encoding of the version 3 file at `path`: the same bytes without the
-    /// block table, under a version 2 footer.
-    fn as_version_2(path: &std::path::Path) -> Vec<u8> {
-        let layout = layout_of(path);
-        let v3 = std::fs::read(path).unwrap();
-        let mut v2 = v3[..layout.block_table_at].to_vec();
-        v2.extend_from_slice(&v3[layout.index_at..]);
-        let at = v2.len() - 16;
-        v2[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
-        v2
+    /// A page file committed in `tests/fixtures/page_files/`, written once by the writer of an
+    /// older format (`tests/fixtures/page_files/README.md` says which commit and how): files
+    /// this build must keep reading, never rebuilt with today's writer. Copied into `dir`, to
+    /// be mapped and edited there.
+    fn golden(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
+        let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/page_files")
+            .join(name);
+        let bytes = std::fs::read(&committed).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        (path, bytes)
+    }
+
+    /// The memory hash of the pages of `file` (level 2: 256 pages), and of the same pages
+    /// written by today's writer: an old file must hash as a new one would.
+    fn hashes_as_written_today(dir: &std::path::Path, file: PageFile, pages: &[(u64, u8)]) {
+        let old = PageLayers::new(vec![Arc::new(file)]);
+        let today = PageLayers::new(vec![file_with(dir, "today", pages)]);
+        assert_eq!(old.subtree_hash(2, 0), today.subtree_hash(2, 0));
     }
 
     #[test]
     fn a_version_2_file_is_still_read() {
+        // Written by the version 2 writer (commit afcae74^): pages 0..100 and 200..230, each
+        // filled with its index as a byte. 130 pages: two groups, the second of 2 pages.
         let dir = tempfile::tempdir().unwrap();
-        let v3 = file_of_pages(dir.path(), "v3", 200); // two groups
-        let mut bytes = as_version_2(&v3);
-        let path = dir.path().join("v2");
-        std::fs::write(&path, &bytes).unwrap();
+        let (path, mut bytes) = golden(dir.path(), "v2.pages");
+        let pages: Vec<(u64, u8)> = (0..100).chain(200..230).map(|i| (i, i as u8)).collect();
         let file = map_file(&path, "v2").unwrap();
-        // Its manifest checks the group table at open: two entries, the index, the footer.
-        assert_eq!(file.tail_bytes(), 2 * 32 + 16 + 32);
+        assert_eq!((file.version, file.page_count()), (2, 130));
+        // Its manifest checks the group table at open: two entries, two ranges, the footer.
+        assert_eq!(file.tail_bytes(), 2 * 32 + 2 * 16 + 32);
         // A read checks its group against the table, and no block.
         let reads = |index: u64| file.page(index).unwrap() == Some(&page_of(index as u8));
-        assert_eq!(checked_by(|| reads(100)), (true, (0, 4096)));
+        assert_eq!(checked_by(|| reads(99)), (true, (0, 4096)));
+        assert!(reads(229) && file.page(100).unwrap().is_none());
+        hashes_as_written_today(dir.path(), file, &pages);
         // A changed group (here its table entry) is refused on first use, as before version 3.
-        let group_table_at = 200 * (PAGE_SIZE + 32);
+        let group_table_at = 130 * (PAGE_SIZE + 32);
         bytes[group_table_at + 32 + 1] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let file = map_file(&path, "v2").unwrap();
         assert_eq!(file.page(3).unwrap(), Some(&page_of(3)));
-        let err = file.page(150).unwrap_err().to_string();
+        let err = file.page(228).unwrap_err().to_string();
         assert!(
             err.contains("page file v2")
-                && err.contains("group 1 (page 150) does not match the group table"),
+                && err.contains("group 1 (page 228) does not match the group table"),
             "{err}"
         );
         // The same bytes under a version 3 footer miss their block table.
@@ -1260,34 +1273,28 @@ mod tests {
 
     #[test]
     fn a_version_1_file_is_still_read() {
-        // Version 1: data, leaf hashes, index, footer; no group table.
+        // Written by the version 1 writer (commit 79f3cc6^): data, leaf hashes, index, footer;
+        // no group table. Pages 5, 6 and 9, each filled with its index as a byte.
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (page_of(1), page_of(2));
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&a);
-        bytes.extend_from_slice(&b);
-        bytes.extend_from_slice(&checksum::leaf_hash(&a));
-        bytes.extend_from_slice(&checksum::leaf_hash(&b));
-        bytes.extend_from_slice(&5u64.to_le_bytes());
-        bytes.extend_from_slice(&7u64.to_le_bytes());
-        bytes.extend_from_slice(&1u64.to_le_bytes());
-        bytes.extend_from_slice(&2u64.to_le_bytes());
-        bytes.extend_from_slice(&1u32.to_le_bytes());
-        bytes.extend_from_slice(&[0; 4]);
-        bytes.extend_from_slice(MAGIC);
-        let path = dir.path().join("v1");
-        std::fs::write(&path, &bytes).unwrap();
-        let file = PageFile::map(&File::open(&path).unwrap(), "v1").unwrap();
-        assert_eq!(file.page(6).unwrap(), Some(&page_of(2)));
-        assert_eq!(file.stored_hash(5).unwrap(), Some(checksum::leaf_hash(&a)));
+        let (path, mut bytes) = golden(dir.path(), "v1.pages");
+        let file = map_file(&path, "v1").unwrap();
+        assert_eq!((file.version, file.page_count()), (1, 3));
+        assert_eq!(file.page(6).unwrap(), Some(&page_of(6)));
+        assert_eq!(file.page(9).unwrap(), Some(&page_of(9)));
+        assert_eq!(file.page(7).unwrap(), None);
+        assert_eq!(
+            file.stored_hash(5).unwrap(),
+            Some(checksum::leaf_hash(&page_of(5)))
+        );
         // Its manifest checks everything after the data, leaf hashes included.
-        assert_eq!(file.tail_bytes(), 2 * 32 + 16 + 32);
+        assert_eq!(file.tail_bytes(), 3 * 32 + 2 * 16 + 32);
         file.verify_leaf_hashes().unwrap();
+        hashes_as_written_today(dir.path(), file, &[(5, 5), (6, 6), (9, 9)]);
         // Version 0 was never written.
         let at = bytes.len() - 16;
         bytes[at] = 0;
         std::fs::write(&path, &bytes).unwrap();
-        let err = PageFile::map(&File::open(&path).unwrap(), "v1").unwrap_err();
+        let err = map_file(&path, "v1").unwrap_err();
         assert!(err.to_string().contains("version 0"), "{err}");
     }
 
