@@ -484,6 +484,52 @@ fn damaged_checkpoints_are_refused_naming_the_file() {
     open(&dir);
 }
 
+/// A checkpoint holds regular files only. A page file replaced by a symbolic link to an
+/// identical copy outside the state directory (the manifest's checks all pass on it), a link in
+/// place of `pages/`, or a checkpoint directory that is a link are refused at open, naming the
+/// link: accepted, the state would depend on a path outside `--state-dir`, and the next
+/// checkpoint would hard-link the link itself.
+#[test]
+fn a_symbolic_link_in_a_checkpoint_is_refused_naming_it() {
+    use std::os::unix::fs::symlink;
+    let (source, _) = populated_dir();
+    let work = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let case = |name: &str| {
+        let dir = work.path().join(name);
+        copy_dir(source.path(), &dir);
+        let checkpoint = checkpoint_dir(&dir);
+        (dir, checkpoint)
+    };
+
+    let (dir, checkpoint) = case("page-file");
+    let file = checkpoint.join("pages").join(&page_files(&checkpoint)[0].0);
+    let copy = outside.path().join("copy.pages");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    symlink(&copy, &file).unwrap();
+    assert_corrupt(&dir, &file, "not a regular file");
+
+    let (dir, checkpoint) = case("pages-dir");
+    let pages = checkpoint.join("pages");
+    let moved = outside.path().join("pages");
+    copy_dir(&pages, &moved);
+    std::fs::remove_dir_all(&pages).unwrap();
+    symlink(&moved, &pages).unwrap();
+    assert_corrupt(&dir, &pages, "not a regular file");
+
+    let (dir, checkpoint) = case("checkpoint-dir");
+    let moved = outside.path().join("checkpoint");
+    copy_dir(&checkpoint, &moved);
+    std::fs::remove_dir_all(&checkpoint).unwrap();
+    symlink(&moved, &checkpoint).unwrap();
+    assert_corrupt(&dir, &checkpoint, "not a directory");
+
+    // The untouched copy still opens: the links, not the copying, were refused.
+    let (dir, _) = case("intact");
+    open(&dir);
+}
+
 #[test]
 fn a_newer_format_is_refused_naming_the_file() {
     let (dir, _) = populated_dir();

@@ -47,7 +47,8 @@
 //! # Opening
 //!
 //! Lock, delete `tip/` and `merges/`, pick the highest checkpoint, and check it before anything
-//! is loaded: the manifest's own checksum and version, then every file against it (no file
+//! is loaded: regular files only (a symbolic link is refused, not followed), the manifest's own
+//! checksum and version, then every file against it (no file
 //! missing, none extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of
 //! its tail: block table, index and footer, O(pages / 16384)). Any difference is an error naming
 //! the file; nothing is loaded silently. Then the records are decoded and the page files mapped.
@@ -469,8 +470,19 @@ fn file_sha256(path: &Path, tail: u64) -> std::io::Result<(u64, Hash)> {
     Ok((size, hasher.finalize().into()))
 }
 
-/// Every file under `dir`, as paths relative to it with `/` separators, in sorted order.
-fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
+/// What [`list_files`] found under a checkpoint directory.
+enum Listing {
+    /// Every file, as paths relative to the directory with `/` separators, in sorted order.
+    Files(Vec<String>),
+    /// The first entry (relative path) that is neither a regular file nor a directory: a
+    /// symbolic link, a FIFO, a socket or a device.
+    NotRegular(String),
+}
+
+/// Every file under `dir`. Symbolic links are not followed but refused: a checkpoint holds
+/// regular files only, or its state would depend on a path outside the state directory (and
+/// the next checkpoint would hard-link the link itself).
+fn list_files(dir: &Path) -> std::io::Result<Listing> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((path, prefix)) = stack.pop() {
@@ -478,15 +490,19 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let rel = format!("{prefix}{name}");
-            if entry.file_type()?.is_dir() {
+            // `DirEntry::file_type` does not follow a symbolic link: it reports the link.
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
                 stack.push((entry.path(), format!("{rel}/")));
-            } else {
+            } else if kind.is_file() {
                 out.push(rel);
+            } else {
+                return Ok(Listing::NotRegular(rel));
             }
         }
     }
     out.sort();
-    Ok(out)
+    Ok(Listing::Files(out))
 }
 
 impl StateManager {
@@ -647,6 +663,14 @@ impl StateManager {
             file: dir.join(file),
             reason,
         };
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(corrupt(
+                ".",
+                "is not a directory (a symbolic link?): a checkpoint is a directory inside the \
+                 state directory; put the checkpoint itself in its place"
+                    .into(),
+            ));
+        }
         let manifest_bytes = fs::read(dir.join(MANIFEST))
             .map_err(|e| corrupt(MANIFEST, format!("cannot be read: {e}")))?;
         let manifest: ManifestRecord = unframe(
@@ -662,7 +686,17 @@ impl StateManager {
             ));
         }
         let present =
-            list_files(&dir).map_err(|e| corrupt(".", format!("cannot be listed: {e}")))?;
+            match list_files(&dir).map_err(|e| corrupt(".", format!("cannot be listed: {e}")))? {
+                Listing::Files(files) => files,
+                Listing::NotRegular(name) => {
+                    return Err(corrupt(
+                        &name,
+                        "is not a regular file (a symbolic link, or a special file): a \
+                         checkpoint holds regular files only; put the file itself in its place"
+                            .into(),
+                    ));
+                }
+            };
         for name in &present {
             if name != MANIFEST && name != UNVERIFIED && !manifest.files.contains_key(name) {
                 return Err(corrupt(
