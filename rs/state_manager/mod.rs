@@ -696,8 +696,9 @@ impl StateManager {
         self.current.as_ref().map(|c| c.dir.as_path())
     }
 
-    /// Test hook: the following checkpoints fail like a full disk once `bytes` more have
-    /// been written (`None`: no limit).
+    /// Test hook: the following writes (checkpoints, and the background merges, also those
+    /// already running) fail like a full disk once `bytes` more have been written (`None`: no
+    /// limit); a file removed after a failed write gives its bytes back.
     #[doc(hidden)]
     pub fn set_write_budget(&mut self, bytes: Option<u64>) {
         let bytes = bytes.map_or(UNLIMITED, |b| b.min(UNLIMITED - 1));
@@ -903,9 +904,9 @@ impl StateManager {
             memories,
             mapped,
             stacks,
-            skipped,
+            left_out,
         } = plan;
-        self.merges_left_out = skipped;
+        self.merges_left_out = left_out;
         let previous = self.current.replace(Checkpoint {
             height,
             dir: final_dir,
@@ -1048,7 +1049,7 @@ impl StateManager {
             memories: writer.memories,
             mapped: writer.new_mapped,
             stacks: writer.layers,
-            skipped: writer
+            left_out: writer
                 .left_out
                 .into_iter()
                 .map(|(file, page_bytes)| MergeLeftOut { file, page_bytes })
@@ -1072,7 +1073,7 @@ struct TipFailed {
 /// What a written checkpoint changes in memory once committed.
 struct Plan {
     /// The merges left out for want of room.
-    skipped: Vec<MergeLeftOut>,
+    left_out: Vec<MergeLeftOut>,
     memories: Memories,
     mapped: BTreeMap<String, Arc<PageFile>>,
     /// Every stack of page files of the checkpoint, by the files' names: what the merges for
