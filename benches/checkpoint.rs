@@ -40,7 +40,10 @@ use canister_snapshots::replicated_state::ReplicatedState;
 use canister_snapshots::snapshots::SnapshotStore;
 use canister_snapshots::state::{CanisterState, ExecutionState, WasmModule};
 use canister_snapshots::state_manager::{MAX_FILES_PER_MEMORY, StateManager};
+use common::{stable, status_bytes};
 use criterion::{BatchSize, Criterion, Throughput};
+
+mod common;
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -72,15 +75,6 @@ fn state_with_stable_memory(size: u64) -> ReplicatedState {
     state
 }
 
-fn stable(state: &mut ReplicatedState) -> &mut Memory {
-    let canister = state.canisters.values_mut().next().expect("one canister");
-    &mut canister
-        .execution_state
-        .as_mut()
-        .expect("code installed")
-        .stable_memory
-}
-
 fn open(dir: &Path) -> (StateManager, ReplicatedState) {
     StateManager::open(dir, 1).expect("the state directory opens")
 }
@@ -93,15 +87,7 @@ fn checkpoint(manager: &mut StateManager, state: &mut ReplicatedState) {
 }
 
 fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|r| r.trim().strip_suffix("kB"))
-                .and_then(|kb| kb.trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    status_bytes("VmRSS:")
 }
 
 /// A state directory with one canister of `size` bytes of stable memory, every page written,

@@ -2,10 +2,12 @@
 //! life cycle on a local replica in a state directory (create, install, call, snapshot, load,
 //! download, edit, upload, load), every step a new process, so every step is a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use canister_snapshots::cli::canister::{ABORT_AFTER_SLICES_VAR, SYNC_EVERY_SLICES_VAR};
+use canister_snapshots::cli::canister::{
+    ABORT_AFTER_SLICES_VAR, SYNC_EVERY_SLICES_VAR, WRITE_BUDGET_VAR,
+};
 use canister_snapshots::{Config, StateMachine};
 
 fn run(state_dir: &Path, args: &[&str]) -> Output {
@@ -32,6 +34,19 @@ fn ok(state_dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Runs a command that must succeed on a disk with room for `budget` more bytes (the state
+/// manager's test hook); returns (standard output, standard error).
+#[track_caller]
+fn ok_on_full_disk(state_dir: &Path, args: &[&str], budget: u64) -> (String, String) {
+    let out = run_with(state_dir, args, &[(WRITE_BUDGET_VAR, &budget.to_string())]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    (
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        stderr,
+    )
 }
 
 /// Runs a command that must fail; returns its standard error.
@@ -305,6 +320,74 @@ fn a_transfer_killed_between_slices_is_resumed_by_a_new_process() {
         ok(s, &["canister", "call", &canister, "read_stable", &read]),
         "(blob \"the last slice\")"
     );
+}
+
+/// Every file under `dir` with its length: what a command wrote shows here. (`unverified`,
+/// the marker the first open of a checkpoint removes, is left out.)
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name() != "unverified" {
+                out.push((entry.path(), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A full disk does not lock the state directory (issue 25.4). With no room at all, the
+/// read-only commands answer and write nothing; with room for the records but not for the merge
+/// the last checkpoint planned, the commands that free space (`snapshot delete`, `stop`,
+/// `delete`) work, each saying that it left the merge out. Before, every command failed with
+/// "no space left".
+#[test]
+fn a_full_disk_leaves_the_commands_that_read_or_free_space_working() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let s = state.as_path();
+    let canister = ok(s, &["canister", "create"]);
+    ok(s, &["canister", "install", &canister]);
+    ok(s, &["canister", "stop", &canister]);
+    let snapshot = ok(s, &["canister", "snapshot", "create", &canister]);
+    ok(s, &["canister", "start", &canister]);
+    // A base of 256 pages, then overlays of 32 and 64: the last checkpoint plans a merge of the
+    // two overlays (the 32 is smaller than the 64 above it), about 400 KiB.
+    for pages in [256u64, 32, 64] {
+        let args = format!(
+            "(0 : nat64, {} : nat64, {} : nat8)",
+            pages * 4096,
+            pages % 251
+        );
+        ok(s, &["canister", "call", &canister, "fill_stable", &args]);
+    }
+
+    let before = files_under(&state.join("checkpoints"));
+    let (status, _) = ok_on_full_disk(s, &["canister", "status", &canister], 0);
+    assert!(status.contains("Status: Running"), "{status}");
+    let (list, _) = ok_on_full_disk(s, &["canister", "snapshot", "list", &canister], 0);
+    assert!(list.starts_with(&snapshot), "{list}");
+    assert_eq!(files_under(&state.join("checkpoints")), before);
+    assert!(!state.join("merges").exists() || files_under(&state.join("merges")).is_empty());
+
+    let room = 64 << 10;
+    let (_, warning) = ok_on_full_disk(
+        s,
+        &["canister", "snapshot", "delete", &canister, &snapshot],
+        room,
+    );
+    assert!(warning.contains("no room to merge"), "{warning}");
+    assert!(ok(s, &["canister", "snapshot", "list", &canister]).contains("No snapshots"));
+    ok_on_full_disk(s, &["canister", "stop", &canister], room);
+    ok_on_full_disk(s, &["canister", "delete", &canister], room);
+    let gone = fails(s, &["canister", "status", &canister]);
+    assert!(gone.contains("IC0301"), "{gone}");
 }
 
 #[test]

@@ -484,6 +484,52 @@ fn damaged_checkpoints_are_refused_naming_the_file() {
     open(&dir);
 }
 
+/// A checkpoint holds regular files only. A page file replaced by a symbolic link to an
+/// identical copy outside the state directory (the manifest's checks all pass on it), a link in
+/// place of `pages/`, or a checkpoint directory that is a link are refused at open, naming the
+/// link: accepted, the state would depend on a path outside `--state-dir`, and the next
+/// checkpoint would hard-link the link itself.
+#[test]
+fn a_symbolic_link_in_a_checkpoint_is_refused_naming_it() {
+    use std::os::unix::fs::symlink;
+    let (source, _) = populated_dir();
+    let work = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let case = |name: &str| {
+        let dir = work.path().join(name);
+        copy_dir(source.path(), &dir);
+        let checkpoint = checkpoint_dir(&dir);
+        (dir, checkpoint)
+    };
+
+    let (dir, checkpoint) = case("page-file");
+    let file = checkpoint.join("pages").join(&page_files(&checkpoint)[0].0);
+    let copy = outside.path().join("copy.pages");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    symlink(&copy, &file).unwrap();
+    assert_corrupt(&dir, &file, "not a regular file");
+
+    let (dir, checkpoint) = case("pages-dir");
+    let pages = checkpoint.join("pages");
+    let moved = outside.path().join("pages");
+    copy_dir(&pages, &moved);
+    std::fs::remove_dir_all(&pages).unwrap();
+    symlink(&moved, &pages).unwrap();
+    assert_corrupt(&dir, &pages, "not a regular file");
+
+    let (dir, checkpoint) = case("checkpoint-dir");
+    let moved = outside.path().join("checkpoint");
+    copy_dir(&checkpoint, &moved);
+    std::fs::remove_dir_all(&checkpoint).unwrap();
+    symlink(&moved, &checkpoint).unwrap();
+    assert_corrupt(&dir, &checkpoint, "not a directory");
+
+    // The untouched copy still opens: the links, not the copying, were refused.
+    let (dir, _) = case("intact");
+    open(&dir);
+}
+
 #[test]
 fn a_newer_format_is_refused_naming_the_file() {
     let (dir, _) = populated_dir();
@@ -636,6 +682,113 @@ fn a_failed_early_flush_fails_the_checkpoint_and_keeps_the_previous_one() {
         "{err}"
     );
     assert!(err.to_string().contains("input/output error"), "{err}");
+}
+
+/// The files in `merges/` (none if it is absent).
+fn merge_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("merges"))
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The stable memory's stack of page files.
+fn stable_stack(sm: &StateMachine) -> Vec<String> {
+    let canister = sm.state().canisters.values().next().unwrap();
+    stack_of(&canister.execution_state.as_ref().unwrap().stable_memory)
+}
+
+/// A checkpointed canister whose last checkpoint planned a merge of 64 pages (a base of 256
+/// pages, then overlays of 32 and 64: the 32 is smaller than the 64 above it), written while
+/// the disk has room for `budget` more bytes (`None`: no limit) from that checkpoint on.
+fn a_merge_planned_on(budget: Option<u64>) -> (tempfile::TempDir, StateMachine, TestCanister) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path());
+    let canister = install_new(&mut sm, controller());
+    for (pages, byte) in [(256, 1), (32, 2)] {
+        canister.fill(&mut sm, true, 0, pages * 4096, byte);
+        sm.checkpoint().unwrap();
+    }
+    sm.state_manager().unwrap().set_write_budget(budget);
+    canister.fill(&mut sm, true, 0, 64 * 4096, 3);
+    sm.checkpoint().unwrap();
+    (dir, sm, canister)
+}
+
+/// Bytes of a page file of `pages` contiguous pages (`spec/durability.md`, version 3).
+fn page_file_bytes(pages: u64) -> u64 {
+    let groups = pages.div_ceil(128);
+    pages * (4096 + 32) + (groups + groups.div_ceil(128)) * 32 + 16 + 32
+}
+
+/// A full disk (an injected write budget, shared by the checkpoints and the merge thread, and
+/// given back when a file is removed): the background merge that does not fit removes what it
+/// wrote (before, its partial file stayed in `merges/`, holding the room the next checkpoint
+/// needed); the next checkpoint, which cannot fit the merge either, commits without it and says
+/// so (before, it failed like every later one: the directory was locked); the state is the
+/// same, and once there is room a later checkpoint merges.
+#[test]
+fn a_merge_that_does_not_fit_is_removed_and_left_out_of_the_checkpoint() {
+    let merged = page_file_bytes(64);
+    // Room for the last overlay (64 pages) and the records, not for the merge after it.
+    let (dir, mut sm, canister) = a_merge_planned_on(Some(merged + merged / 2));
+    let planned = stable_stack(&sm);
+    assert_eq!(planned.len(), 3, "{planned:?}");
+    sm.state_manager().unwrap().finish_merges();
+    assert_eq!(merge_files(dir.path()), Vec::<String>::new());
+
+    canister.write(&mut sm, true, 4096 * 300, b"one page");
+    sm.checkpoint().unwrap();
+    let left_out = sm.state_manager().unwrap().merges_left_out().to_vec();
+    assert_eq!(left_out.len(), 1, "{left_out:?}");
+    assert!(left_out[0].file.contains("_merge_"), "{left_out:?}");
+    assert_eq!(left_out[0].page_bytes, (32 + 64) * 4096);
+    // The stack is the planned one, unmerged, and the new overlay.
+    let stack = stable_stack(&sm);
+    assert_eq!(stack[..3], planned[..], "{stack:?}");
+    assert_eq!(stack.len(), 4, "{stack:?}");
+    assert!(!dir.path().join("tip").exists());
+    let checkpointed = fingerprint(&sm);
+    drop(sm);
+    let mut sm = open(dir.path());
+    assert_eq!(fingerprint(&sm), checkpointed);
+    assert_eq!(canister.read(&mut sm, true, 4096 * 300, 8), b"one page");
+    assert_eq!(canister.read(&mut sm, true, 0, 1), [3]);
+
+    // With room again, the next checkpoint merges.
+    canister.write(&mut sm, true, 4096 * 301, b"more");
+    sm.checkpoint().unwrap();
+    assert!(sm.state_manager().unwrap().merges_left_out().is_empty());
+    assert!(
+        stable_stack(&sm).iter().any(|f| f.contains("_merge_")),
+        "{:?}",
+        stable_stack(&sm)
+    );
+}
+
+/// A checkpoint that fits with its merges written but not with them is written again without
+/// them: merges are an optimisation, and only the files it must write count.
+#[test]
+fn a_checkpoint_that_fits_only_without_its_merges_commits_without_them() {
+    let merged = page_file_bytes(64);
+    // The background merge fails (as above); then the disk has room for the merge, or for the
+    // next overlay (32 pages) and the records, not both.
+    let (dir, mut sm, canister) = a_merge_planned_on(Some(merged + merged / 2));
+    sm.state_manager().unwrap().finish_merges();
+    assert_eq!(merge_files(dir.path()), Vec::<String>::new());
+    sm.state_manager()
+        .unwrap()
+        .set_write_budget(Some(merged + 4096));
+    canister.fill(&mut sm, true, 4096 * 300, 32 * 4096, 4);
+    sm.checkpoint().unwrap();
+    assert_eq!(sm.state_manager().unwrap().merges_left_out().len(), 1);
+    assert_eq!(stable_stack(&sm).len(), 4);
+    let checkpointed = fingerprint(&sm);
+    drop(sm);
+    assert_eq!(fingerprint(&open(dir.path())), checkpointed);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 //!
 //! Each invocation opens the state directory (`--state-dir`, locked while it runs), executes
 //! its messages, writes a checkpoint and exits, so every command's effect is durable when it
-//! returns (`spec/durability.md`). Arguments and replies of `call` are Candid text, parsed and
+//! returns (`spec/durability.md`). `status` and `snapshot list` only read: they write no
+//! checkpoint, so they answer on a full disk. A checkpoint that had no room for its merges
+//! commits without them and the command warns on stderr. Arguments and replies of `call` are Candid text, parsed and
 //! printed with `candid_parser` as dfx does; snapshot ids are hex, as dfx prints them. A reject
 //! prints the IC error code and message and exits non-zero.
 //!
@@ -181,17 +183,68 @@ fn require_stopped(
     Ok(())
 }
 
-/// Runs `command` on the replica in `state_dir` as `sender`, then checkpoints.
+/// Test hook: the state directory's writes fail like a full disk once this many bytes have
+/// been written by the invocation (`StateManager::set_write_budget`).
+pub const WRITE_BUDGET_VAR: &str = "CANISTER_SNAPSHOTS_TEST_WRITE_BUDGET";
+
+impl CanisterCommand {
+    /// Whether the command only reads: its messages change nothing but the round and the time,
+    /// so it writes no checkpoint (on a full disk it still answers, and it never leaves the
+    /// disk fuller). Its round is not made durable: the next command starts from the same
+    /// checkpoint as if it had not run, as a query would leave it.
+    fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            CanisterCommand::Status { .. }
+                | CanisterCommand::Snapshot(CanisterSnapshotCommand::List { .. })
+        )
+    }
+}
+
+/// Runs `command` on the replica in `state_dir` as `sender`, then checkpoints (unless it only
+/// reads).
 pub fn run(state_dir: &Path, sender: Principal, command: CanisterCommand) -> Result<(), String> {
     let mut sm = StateMachine::open(state_dir, Config::default()).map_err(|e| e.to_string())?;
+    if let Ok(text) = std::env::var(WRITE_BUDGET_VAR) {
+        let bytes = text
+            .parse()
+            .map_err(|e| format!("{WRITE_BUDGET_VAR}={text:?} is not a byte count: {e}"))?;
+        if let Some(manager) = sm.state_manager() {
+            manager.set_write_budget(Some(bytes));
+        }
+    }
+    let only_reads = command.only_reads();
     let result = execute(&mut sm, sender, command);
-    // The messages executed, accepted or not, advanced the round: make that durable.
-    sm.checkpoint().map_err(|e| e.to_string())?;
+    if !only_reads {
+        // The messages executed, accepted or not, advanced the round: make that durable.
+        sm.checkpoint().map_err(|e| e.to_string())?;
+        if let Some(manager) = sm.state_manager() {
+            warn_of_merges_left_out(manager);
+        }
+    }
     let output = result?;
     if !output.is_empty() {
         println!("{output}");
     }
     Ok(())
+}
+
+/// Says on stderr which merges the checkpoint left out for want of room: the command's effect
+/// is durable, the state directory keeps more page files until a later checkpoint has room.
+fn warn_of_merges_left_out(manager: &crate::state_manager::StateManager) {
+    let left_out = manager.merges_left_out();
+    if left_out.is_empty() {
+        return;
+    }
+    let bytes = left_out.iter().map(|m| m.page_bytes).sum::<u64>();
+    eprintln!(
+        "warning: the disk under {} has no room to merge page files ({} merge(s) of up to {} \
+         left out); the command's effect is durable, and a later command merges them once \
+         there is room: free some space (`canister snapshot delete`, `canister delete`)",
+        manager.root().display(),
+        left_out.len(),
+        crate::progress::human_bytes(bytes),
+    );
 }
 
 fn execute(

@@ -13,7 +13,9 @@
 //! every checkpoint applies the whole plan of the one before it, whether the thread finished,
 //! failed or never ran: a merge that is not ready is written by the checkpoint itself, under
 //! the same name. So the files of every checkpoint are the same on every replica and across
-//! restarts, whatever the timing.
+//! restarts, whatever the timing. Only a disk with no room for a merge changes that: the
+//! thread removes what it wrote, and the checkpoint leaves the merge out
+//! (`spec/durability.md`, "A full disk").
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -22,7 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::{Faults, FileEntry, MAX_FILES_PER_MEMORY, MERGES, sync_dir, write_pages_file};
+use super::{
+    Faults, FileEntry, MAX_FILES_PER_MEMORY, MERGES, discard_file, sync_dir, write_pages_file,
+};
 use crate::memory::{PageFile, PageLayers};
 
 /// A merged file the background thread wrote, synced and mapped.
@@ -119,13 +123,14 @@ impl Merges {
 
     /// Plans the merges of checkpoint `height`'s stacks (by their file names, so in a
     /// deterministic order) and starts a background thread that first lets go of `retired`,
-    /// then empties `merges/` and writes them. Nothing here fails: a merge the thread cannot
-    /// write is written by the next checkpoint.
+    /// then empties `merges/` and writes them (meeting `faults`, a test hook). Nothing here
+    /// fails: a merge the thread cannot write is removed and written by the next checkpoint.
     pub(super) fn start(
         root: &Path,
         height: u64,
         stacks: &BTreeMap<Vec<String>, Arc<PageLayers>>,
         retired: Retired,
+        mut faults: Faults,
     ) -> Merges {
         let mut merges = Merges::none(root);
         // The same files are merged once, under one name, whichever stacks share them.
@@ -174,7 +179,8 @@ impl Merges {
                     if cancel.load(Ordering::Relaxed) {
                         break;
                     }
-                    let merged = write_merge(&dir.join(&name), &name, &inputs, &cancel);
+                    let merged =
+                        write_merge(&dir.join(&name), &name, &inputs, &cancel, &mut faults);
                     done.insert(name, merged);
                 }
                 done
@@ -235,27 +241,40 @@ impl Drop for Merges {
 }
 
 /// Writes the merge of `inputs` (oldest first) at `path`, synced and read-only, and maps it.
+/// A merge that fails or is cancelled removes what it wrote: on a full disk its partial file
+/// would hold the very space the next checkpoint needs (and that checkpoint writes the merge
+/// again, or commits without it: `spec/durability.md`).
 fn write_merge(
     path: &Path,
     name: &str,
     inputs: &[Arc<PageFile>],
     cancel: &AtomicBool,
+    faults: &mut Faults,
 ) -> Result<Merged, String> {
     let pages = PageLayers::pages_of(inputs).map_err(|e| e.to_string())?;
     let pages = pages.map_while(|(index, bytes, hash)| {
         (!cancel.load(Ordering::Relaxed)).then_some((index, bytes, Some(hash)))
     });
-    let entry = write_pages_file(path, &mut Faults::default(), pages)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if cancel.load(Ordering::Relaxed) {
-        return Err("cancelled".into());
+    // `write_pages_file` removes a file it fails to write; what fails after it is removed here.
+    let entry =
+        write_pages_file(path, faults, pages).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mapped = if cancel.load(Ordering::Relaxed) {
+        Err("cancelled".to_string())
+    } else {
+        File::open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|file| PageFile::map(&file, name).map_err(|e| e.to_string()))
+    };
+    match mapped {
+        Ok(file) => Ok(Merged {
+            entry,
+            file: Arc::new(file),
+        }),
+        Err(e) => {
+            discard_file(path, faults);
+            Err(e)
+        }
     }
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = PageFile::map(&file, name).map_err(|e| e.to_string())?;
-    Ok(Merged {
-        entry,
-        file: Arc::new(file),
-    })
 }
 
 #[cfg(test)]

@@ -32,7 +32,9 @@
 //!    modules, `state.bin`, `manifest.bin`, `unverified`. Each new file is written, `fsync`ed and made read-only; then the
 //!    directories are `fsync`ed. *A crash here leaves a partial `tip/`, deleted at the next
 //!    open; the last checkpoint is untouched.* A failed write (a full disk) stops here with an
-//!    error, deletes `tip/` and changes nothing in memory.
+//!    error, deletes `tip/` and changes nothing in memory; except that a merge with no room is
+//!    left out (merges are an optimisation): the checkpoint commits without it, and
+//!    [`StateManager::merges_left_out`] says so (`spec/durability.md`, "A full disk").
 //! 2. The new page files are mapped (so nothing can fail after the next step).
 //! 3. `tip/` is renamed to `checkpoints/<height>` and `checkpoints/` is `fsync`ed: the atomic
 //!    commit point. *A crash before the rename keeps the old checkpoint; after it, the new one.*
@@ -47,7 +49,8 @@
 //! # Opening
 //!
 //! Lock, delete `tip/` and `merges/`, pick the highest checkpoint, and check it before anything
-//! is loaded: the manifest's own checksum and version, then every file against it (no file
+//! is loaded: regular files only (a symbolic link is refused, not followed), the manifest's own
+//! checksum and version, then every file against it (no file
 //! missing, none extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of
 //! its tail: block table, index and footer, O(pages / 16384)). Any difference is an error naming
 //! the file; nothing is loaded silently. Then the records are decoded and the page files mapped.
@@ -67,6 +70,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fs4::{FileExt, TryLockError};
 use serde::{Deserialize, Serialize};
@@ -144,6 +148,13 @@ pub enum StateManagerError {
     },
 }
 
+impl StateManagerError {
+    /// Whether this is a write that failed for want of room (a full disk or quota).
+    pub fn is_no_room(&self) -> bool {
+        matches!(self, StateManagerError::Write { source, .. } if no_room(source))
+    }
+}
+
 /// One file of a checkpoint as its manifest records it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 struct FileEntry {
@@ -189,6 +200,19 @@ pub struct StateManager {
     mapped: BTreeMap<String, Arc<PageFile>>,
     /// Test hooks: the disk faults the next checkpoints meet.
     faults: Faults,
+    /// The merges the last checkpoint left out for want of room.
+    merges_left_out: Vec<MergeLeftOut>,
+}
+
+/// A merge a checkpoint left out because the disk had no room for it: the memory keeps the
+/// files it would have merged, and a later checkpoint merges them (`spec/durability.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeLeftOut {
+    /// The merged page file's name.
+    pub file: String,
+    /// The page bytes of the files it would have merged: at most what it needs on disk,
+    /// besides its leaf hashes (1/128 of that) and tail.
+    pub page_bytes: u64,
 }
 
 impl std::fmt::Debug for StateManager {
@@ -258,12 +282,61 @@ fn unframe<T: for<'de> Deserialize<'de>>(
 }
 
 /// Test hooks: the disk faults that writes meet.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 struct Faults {
-    /// Bytes that may still be written before writes fail like a full disk (`None`: no limit).
-    budget: Option<u64>,
+    /// Bytes that may still be written before writes fail like a full disk ([`UNLIMITED`]: no
+    /// limit). One disk: shared by the checkpoints and the merge thread (also one started
+    /// before the budget is set), and given back when a file written under it is removed.
+    budget: Arc<AtomicU64>,
     /// Whether the early flushes of page files fail, like an `fdatasync` reporting EIO.
     early_flush: bool,
+}
+
+/// The write budget of a disk without the fault.
+const UNLIMITED: u64 = u64::MAX;
+
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            budget: Arc::new(AtomicU64::new(UNLIMITED)),
+            early_flush: false,
+        }
+    }
+}
+
+impl Faults {
+    /// Takes `bytes` from the budget; `false` if it does not hold that many.
+    fn spend(&self, bytes: u64) -> bool {
+        // A counter only: no other memory is published through it, so `Relaxed`.
+        self.budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                (left == UNLIMITED)
+                    .then_some(left)
+                    .or(left.checked_sub(bytes))
+            })
+            .is_ok()
+    }
+
+    /// Gives back to the budget the `bytes` of a file written under it and removed.
+    fn free(&self, bytes: u64) {
+        let _ = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                (left != UNLIMITED).then(|| left.saturating_add(bytes).min(UNLIMITED - 1))
+            });
+    }
+
+    fn limited(&self) -> bool {
+        self.budget.load(Ordering::Relaxed) != UNLIMITED
+    }
+}
+
+/// Whether `err` says the disk (or the user's quota) has no room.
+fn no_room(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// A writer that hashes and counts what goes through it, and fails like a full disk once a
@@ -273,19 +346,16 @@ struct CheckedWriter<'b, W: Write> {
     /// `None` for a page file, whose own tail carries what is checked.
     hasher: Option<Sha256>,
     written: u64,
-    budget: &'b mut Option<u64>,
+    faults: &'b Faults,
 }
 
 impl<W: Write> Write for CheckedWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Some(budget) = self.budget.as_mut() {
-            if (buf.len() as u64) > *budget {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::StorageFull,
-                    "no space left on device (injected)",
-                ));
-            }
-            *budget = budget.saturating_sub(buf.len() as u64);
+        if !self.faults.spend(buf.len() as u64) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            ));
         }
         let n = self.inner.write(buf)?;
         if let Some(hasher) = &mut self.hasher {
@@ -354,7 +424,8 @@ impl Write for EarlyFlush {
 }
 
 /// `fill` returns the (tail length, tail checksum) of a file it checksums itself; `hash_whole`
-/// files are small records and modules, the others page files, flushed early.
+/// files are small records and modules, the others page files, flushed early. A file that
+/// fails is removed: a full disk is not made fuller by the attempt.
 fn write_new_file(
     path: &Path,
     faults: &mut Faults,
@@ -362,6 +433,29 @@ fn write_new_file(
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
 ) -> std::io::Result<FileEntry> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let written = write_opened_file(path, file, faults, hash_whole, fill);
+    if written.is_err() {
+        discard_file(path, faults);
+    }
+    written
+}
+
+/// Best effort: removes the file at `path`, written under `faults`, and gives its bytes back.
+fn discard_file(path: &Path, faults: &Faults) {
+    let size = fs::symlink_metadata(path).map_or(0, |m| m.len());
+    if fs::remove_file(path).is_ok() {
+        faults.free(size);
+    }
+}
+
+/// [`write_new_file`] once the file is created.
+fn write_opened_file(
+    path: &Path,
+    file: File,
+    faults: &mut Faults,
+    hash_whole: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
+) -> std::io::Result<FileEntry> {
     let (entry, file) = if hash_whole {
         fill_file(
             EarlyFlush {
@@ -369,7 +463,7 @@ fn write_new_file(
                 since: 0,
                 flush: None,
             },
-            &mut faults.budget,
+            faults,
             true,
             fill,
         )?
@@ -397,7 +491,7 @@ fn write_new_file(
                 flush: Some(sender),
             };
             // `fill_file` drops the sender with the writer, which ends the thread's loop.
-            let filled = fill_file(out, &mut faults.budget, false, fill);
+            let filled = fill_file(out, faults, false, fill);
             let flushed = flusher
                 .join()
                 .map_err(|_| std::io::Error::other("the flushing thread panicked"))?;
@@ -416,7 +510,7 @@ fn write_new_file(
 /// the file's entry and the file, unsynced.
 fn fill_file(
     out: EarlyFlush,
-    budget: &mut Option<u64>,
+    faults: &Faults,
     hash_whole: bool,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
 ) -> std::io::Result<(FileEntry, File)> {
@@ -424,7 +518,7 @@ fn fill_file(
         inner: BufWriter::with_capacity(1 << 20, out),
         hasher: hash_whole.then(Sha256::new),
         written: 0,
-        budget,
+        faults,
     };
     let tail = fill(&mut writer)?;
     writer.flush()?;
@@ -469,8 +563,19 @@ fn file_sha256(path: &Path, tail: u64) -> std::io::Result<(u64, Hash)> {
     Ok((size, hasher.finalize().into()))
 }
 
-/// Every file under `dir`, as paths relative to it with `/` separators, in sorted order.
-fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
+/// What [`list_files`] found under a checkpoint directory.
+enum Listing {
+    /// Every file, as paths relative to the directory with `/` separators, in sorted order.
+    Files(Vec<String>),
+    /// The first entry (relative path) that is neither a regular file nor a directory: a
+    /// symbolic link, a FIFO, a socket or a device.
+    NotRegular(String),
+}
+
+/// Every file under `dir`. Symbolic links are not followed but refused: a checkpoint holds
+/// regular files only, or its state would depend on a path outside the state directory (and
+/// the next checkpoint would hard-link the link itself).
+fn list_files(dir: &Path) -> std::io::Result<Listing> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((path, prefix)) = stack.pop() {
@@ -478,15 +583,19 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let rel = format!("{prefix}{name}");
-            if entry.file_type()?.is_dir() {
+            // `DirEntry::file_type` does not follow a symbolic link: it reports the link.
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
                 stack.push((entry.path(), format!("{rel}/")));
-            } else {
+            } else if kind.is_file() {
                 out.push(rel);
+            } else {
+                return Ok(Listing::NotRegular(rel));
             }
         }
     }
     out.sort();
-    Ok(out)
+    Ok(Listing::Files(out))
 }
 
 impl StateManager {
@@ -552,6 +661,7 @@ impl StateManager {
             current: None,
             mapped: BTreeMap::new(),
             faults: Faults::default(),
+            merges_left_out: Vec::new(),
         };
         let Some(height) = manager.last_checkpoint_height()? else {
             return Ok((manager, ReplicatedState::new(max_snapshots_per_canister)));
@@ -561,7 +671,13 @@ impl StateManager {
         // Last, so that its writes slow nothing `open` does: the merges the loaded checkpoint
         // planned when it was written, planned again.
         let stacks = std::mem::take(&mut manager.loaded_stacks);
-        manager.merges = Merges::start(&manager.root, height, &stacks, Retired::none());
+        manager.merges = Merges::start(
+            &manager.root,
+            height,
+            &stacks,
+            Retired::none(),
+            manager.faults.clone(),
+        );
         Ok((manager, state))
     }
 
@@ -580,11 +696,13 @@ impl StateManager {
         self.current.as_ref().map(|c| c.dir.as_path())
     }
 
-    /// Test hook: the following checkpoints fail like a full disk once `bytes` more have
-    /// been written (`None`: no limit).
+    /// Test hook: the following writes (checkpoints, and the background merges, also those
+    /// already running) fail like a full disk once `bytes` more have been written (`None`: no
+    /// limit); a file removed after a failed write gives its bytes back.
     #[doc(hidden)]
     pub fn set_write_budget(&mut self, bytes: Option<u64>) {
-        self.faults.budget = bytes;
+        let bytes = bytes.map_or(UNLIMITED, |b| b.min(UNLIMITED - 1));
+        self.faults.budget.store(bytes, Ordering::Relaxed);
     }
 
     /// Test hook: whether the early flushes of the page files the following checkpoints write
@@ -647,6 +765,14 @@ impl StateManager {
             file: dir.join(file),
             reason,
         };
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(corrupt(
+                ".",
+                "is not a directory (a symbolic link?): a checkpoint is a directory inside the \
+                 state directory; put the checkpoint itself in its place"
+                    .into(),
+            ));
+        }
         let manifest_bytes = fs::read(dir.join(MANIFEST))
             .map_err(|e| corrupt(MANIFEST, format!("cannot be read: {e}")))?;
         let manifest: ManifestRecord = unframe(
@@ -662,7 +788,17 @@ impl StateManager {
             ));
         }
         let present =
-            list_files(&dir).map_err(|e| corrupt(".", format!("cannot be listed: {e}")))?;
+            match list_files(&dir).map_err(|e| corrupt(".", format!("cannot be listed: {e}")))? {
+                Listing::Files(files) => files,
+                Listing::NotRegular(name) => {
+                    return Err(corrupt(
+                        &name,
+                        "is not a regular file (a symbolic link, or a special file): a \
+                         checkpoint holds regular files only; put the file itself in its place"
+                            .into(),
+                    ));
+                }
+            };
         for name in &present {
             if name != MANIFEST && name != UNVERIFIED && !manifest.files.contains_key(name) {
                 return Err(corrupt(
@@ -733,12 +869,21 @@ impl StateManager {
         // The merges planned at the last checkpoint are part of this one.
         self.merges.finish();
         let tip = self.root.join(TIP);
-        let result = self.write_tip(state, height, &tip);
+        let mut result = self.write_tip(state, height, &tip, true);
+        // Merges are an optimisation: a checkpoint that has no room with the merges it wrote
+        // itself is written again without them (the files it linked cost no room).
+        if let Err(failed) = &result
+            && failed.wrote_merges
+            && failed.error.is_no_room()
+        {
+            self.remove_tip(&tip);
+            result = self.write_tip(state, height, &tip, false);
+        }
         let (plan, new_files) = match result {
             Ok(done) => done,
-            Err(err) => {
-                let _ = fs::remove_dir_all(&tip);
-                return Err(err);
+            Err(failed) => {
+                self.remove_tip(&tip);
+                return Err(failed.error);
             }
         };
         let final_dir = self.root.join(CHECKPOINTS).join(checkpoint_name(height));
@@ -748,7 +893,7 @@ impl StateManager {
             source,
         };
         if let Err(e) = fs::rename(&tip, &final_dir) {
-            let _ = fs::remove_dir_all(&tip);
+            self.remove_tip(&tip);
             return Err(write_err(&final_dir, e));
         }
         let checkpoints = self.root.join(CHECKPOINTS);
@@ -759,7 +904,9 @@ impl StateManager {
             memories,
             mapped,
             stacks,
+            left_out,
         } = plan;
+        self.merges_left_out = left_out;
         let previous = self.current.replace(Checkpoint {
             height,
             dir: final_dir,
@@ -773,8 +920,32 @@ impl StateManager {
             dir: previous.map(|p| p.dir),
             held: Box::new((memories, mapped, merges)),
         };
-        self.merges = Merges::start(&self.root, height, &stacks, retired);
+        self.merges = Merges::start(&self.root, height, &stacks, retired, self.faults.clone());
         Ok(())
+    }
+
+    /// The merges the last checkpoint written by this manager left out for want of room
+    /// (`spec/durability.md`, "A full disk"): empty on a disk with room.
+    pub fn merges_left_out(&self) -> &[MergeLeftOut] {
+        &self.merges_left_out
+    }
+
+    /// Removes the unfinished checkpoint `tip/` (best effort: open removes it too), giving the
+    /// budget (a test hook) the bytes of the files written into it, not those linked.
+    fn remove_tip(&self, tip: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let written: u64 = match (self.faults.limited(), list_files(tip)) {
+            (true, Ok(Listing::Files(files))) => files
+                .iter()
+                .filter_map(|rel| fs::symlink_metadata(tip.join(rel)).ok())
+                .filter(|m| m.nlink() == 1)
+                .map(|m| m.len())
+                .sum(),
+            _ => 0,
+        };
+        if fs::remove_dir_all(tip).is_ok() {
+            self.faults.free(written);
+        }
     }
 
     /// Waits until the background work of the last checkpoint is done: the older checkpoint
@@ -790,12 +961,30 @@ impl StateManager {
         self.merges.pending()
     }
 
-    /// Step 1 and 2 of the module docs: fills `tip/` and maps the new page files.
+    /// Step 1 and 2 of the module docs: fills `tip/` and maps the new page files. Merges the
+    /// background thread did not deliver are written here only if `write_merges`.
     fn write_tip(
         &mut self,
         state: &ReplicatedState,
         height: u64,
         tip: &Path,
+        write_merges: bool,
+    ) -> Result<(Plan, BTreeMap<String, FileEntry>), TipFailed> {
+        let mut wrote_merges = false;
+        self.fill_tip(state, height, tip, write_merges, &mut wrote_merges)
+            .map_err(|error| TipFailed {
+                error,
+                wrote_merges,
+            })
+    }
+
+    fn fill_tip(
+        &mut self,
+        state: &ReplicatedState,
+        height: u64,
+        tip: &Path,
+        write_merges: bool,
+        wrote_merges: &mut bool,
     ) -> Result<(Plan, BTreeMap<String, FileEntry>), StateManagerError> {
         let write_err = |file: &Path, source| StateManagerError::Write {
             height,
@@ -821,8 +1010,12 @@ impl StateManager {
             layers: BTreeMap::new(),
             next_file: 0,
             error: None,
+            write_merges,
+            merges_written: false,
+            left_out: BTreeMap::new(),
         };
         let record = StateRecord::from_state(state, &mut writer);
+        *wrote_merges = writer.merges_written;
         if let Some(err) = writer.error.take() {
             return Err(err);
         }
@@ -856,6 +1049,11 @@ impl StateManager {
             memories: writer.memories,
             mapped: writer.new_mapped,
             stacks: writer.layers,
+            left_out: writer
+                .left_out
+                .into_iter()
+                .map(|(file, page_bytes)| MergeLeftOut { file, page_bytes })
+                .collect(),
         };
         Ok((plan, files))
     }
@@ -866,8 +1064,16 @@ impl StateManager {
 /// is committed. Looked up by key only, never iterated.
 type Memories = HashMap<PageMapIdentity, (PageMap, PageMap)>;
 
+/// A `tip/` that could not be filled, and whether it failed after writing merges itself.
+struct TipFailed {
+    error: StateManagerError,
+    wrote_merges: bool,
+}
+
 /// What a written checkpoint changes in memory once committed.
 struct Plan {
+    /// The merges left out for want of room.
+    left_out: Vec<MergeLeftOut>,
     memories: Memories,
     mapped: BTreeMap<String, Arc<PageFile>>,
     /// Every stack of page files of the checkpoint, by the files' names: what the merges for
@@ -926,6 +1132,12 @@ struct Writer<'a> {
     next_file: u64,
     /// The first I/O error, kept typed (the `Store` trait carries strings).
     error: Option<StateManagerError>,
+    /// Whether merges the background thread did not deliver are written here (else left out).
+    write_merges: bool,
+    /// Whether a merge was written here (its room may be what the checkpoint lacks).
+    merges_written: bool,
+    /// Merged file name → page bytes of its inputs, for each merge left out for want of room.
+    left_out: BTreeMap<String, u64>,
 }
 
 impl Writer<'_> {
@@ -970,32 +1182,69 @@ impl Writer<'_> {
         self.named_page_file(name, pages)
     }
 
-    /// Writes the merge of `files` (oldest first) as the page file `name`.
+    /// Writes the merge of `files` (oldest first) as the page file `name`; `None` if it is
+    /// left out for want of room (the disk has none, or this is the attempt without merges).
     fn merge_file(
         &mut self,
         name: String,
         files: &[Arc<PageFile>],
-    ) -> Result<(String, Arc<PageFile>), String> {
+    ) -> Result<Option<(String, Arc<PageFile>)>, String> {
+        if self.left_out.contains_key(&name) {
+            return Ok(None);
+        }
+        let page_bytes = files
+            .iter()
+            .map(|f| {
+                f.page_count()
+                    .saturating_mul(crate::memory::PAGE_SIZE as u64)
+            })
+            .fold(0u64, u64::saturating_add);
+        if !self.write_merges {
+            self.left_out.insert(name, page_bytes);
+            return Ok(None);
+        }
+        self.merges_written = true;
         let pages = PageLayers::pages_of(files).map_err(|e| e.to_string())?;
-        self.named_page_file(name, pages.map(|(i, bytes, hash)| (i, bytes, Some(hash))))
+        let pages = pages.map(|(i, bytes, hash)| (i, bytes, Some(hash)));
+        match self.write_page_file(&name, pages) {
+            Ok(entry) => self.map_page_file(name, entry).map(Some),
+            Err((_, e)) if no_room(&e) => {
+                // The partial file is already removed (`write_new_file`).
+                self.left_out.insert(name, page_bytes);
+                Ok(None)
+            }
+            Err((path, e)) => Err(self.fail(&path, e)),
+        }
     }
 
     /// The merged file `name` planned at the last checkpoint: linked from `merges/` if the
     /// background thread wrote it, else written here under the same name (so the checkpoint's
-    /// files never depend on the thread's timing or fate).
-    fn planned_merge(&mut self, name: &str) -> Result<(String, Arc<PageFile>), String> {
+    /// files never depend on the thread's timing or fate), or left out if there is no room for
+    /// it (`spec/durability.md`, "A full disk").
+    fn planned_merge(&mut self, name: &str) -> Result<Option<(String, Arc<PageFile>)>, String> {
         let merges = self.merges;
         let rel = format!("{PAGES}/{name}");
         if let Some(file) = self.new_mapped.get(name) {
-            return Ok((name.to_string(), file.clone()));
+            return Ok(Some((name.to_string(), file.clone())));
         }
         if let Some((merged, path)) = merges.written(name)
             && fs::hard_link(&path, self.tip.join(&rel)).is_ok()
         {
             self.files.insert(rel, merged.entry.clone());
-            return Ok((name.to_string(), merged.file.clone()));
+            return Ok(Some((name.to_string(), merged.file.clone())));
         }
         self.merge_file(name.to_string(), merges.inputs(name))
+    }
+
+    /// Writes a new page file `name` of `pages` into `tip/pages/`: its entry, or its path and
+    /// the error (the file removed).
+    fn write_page_file<'p>(
+        &mut self,
+        name: &str,
+        pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE], Option<Hash>)>,
+    ) -> Result<FileEntry, (PathBuf, std::io::Error)> {
+        let path = self.tip.join(PAGES).join(name);
+        write_pages_file(&path, self.faults, pages).map_err(|e| (path, e))
     }
 
     /// Writes a new page file `name` of `pages` and maps it.
@@ -1004,12 +1253,20 @@ impl Writer<'_> {
         name: String,
         pages: impl Iterator<Item = (u64, &'p [u8; crate::memory::PAGE_SIZE], Option<Hash>)>,
     ) -> Result<(String, Arc<PageFile>), String> {
+        match self.write_page_file(&name, pages) {
+            Ok(entry) => self.map_page_file(name, entry),
+            Err((path, e)) => Err(self.fail(&path, e)),
+        }
+    }
+
+    /// Maps the page file `name` just written into `tip/pages/` and records its `entry`.
+    fn map_page_file(
+        &mut self,
+        name: String,
+        entry: FileEntry,
+    ) -> Result<(String, Arc<PageFile>), String> {
         let rel = format!("{PAGES}/{name}");
         let path = self.tip.join(&rel);
-        let entry = match write_pages_file(&path, self.faults, pages) {
-            Ok(entry) => entry,
-            Err(e) => return Err(self.fail(&path, e)),
-        };
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) => return Err(self.fail(&path, e)),
@@ -1057,8 +1314,9 @@ impl Store for Writer<'_> {
                 // The merge planned for these files at the last checkpoint, under its files
                 // written since.
                 let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
-                if let Some((from, name)) = self.merges.planned(&names) {
-                    let merged = self.planned_merge(name)?;
+                if let Some((from, name)) = self.merges.planned(&names)
+                    && let Some(merged) = self.planned_merge(name)?
+                {
                     files.truncate(from);
                     files.push(merged);
                 }
@@ -1072,16 +1330,19 @@ impl Store for Writer<'_> {
                     files.push(self.new_page_file(with_hashes)?);
                 }
                 // Never more than MAX files: only if no merge was planned for a full stack (the
-                // plans leave room for one overlay), merge the newest down to the bound here.
+                // plans leave room for one overlay) or the planned one was left out for want
+                // of room, merge the newest down to the bound here (if there is room: else the
+                // stack stays longer until a later checkpoint merges it).
                 if files.len() > MAX_FILES_PER_MEMORY {
                     let from = MAX_FILES_PER_MEMORY.saturating_sub(1);
                     let merging: Vec<Arc<PageFile>> =
                         files.iter().skip(from).map(|(_, f)| f.clone()).collect();
                     let name = format!("{:016x}_{:04x}.pages", self.height, self.next_file);
                     self.next_file = self.next_file.saturating_add(1);
-                    let merged = self.merge_file(name, &merging)?;
-                    files.truncate(from);
-                    files.push(merged);
+                    if let Some(merged) = self.merge_file(name, &merging)? {
+                        files.truncate(from);
+                        files.push(merged);
+                    }
                 }
                 for (name, file) in &files {
                     let rel = format!("{PAGES}/{name}");
