@@ -16,13 +16,13 @@
 //! restarts, whatever the timing.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::{Faults, FileEntry, MAX_FILES_PER_MEMORY, MERGES, sync_dir, write_pages_file};
+use super::{Faults, FileEntry, MAX_FILES_PER_MEMORY, MERGES, disk, sync_dir, write_pages_file};
 use crate::memory::{PageFile, PageLayers};
 
 /// A merged file the background thread wrote, synced and mapped.
@@ -57,7 +57,7 @@ impl Retired {
         drop(self.held);
         if let Some(dir) = self.dir {
             // Best effort: a leftover older checkpoint is harmless (the newest wins at open).
-            if fs::remove_dir_all(&dir).is_ok()
+            if disk::remove_dir_all(&dir).is_ok()
                 && let Some(parent) = dir.parent()
             {
                 let _ = sync_dir(parent);
@@ -79,6 +79,8 @@ pub(super) struct Merges {
     /// not deliver.
     inputs: BTreeMap<String, Vec<Arc<PageFile>>>,
     worker: Option<JoinHandle<Outcomes>>,
+    /// Test hook: while set, the thread waits before it starts (dropped to let it go on).
+    hold: Option<std::sync::mpsc::Sender<()>>,
     done: Outcomes,
     cancel: Arc<AtomicBool>,
 }
@@ -112,6 +114,7 @@ impl Merges {
             plan: BTreeMap::new(),
             inputs: BTreeMap::new(),
             worker: None,
+            hold: None,
             done: BTreeMap::new(),
             cancel: Arc::new(AtomicBool::new(false)),
         }
@@ -120,12 +123,14 @@ impl Merges {
     /// Plans the merges of checkpoint `height`'s stacks (by their file names, so in a
     /// deterministic order) and starts a background thread that first lets go of `retired`,
     /// then empties `merges/` and writes them. Nothing here fails: a merge the thread cannot
-    /// write is written by the next checkpoint.
+    /// write is written by the next checkpoint. With `hold` (a test hook) the thread waits,
+    /// before it does anything, until the next checkpoint needs the merges ([`Self::finish`]).
     pub(super) fn start(
         root: &Path,
         height: u64,
         stacks: &BTreeMap<Vec<String>, Arc<PageLayers>>,
         retired: Retired,
+        hold: bool,
     ) -> Merges {
         let mut merges = Merges::none(root);
         // The same files are merged once, under one name, whichever stacks share them.
@@ -157,17 +162,26 @@ impl Merges {
         // Handed over through a slot: if no thread can be started, it is let go of here.
         let slot = Arc::new(Mutex::new(Some(retired)));
         let handed = Arc::clone(&slot);
+        let held = hold.then(|| {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            merges.hold = Some(release);
+            held
+        });
         merges.worker = std::thread::Builder::new()
             .name("checkpoint-merges".into())
             .spawn(move || {
+                if let Some(held) = held {
+                    // Returns when the sender is dropped.
+                    let _ = held.recv();
+                }
                 if let Some(retired) = handed.lock().ok().and_then(|mut r| r.take()) {
                     retired.retire();
                 }
                 let mut done = Outcomes::new();
                 // What the last plan left (taken in, or not needed) goes; nothing is written
                 // if the directory cannot be made afresh.
-                let cleared = fs::remove_dir_all(&dir).is_ok() || !dir.exists();
-                if jobs.is_empty() || !cleared || fs::create_dir(&dir).is_err() {
+                let cleared = disk::remove_dir_all(&dir).is_ok() || !dir.exists();
+                if jobs.is_empty() || !cleared || disk::create_dir(&dir).is_err() {
                     return done;
                 }
                 for (name, inputs) in jobs {
@@ -195,6 +209,7 @@ impl Merges {
 
     /// Waits for the background thread, if it runs, and keeps what it wrote.
     pub(super) fn finish(&mut self) {
+        self.hold = None;
         if let Some(worker) = self.worker.take() {
             // A panicked thread delivered nothing: the checkpoint merges itself.
             self.done = worker.join().unwrap_or_default();
@@ -228,6 +243,7 @@ impl Drop for Merges {
     /// by the next `open` (or the next plan).
     fn drop(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
+        self.hold = None;
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
