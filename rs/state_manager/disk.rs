@@ -12,10 +12,10 @@
 //! it (`tests/durability.rs`, "Power loss").
 //!
 //! Recording is a test hook, like the state manager's injected faults: while no recording is
-//! active, the only cost is one relaxed atomic load per call. While one is, a call on a file
-//! looks its inode up (`fstat`), and a call on a path under a recorded root updates a mirror of
-//! that root's names. Recordings of different roots do not see each other's calls, so tests in
-//! one process may record in parallel.
+//! active, the only cost is one relaxed atomic load per call. While one is, a call on an open
+//! file looks up the file's name (`/proc/self/fd`, Linux), and a call on a path under a
+//! recorded root updates a mirror of that root's names. Recordings of different roots do not
+//! see each other's calls, so tests in one process may record in parallel.
 //!
 //! What is recorded and when: an operation that changes the directory or a file is recorded
 //! after it returned; a sync is recorded after it returned, with what it covers read before it
@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,14 +127,11 @@ impl Recorded {
 struct Recording {
     id: u64,
     root: PathBuf,
+    /// The root with its symbolic links resolved, as `/proc/self/fd` names files.
+    canonical_root: PathBuf,
     seen: Recorded,
     /// The names under the root now (relative, `/`-separated; "" is the root).
     live: BTreeMap<String, NodeId>,
-    /// Inode (device, number) → file node, for the calls made on an open file; removed when
-    /// the file's last name goes, since the inode number may then be reused.
-    inodes: BTreeMap<(u64, u64), NodeId>,
-    /// Names per file node.
-    links: BTreeMap<NodeId, usize>,
     next_node: NodeId,
 }
 
@@ -149,25 +146,26 @@ fn with_path<R>(path: &Path, f: impl FnOnce(&mut Recording, &str) -> R) -> Optio
     }
     let mut recordings = RECORDINGS.lock().unwrap_or_else(|e| e.into_inner());
     let (recording, rel) = recordings.iter_mut().find_map(|r| {
-        let rel = path.strip_prefix(&r.root).ok()?.to_str()?.to_string();
-        Some((r, rel))
+        let rel = path
+            .strip_prefix(&r.root)
+            .or_else(|_| path.strip_prefix(&r.canonical_root))
+            .ok()?;
+        Some((r, rel.to_str()?.to_string()))
     })?;
     Some(f(recording, &rel))
 }
 
-/// Runs `f` on the recording that holds the open `file`, if any.
+/// Runs `f` on the recording that holds the open `file`, if any, found by the file's name
+/// now (`/proc/self/fd`: an inode number alone may be reused by another test's file).
 fn with_file<R>(file: &File, f: impl FnOnce(&mut Recording, NodeId) -> R) -> Option<R> {
     if ACTIVE.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    let meta = file.metadata().ok()?;
-    let key = (meta.dev(), meta.ino());
-    let mut recordings = RECORDINGS.lock().unwrap_or_else(|e| e.into_inner());
-    let (recording, node) = recordings.iter_mut().find_map(|r| {
-        let node = *r.inodes.get(&key)?;
-        Some((r, node))
-    })?;
-    Some(f(recording, node))
+    let path = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    with_path(&path, |r, rel| {
+        let node = r.node_at(rel)?;
+        Some(f(r, node))
+    })?
 }
 
 fn split(rel: &str) -> (&str, &str) {
@@ -190,8 +188,8 @@ impl Recording {
         node
     }
 
-    /// Records a new file or directory at `rel` (`path` on disk).
-    fn create(&mut self, rel: &str, path: &Path, is_dir: bool) {
+    /// Records a new file or directory at `rel`.
+    fn create(&mut self, rel: &str, is_dir: bool) {
         let (parent, name) = split(rel);
         let Some(dir) = self.node_at(parent) else {
             return;
@@ -202,19 +200,7 @@ impl Recording {
         if is_dir {
             self.seen.ops.push(DiskOp::CreateDir { dir, name, node });
         } else {
-            if let Ok(meta) = fs::metadata(path) {
-                self.inodes.insert((meta.dev(), meta.ino()), node);
-            }
-            self.links.insert(node, 1);
             self.seen.ops.push(DiskOp::CreateFile { dir, name, node });
-        }
-    }
-
-    fn unlink_file(&mut self, node: NodeId) {
-        let links = self.links.entry(node).or_insert(1);
-        *links = links.saturating_sub(1);
-        if *links == 0 {
-            self.inodes.retain(|_, n| *n != node);
         }
     }
 
@@ -222,20 +208,14 @@ impl Recording {
     fn forget_tree(&mut self, rel: &str) -> Option<NodeId> {
         let node = self.live.remove(rel)?;
         let prefix = format!("{rel}/");
-        let under: Vec<(String, NodeId)> = self
+        let under: Vec<String> = self
             .live
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, n)| (k.clone(), *n))
+            .map(|(k, _)| k.clone())
             .collect();
-        for (name, child) in under {
+        for name in under {
             self.live.remove(&name);
-            if self.seen.dirs.get(&child) == Some(&false) {
-                self.unlink_file(child);
-            }
-        }
-        if self.seen.dirs.get(&node) == Some(&false) {
-            self.unlink_file(node);
         }
         Some(node)
     }
@@ -248,7 +228,7 @@ impl Recording {
         };
         if meta.is_dir() {
             if !rel.is_empty() {
-                self.create(rel, path, true);
+                self.create(rel, true);
             }
             let mut entries: Vec<PathBuf> = fs::read_dir(path)
                 .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -269,7 +249,7 @@ impl Recording {
                 self.seen.ops.push(DiskOp::SyncDir { node });
             }
         } else {
-            self.create(rel, path, false);
+            self.create(rel, false);
             let Some(node) = self.node_at(rel) else {
                 return;
             };
@@ -297,10 +277,9 @@ impl DiskRecording {
         let mut recording = Recording {
             id,
             root: root.to_path_buf(),
+            canonical_root: root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
             seen: Recorded::default(),
             live: BTreeMap::new(),
-            inodes: BTreeMap::new(),
-            links: BTreeMap::new(),
             next_node: ROOT.saturating_add(1),
         };
         recording.live.insert(String::new(), ROOT);
@@ -349,7 +328,7 @@ impl Drop for DiskRecording {
 /// Creates a new file at `path` for writing (it must not exist).
 pub(super) fn create_new(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    with_path(path, |r, rel| r.create(rel, path, false));
+    with_path(path, |r, rel| r.create(rel, false));
     Ok(file)
 }
 
@@ -409,7 +388,7 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Creates the directory `dir` (its parent must exist).
 pub(super) fn create_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir(dir)?;
-    with_path(dir, |r, rel| r.create(rel, dir, true));
+    with_path(dir, |r, rel| r.create(rel, true));
     Ok(())
 }
 
@@ -417,7 +396,12 @@ pub(super) fn create_dir(dir: &Path) -> io::Result<()> {
 pub(super) fn rename(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to)?;
     with_path(from, |r, from_rel| {
-        let to_rel = to.strip_prefix(&r.root).ok()?.to_str()?.to_string();
+        let to_rel = to
+            .strip_prefix(&r.root)
+            .or_else(|_| to.strip_prefix(&r.canonical_root))
+            .ok()?
+            .to_str()?
+            .to_string();
         let (from_parent, from_name) = split(from_rel);
         let (to_parent, to_name) = split(&to_rel);
         let (from_dir, to_dir) = (r.node_at(from_parent)?, r.node_at(to_parent)?);
@@ -456,6 +440,7 @@ pub(super) fn hard_link(from: &Path, to: &Path) -> io::Result<()> {
         // A file from outside the root (none in the state manager) is adopted as durable.
         let node = match from
             .strip_prefix(&r.root)
+            .or_else(|_| from.strip_prefix(&r.canonical_root))
             .ok()
             .and_then(|p| p.to_str())
             .and_then(|from_rel| r.node_at(from_rel))
@@ -464,8 +449,6 @@ pub(super) fn hard_link(from: &Path, to: &Path) -> io::Result<()> {
             None => return None,
         };
         r.live.insert(rel.to_string(), node);
-        let links = r.links.entry(node).or_insert(0);
-        *links = links.saturating_add(1);
         r.seen.ops.push(DiskOp::Link {
             dir,
             name: name.to_string(),
