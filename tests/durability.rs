@@ -1,6 +1,7 @@
 //! The state directory (`spec/durability.md`): restart equality, incremental checkpoints,
 //! snapshots sharing page files, every corruption and directory fault ending in an error that
-//! names the file, a full disk, bounded files per memory, and a crash loop under `kill -9`.
+//! names the file, a full disk, bounded files per memory, a crash loop under `kill -9`, and
+//! power loss: the order of the recorded `fsync`s, and a crash simulated after every operation.
 
 mod common;
 

@@ -117,9 +117,13 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    /// The path `node` was first given, for messages.
+    /// The path `node` was first given (`.` for the root), for messages.
     pub fn path(&self, node: NodeId) -> &str {
-        self.paths.get(&node).map_or("?", String::as_str)
+        match self.paths.get(&node) {
+            _ if node == ROOT => ".",
+            Some(path) => path,
+            None => "?",
+        }
     }
 }
 
@@ -344,32 +348,34 @@ pub(super) fn write(file: &mut File, buf: &[u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-fn recorded_len(file: &File) -> Option<u64> {
-    with_file(file, |r, node| {
-        r.seen.contents.get(&node).map_or(0, |c| c.len() as u64)
-    })
-}
-
 /// `fsync` of `file` (`File::sync_all`).
 pub(super) fn sync_all(file: &File) -> io::Result<()> {
-    let len = recorded_len(file);
-    file.sync_all()?;
-    if let Some(len) = len {
-        with_file(file, |r, node| {
-            r.seen.ops.push(DiskOp::SyncFile { node, len })
-        });
-    }
-    Ok(())
+    sync_file(file, File::sync_all, |node, len| DiskOp::SyncFile {
+        node,
+        len,
+    })
 }
 
 /// `fdatasync` of `file` (`File::sync_data`).
 pub(super) fn sync_data(file: &File) -> io::Result<()> {
-    let len = recorded_len(file);
-    file.sync_data()?;
+    sync_file(file, File::sync_data, |node, len| DiskOp::SyncData {
+        node,
+        len,
+    })
+}
+
+/// Runs `sync` on `file` and records `op` with the length the file had when it started.
+fn sync_file(
+    file: &File,
+    sync: fn(&File) -> io::Result<()>,
+    op: fn(NodeId, u64) -> DiskOp,
+) -> io::Result<()> {
+    let len = with_file(file, |r, node| {
+        r.seen.contents.get(&node).map_or(0, |c| c.len() as u64)
+    });
+    sync(file)?;
     if let Some(len) = len {
-        with_file(file, |r, node| {
-            r.seen.ops.push(DiskOp::SyncData { node, len })
-        });
+        with_file(file, |r, node| r.seen.ops.push(op(node, len)));
     }
     Ok(())
 }
@@ -437,17 +443,13 @@ pub(super) fn hard_link(from: &Path, to: &Path) -> io::Result<()> {
     with_path(to, |r, rel| {
         let (parent, name) = split(rel);
         let dir = r.node_at(parent)?;
-        // A file from outside the root (none in the state manager) is adopted as durable.
-        let node = match from
+        // A link to a file outside the root (the state manager makes none) is not recorded.
+        let from_rel = from
             .strip_prefix(&r.root)
             .or_else(|_| from.strip_prefix(&r.canonical_root))
-            .ok()
-            .and_then(|p| p.to_str())
-            .and_then(|from_rel| r.node_at(from_rel))
-        {
-            Some(node) => node,
-            None => return None,
-        };
+            .ok()?
+            .to_str()?;
+        let node = r.node_at(from_rel)?;
         r.live.insert(rel.to_string(), node);
         r.seen.ops.push(DiskOp::Link {
             dir,

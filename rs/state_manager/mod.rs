@@ -259,14 +259,14 @@ fn unframe<T: for<'de> Deserialize<'de>>(
     postcard::from_bytes(body).map_err(|e| corrupt(format!("cannot be decoded: {e}")))
 }
 
-/// Test hooks: the disk faults that writes meet.
+/// Test hooks: the disk faults that writes meet, and the background work held back.
 #[derive(Debug, Default)]
 struct Faults {
     /// Bytes that may still be written before writes fail like a full disk (`None`: no limit).
     budget: Option<u64>,
     /// Whether the early flushes of page files fail, like an `fdatasync` reporting EIO.
     early_flush: bool,
-    /// Whether the background merges wait until the next checkpoint needs them.
+    /// Whether the background work of a checkpoint waits until the next one needs it.
     hold_merges: bool,
 }
 
@@ -547,7 +547,7 @@ impl StateManager {
         }
         let checkpoints = root.join(CHECKPOINTS);
         if !checkpoints.is_dir() {
-            // Synced in its parent, as every name a checkpoint is reached by.
+            // A power loss must not lose the name that every checkpoint is reached by.
             disk::create_dir(&checkpoints)
                 .and_then(|()| sync_dir(root))
                 .map_err(|e| io_dir(root, "cannot create checkpoints/ (is it writable?)", e))?;
