@@ -340,8 +340,8 @@ fn number_of_globals() {
     );
 }
 
-/// The code of a refused chunk: the replica's `WasmChunkStoreError`, `CanisterContractViolation`
-/// (504).
+/// The code of a refused chunk, too large (`chunk_size`) or one too many (`number_of_chunks`):
+/// the replica's `WasmChunkStoreError`, `CanisterContractViolation` (504).
 const CHUNK_STORE_REFUSAL: ErrorCode = ErrorCode::CanisterContractViolation;
 
 #[test]
@@ -420,40 +420,4 @@ fn number_of_chunks() {
     );
     assert_eq!(err.error_code, CHUNK_STORE_REFUSAL, "{err}");
     assert!(err.reject_message.contains("(100 chunks)"), "{err}");
-}
-
-#[test]
-/// The replica's `WasmChunkStoreError` is `CanisterContractViolation`, for both edges.
-fn chunk_store_errors_are_contract_violations() {
-    let too_large = assert_refused_without_effect(env_with_upload, |sm, (c, id)| {
-        let chunk = vec![1u8; MAX_WASM_CHUNK_BYTES + 1];
-        upload_data(
-            sm,
-            controller(),
-            c.id,
-            id,
-            SnapshotDataOffset::WasmChunk,
-            chunk,
-        )
-    });
-    let full = assert_refused_without_effect(
-        || env_with_chunks(MAX_WASM_CHUNKS),
-        |sm, (c, id)| {
-            upload_data(
-                sm,
-                controller(),
-                c.id,
-                id,
-                SnapshotDataOffset::WasmChunk,
-                vec![0xFF],
-            )
-        },
-    );
-    for err in [too_large, full] {
-        assert_eq!(
-            err.error_code,
-            ErrorCode::CanisterContractViolation,
-            "{err}"
-        );
-    }
 }

@@ -18,14 +18,14 @@
 //! (`spec/durability.md`, "A full disk").
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::{
-    Faults, FileEntry, MAX_FILES_PER_MEMORY, MERGES, discard_file, sync_dir, write_pages_file,
+    Faults, FileEntry, MAX_FILES_PER_MEMORY, MERGES, discard_file, disk, sync_dir, write_pages_file,
 };
 use crate::memory::{PageFile, PageLayers};
 
@@ -61,7 +61,7 @@ impl Retired {
         drop(self.held);
         if let Some(dir) = self.dir {
             // Best effort: a leftover older checkpoint is harmless (the newest wins at open).
-            if fs::remove_dir_all(&dir).is_ok()
+            if disk::remove_dir_all(&dir).is_ok()
                 && let Some(parent) = dir.parent()
             {
                 let _ = sync_dir(parent);
@@ -83,6 +83,8 @@ pub(super) struct Merges {
     /// not deliver.
     inputs: BTreeMap<String, Vec<Arc<PageFile>>>,
     worker: Option<JoinHandle<Outcomes>>,
+    /// Test hook: while set, the thread waits before it starts (dropped to let it go on).
+    hold: Option<std::sync::mpsc::Sender<()>>,
     done: Outcomes,
     cancel: Arc<AtomicBool>,
 }
@@ -116,6 +118,7 @@ impl Merges {
             plan: BTreeMap::new(),
             inputs: BTreeMap::new(),
             worker: None,
+            hold: None,
             done: BTreeMap::new(),
             cancel: Arc::new(AtomicBool::new(false)),
         }
@@ -125,6 +128,8 @@ impl Merges {
     /// deterministic order) and starts a background thread that first lets go of `retired`,
     /// then empties `merges/` and writes them (meeting `faults`, a test hook). Nothing here
     /// fails: a merge the thread cannot write is removed and written by the next checkpoint.
+    /// With `faults.hold_merges` (a test hook) the thread waits, before it does anything, until
+    /// the next checkpoint needs the merges ([`Self::finish`]).
     pub(super) fn start(
         root: &Path,
         height: u64,
@@ -162,17 +167,26 @@ impl Merges {
         // Handed over through a slot: if no thread can be started, it is let go of here.
         let slot = Arc::new(Mutex::new(Some(retired)));
         let handed = Arc::clone(&slot);
+        let held = faults.hold_merges.then(|| {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            merges.hold = Some(release);
+            held
+        });
         merges.worker = std::thread::Builder::new()
             .name("checkpoint-merges".into())
             .spawn(move || {
+                if let Some(held) = held {
+                    // Returns when the sender is dropped.
+                    let _ = held.recv();
+                }
                 if let Some(retired) = handed.lock().ok().and_then(|mut r| r.take()) {
                     retired.retire();
                 }
                 let mut done = Outcomes::new();
                 // What the last plan left (taken in, or not needed) goes; nothing is written
                 // if the directory cannot be made afresh.
-                let cleared = fs::remove_dir_all(&dir).is_ok() || !dir.exists();
-                if jobs.is_empty() || !cleared || fs::create_dir(&dir).is_err() {
+                let cleared = disk::remove_dir_all(&dir).is_ok() || !dir.exists();
+                if jobs.is_empty() || !cleared || disk::create_dir(&dir).is_err() {
                     return done;
                 }
                 for (name, inputs) in jobs {
@@ -201,6 +215,7 @@ impl Merges {
 
     /// Waits for the background thread, if it runs, and keeps what it wrote.
     pub(super) fn finish(&mut self) {
+        self.hold = None;
         if let Some(worker) = self.worker.take() {
             // A panicked thread delivered nothing: the checkpoint merges itself.
             self.done = worker.join().unwrap_or_default();
@@ -234,6 +249,7 @@ impl Drop for Merges {
     /// by the next `open` (or the next plan).
     fn drop(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
+        self.hold = None;
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }

@@ -46,6 +46,10 @@
 //!    older checkpoint beside the new one (the newest wins at open, which then deletes the
 //!    older) and `merges/` partial (deleted at open, the same merges planned again).*
 //!
+//! Every operation that decides what a power loss keeps (creating and writing files, `fsync`
+//! of files and directories, renames, hard links, removals) goes through `disk.rs`, where a
+//! test can record it (`spec/durability.md`, "What a power loss keeps").
+//!
 //! # Opening
 //!
 //! Lock, delete `tip/` and `merges/`, pick the highest checkpoint, and check it before anything
@@ -62,6 +66,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod disk;
 mod merges;
 mod records;
 
@@ -82,6 +87,7 @@ use crate::memory::{
 use crate::replicated_state::ReplicatedState;
 use crate::state::WasmModule;
 
+use disk::sync_dir;
 use merges::{Merges, Retired};
 pub use records::STATE_FORMAT_VERSION;
 use records::{MemoryRecord, StateRecord, Store};
@@ -231,10 +237,6 @@ fn io_dir(dir: &Path, what: &str, err: std::io::Error) -> StateManagerError {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// The name of a checkpoint directory: the height in 16 hex digits, so names sort by height.
 fn checkpoint_name(height: u64) -> String {
     format!("{height:016x}")
@@ -281,7 +283,7 @@ fn unframe<T: for<'de> Deserialize<'de>>(
     postcard::from_bytes(body).map_err(|e| corrupt(format!("cannot be decoded: {e}")))
 }
 
-/// Test hooks: the disk faults that writes meet.
+/// Test hooks: the disk faults that writes meet, and the background work held back.
 #[derive(Debug, Clone)]
 struct Faults {
     /// Bytes that may still be written before writes fail like a full disk ([`UNLIMITED`]: no
@@ -290,6 +292,8 @@ struct Faults {
     budget: Arc<AtomicU64>,
     /// Whether the early flushes of page files fail, like an `fdatasync` reporting EIO.
     early_flush: bool,
+    /// Whether the background work of a checkpoint waits until the next one needs it.
+    hold_merges: bool,
 }
 
 /// The write budget of a disk without the fault.
@@ -300,6 +304,7 @@ impl Default for Faults {
         Faults {
             budget: Arc::new(AtomicU64::new(UNLIMITED)),
             early_flush: false,
+            hold_merges: false,
         }
     }
 }
@@ -406,7 +411,7 @@ struct EarlyFlush {
 
 impl Write for EarlyFlush {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = disk::write(&mut self.file, buf)?;
         self.since = self.since.saturating_add(n as u64);
         if self.since >= FLUSH_EVERY {
             self.since = 0;
@@ -432,7 +437,7 @@ fn write_new_file(
     hash_whole: bool,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<Option<(u64, Hash)>>,
 ) -> std::io::Result<FileEntry> {
-    let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let file = disk::create_new(path)?;
     let written = write_opened_file(path, file, faults, hash_whole, fill);
     if written.is_err() {
         discard_file(path, faults);
@@ -443,7 +448,7 @@ fn write_new_file(
 /// Best effort: removes the file at `path`, written under `faults`, and gives its bytes back.
 fn discard_file(path: &Path, faults: &Faults) {
     let size = fs::symlink_metadata(path).map_or(0, |m| m.len());
-    if fs::remove_file(path).is_ok() {
+    if disk::remove_file(path).is_ok() {
         faults.free(size);
     }
 }
@@ -481,7 +486,7 @@ fn write_opened_file(
                             "fdatasync: input/output error (injected)",
                         ));
                     }
-                    flushing.sync_data()?;
+                    disk::sync_data(&flushing)?;
                 }
                 Ok(())
             });
@@ -499,7 +504,7 @@ fn write_opened_file(
             flushed.map(|()| filled)
         })?
     };
-    file.sync_all()?;
+    disk::sync_all(&file)?;
     let mut permissions = file.metadata()?.permissions();
     permissions.set_readonly(true);
     fs::set_permissions(path, permissions)?;
@@ -641,18 +646,22 @@ impl StateManager {
         }
         let tip = root.join(TIP);
         if tip.exists() {
-            fs::remove_dir_all(&tip)
+            disk::remove_dir_all(&tip)
                 .map_err(|e| io_dir(root, "cannot remove an unfinished checkpoint (tip/)", e))?;
         }
         // Merges a crash left unfinished (planned again once a checkpoint is loaded).
         let merges = root.join(MERGES);
         if merges.exists() {
-            fs::remove_dir_all(&merges)
+            disk::remove_dir_all(&merges)
                 .map_err(|e| io_dir(root, "cannot remove unfinished merges (merges/)", e))?;
         }
         let checkpoints = root.join(CHECKPOINTS);
-        fs::create_dir_all(&checkpoints)
-            .map_err(|e| io_dir(root, "cannot create checkpoints/ (is it writable?)", e))?;
+        if !checkpoints.is_dir() {
+            // A power loss must not lose the name that every checkpoint is reached by.
+            disk::create_dir(&checkpoints)
+                .and_then(|()| sync_dir(root))
+                .map_err(|e| io_dir(root, "cannot create checkpoints/ (is it writable?)", e))?;
+        }
         let mut manager = StateManager {
             merges: Merges::none(root),
             loaded_stacks: BTreeMap::new(),
@@ -712,6 +721,15 @@ impl StateManager {
         self.faults.early_flush = fail;
     }
 
+    /// Test hook: whether the background work of the following checkpoints (the older
+    /// checkpoint let go of, the merges) waits, before it starts, until the next checkpoint (or
+    /// [`Self::finish_merges`]) needs it: the checkpoint meets it still running, and a test
+    /// sees its disk operations at one place.
+    #[doc(hidden)]
+    pub fn set_holding_merges(&mut self, hold: bool) {
+        self.faults.hold_merges = hold;
+    }
+
     /// Best effort: removes checkpoints older than `height` (left by a crash between a commit
     /// and its clean-up). Their files live on where `height` links them.
     fn remove_checkpoints_below(&self, height: u64) {
@@ -723,7 +741,7 @@ impl StateManager {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if u64::from_str_radix(&name, 16).is_ok_and(|h| h < height) {
-                removed |= fs::remove_dir_all(entry.path()).is_ok();
+                removed |= disk::remove_dir_all(&entry.path()).is_ok();
             }
         }
         if removed {
@@ -851,7 +869,7 @@ impl StateManager {
         });
         let marker = dir.join(UNVERIFIED);
         if marker.exists() {
-            fs::remove_file(&marker)
+            disk::remove_file(&marker)
                 .and_then(|()| sync_dir(&dir))
                 .map_err(|e| io_dir(&dir, "cannot remove its unverified marker", e))?;
         }
@@ -892,7 +910,7 @@ impl StateManager {
             file: file.to_path_buf(),
             source,
         };
-        if let Err(e) = fs::rename(&tip, &final_dir) {
+        if let Err(e) = disk::rename(&tip, &final_dir) {
             self.remove_tip(&tip);
             return Err(write_err(&final_dir, e));
         }
@@ -943,7 +961,7 @@ impl StateManager {
                 .sum(),
             _ => 0,
         };
-        if fs::remove_dir_all(tip).is_ok() {
+        if disk::remove_dir_all(tip).is_ok() {
             self.faults.free(written);
         }
     }
@@ -992,10 +1010,10 @@ impl StateManager {
             source,
         };
         if tip.exists() {
-            fs::remove_dir_all(tip).map_err(|e| write_err(tip, e))?;
+            disk::remove_dir_all(tip).map_err(|e| write_err(tip, e))?;
         }
         for dir in [tip.to_path_buf(), tip.join(PAGES), tip.join(WASM)] {
-            fs::create_dir(&dir).map_err(|e| write_err(&dir, e))?;
+            disk::create_dir(&dir).map_err(|e| write_err(&dir, e))?;
         }
         let mut writer = Writer {
             height,
@@ -1165,7 +1183,7 @@ impl Writer<'_> {
             return Err(format!("{rel} is not in the last checkpoint"));
         };
         let target = self.tip.join(rel);
-        if let Err(e) = fs::hard_link(previous.dir.join(rel), &target) {
+        if let Err(e) = disk::hard_link(&previous.dir.join(rel), &target) {
             return Err(self.fail(&target, e));
         }
         self.files.insert(rel.to_string(), entry);
@@ -1228,7 +1246,7 @@ impl Writer<'_> {
             return Ok(Some((name.to_string(), file.clone())));
         }
         if let Some((merged, path)) = merges.written(name)
-            && fs::hard_link(&path, self.tip.join(&rel)).is_ok()
+            && disk::hard_link(&path, &self.tip.join(&rel)).is_ok()
         {
             self.files.insert(rel, merged.entry.clone());
             return Ok(Some((name.to_string(), merged.file.clone())));

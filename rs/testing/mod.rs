@@ -14,6 +14,8 @@
 //! - [`properties`] (feature `proptest`): the four restore properties, each taking a
 //!   `ProptestConfig` and the user's operation strategy, and printing a failure as its seed
 //!   and minimal sequence in pasteable Rust.
+//! - [`power_loss`]: the state directory a power loss would leave, built from a recording of
+//!   the state manager's durability operations (issue 26).
 //! - [`simulation`]: replica agreement under simulation (issue 8): one seeded stream of batches
 //!   on replicas with different thread counts, invariants checked after every round.
 //!
@@ -35,6 +37,7 @@
 pub mod check;
 #[cfg(feature = "proptest")]
 pub mod model;
+pub mod power_loss;
 #[cfg(feature = "proptest")]
 pub mod properties;
 pub mod simulation;
