@@ -377,12 +377,25 @@ fn a_restart_after_kill_keeps_acknowledged_state_and_the_root_key() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path());
     let root_key = serve.root_key.clone();
-    let canister_id = runtime().block_on(async {
+    let (canister_id, replay) = runtime().block_on(async {
         let agent = serve.agent(identity(1));
         let canister_id = create_canister(&agent).await;
         install(&agent, canister_id).await;
         write_heap(&agent, canister_id, b"acknowledged").await;
-        canister_id
+        let replay = agent
+            .update(
+                &Principal::management_canister(),
+                "provisional_create_canister_with_cycles",
+            )
+            .with_effective_canister_id(canister_id)
+            .with_arg(create_args())
+            .sign()
+            .unwrap();
+        agent
+            .update_signed(canister_id, replay.signed_update.clone())
+            .await
+            .unwrap();
+        (canister_id, replay)
     });
     // SIGKILL: no shutdown checkpoint; what the client was told must survive anyway.
     drop(serve);
@@ -392,6 +405,13 @@ fn a_restart_after_kill_keeps_acknowledged_state_and_the_root_key() {
         let agent = serve.agent(identity(1));
         assert_eq!(read_heap(&agent, canister_id, 12).await, b"acknowledged");
         write_heap(&agent, canister_id, b"after restart").await;
+        // The history came back with the state: the same signed request, sent again after
+        // the restart, does not execute again (two canisters so far, so the next is the third).
+        agent
+            .update_signed(canister_id, replay.signed_update)
+            .await
+            .unwrap();
+        assert_eq!(create_canister(&agent).await, canister_id_from_index(2));
     });
     serve.terminate();
     let serve = Serve::start(dir.path());
