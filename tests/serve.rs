@@ -495,3 +495,81 @@ fn bad_input_gets_a_4xx_with_a_message_and_the_server_stays_up() {
         assert!(agent.status().await.is_ok());
     });
 }
+
+/// An identity acting for `from` through one delegation to a fresh key.
+fn delegated(
+    from: &BasicIdentity,
+    expiration: u64,
+    targets: Option<Vec<Principal>>,
+) -> ic_agent::identity::DelegatedIdentity {
+    use ic_agent::identity::{DelegatedIdentity, Delegation, SignedDelegation};
+    let to = identity(9);
+    let delegation = Delegation {
+        pubkey: to.public_key().unwrap(),
+        expiration,
+        targets,
+        permissions: None,
+    };
+    let signature = from
+        .sign_delegation(&delegation)
+        .unwrap()
+        .signature
+        .unwrap();
+    DelegatedIdentity::new_unchecked(
+        from.public_key().unwrap(),
+        Box::new(to),
+        vec![SignedDelegation {
+            delegation,
+            signature,
+        }],
+    )
+}
+
+#[test]
+fn delegations_are_checked_for_signature_expiry_and_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let hour = 3_600_000_000_000;
+    runtime().block_on(async {
+        let owner = identity(5);
+        let owner_principal = owner.sender().unwrap();
+        // A valid delegation acts as the delegating principal.
+        let agent = serve.agent(delegated(&owner, now + hour, None));
+        let canister_id = create_canister(&agent).await;
+        let controllers = agent
+            .read_state_canister_controllers(canister_id)
+            .await
+            .unwrap();
+        assert_eq!(controllers, vec![owner_principal]);
+
+        let expired = serve.agent(delegated(&identity(5), now - hour, None));
+        let err = management(
+            &expired,
+            canister_id_from_index(0),
+            "provisional_create_canister_with_cycles",
+            create_args(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+
+        let elsewhere = serve.agent(delegated(
+            &identity(5),
+            now + hour,
+            Some(vec![canister_id_from_index(42)]),
+        ));
+        let err = management(
+            &elsewhere,
+            canister_id_from_index(0),
+            "provisional_create_canister_with_cycles",
+            create_args(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("does not allow requests"), "{err}");
+    });
+}
