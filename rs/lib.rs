@@ -4,6 +4,8 @@
 //! [`snapshots`] ← [`replicated_state`] ← [`execution`] / [`management`] ← [`scheduler`] ←
 //! [`harness`] ← [`cli`], and [`client`] ← [`transfer`] ← [`harness`]; [`state_manager`] (the
 //! state directory) sits on [`replicated_state`] and is used by [`scheduler`] and [`harness`];
+//! [`replica`] (the node: state directory, pool, history, certification) sits on
+//! [`scheduler`] and [`http`] (the IC's HTTP interface, `serve`) on [`replica`];
 //! [`testing`] (workloads, and with the `proptest` feature the reference model and restore
 //! properties) sits on top and nothing depends on it. `ARCHITECTURE.md` has the codemap and the
 //! invariants.
@@ -29,9 +31,11 @@ pub mod client;
 pub mod config;
 pub mod execution;
 pub mod harness;
+pub mod http;
 pub mod management;
 pub mod memory;
 pub mod progress;
+pub mod replica;
 pub mod replicated_state;
 pub mod scheduler;
 pub mod snapshots;

@@ -129,6 +129,11 @@ impl ExecutionLoop {
         &self.config
     }
 
+    /// The engine canister messages execute on (queries use it too).
+    pub fn engine(&self) -> &dyn WasmEngine {
+        self.engine.as_ref()
+    }
+
     /// A fresh state for this configuration.
     pub fn new_state(&self) -> ReplicatedState {
         ReplicatedState::new(self.config.max_snapshots_per_canister)

@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod canister;
 pub mod demo;
+pub mod serve;
 pub mod simulate;
 pub mod snapshot;
 
@@ -60,6 +61,16 @@ pub enum Command {
     /// `dfx canister …` over a local replica kept in --state-dir.
     #[command(subcommand)]
     Canister(canister::CanisterCommand),
+    /// A durable local replica on --state-dir, reached through the IC's HTTP interface
+    /// (ic-agent, icp, the JavaScript agent). Checkpoints on SIGINT and SIGTERM.
+    Serve {
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:4943")]
+        bind: std::net::SocketAddr,
+        /// Snapshots one canister may hold (the IC's 10).
+        #[arg(long, default_value_t = 10)]
+        max_snapshots_per_canister: usize,
+    },
     /// Replica agreement: one seeded random stream of batches on replicas with different
     /// thread counts, every invariant checked after every round.
     Simulate {
@@ -124,6 +135,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 download_dir,
             })
         }
+        Command::Serve {
+            bind,
+            max_snapshots_per_canister,
+        } => serve::run(&cli.state_dir, bind, max_snapshots_per_canister),
         Command::Simulate {
             seed,
             rounds,

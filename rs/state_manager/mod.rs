@@ -16,11 +16,15 @@
 //!   checkpoints/<height: 16 hex digits>/  the last completed checkpoint
 //!     manifest.bin                        every other file's size and SHA-256, then its own
 //!     state.bin                           the state records (postcard)
+//!     node.bin                            the node's own record, if it gave one
+//!                                         ([`StateManager::set_node_record`]): opaque here
 //!     pages/<height>_<n>.pages            page files (pages, leaf hashes, group table, block
 //!                                         table, index, footer), immutable, shared by hard links;
 //!                                         `<height>_merge_<n>.pages` for merged ones
 //!     wasm/<sha256>.wasm                  modules, immutable, shared by hard links
 //!     unverified                          present until the checkpoint has been loaded once
+//!   node_secret                           the node's keys (mode 0600, written once, before any
+//!                                         checkpoint: [`StateManager::node_secret`])
 //! ```
 //!
 //! # Writing a checkpoint, and what a crash at each step leaves
@@ -101,6 +105,8 @@ pub const MAX_FILES_PER_MEMORY: usize = 7;
 
 const MANIFEST: &str = "manifest.bin";
 const STATE: &str = "state.bin";
+const NODE: &str = "node.bin";
+const NODE_SECRET: &str = "node_secret";
 const UNVERIFIED: &str = "unverified";
 const PAGES: &str = "pages";
 const WASM: &str = "wasm";
@@ -208,6 +214,8 @@ pub struct StateManager {
     faults: Faults,
     /// The merges the last checkpoint left out for want of room.
     merges_left_out: Vec<MergeLeftOut>,
+    /// The node's record (`node.bin`): loaded with the last checkpoint, written with the next.
+    node_record: Option<Vec<u8>>,
 }
 
 /// A merge a checkpoint left out because the disk had no room for it: the memory keeps the
@@ -671,6 +679,7 @@ impl StateManager {
             mapped: BTreeMap::new(),
             faults: Faults::default(),
             merges_left_out: Vec::new(),
+            node_record: None,
         };
         let Some(height) = manager.last_checkpoint_height()? else {
             return Ok((manager, ReplicatedState::new(max_snapshots_per_canister)));
@@ -688,6 +697,50 @@ impl StateManager {
             manager.faults.clone(),
         );
         Ok((manager, state))
+    }
+
+    /// The node's record of the loaded checkpoint (`node.bin`), if it had one.
+    pub fn node_record(&self) -> Option<&[u8]> {
+        self.node_record.as_deref()
+    }
+
+    /// Sets the record the next checkpoint writes beside the state (`node.bin`): what the node
+    /// (`crate::replica`) must find again with this state after a restart, such as its
+    /// ingress history. Committed atomically with the state, at the same fsync and rename.
+    pub fn set_node_record(&mut self, record: Vec<u8>) {
+        self.node_record = Some(record);
+    }
+
+    /// The node's secret (its keys) in `<state-dir>/node_secret`, created by `create` on the
+    /// first call and kept for the directory's life, so that clients that pinned the root key
+    /// keep working across restarts. Written with mode 0600 to a temporary file, `fsync`ed,
+    /// renamed into place and the directory `fsync`ed: a crash leaves either no secret or the
+    /// whole one.
+    pub fn node_secret(
+        &self,
+        create: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>, StateManagerError> {
+        let path = self.root.join(NODE_SECRET);
+        match fs::read(&path) {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_dir(&self.root, "cannot read its node_secret", e)),
+        }
+        let secret = create();
+        let tmp = self.root.join(format!("{NODE_SECRET}.tmp"));
+        let written = (|| {
+            let mut options = OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&tmp)?;
+            file.write_all(&secret)?;
+            disk::sync_all(&file)?;
+            disk::rename(&tmp, &path)?;
+            sync_dir(&self.root)
+        })();
+        written.map_err(|e| io_dir(&self.root, "cannot write its node_secret", e))?;
+        Ok(secret)
     }
 
     /// The state directory.
@@ -860,6 +913,15 @@ impl StateManager {
         let state = record
             .into_state(max_snapshots_per_canister, &mut loader)
             .map_err(|reason| corrupt(STATE, reason))?;
+        // Checked against the manifest above like every file; what it holds is the node's.
+        self.node_record = if manifest.files.contains_key(NODE) {
+            Some(
+                fs::read(dir.join(NODE))
+                    .map_err(|e| corrupt(NODE, format!("cannot be read: {e}")))?,
+            )
+        } else {
+            None
+        };
         self.mapped = loader.mapped;
         self.loaded_stacks = loader.layers;
         self.current = Some(Checkpoint {
@@ -1048,6 +1110,12 @@ impl StateManager {
         let entry = write_file(&path, writer.faults, |w| w.write_all(&bytes))
             .map_err(|e| write_err(&path, e))?;
         writer.files.insert(STATE.to_string(), entry);
+        if let Some(node) = &self.node_record {
+            let path = tip.join(NODE);
+            let entry = write_file(&path, writer.faults, |w| w.write_all(node))
+                .map_err(|e| write_err(&path, e))?;
+            writer.files.insert(NODE.to_string(), entry);
+        }
         let manifest = ManifestRecord {
             version: MANIFEST_FORMAT_VERSION,
             height,
