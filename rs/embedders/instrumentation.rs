@@ -126,3 +126,93 @@ pub fn instrument(wasm: &[u8], info: &ModuleInfo) -> Result<Instrumented, UserEr
         exported_globals,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedders::validation::validate_module;
+
+    /// The instrumented module is valid, keeps every original export, exports the start
+    /// function, the heap and the hidden mutable globals (not the immutable one), and its data
+    /// segments are all passive, the active ones empty, at the same indices.
+    #[test]
+    fn instrumented_module_exports_start_heap_and_hidden_globals() {
+        let wasm = wat::parse_str(
+            r#"(module
+              (memory (export "mem") 1)
+              (global $hidden (mut i64) (i64.const 7))
+              (global $fixed i32 (i32.const 1))
+              (global $shown (export "shown") (mut i32) (i32.const 2))
+              (func $start)
+              (start $start)
+              (func (export "canister_update m") (global.set $hidden (i64.const 8)))
+              (data (i32.const 16) "active")
+              (data "passive"))"#,
+        )
+        .unwrap();
+        let info = validate_module(&wasm).unwrap();
+        assert_eq!(info.active_data.len(), 1);
+        assert_eq!(info.active_data[0].0, 0);
+        assert_eq!(&wasm[info.active_data[0].1.bytes.clone()], b"active");
+        let instrumented = instrument(&wasm, &info).unwrap();
+        wasmparser::Validator::new_with_features(crate::embedders::validation::wasm_features())
+            .validate_all(&instrumented.wasm)
+            .unwrap();
+        assert_eq!(
+            instrumented.exported_globals,
+            ["shown", "__persistent_mutable_global_0"]
+        );
+        let mut exports = Vec::new();
+        let mut data = Vec::new();
+        for payload in Parser::new(0).parse_all(&instrumented.wasm) {
+            match payload.unwrap() {
+                Payload::StartSection { .. } => panic!("the start section must be gone"),
+                Payload::ExportSection(reader) => {
+                    exports = reader
+                        .into_iter()
+                        .map(|e| e.unwrap().name.to_string())
+                        .collect();
+                }
+                Payload::DataSection(reader) => {
+                    for segment in reader {
+                        let segment = segment.unwrap();
+                        assert!(matches!(segment.kind, wasmparser::DataKind::Passive));
+                        data.push(segment.data.to_vec());
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            exports,
+            [
+                "mem",
+                "shown",
+                "canister_update m",
+                START_EXPORT,
+                HEAP_EXPORT,
+                "__persistent_mutable_global_0"
+            ]
+        );
+        assert_eq!(data, [b"".to_vec(), b"passive".to_vec()]);
+    }
+
+    /// A module without an export section gets one in the right place.
+    #[test]
+    fn a_module_without_exports_gets_an_export_section() {
+        let wasm = wat::parse_str(
+            r#"(module (memory 1) (global (mut i32) (i32.const 0)) (func $s) (start $s)
+               (data (i32.const 0) "x"))"#,
+        )
+        .unwrap();
+        let info = validate_module(&wasm).unwrap();
+        let instrumented = instrument(&wasm, &info).unwrap();
+        wasmparser::Validator::new()
+            .validate_all(&instrumented.wasm)
+            .unwrap();
+        assert_eq!(
+            instrumented.exported_globals,
+            ["__persistent_mutable_global_0"]
+        );
+    }
+}

@@ -500,7 +500,7 @@ impl WasmtimeEngine {
             Some(heap) => {
                 let size = heap.data_size(&store) as u64;
                 if heap_size > size {
-                    heap.grow(&mut store, (heap_size - size) / WASM_PAGE_SIZE)
+                    heap.grow(&mut store, heap_size.saturating_sub(size) / WASM_PAGE_SIZE)
                         .map_err(|err| {
                             trapped(format!(
                                 "the canister's heap of {heap_size} bytes does not fit the \
@@ -559,7 +559,7 @@ impl WasmtimeEngine {
                             "active data segment {index} ({} bytes at {offset}) does not fit \
                              in the heap of {} bytes",
                             data.len(),
-                            heap_size.max(0)
+                            heap_size
                         ))
                     })?;
                 target.copy_from_slice(data);
@@ -791,5 +791,41 @@ impl WasmEngine for WasmtimeEngine {
             },
         )
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(n: usize) -> Vec<u8> {
+        wat::parse_str(format!(r#"(module (func (export "canister_query q{n}")))"#)).unwrap()
+    }
+
+    /// A module is compiled once and then served from the cache; the cache keeps at most
+    /// `MODULE_CACHE_CAPACITY` modules, dropping the least recently used.
+    #[test]
+    fn compiled_modules_are_cached_and_bounded() {
+        let engine = WasmtimeEngine::new();
+        let first = module(0);
+        engine.validate(&first).unwrap();
+        engine.validate(&first).unwrap();
+        assert_eq!(engine.cached_modules(), 1);
+        let a = engine.prepare(&first, sha256(&first)).unwrap();
+        let b = engine.prepare(&first, sha256(&first)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the second prepare is a cache hit");
+        for n in 1..=MODULE_CACHE_CAPACITY {
+            // Touch the first module so that it stays the most recently used.
+            engine.prepare(&first, sha256(&first)).unwrap();
+            engine.validate(&module(n)).unwrap();
+        }
+        assert_eq!(engine.cached_modules(), MODULE_CACHE_CAPACITY);
+        let c = engine.prepare(&first, sha256(&first)).unwrap();
+        assert!(Arc::ptr_eq(&a, &c), "the recently used module was kept");
+        let one = module(1);
+        assert!(
+            engine.cache().get(&sha256(&one)).is_none(),
+            "the least recently used module was evicted"
+        );
     }
 }

@@ -211,7 +211,7 @@ pub fn validate_module(wasm: &[u8]) -> Result<ModuleInfo, UserError> {
                             "it imports `ic0.{name}`, which is not a System API function"
                         )));
                     };
-                    let found = types[types.core_type_at_in_module(type_index)].unwrap_func();
+                    let found = func_type(types, types.core_type_at_in_module(type_index))?;
                     let expected_params: Vec<ValType> =
                         params.iter().map(|t| value_type(*t, memory64)).collect();
                     let expected_results: Vec<ValType> =
@@ -331,6 +331,18 @@ pub fn validate_module(wasm: &[u8]) -> Result<ModuleInfo, UserError> {
     Ok(info)
 }
 
+/// The function type `id` of a module the validator accepted. Without the GC proposal every
+/// type is a function type, so `unwrap_func` cannot fail.
+fn func_type<'t>(
+    types: wasmparser::types::TypesRef<'t>,
+    id: wasmparser::types::CoreTypeId,
+) -> Result<&'t wasmparser::FuncType, UserError> {
+    types
+        .get(id)
+        .map(wasmparser::SubType::unwrap_func)
+        .ok_or_else(|| invalid("a function refers to a type the module does not define"))
+}
+
 /// The IC's rules on exports (see the module doc); fills in the methods.
 fn check_exports(
     types: wasmparser::types::TypesRef<'_>,
@@ -365,7 +377,7 @@ fn check_exports(
         if *kind != wasmparser::ExternalKind::Func {
             return Err(invalid(format!("export `{name}` must be a function")));
         }
-        let ty = types[types.core_function_at(*index)].unwrap_func();
+        let ty = func_type(types, types.core_function_at(*index))?;
         if !ty.params().is_empty() || !ty.results().is_empty() {
             return Err(invalid(format!(
                 "export `{name}` has type {:?} -> {:?}; canister methods take no parameters and \

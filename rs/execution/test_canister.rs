@@ -51,14 +51,14 @@ pub fn is_test_canister(wasm_module: &[u8]) -> bool {
     if !wasm_module.starts_with(TEST_CANISTER_WASM) {
         return false;
     }
-    let mut sections = 0;
+    let mut sections = 0u32;
     for payload in wasmparser::Parser::new(0).parse_all(wasm_module) {
         match payload {
             Ok(wasmparser::Payload::Version { .. } | wasmparser::Payload::End(_)) => {}
             Ok(wasmparser::Payload::CustomSection(section))
                 if section.name() == TEST_CANISTER_SECTION =>
             {
-                sections += 1;
+                sections = sections.saturating_add(1);
             }
             _ => return false,
         }

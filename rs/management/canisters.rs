@@ -236,7 +236,7 @@ impl ManagementCanister<'_> {
             (CanisterInstallMode::Reinstall, _) => CodeDeploymentMode::Reinstall,
         };
         let flags = match &args.mode {
-            CanisterInstallMode::Upgrade(Some(flags)) => flags.clone(),
+            CanisterInstallMode::Upgrade(Some(flags)) => *flags,
             _ => UpgradeFlags::default(),
         };
         let wasm_module = WasmModule::new(args.wasm_module);
