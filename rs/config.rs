@@ -63,6 +63,15 @@ pub struct Config {
     /// Worker threads that execute the canister messages of a round (`spec/execution.md`,
     /// "Threads"). Not part of the state: every value gives the same `state_hash`. At least 1.
     pub scheduler_threads: usize,
+    /// The most instructions an update call (or a replicated query) may execute: the IC's
+    /// `max_instructions_per_message`, 40 billion. Beyond it: `CanisterInstructionLimitExceeded`,
+    /// nothing kept.
+    pub max_instructions_per_message: u64,
+    /// The most instructions a query call may execute: the IC's 5 billion.
+    pub max_instructions_per_query_message: u64,
+    /// The most instructions `install_code` may execute across `canister_pre_upgrade`,
+    /// `canister_start` and `canister_init`/`canister_post_upgrade`: the IC's 300 billion.
+    pub max_instructions_per_install_code: u64,
 }
 
 impl Default for Config {
@@ -87,6 +96,9 @@ impl Default for Config {
             management_payload_decoding_quota: 20_000_000,
             checkpoint_interval_rounds: 500,
             scheduler_threads: std::thread::available_parallelism().map_or(1, usize::from),
+            max_instructions_per_message: 40_000_000_000,
+            max_instructions_per_query_message: 5_000_000_000,
+            max_instructions_per_install_code: 300_000_000_000,
         }
     }
 }

@@ -25,7 +25,7 @@ use ic_management_canister_types::{
 use crate::client::ManagementClient;
 pub use crate::client::RejectResponse;
 use crate::config::Config;
-use crate::execution::TestCanisterEngine;
+use crate::embedders::ReplicaEngine;
 use crate::management::types::{SnapshotInfo, SnapshotMetadata};
 use crate::replicated_state::ReplicatedState;
 use crate::scheduler::{Batch, ExecutionLoop, Ingress, MessageId};
@@ -66,7 +66,7 @@ impl StateMachine {
     }
 
     pub fn with_config(config: Config) -> Self {
-        let execution = ExecutionLoop::new(config, Box::new(TestCanisterEngine));
+        let execution = ExecutionLoop::new(config, Box::new(ReplicaEngine::new()));
         let state = execution.new_state();
         let time = state.time;
         StateMachine {
@@ -84,7 +84,7 @@ impl StateMachine {
     /// directory's last checkpoint and writes one on [`Self::checkpoint`]. Rounds executed
     /// after the last checkpoint are lost when the machine is dropped (`spec/durability.md`).
     pub fn open(dir: &std::path::Path, config: Config) -> Result<Self, StateManagerError> {
-        let execution = ExecutionLoop::new(config, Box::new(TestCanisterEngine));
+        let execution = ExecutionLoop::new(config, Box::new(ReplicaEngine::new()));
         let (manager, state) = execution.open_state(dir)?;
         let time = state.time;
         Ok(StateMachine {
@@ -162,6 +162,76 @@ impl StateMachine {
         };
         self.management::<()>(sender, "install_code", (args,))
             .unwrap_or_else(|err| panic!("install_canister failed: {err}"));
+    }
+
+    /// Reinstalls `canister_id` with `wasm_module` (PocketIC's `reinstall_canister`): a fresh
+    /// heap and stable memory, then `canister_start` and `canister_init(arg)`.
+    pub fn reinstall_canister(
+        &mut self,
+        canister_id: Principal,
+        wasm_module: Vec<u8>,
+        arg: Vec<u8>,
+        sender: Option<Principal>,
+    ) -> Result<(), RejectResponse> {
+        self.install_code(
+            canister_id,
+            CanisterInstallMode::Reinstall,
+            wasm_module,
+            arg,
+            sender,
+        )
+    }
+
+    /// Upgrades `canister_id` to `wasm_module` (PocketIC's `upgrade_canister`): the old
+    /// module's `canister_pre_upgrade`, then the new one's `canister_start` and
+    /// `canister_post_upgrade(arg)`, stable memory kept.
+    pub fn upgrade_canister(
+        &mut self,
+        canister_id: Principal,
+        wasm_module: Vec<u8>,
+        arg: Vec<u8>,
+        sender: Option<Principal>,
+    ) -> Result<(), RejectResponse> {
+        self.install_code(
+            canister_id,
+            CanisterInstallMode::Upgrade(None),
+            wasm_module,
+            arg,
+            sender,
+        )
+    }
+
+    /// `install_code` in any mode, its outcome returned rather than panicked on.
+    pub fn install_code(
+        &mut self,
+        canister_id: Principal,
+        mode: CanisterInstallMode,
+        wasm_module: Vec<u8>,
+        arg: Vec<u8>,
+        sender: Option<Principal>,
+    ) -> Result<(), RejectResponse> {
+        let args = InstallCodeArgs {
+            mode,
+            canister_id,
+            wasm_module,
+            arg,
+            sender_canister_version: None,
+        };
+        self.management::<()>(sender, "install_code", (args,))
+    }
+
+    /// Sends a query call (PocketIC's `query_call`): executed at once on a copy of the
+    /// canister, no round, nothing changed.
+    pub fn query_call(
+        &self,
+        canister_id: Principal,
+        sender: Principal,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, RejectResponse> {
+        self.execution
+            .execute_query(&self.state, canister_id, sender, method, &payload)
+            .map_err(RejectResponse::from)
     }
 
     /// Sends one ingress message and executes a round for it (with whatever else is queued).

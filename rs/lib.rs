@@ -29,6 +29,7 @@ pub mod archive;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod embedders;
 pub mod execution;
 pub mod harness;
 pub mod http;

@@ -25,7 +25,7 @@ use candid::Principal;
 use ic_error_types::{ErrorCode, UserError};
 
 use crate::config::Config;
-use crate::execution::{MemoryContext, WasmEngine, execute_canister_message};
+use crate::execution::{MemoryContext, WasmEngine, execute_canister_message, execute_query};
 use crate::management::ManagementCanister;
 use crate::replicated_state::{MemoryFootprint, ReplicatedState};
 use crate::state::CanisterState;
@@ -137,6 +137,33 @@ impl ExecutionLoop {
     /// A fresh state for this configuration.
     pub fn new_state(&self) -> ReplicatedState {
         ReplicatedState::new(self.config.max_snapshots_per_canister)
+    }
+
+    /// Executes a query call to `canister_id` against `state`, which it never changes (a query
+    /// runs on a copy of the canister, as on the IC).
+    pub fn execute_query(
+        &self,
+        state: &ReplicatedState,
+        canister_id: candid::Principal,
+        sender: candid::Principal,
+        method: &str,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, UserError> {
+        let canister = state.canisters.get(&canister_id).ok_or_else(|| {
+            UserError::new(
+                ErrorCode::CanisterNotFound,
+                format!("Canister {canister_id} not found."),
+            )
+        })?;
+        execute_query(
+            self.engine.as_ref(),
+            &self.config,
+            canister,
+            sender,
+            state.time,
+            method,
+            payload,
+        )
     }
 
     pub fn management_canister(&self) -> ManagementCanister<'_> {

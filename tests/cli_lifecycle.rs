@@ -466,3 +466,68 @@ fn a_rerun_of_an_upload_killed_before_it_printed_the_id_reports_the_snapshot() {
     ok(s, &["canister", "stop", &canister]);
     ok(s, &["canister", "snapshot", "load", &canister, &uploaded]);
 }
+
+/// A WebAssembly canister from a `.wasm` file: `canister_init` keeps its Candid argument,
+/// `set` replaces it, `get` (a query) replies with it, and `set_in_query` (a query that writes)
+/// changes nothing.
+const ECHO: &str = r#"(module
+  (import "ic0" "msg_arg_data_size" (func $size (result i32)))
+  (import "ic0" "msg_arg_data_copy" (func $copy (param i32 i32 i32)))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (import "ic0" "msg_reply" (func $reply))
+  (memory 1)
+  (data (i32.const 8) "DIDL\00\00")
+  (func $keep
+    (i32.store (i32.const 0) (call $size))
+    (call $copy (i32.const 16) (i32.const 0) (call $size)))
+  (func $reply_empty (call $append (i32.const 8) (i32.const 6)) (call $reply))
+  (func (export "canister_init") (call $keep))
+  (func (export "canister_update set") (call $keep) (call $reply_empty))
+  (func (export "canister_query set_in_query") (call $keep) (call $reply_empty))
+  (func (export "canister_query get")
+    (call $append (i32.const 16) (i32.load (i32.const 0)))
+    (call $reply)))"#;
+
+#[test]
+fn the_command_line_installs_a_wasm_file_and_sends_queries() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let s = state.as_path();
+    let wasm = work.path().join("echo.wasm");
+    std::fs::write(&wasm, wat::parse_str(ECHO).unwrap()).unwrap();
+    let wasm = wasm.to_str().unwrap();
+
+    let canister = ok(s, &["canister", "create"]);
+    ok(
+        s,
+        &[
+            "canister",
+            "install",
+            &canister,
+            "--wasm",
+            wasm,
+            "--argument",
+            "(\"hello\")",
+        ],
+    );
+    let get = ["canister", "call", &canister, "get", "--query"];
+    assert_eq!(ok(s, &get), "(\"hello\")");
+    ok(s, &["canister", "call", &canister, "set", "(\"world\")"]);
+    assert_eq!(ok(s, &get), "(\"world\")");
+    let in_query = [
+        "canister",
+        "call",
+        &canister,
+        "set_in_query",
+        "(\"lost\")",
+        "--query",
+    ];
+    ok(s, &in_query);
+    assert_eq!(ok(s, &get), "(\"world\")", "a query's writes are discarded");
+    // An update method is not a query.
+    let refused = fails(
+        s,
+        &["canister", "call", &canister, "set", "(\"x\")", "--query"],
+    );
+    assert!(refused.contains("has no query method 'set'"), "{refused}");
+}

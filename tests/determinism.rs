@@ -18,7 +18,9 @@ mod common;
 use std::time::Duration;
 
 use candid::{Decode, Encode, Principal};
-use canister_snapshots::execution::{ExecutionContext, TestCanisterEngine, WasmEngine};
+use canister_snapshots::execution::{
+    ExecutionContext, MethodKind, Response, TestCanisterEngine, WasmEngine,
+};
 use canister_snapshots::management::METHODS;
 use canister_snapshots::management::types::TakeCanisterSnapshotArgs as LabelledTakeArgs;
 use canister_snapshots::replicated_state::{
@@ -503,12 +505,19 @@ impl WasmEngine for WriteThenTrap {
         TestCanisterEngine.initial_globals(wasm_module)
     }
 
+    fn method_kind(&self, wasm_module: &WasmModule, method: &str) -> Option<MethodKind> {
+        if method == "write_then_trap" {
+            return Some(MethodKind::Update);
+        }
+        TestCanisterEngine.method_kind(wasm_module, method)
+    }
+
     fn execute(
         &self,
         ctx: &mut ExecutionContext<'_>,
         method: &str,
         arg: &[u8],
-    ) -> Result<Vec<u8>, UserError> {
+    ) -> Result<Response, UserError> {
         if method != "write_then_trap" {
             return TestCanisterEngine.execute(ctx, method, arg);
         }

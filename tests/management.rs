@@ -506,7 +506,7 @@ fn module_without_wasm_header_is_refused() {
                 Err(err),
                 ErrorCode::CanisterInvalidWasm,
                 RejectCode::CanisterError,
-                &["Wasm header"],
+                &["Wasm module is invalid"],
             );
         }
     }

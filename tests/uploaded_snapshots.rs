@@ -125,7 +125,10 @@ fn an_upload_whose_module_the_engine_refuses_is_refused_at_load() {
     let err = assert_refused_without_effect(setup, |sm, (c, id)| load(sm, c, id));
     assert_eq!(err.error_code, ErrorCode::CanisterInvalidWasm, "{err}");
     assert!(err.reject_message.contains("cannot be loaded"), "{err}");
-    assert!(err.reject_message.contains("Wasm header"), "{err}");
+    assert!(
+        err.reject_message.contains("magic header not detected"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

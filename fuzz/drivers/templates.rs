@@ -7,6 +7,7 @@ use arbitrary::{Arbitrary, Result, Unstructured};
 use candid::utils::ArgumentEncoder;
 use candid::{Nat, Principal};
 use canister_snapshots::TEST_CANISTER_WASM;
+use canister_snapshots::execution::test_canister_module;
 use canister_snapshots::management::types::{
     TakeCanisterSnapshotArgs, UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
 };
@@ -228,12 +229,12 @@ fn settings(state: &ReplicatedState, args: &Args) -> CanisterSettings {
     }
 }
 
-/// The module an upload or install sends: the test canister, the test canister with a
-/// suffix (another module hash), or the blob.
+/// The module an upload or install sends: the test canister, the test canister under another
+/// module hash, or the blob (most often refused by validation).
 fn module(pick: u8, blob: &[u8]) -> Vec<u8> {
     match pick % 3 {
         0 => TEST_CANISTER_WASM.to_vec(),
-        1 => [TEST_CANISTER_WASM, blob].concat(),
+        1 => test_canister_module(blob),
         _ => blob.to_vec(),
     }
 }

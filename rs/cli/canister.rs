@@ -48,19 +48,26 @@ pub enum CanisterCommand {
         #[arg(long = "controller")]
         controllers: Vec<String>,
     },
-    /// Install code (the native test canister unless --wasm is given).
+    /// Install code (the native test canister unless --wasm is given: a `.wasm` or `.wasm.gz`
+    /// file, run on wasmtime); `canister_init` or `canister_post_upgrade` gets --argument.
     Install {
         canister: String,
         #[arg(long, value_enum, default_value_t = InstallMode::Install)]
         mode: InstallMode,
         #[arg(long)]
         wasm: Option<PathBuf>,
+        /// The install argument in Candid text (default: none).
+        #[arg(long)]
+        argument: Option<String>,
     },
     /// Call METHOD with ARGS in Candid text (default `()`); prints the reply in Candid text.
+    /// With --query, a query call: executed on a copy, nothing changes.
     Call {
         canister: String,
         method: String,
         args: Option<String>,
+        #[arg(long)]
+        query: bool,
     },
     Stop {
         canister: String,
@@ -281,6 +288,7 @@ fn execute(
             canister,
             mode,
             wasm,
+            argument,
         } => {
             let canister_id = principal(&canister)?;
             let wasm_module = match wasm {
@@ -300,7 +308,11 @@ fn execute(
                 mode,
                 canister_id,
                 wasm_module,
-                arg: vec![],
+                arg: argument
+                    .as_deref()
+                    .map(candid_args)
+                    .transpose()?
+                    .unwrap_or_default(),
                 sender_canister_version: None,
             };
             sm.management::<()>(caller, "install_code", (args,))
@@ -311,15 +323,16 @@ fn execute(
             canister,
             method,
             args,
+            query,
         } => {
             let canister_id = principal(&canister)?;
-            let text = args.as_deref().unwrap_or("()");
-            let payload = candid_parser::parse_idl_args(text)
-                .and_then(|args| args.to_bytes().map_err(Into::into))
-                .map_err(|e| format!("ARGS {text:?} is not Candid text: {e}"))?;
-            let reply = sm
-                .update_call(canister_id, sender, &method, payload)
-                .map_err(reject)?;
+            let payload = candid_args(args.as_deref().unwrap_or("()"))?;
+            let reply = if query {
+                sm.query_call(canister_id, sender, &method, payload)
+            } else {
+                sm.update_call(canister_id, sender, &method, payload)
+            }
+            .map_err(reject)?;
             let reply =
                 IDLArgs::from_bytes(&reply).map_err(|e| format!("the reply is not Candid: {e}"))?;
             Ok(reply.to_string())
@@ -559,6 +572,13 @@ fn render_status(status: &CanisterStatusResult) -> String {
             .as_deref()
             .map_or("None".to_string(), |h| format!("0x{}", hex(h))),
     )
+}
+
+/// Candid text (`(1 : nat, "a")`) encoded as a message argument.
+fn candid_args(text: &str) -> Result<Vec<u8>, String> {
+    candid_parser::parse_idl_args(text)
+        .and_then(|args| args.to_bytes().map_err(Into::into))
+        .map_err(|e| format!("{text:?} is not Candid text: {e}"))
 }
 
 #[cfg(test)]

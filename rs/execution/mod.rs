@@ -13,6 +13,8 @@
 
 pub mod test_canister;
 
+use std::collections::BTreeSet;
+
 use candid::Principal;
 use ic_error_types::{ErrorCode, UserError};
 
@@ -20,7 +22,9 @@ use crate::config::Config;
 use crate::memory::{MAX_WASM_MEMORY_BYTES, Memory, MemoryError, PAGE_SIZE};
 use crate::state::{CanisterState, CanisterStatus, Cycles, ExecutionState, Global, WasmModule};
 
-pub use test_canister::{TEST_CANISTER_WASM, TestCanisterEngine};
+pub use test_canister::{
+    TEST_CANISTER_WASM, TestCanisterEngine, is_test_canister, test_canister_module,
+};
 
 /// What a canister method sees while it runs.
 pub struct ExecutionContext<'a> {
@@ -38,6 +42,80 @@ pub struct ExecutionContext<'a> {
     pub max_heap_delta: u64,
     /// The largest reply this message may produce; a method refuses to build a larger one.
     pub max_reply_bytes: u64,
+    /// What the System API tells the canister about itself.
+    pub canister: CanisterEnvironment<'a>,
+    /// The canister's global timer (`ic0.global_timer_set`); kept only if the message succeeds.
+    pub global_timer: Option<u64>,
+    /// The most instructions this message may execute (the replica's limit for its kind).
+    pub instruction_limit: u64,
+    /// Instructions the message executed, set by the engine.
+    pub instructions_executed: u64,
+}
+
+/// The canister a message runs on, as its System API sees it (read only).
+#[derive(Clone, Copy, Debug)]
+pub struct CanisterEnvironment<'a> {
+    pub canister_id: Principal,
+    pub controllers: &'a BTreeSet<Principal>,
+    pub status: CanisterStatus,
+    pub cycles: Cycles,
+    pub canister_version: u64,
+}
+
+impl<'a> CanisterEnvironment<'a> {
+    pub fn of(canister: &'a CanisterState) -> Self {
+        CanisterEnvironment {
+            canister_id: canister.canister_id,
+            controllers: &canister.controllers,
+            status: canister.status,
+            cycles: canister.cycles,
+            canister_version: canister.canister_version,
+        }
+    }
+}
+
+/// How a method is exported: the kind decides whether its changes are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodKind {
+    /// `canister_update <name>`: changes are kept.
+    Update,
+    /// `canister_query <name>`: runs on a copy, changes are discarded.
+    Query,
+    /// `canister_composite_query <name>`: a query that may call other queries; never an update.
+    CompositeQuery,
+}
+
+/// The entry points the replica calls outside of messages (`canister_init` and the upgrade
+/// hooks), each run by the management canister's `install_code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemMethod {
+    /// `canister_init(arg)`, after `canister_start` on a fresh heap.
+    Init,
+    /// `canister_pre_upgrade`, on the old module.
+    PreUpgrade,
+    /// `canister_post_upgrade(arg)`, on the new module after `canister_start`.
+    PostUpgrade,
+}
+
+impl SystemMethod {
+    /// The export that implements it.
+    pub fn export_name(self) -> &'static str {
+        match self {
+            SystemMethod::Init => "canister_init",
+            SystemMethod::PreUpgrade => "canister_pre_upgrade",
+            SystemMethod::PostUpgrade => "canister_post_upgrade",
+        }
+    }
+}
+
+/// How a method ended without trapping. A reject, unlike a trap, keeps the method's changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Reply(Vec<u8>),
+    /// `ic0.msg_reject`: the caller gets a reject with this message.
+    Reject(String),
+    /// The method returned without replying or rejecting.
+    NoResponse,
 }
 
 impl ExecutionContext<'_> {
@@ -134,6 +212,11 @@ impl ExecutionContext<'_> {
     }
 }
 
+/// Bytes of the 4 KiB pages a write of `len` bytes at `offset` touches: the heap delta it costs.
+pub fn touched_bytes(offset: u64, len: u64) -> u64 {
+    touched_pages(offset, len).saturating_mul(PAGE_SIZE as u64)
+}
+
 fn touched_pages(offset: u64, len: u64) -> u64 {
     if len == 0 {
         return 0;
@@ -154,22 +237,46 @@ pub fn trap_on_memory_error(err: MemoryError) -> UserError {
     UserError::new(err.code(), format!("Canister trapped: {err}"))
 }
 
-/// The seam behind which a real Wasm engine would replace the native test canister.
+/// The seam between the replica and the engine that runs canister code: the native test
+/// canister ([`TestCanisterEngine`]) or real WebAssembly (`embedders::WasmtimeEngine`).
+///
+/// The caller owns atomicity: every method runs on a copy of the execution state, which the
+/// caller keeps only when the method succeeds (and, for queries, never).
 pub trait WasmEngine: Send + Sync {
-    /// Accepts or refuses a module at install time (refusal: `CanisterInvalidWasm`).
+    /// Accepts or refuses a module at install time and again when a snapshot holding it is
+    /// loaded (refusal: `CanisterInvalidWasm`, naming what is wrong).
     fn validate(&self, wasm_module: &[u8]) -> Result<(), UserError>;
 
-    /// The exported globals a freshly instantiated module starts with.
+    /// The exported globals a freshly instantiated module starts with, in export order.
     fn initial_globals(&self, wasm_module: &WasmModule) -> Vec<Global>;
 
-    /// Runs update method `method` with Candid argument `arg`. On `Err` the caller discards
-    /// every change the method made.
+    /// How `method` is exported by `wasm_module`, if it is.
+    fn method_kind(&self, wasm_module: &WasmModule, method: &str) -> Option<MethodKind>;
+
+    /// Runs the exported method `method` (of any [`MethodKind`]) with argument `arg`. On `Err`
+    /// the caller discards every change the method made.
     fn execute(
         &self,
         ctx: &mut ExecutionContext<'_>,
         method: &str,
         arg: &[u8],
-    ) -> Result<Vec<u8>, UserError>;
+    ) -> Result<Response, UserError>;
+
+    /// Prepares a fresh heap for a newly installed module: its active data segments, then its
+    /// start function (`canister_start`). Nothing to do for a module without either.
+    fn start(&self, _ctx: &mut ExecutionContext<'_>) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Runs `method` if the module exports it (a module need not export any).
+    fn execute_system_method(
+        &self,
+        _ctx: &mut ExecutionContext<'_>,
+        _method: SystemMethod,
+        _arg: &[u8],
+    ) -> Result<(), UserError> {
+        Ok(())
+    }
 }
 
 /// What a canister's memory growth is checked against, from the replicated state this layer
@@ -279,21 +386,47 @@ pub fn check_memory_growth(
     })
 }
 
-/// Executes one update call to `canister`, atomically: on error the canister is unchanged.
-/// Memory the message grows is checked against the subnet's capacity and the canister's
-/// freezing threshold ([`check_memory_growth`]), as the replica checks `memory.grow`; a message
-/// that fails them traps. Charges the message's heap delta to the canister's debit on success.
-#[allow(clippy::too_many_arguments)]
-pub fn execute_canister_message(
-    engine: &dyn WasmEngine,
+/// The context of one message on `canister`: `execution_state` and `certified_data` are the
+/// caller's copies, kept or dropped by the caller.
+pub fn message_context<'a>(
     config: &Config,
-    canister: &mut CanisterState,
-    memory: MemoryContext,
+    canister: &'a CanisterState,
+    execution_state: &'a mut ExecutionState,
+    certified_data: &'a mut Vec<u8>,
     caller: Principal,
     time: u64,
-    method: &str,
-    arg: &[u8],
-) -> Result<Vec<u8>, UserError> {
+    instruction_limit: u64,
+) -> ExecutionContext<'a> {
+    ExecutionContext {
+        execution_state,
+        certified_data,
+        caller,
+        time,
+        wasm_memory_limit: canister
+            .settings
+            .wasm_memory_limit
+            .min(MAX_WASM_MEMORY_BYTES),
+        stable_memory_limit: config.stable_memory_limit_bytes,
+        heap_delta: 0,
+        max_heap_delta: config.max_heap_delta_per_message_bytes,
+        max_reply_bytes: config.max_reply_bytes,
+        canister: CanisterEnvironment::of(canister),
+        global_timer: canister.global_timer,
+        instruction_limit,
+        instructions_executed: 0,
+    }
+}
+
+/// The reject of a message to a method the module does not export as `expected`.
+fn method_not_found(id: Principal, expected: &str, method: &str) -> UserError {
+    UserError::new(
+        ErrorCode::CanisterMethodNotFound,
+        format!("Canister {id} has no {expected} method '{method}'."),
+    )
+}
+
+/// The execution state of a canister that may receive messages: running, with code.
+fn callable(canister: &CanisterState) -> Result<&ExecutionState, UserError> {
     let id = canister.canister_id;
     match canister.status {
         CanisterStatus::Running => {}
@@ -310,45 +443,112 @@ pub fn execute_canister_message(
             ));
         }
     }
-    let Some(execution_state) = &canister.execution_state else {
-        return Err(UserError::new(
+    canister.execution_state.as_ref().ok_or_else(|| {
+        UserError::new(
             ErrorCode::CanisterWasmModuleNotFound,
             format!(
                 "Attempted to execute a message, but the canister {id} contains no Wasm \
                  module. Install code with install_code first."
             ),
-        ));
-    };
+        )
+    })
+}
+
+/// The reply of a method that returned `response`, refusing one larger than the limit.
+fn into_reply(config: &Config, id: Principal, response: Response) -> Result<Vec<u8>, UserError> {
+    match response {
+        Response::Reply(reply) if reply.len() as u64 > config.max_reply_bytes => {
+            Err(UserError::new(
+                ErrorCode::CanisterContractViolation,
+                format!(
+                    "Canister {id} tried to reply with {} bytes; the limit is {} bytes. Ask for \
+                     less data per call.",
+                    reply.len(),
+                    config.max_reply_bytes
+                ),
+            ))
+        }
+        Response::Reply(reply) => Ok(reply),
+        Response::Reject(message) => Err(UserError::new(
+            ErrorCode::CanisterRejectedMessage,
+            format!("Error from Canister {id}: Canister rejected the message: {message}"),
+        )),
+        Response::NoResponse => Err(UserError::new(
+            ErrorCode::CanisterDidNotReply,
+            format!("Canister {id} did not produce a response"),
+        )),
+    }
+}
+
+/// Executes one update call to `canister`, atomically: on error the canister is unchanged.
+/// Memory the message grows is checked against the subnet's capacity and the canister's
+/// freezing threshold ([`check_memory_growth`]), as the replica checks `memory.grow`; a message
+/// that fails them traps. Charges the message's heap delta to the canister's debit on success.
+///
+/// As on the IC, an update call to a query method runs it as a *replicated query*: it
+/// replies, and its changes are discarded; a composite query cannot be called as an update.
+/// A method that rejects (`ic0.msg_reject`) or returns without replying keeps its changes.
+#[allow(clippy::too_many_arguments)]
+pub fn execute_canister_message(
+    engine: &dyn WasmEngine,
+    config: &Config,
+    canister: &mut CanisterState,
+    memory: MemoryContext,
+    caller: Principal,
+    time: u64,
+    method: &str,
+    arg: &[u8],
+) -> Result<Vec<u8>, UserError> {
+    let id = canister.canister_id;
+    let execution_state = callable(canister)?;
+    let kind = engine.method_kind(&execution_state.wasm_module, method);
+    match kind {
+        Some(MethodKind::Update) => {}
+        Some(MethodKind::Query) => {
+            return execute_query_on(
+                engine,
+                config,
+                canister,
+                caller,
+                time,
+                method,
+                arg,
+                config.max_instructions_per_message,
+            );
+        }
+        Some(MethodKind::CompositeQuery) => {
+            return Err(UserError::new(
+                ErrorCode::CompositeQueryCalledInReplicatedMode,
+                format!(
+                    "Canister {id}: composite query '{method}' cannot be called as an update: \
+                     send it as a query."
+                ),
+            ));
+        }
+        None => return Err(method_not_found(id, "update", method)),
+    }
     // Run on copies: O(1) for the memories, and the originals survive a trap untouched.
     let mut scratch = execution_state.clone();
     let mut certified_data = canister.certified_data.clone();
-    let mut ctx = ExecutionContext {
-        execution_state: &mut scratch,
-        certified_data: &mut certified_data,
+    let mut ctx = message_context(
+        config,
+        canister,
+        &mut scratch,
+        &mut certified_data,
         caller,
         time,
-        wasm_memory_limit: canister
-            .settings
-            .wasm_memory_limit
-            .min(MAX_WASM_MEMORY_BYTES),
-        stable_memory_limit: config.stable_memory_limit_bytes,
-        heap_delta: 0,
-        max_heap_delta: config.max_heap_delta_per_message_bytes,
-        max_reply_bytes: config.max_reply_bytes,
-    };
-    let reply = engine.execute(&mut ctx, method, arg)?;
-    if reply.len() as u64 > config.max_reply_bytes {
-        return Err(UserError::new(
-            ErrorCode::CanisterContractViolation,
-            format!(
-                "Canister {id} tried to reply with {} bytes; the limit is {} bytes. Ask for \
-                 less data per call.",
-                reply.len(),
-                config.max_reply_bytes
-            ),
-        ));
-    }
+        config.max_instructions_per_message,
+    );
+    let response = engine.execute(&mut ctx, method, arg)?;
     let heap_delta = ctx.heap_delta;
+    let global_timer = ctx.global_timer;
+    let outcome = into_reply(config, id, response);
+    if let Err(err) = &outcome
+        && err.code() == ErrorCode::CanisterContractViolation
+    {
+        // An oversized reply is the canister's error, like a trap: nothing is kept.
+        return outcome;
+    }
     let usage = |execution: &ExecutionState, certified_data: &[u8]| {
         execution
             .memory_usage()
@@ -372,6 +572,65 @@ pub fn execute_canister_message(
     }
     canister.execution_state = Some(scratch);
     canister.certified_data = certified_data;
+    canister.global_timer = global_timer;
     canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
-    Ok(reply)
+    outcome
+}
+
+/// Executes a query call (`canister_query` or `canister_composite_query`) on a copy of
+/// `canister`: whatever the method writes is discarded. An update method cannot be called as a
+/// query (`CanisterMethodNotFound`, as on the IC).
+pub fn execute_query(
+    engine: &dyn WasmEngine,
+    config: &Config,
+    canister: &CanisterState,
+    caller: Principal,
+    time: u64,
+    method: &str,
+    arg: &[u8],
+) -> Result<Vec<u8>, UserError> {
+    let execution_state = callable(canister)?;
+    match engine.method_kind(&execution_state.wasm_module, method) {
+        Some(MethodKind::Query | MethodKind::CompositeQuery) => execute_query_on(
+            engine,
+            config,
+            canister,
+            caller,
+            time,
+            method,
+            arg,
+            config.max_instructions_per_query_message,
+        ),
+        Some(MethodKind::Update) | None => {
+            Err(method_not_found(canister.canister_id, "query", method))
+        }
+    }
+}
+
+/// Runs a query method on copies that are then dropped.
+#[allow(clippy::too_many_arguments)]
+fn execute_query_on(
+    engine: &dyn WasmEngine,
+    config: &Config,
+    canister: &CanisterState,
+    caller: Principal,
+    time: u64,
+    method: &str,
+    arg: &[u8],
+    instruction_limit: u64,
+) -> Result<Vec<u8>, UserError> {
+    let execution_state = callable(canister)?;
+    let mut scratch = execution_state.clone();
+    let mut certified_data = canister.certified_data.clone();
+    let mut ctx = message_context(
+        config,
+        canister,
+        &mut scratch,
+        &mut certified_data,
+        caller,
+        time,
+        instruction_limit,
+    );
+    let response = engine.execute(&mut ctx, method, arg)?;
+    into_reply(config, canister.canister_id, response)
 }

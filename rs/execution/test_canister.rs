@@ -1,5 +1,6 @@
-//! The test canister, executed natively. Any module starting with the Wasm header
-//! [`TEST_CANISTER_WASM`] gets this Candid interface (`spec/test-canister.did`):
+//! The test canister, executed natively: the empty module [`TEST_CANISTER_WASM`] (or
+//! [`test_canister_module`], the same under another hash) gets this Candid interface
+//! (`spec/test-canister.did`) without any WebAssembly running, for fast tests and fuzzing:
 //!
 //! ```text
 //! write_heap : (offset : nat64, data : blob) -> ()      // grows Wasm memory in 64 KiB pages to fit
@@ -19,12 +20,51 @@ use candid::{DecoderConfig, decode_args_with_config, encode_args};
 use ic_error_types::{ErrorCode, UserError};
 use serde_bytes::ByteBuf;
 
-use super::{ExecutionContext, WasmEngine};
+use super::{ExecutionContext, MethodKind, Response, WasmEngine};
 use crate::state::{Global, WasmModule};
 
-/// The Wasm binary header: `\0asm` and version 1. Installing any module that starts with it
-/// installs the test canister.
+/// The Wasm binary header: `\0asm` and version 1, an empty module. Installing exactly these
+/// bytes (or [`test_canister_module`]) installs the native test canister; any other module
+/// runs as WebAssembly.
 pub const TEST_CANISTER_WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+/// The custom section that names a version of the test canister.
+const TEST_CANISTER_SECTION: &str = "test-canister";
+
+/// The test canister under another module hash: the empty module plus one custom section
+/// `test-canister` holding `version`. A valid Wasm module, so any tool reads it.
+pub fn test_canister_module(version: &[u8]) -> Vec<u8> {
+    let mut module = wasm_encoder::Module::new();
+    module.section(&wasm_encoder::CustomSection {
+        name: TEST_CANISTER_SECTION.into(),
+        data: version.into(),
+    });
+    module.finish()
+}
+
+/// Whether `wasm_module` is the native test canister: [`TEST_CANISTER_WASM`] exactly, or
+/// [`test_canister_module`] of some version.
+pub fn is_test_canister(wasm_module: &[u8]) -> bool {
+    if wasm_module == TEST_CANISTER_WASM {
+        return true;
+    }
+    if !wasm_module.starts_with(TEST_CANISTER_WASM) {
+        return false;
+    }
+    let mut sections = 0u32;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm_module) {
+        match payload {
+            Ok(wasmparser::Payload::Version { .. } | wasmparser::Payload::End(_)) => {}
+            Ok(wasmparser::Payload::CustomSection(section))
+                if section.name() == TEST_CANISTER_SECTION =>
+            {
+                sections = sections.saturating_add(1);
+            }
+            _ => return false,
+        }
+    }
+    sections == 1
+}
 
 /// Certified data is at most 32 bytes, as on the IC.
 pub const MAX_CERTIFIED_DATA_BYTES: usize = 32;
@@ -100,15 +140,20 @@ impl TestCanisterEngine {
 
 impl WasmEngine for TestCanisterEngine {
     fn validate(&self, wasm_module: &[u8]) -> Result<(), UserError> {
-        if wasm_module.starts_with(TEST_CANISTER_WASM) {
+        if is_test_canister(wasm_module) {
             Ok(())
         } else {
             Err(UserError::new(
                 ErrorCode::CanisterInvalidWasm,
-                "Wasm module is invalid: it does not start with the Wasm header \
-                 `\\0asm\\x01\\0\\0\\0`. Pass the bytes of a compiled Wasm module.",
+                "Wasm module is invalid: this engine runs only the native test canister \
+                 (`\\0asm\\x01\\0\\0\\0`, optionally with one `test-canister` custom \
+                 section). Run real modules with the Wasm engine.",
             ))
         }
+    }
+
+    fn method_kind(&self, _: &WasmModule, method: &str) -> Option<MethodKind> {
+        METHODS.contains(&method).then_some(MethodKind::Update)
     }
 
     fn initial_globals(&self, _: &WasmModule) -> Vec<Global> {
@@ -116,6 +161,17 @@ impl WasmEngine for TestCanisterEngine {
     }
 
     fn execute(
+        &self,
+        ctx: &mut ExecutionContext<'_>,
+        method: &str,
+        arg: &[u8],
+    ) -> Result<Response, UserError> {
+        self.execute_update(ctx, method, arg).map(Response::Reply)
+    }
+}
+
+impl TestCanisterEngine {
+    fn execute_update(
         &self,
         ctx: &mut ExecutionContext<'_>,
         method: &str,
@@ -195,9 +251,11 @@ impl WasmEngine for TestCanisterEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::execution::CanisterEnvironment;
     use crate::memory::Memory;
     use crate::state::ExecutionState;
     use candid::Principal;
+    use std::collections::BTreeSet;
 
     /// Runs `method` on an execution state holding `globals`, as a load of an uploaded
     /// snapshot could leave it if nothing checked the globals.
@@ -219,8 +277,18 @@ mod tests {
             heap_delta: 0,
             max_heap_delta: 1 << 20,
             max_reply_bytes: 1 << 20,
+            canister: CanisterEnvironment {
+                canister_id: Principal::anonymous(),
+                controllers: &BTreeSet::new(),
+                status: crate::state::CanisterStatus::Running,
+                cycles: 0,
+                canister_version: 0,
+            },
+            global_timer: None,
+            instruction_limit: u64::MAX,
+            instructions_executed: 0,
         };
-        TestCanisterEngine.execute(&mut ctx, method, &arg)
+        TestCanisterEngine.execute_update(&mut ctx, method, &arg)
     }
 
     /// Every global method traps, never panics, whatever globals the state holds: none, too
@@ -249,5 +317,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The versioned test canister is a valid Wasm module and still the test canister; any
+    /// other section makes it a real module.
+    #[test]
+    fn versioned_test_canister_is_the_test_canister() {
+        let v2 = test_canister_module(b"v2");
+        assert!(is_test_canister(&v2) && is_test_canister(TEST_CANISTER_WASM));
+        wasmparser::Validator::new().validate_all(&v2).unwrap();
+        assert_ne!(v2, test_canister_module(b"v3"));
+        assert!(!is_test_canister(&[TEST_CANISTER_WASM, b"v2"].concat()));
+        let with_type = [TEST_CANISTER_WASM, &[1, 1, 0][..]].concat();
+        assert!(!is_test_canister(&with_type));
+        assert!(!is_test_canister(&[v2.clone(), v2[8..].to_vec()].concat()));
     }
 }

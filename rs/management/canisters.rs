@@ -11,6 +11,7 @@ use ic_management_canister_types::{
     CodeDeploymentRecord, ControllersChangeRecord, CreateCanisterArgs, CreationRecord,
     DefiniteCanisterSettings, InstallCodeArgs, LogVisibility, MemoryMetrics,
     ProvisionalCreateCanisterWithCyclesArgs, QueryStats, SnapshotVisibility, UninstallCodeArgs,
+    UpgradeFlags, WasmMemoryPersistence,
 };
 
 use super::types::{
@@ -21,6 +22,7 @@ use super::{
     ManagementCanister, canister, canister_mut, controlled, from_user, invalid_payload, nat_u64,
     nat_u128, reply,
 };
+use crate::execution::{SystemMethod, message_context};
 use crate::memory::Memory;
 use crate::replicated_state::{ReplicatedState, canister_id_from_index};
 use crate::state::{
@@ -210,7 +212,7 @@ impl ManagementCanister<'_> {
         let canister = controlled(state, args.canister_id, sender)?;
         self.engine.validate(&args.wasm_module)?;
         let id = canister.canister_id;
-        let (mode, stable_memory) = match (&args.mode, &canister.execution_state) {
+        let mode = match (&args.mode, &canister.execution_state) {
             (CanisterInstallMode::Install, Some(_)) => {
                 return Err(UserError::new(
                     ErrorCode::CanisterNonEmpty,
@@ -229,29 +231,23 @@ impl ManagementCanister<'_> {
                     ),
                 ));
             }
-            (CanisterInstallMode::Upgrade(_), Some(execution)) => {
-                (CodeDeploymentMode::Upgrade, execution.stable_memory.clone())
-            }
-            (CanisterInstallMode::Install, None) => (CodeDeploymentMode::Install, Memory::new()),
-            (CanisterInstallMode::Reinstall, _) => (CodeDeploymentMode::Reinstall, Memory::new()),
+            (CanisterInstallMode::Upgrade(_), Some(_)) => CodeDeploymentMode::Upgrade,
+            (CanisterInstallMode::Install, None) => CodeDeploymentMode::Install,
+            (CanisterInstallMode::Reinstall, _) => CodeDeploymentMode::Reinstall,
+        };
+        let flags = match &args.mode {
+            CanisterInstallMode::Upgrade(Some(flags)) => *flags,
+            _ => UpgradeFlags::default(),
         };
         let wasm_module = WasmModule::new(args.wasm_module);
         let module_hash = wasm_module.hash().to_vec();
-        let exported_globals = self.engine.initial_globals(&wasm_module);
         let time = state.time;
+        let (execution_state, certified_data, global_timer) =
+            self.run_install(canister, mode, &flags, wasm_module, sender, time, &args.arg)?;
         let canister = canister_mut(state, id)?;
-        canister.execution_state = Some(ExecutionState {
-            wasm_module,
-            wasm_memory: Memory::new(),
-            stable_memory,
-            exported_globals,
-        });
-        // Every install deactivates the global timer, as on the IC; only upgrade keeps
-        // certified data.
-        canister.global_timer = None;
-        if mode != CodeDeploymentMode::Upgrade {
-            canister.certified_data.clear();
-        }
+        canister.execution_state = Some(execution_state);
+        canister.certified_data = certified_data;
+        canister.global_timer = global_timer;
         canister.bump_version();
         canister.record_change(
             time,
@@ -259,6 +255,81 @@ impl ManagementCanister<'_> {
             ChangeDetails::CodeDeployment(CodeDeploymentRecord { mode, module_hash }),
         );
         reply(())
+    }
+
+    /// Runs the lifecycle of an `install_code` on copies and returns the new execution state,
+    /// certified data and global timer; an error (a trap anywhere in the chain) leaves the
+    /// canister exactly as it was.
+    ///
+    /// Install and reinstall: a fresh heap and stable memory, `canister_start` (with the data
+    /// segments), then `canister_init(arg)`. Upgrade: the old module's `canister_pre_upgrade`
+    /// (unless `skip_pre_upgrade`), then on the new module with the old stable memory (and,
+    /// with `wasm_memory_persistence = keep`, the old heap) `canister_start` and
+    /// `canister_post_upgrade(arg)`. Every install deactivates the global timer; only upgrade
+    /// keeps certified data. The steps share the install's instruction limit.
+    #[allow(clippy::too_many_arguments)]
+    fn run_install(
+        &self,
+        canister: &CanisterState,
+        mode: CodeDeploymentMode,
+        flags: &UpgradeFlags,
+        wasm_module: WasmModule,
+        sender: Principal,
+        time: u64,
+        arg: &[u8],
+    ) -> Result<(ExecutionState, Vec<u8>, Option<u64>), UserError> {
+        let limit = self.config.max_instructions_per_install_code;
+        let exported_globals = self.engine.initial_globals(&wasm_module);
+        let mut fresh = ExecutionState {
+            wasm_module,
+            wasm_memory: Memory::new(),
+            stable_memory: Memory::new(),
+            exported_globals,
+        };
+        let mut certified_data = Vec::new();
+        let mut used = 0;
+        if let (CodeDeploymentMode::Upgrade, Some(old)) = (mode, &canister.execution_state) {
+            certified_data = canister.certified_data.clone();
+            let mut old = old.clone();
+            let mut ctx = message_context(
+                self.config,
+                canister,
+                &mut old,
+                &mut certified_data,
+                sender,
+                time,
+                limit,
+            );
+            if flags.skip_pre_upgrade != Some(true) {
+                self.engine
+                    .execute_system_method(&mut ctx, SystemMethod::PreUpgrade, &[])?;
+            }
+            used = ctx.instructions_executed;
+            fresh.stable_memory = old.stable_memory;
+            if flags.wasm_memory_persistence == Some(WasmMemoryPersistence::Keep) {
+                fresh.wasm_memory = old.wasm_memory;
+            }
+        }
+        let mut ctx = message_context(
+            self.config,
+            canister,
+            &mut fresh,
+            &mut certified_data,
+            sender,
+            time,
+            limit,
+        );
+        ctx.instructions_executed = used;
+        ctx.global_timer = None;
+        self.engine.start(&mut ctx)?;
+        let hook = if mode == CodeDeploymentMode::Upgrade {
+            SystemMethod::PostUpgrade
+        } else {
+            SystemMethod::Init
+        };
+        self.engine.execute_system_method(&mut ctx, hook, arg)?;
+        let global_timer = ctx.global_timer;
+        Ok((fresh, certified_data, global_timer))
     }
 
     pub(super) fn uninstall_code(

@@ -43,9 +43,9 @@ pub fn stranger() -> Principal {
     user(66)
 }
 
-/// The test canister module with a suffix: a different module hash, the same interface.
+/// The test canister module under a version: a different module hash, the same interface.
 pub fn module(version: &str) -> Vec<u8> {
-    [TEST_CANISTER_WASM, version.as_bytes()].concat()
+    canister_snapshots::execution::test_canister_module(version.as_bytes())
 }
 
 /// A test canister and the principal that calls it.
