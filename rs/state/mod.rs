@@ -294,7 +294,7 @@ pub struct ExecutionState {
 impl ExecutionState {
     /// Bytes of memory pages not yet in a checkpoint (held in the heap, not mapped from a
     /// checkpoint file): the heap delta that taking or loading a snapshot of these memories
-    /// costs, as the replica counts it. O(those pages).
+    /// costs, as the replica counts it. O(1).
     pub fn unsaved_page_bytes(&self) -> u64 {
         self.wasm_memory
             .resident_bytes()
