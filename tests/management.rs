@@ -102,8 +102,8 @@ fn take_args(canister_id: Principal) -> TakeCanisterSnapshotArgs {
     }
 }
 
-/// The canister's history as the IC's types read it (these tests take no scheduled snapshots,
-/// the one entry the IC's types cannot show: `tests/scheduled_snapshots.rs`).
+/// The canister's history as the IC's types read it (scheduled takes are kept apart:
+/// `tests/scheduled_snapshots.rs`).
 fn history(sm: &StateMachine, canister_id: Principal) -> Vec<Change> {
     sm.state().canisters[&canister_id]
         .history
