@@ -2615,3 +2615,20 @@ fn subnet_accounting_sums_logical_and_unique_bytes_over_canisters() {
         sa.total_size + sb.total_size
     );
 }
+
+/// `ready_for_migration`: true exactly when the canister is stopped (the spec: stopped, with
+/// empty queues and flushed streams, which a stopped canister here always has).
+#[test]
+fn canister_status_is_ready_for_migration_when_stopped() {
+    let (mut sm, c) = env();
+    let ready = |sm: &mut StateMachine| {
+        sm.canister_status(c.id, Some(c.sender))
+            .unwrap()
+            .ready_for_migration
+    };
+    assert!(!ready(&mut sm), "running");
+    sm.stop_canister(c.id, Some(c.sender)).unwrap();
+    assert!(ready(&mut sm), "stopped");
+    sm.start_canister(c.id, Some(c.sender)).unwrap();
+    assert!(!ready(&mut sm), "started again");
+}

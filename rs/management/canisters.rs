@@ -319,7 +319,9 @@ impl ManagementCanister<'_> {
                 CanisterStatus::Stopping => CanisterStatusType::Stopping,
                 CanisterStatus::Stopped => CanisterStatusType::Stopped,
             },
-            ready_for_migration: false,
+            // The spec: a stopped canister with empty queues and flushed streams. A stopped
+            // canister here has neither (no inter-canister calls; ingress to it is refused).
+            ready_for_migration: canister.status == CanisterStatus::Stopped,
             version: canister.canister_version,
             settings: DefiniteCanisterSettings {
                 controllers: canister.controllers.iter().copied().collect(),
