@@ -114,13 +114,18 @@ pub enum Global {
     V128(u128),
 }
 
+/// Bytes each global counts for in a canister's memory and a snapshot's `total_size`,
+/// whatever its type: the replica counts `size_of::<Global>()` per global
+/// (`ExecutionState::global_memory_usage`, and `snapshot_size_bytes` for an upload's metadata),
+/// the in-memory size of its enum of the five Wasm value types, 32 bytes (a `u128` payload
+/// aligned to 16, plus the tag). A constant here, so that the figure cannot change with the
+/// compiler or the platform of a replica; `Global` has the same layout, which a test checks.
+pub const GLOBAL_SIZE_BYTES: u64 = 32;
+
 impl Global {
-    /// Bytes a global counts for in `total_size`.
+    /// Bytes a global counts for in `total_size` and memory usage: [`GLOBAL_SIZE_BYTES`].
     pub fn size(&self) -> u64 {
-        match self {
-            Global::V128(_) => 16,
-            _ => 8,
-        }
+        GLOBAL_SIZE_BYTES
     }
 
     /// The Wasm value type: `i32`, `i64`, `f32`, `f64` or `v128`.
@@ -490,5 +495,20 @@ impl CanisterState {
         execution
             .saturating_add(self.certified_data.len() as u64)
             .saturating_add(self.chunk_store_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replica counts `size_of::<Global>()` per global; ours has the same layout (the five
+    /// Wasm value types, a `u128` the largest), so the constant is what it counts.
+    #[test]
+    fn a_global_counts_its_in_memory_size() {
+        assert_eq!(std::mem::size_of::<Global>() as u64, GLOBAL_SIZE_BYTES);
+        for global in [Global::I32(1), Global::F64(2), Global::V128(3)] {
+            assert_eq!(global.size(), GLOBAL_SIZE_BYTES);
+        }
     }
 }

@@ -109,12 +109,12 @@ impl Image {
     }
 
     /// The canister's memory as the IC counts it (`total_size` for a snapshot): module, both
-    /// memories, 8 bytes per global, certified data.
+    /// memories, `GLOBAL_SIZE_BYTES` per global, certified data.
     pub fn memory_usage(&self) -> u64 {
         TEST_CANISTER_WASM.len() as u64
             + self.heap.size()
             + self.stable.size()
-            + 8 * self.globals.len() as u64
+            + crate::state::GLOBAL_SIZE_BYTES * self.globals.len() as u64
             + self.certified_data.len() as u64
     }
 
