@@ -333,11 +333,14 @@ pub struct CanisterSettings {
 }
 
 impl CanisterSettings {
-    /// The low-memory hook condition for a heap of `wasm_memory_bytes`: a threshold is set and
-    /// less than it remains below `wasm_memory_limit`.
+    /// The low-memory hook condition for a heap of `wasm_memory_bytes`, as the replica
+    /// evaluates it (`is_low_wasm_memory_hook_condition_satisfied`): `wasm_memory_limit <
+    /// heap + wasm_memory_threshold`. Not the spec's "less than the threshold remains below the
+    /// limit" read as `threshold > 0 && limit - heap < threshold`: a heap above the limit
+    /// (a limit lowered after the heap grew, or a loaded snapshot's heap) satisfies the
+    /// replica's condition even without a threshold.
     pub fn low_wasm_memory_condition(&self, wasm_memory_bytes: u64) -> bool {
-        self.wasm_memory_threshold > 0
-            && self.wasm_memory_limit.saturating_sub(wasm_memory_bytes) < self.wasm_memory_threshold
+        self.wasm_memory_limit < wasm_memory_bytes.saturating_add(self.wasm_memory_threshold)
     }
 }
 
