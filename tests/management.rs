@@ -2633,3 +2633,29 @@ fn canister_status_is_ready_for_migration_when_stopped() {
     sm.start_canister(c.id, Some(c.sender)).unwrap();
     assert!(!ready(&mut sm), "started again");
 }
+
+/// `delete_canister_snapshot` runs the memory and cycles checks at zero cost, as the replica's
+/// `delete_snapshot` does: a canister frozen even without the snapshot is refused and nothing
+/// changes; with its balance above the threshold the delete is free.
+#[test]
+fn a_frozen_canister_cannot_delete_a_snapshot_and_a_delete_is_free() {
+    let frozen = || {
+        let (mut sm, c, snapshot) = populated_env(true);
+        sm.state_mut().canisters.get_mut(&c.id).unwrap().cycles = 1;
+        (sm, (c, snapshot.unwrap()))
+    };
+    let err = assert_refused_without_effect(frozen, |sm, (c, snapshot)| {
+        sm.delete_canister_snapshot(c.id, Some(c.sender), snapshot.clone())
+    });
+    assert_eq!(
+        err.error_code,
+        ErrorCode::InsufficientCyclesInMemoryGrow,
+        "{err}"
+    );
+
+    let (mut sm, c, snapshot) = populated_env(true);
+    let cycles = c.cycles(&sm);
+    sm.delete_canister_snapshot(c.id, Some(c.sender), snapshot.unwrap())
+        .unwrap();
+    assert_eq!(c.cycles(&sm), cycles, "a delete costs nothing");
+}

@@ -530,9 +530,26 @@ impl ManagementCanister<'_> {
         sender: Principal,
         args: DeleteCanisterSnapshotArgs,
     ) -> Result<Vec<u8>, UserError> {
+        // The replica's order: controller, the snapshot, then the memory and cycles checks
+        // of the memory after the delete, at zero cost (`canister_manager.rs`,
+        // `delete_snapshot`): a canister frozen even without the snapshot is refused.
         let snapshot_id = SnapshotId::from_bytes(&args.snapshot_id)?;
-        controlled(state, args.canister_id, sender)?;
+        let canister = controlled(state, args.canister_id, sender)?;
+        let size = state
+            .snapshots
+            .get(args.canister_id, &snapshot_id)?
+            .total_size();
+        let before = state.canister_memory_usage(canister);
+        let change = MemoryChange {
+            after: before.saturating_sub(size),
+            before,
+            instructions: 0,
+        };
+        let charge = self.check_memory_and_cycles(state, canister, &change)?;
         state.snapshots.delete(args.canister_id, &snapshot_id)?;
+        if let Some(canister) = state.canisters.get_mut(&args.canister_id) {
+            charge.apply(canister);
+        }
         reply(())
     }
 }
