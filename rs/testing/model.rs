@@ -470,6 +470,11 @@ impl Model {
                 if from != n {
                     return Err(ErrorCode::CanisterRejectedMessage);
                 }
+                // The memory and cycles checks at zero cost, on the memory without it.
+                let c = self.controlled(*n, caller(*s))?;
+                let before = c.usage();
+                let freed = c.snapshots.get(&local).map_or(0, Image::memory_usage);
+                self.check_cycles(c, before, before - freed, 0)?;
                 let c = self.canisters.get_mut(n).expect("checked above");
                 c.snapshots.remove(&local);
                 Ok(())
