@@ -191,11 +191,12 @@ fn take_and_load_messages(c: &mut Criterion, scale: Scale) {
         let mut group = c.benchmark_group(format!("take_load_messages/{}", label(size)));
         fast_settings(&mut group);
         let mut machine: Option<(StateMachine, Principal, Principal)> = None;
+        // Each take is timed alone: the previous snapshot (from this or an earlier call of the
+        // routine: warm-up, then measurement) is deleted, untimed, before it.
+        let mut last: Option<Vec<u8>> = None;
         group.bench_function("take", |b| {
             let (sm, id, controller) = machine.get_or_insert_with(|| machine_with_heap(size));
             let (id, controller) = (*id, Some(*controller));
-            // Each take is timed alone: the previous snapshot is deleted, untimed, before it.
-            let mut last: Option<Vec<u8>> = None;
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
