@@ -3,9 +3,13 @@
 //! Every group puts our operation beside baselines computed in the same run, so that the ratios
 //! in `benches/README.md` hold on a noisy, shared 2-core machine:
 //!
-//! - `take_load/<size>`: `SnapshotStore::take` and `CanisterSnapshot::restore_into` on a canister
-//!   whose heap has every page written, beside a `Vec<u8>` clone of the same bytes (the naive
-//!   way) and a memcpy of them into a pre-allocated, already-touched buffer (the physical limit).
+//! - `take_load_messages/<size>`: `take_canister_snapshot` and `load_canister_snapshot` through
+//!   the harness (Candid, checks, charge, heap delta, one round each), what a user's call costs,
+//!   on a canister whose heap has every page written and none checkpointed, at 16 MiB, 1 GiB
+//!   and 4 GiB. The baseline is the 16 MiB row: the promise is that size does not matter.
+//! - `take_load/<size>`: the store alone (`SnapshotStore::take`, `CanisterSnapshot::restore_into`)
+//!   on the same kind of canister, beside a `Vec<u8>` clone of the same bytes (the naive way)
+//!   and a memcpy of them into a pre-allocated, already-touched buffer (the physical limit).
 //! - `cow_first_write`: the first one-byte write to a page shared with a snapshot, per page,
 //!   beside allocating 4 KiB and copying a page into it.
 //! - `range_1MiB`: `Memory::read` / `Memory::write` of 1 MiB, aligned and not, beside memcpy.
@@ -14,7 +18,8 @@
 //!
 //! Environment:
 //! - `BENCH_SKIP=1`: build only; the binary exits at once (for CI's `cargo bench`).
-//! - `BENCH_QUICK=1`: take/load at 16 MiB and 256 MiB only, checksum over 256 MiB.
+//! - `BENCH_QUICK=1`: take/load at 16 MiB and 256 MiB only (through messages: 16 MiB and
+//!   1 GiB), checksum over 256 MiB.
 //! - Without `--bench` (`cargo test --benches`, `cargo test --all-targets`) criterion runs each
 //!   benchmark once as a smoke test; sizes are then cut to 16 MiB.
 //!
@@ -31,6 +36,7 @@ use candid::Principal;
 use canister_snapshots::memory::{MAX_WASM_MEMORY_BYTES, Memory, PAGE_SIZE};
 use canister_snapshots::snapshots::SnapshotStore;
 use canister_snapshots::state::{CanisterState, ExecutionState, Global, WasmModule};
+use canister_snapshots::{Config, StateMachine, TEST_CANISTER_WASM};
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use sha2::{Digest, Sha256};
@@ -66,6 +72,7 @@ fn main() {
     range_1mib(&mut c);
     cow_first_write(&mut c);
     checksum_after_dirtying_1pct(&mut c, scale);
+    take_and_load_messages(&mut c, scale);
     take_and_load(&mut c, scale);
     c.final_summary();
 }
@@ -147,7 +154,95 @@ fn fast_settings(group: &mut BenchmarkGroup<'_, WallTime>) {
 }
 
 // ------------------------------------------------------------------------------------------
-// take and load
+// take and load through messages
+
+/// A machine with one test canister whose heap is `size` bytes, every page written and none
+/// checkpointed (an in-memory machine never checkpoints): what a take or load would walk if
+/// it walked. The heap-delta rate limit is lifted so that back-to-back takes are not refused.
+fn machine_with_heap(size: u64) -> (StateMachine, Principal, Principal) {
+    let controller = Principal::from_slice(&[0xC0, 1]);
+    let mut sm = StateMachine::with_config(Config {
+        heap_delta_rate_limit_bytes: u64::MAX,
+        ..Config::default()
+    });
+    let id = sm.create_canister_with_settings(Some(controller), None);
+    sm.install_canister(id, TEST_CANISTER_WASM.to_vec(), vec![], Some(controller));
+    let state = sm.state_mut();
+    let before = state.footprint(id);
+    let canister = state.canisters.get_mut(&id).expect("just created");
+    canister.cycles = u128::MAX / 2;
+    canister
+        .execution_state
+        .as_mut()
+        .expect("installed")
+        .wasm_memory = patterned_memory(size);
+    let after = state.footprint(id);
+    state.account(before, after);
+    (sm, id, controller)
+}
+
+fn take_and_load_messages(c: &mut Criterion, scale: Scale) {
+    let sizes: &[u64] = match scale {
+        Scale::Smoke => &[16 * MIB],
+        Scale::Quick => &[16 * MIB, GIB],
+        Scale::Full => &[16 * MIB, GIB, 4 * GIB],
+    };
+    for &size in sizes {
+        let mut group = c.benchmark_group(format!("take_load_messages/{}", label(size)));
+        fast_settings(&mut group);
+        let mut machine: Option<(StateMachine, Principal, Principal)> = None;
+        // Each take is timed alone: the previous snapshot (from this or an earlier call of the
+        // routine: warm-up, then measurement) is deleted, untimed, before it.
+        let mut last: Option<Vec<u8>> = None;
+        group.bench_function("take", |b| {
+            let (sm, id, controller) = machine.get_or_insert_with(|| machine_with_heap(size));
+            let (id, controller) = (*id, Some(*controller));
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if let Some(snapshot) = last.take() {
+                        sm.delete_canister_snapshot(id, controller, snapshot)
+                            .expect("delete");
+                    }
+                    let start = Instant::now();
+                    let taken = sm
+                        .take_canister_snapshot(id, controller, None)
+                        .expect("take");
+                    total += start.elapsed();
+                    last = Some(taken.id);
+                }
+                total
+            })
+        });
+        group.bench_function("load", |b| {
+            let (sm, id, controller) = machine.get_or_insert_with(|| machine_with_heap(size));
+            let (id, controller) = (*id, Some(*controller));
+            let snapshot = match sm
+                .list_canister_snapshots(id, controller)
+                .expect("list")
+                .pop()
+            {
+                Some(snapshot) => snapshot.id,
+                None => {
+                    sm.take_canister_snapshot(id, controller, None)
+                        .expect("take")
+                        .id
+                }
+            };
+            // After the first load the canister shares its pages with the snapshot, as after
+            // a take with no write since: dropping its old memories is O(1).
+            b.iter(|| {
+                sm.load_canister_snapshot(id, controller, snapshot.clone())
+                    .expect("load")
+            })
+        });
+        drop(machine);
+        group.finish();
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// take and load on the store
 
 fn take_and_load(c: &mut Criterion, scale: Scale) {
     let sizes: &[u64] = match scale {

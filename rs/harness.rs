@@ -433,10 +433,9 @@ impl StateMachine {
         .map(|(status,)| status)
     }
 
-    /// `canister_info`, decoded with the IC's types, as a standard client reads it: scheduled
-    /// snapshot entries have `details = None`. Decode
+    /// `canister_info`, decoded with the IC's types, as a standard client reads it. Decode
     /// [`crate::management::types::CanisterInfoResult`] through [`Self::management`] to read
-    /// them.
+    /// the scheduled takes too.
     pub fn canister_info(
         &mut self,
         canister_id: Principal,

@@ -272,6 +272,10 @@ fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
     for change in canister.history.changes() {
         hash_change(h, change);
     }
+    h.u64(canister.history.scheduled_snapshots().len() as u64);
+    for change in canister.history.scheduled_snapshots() {
+        hash_change(h, change);
+    }
     h.u64(canister.next_snapshot_id);
     let settings = &canister.settings;
     h.u64(settings.compute_allocation);

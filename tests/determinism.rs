@@ -453,7 +453,7 @@ fn execution_loop_orders_messages_and_replicas_agree() {
     assert_eq!(snapshot.id, b_snapshot);
     assert_eq!(
         snapshot.total_size,
-        TEST_CANISTER_WASM.len() as u64 + 16,
+        TEST_CANISTER_WASM.len() as u64 + 2 * canister_snapshots::state::GLOBAL_SIZE_BYTES,
         "taken before b's write: module and globals only"
     );
     assert_eq!(snapshot.taken_at_timestamp, t0 + 2_000);

@@ -102,8 +102,8 @@ fn take_args(canister_id: Principal) -> TakeCanisterSnapshotArgs {
     }
 }
 
-/// The canister's history as the IC's types read it (these tests take no scheduled snapshots,
-/// the one entry the IC's types cannot show: `tests/scheduled_snapshots.rs`).
+/// The canister's history as the IC's types read it (scheduled takes are kept apart:
+/// `tests/scheduled_snapshots.rs`).
 fn history(sm: &StateMachine, canister_id: Principal) -> Vec<Change> {
     sm.state().canisters[&canister_id]
         .history
@@ -622,7 +622,8 @@ fn canister_status_counts_snapshots_in_memory() {
         status.memory_metrics.stable_memory_size,
         Nat::from(65_536u64)
     );
-    assert_eq!(status.memory_metrics.global_memory_size, Nat::from(16u64));
+    // Two globals at the replica's 32 bytes each (`size_of::<Global>()`), whatever their type.
+    assert_eq!(status.memory_metrics.global_memory_size, Nat::from(64u64));
     assert_eq!(
         status.memory_metrics.wasm_binary_size,
         Nat::from(TEST_CANISTER_WASM.len())
@@ -2620,4 +2621,47 @@ fn subnet_accounting_sums_logical_and_unique_bytes_over_canisters() {
         sm.state().snapshots.total_size(),
         sa.total_size + sb.total_size
     );
+}
+
+/// `ready_for_migration`: true exactly when the canister is stopped (the spec: stopped, with
+/// empty queues and flushed streams, which a stopped canister here always has).
+#[test]
+fn canister_status_is_ready_for_migration_when_stopped() {
+    let (mut sm, c) = env();
+    let ready = |sm: &mut StateMachine| {
+        sm.canister_status(c.id, Some(c.sender))
+            .unwrap()
+            .ready_for_migration
+    };
+    assert!(!ready(&mut sm), "running");
+    sm.stop_canister(c.id, Some(c.sender)).unwrap();
+    assert!(ready(&mut sm), "stopped");
+    sm.start_canister(c.id, Some(c.sender)).unwrap();
+    assert!(!ready(&mut sm), "started again");
+}
+
+/// `delete_canister_snapshot` runs the memory and cycles checks at zero cost, as the replica's
+/// `delete_snapshot` does: a canister frozen even without the snapshot is refused and nothing
+/// changes; with its balance above the threshold the delete is free.
+#[test]
+fn a_frozen_canister_cannot_delete_a_snapshot_and_a_delete_is_free() {
+    let frozen = || {
+        let (mut sm, c, snapshot) = populated_env(true);
+        sm.state_mut().canisters.get_mut(&c.id).unwrap().cycles = 1;
+        (sm, (c, snapshot.unwrap()))
+    };
+    let err = assert_refused_without_effect(frozen, |sm, (c, snapshot)| {
+        sm.delete_canister_snapshot(c.id, Some(c.sender), snapshot.clone())
+    });
+    assert_eq!(
+        err.error_code,
+        ErrorCode::InsufficientCyclesInMemoryGrow,
+        "{err}"
+    );
+
+    let (mut sm, c, snapshot) = populated_env(true);
+    let cycles = c.cycles(&sm);
+    sm.delete_canister_snapshot(c.id, Some(c.sender), snapshot.unwrap())
+        .unwrap();
+    assert_eq!(c.cycles(&sm), cycles, "a delete costs nothing");
 }

@@ -1,8 +1,9 @@
 //! Scheduled snapshots (`spec/management.md`, "Scheduled snapshots"): a schedule set through
 //! the `update_settings` extension fires at the first round at or after its due time, as a
-//! manual take would (same checks, same charge), keeps the newest `keep`, records each take in
-//! the canister history (an extension that the IC's own types read as a change without
-//! details), and reports a refused take in `canister_status`.
+//! manual take would (same checks, same charge), keeps the newest `keep`, records each take
+//! beside the canister history (`canister_info`'s `scheduled_snapshots`, an extension field
+//! that `ic.did` and the IC's own types skip, so `recent_changes` stays the IC's), and reports a
+//! refused take in `canister_status`.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use candid::Principal;
 use canister_snapshots::management::types::{
     CanisterChange, CanisterChangeDetails, CanisterInfoResult, CanisterStatusResult,
-    SCHEDULED_SNAPSHOT_LABEL, ScheduledSnapshotRecord, SnapshotScheduleArgs,
+    SCHEDULED_SNAPSHOT_LABEL, ScheduledSnapshotChange, SnapshotScheduleArgs,
     SnapshotScheduleChange, SnapshotScheduleStatus, UpdateSettingsArgs,
 };
 use canister_snapshots::state::CanisterHistory;
@@ -76,13 +77,6 @@ fn canister_info<R: for<'a> candid::utils::ArgumentDecoder<'a>>(
         num_requested_changes: Some(20),
     };
     sm.management(None, "canister_info", (args,)).unwrap()
-}
-
-fn scheduled_entry(change: &CanisterChange) -> Option<&ScheduledSnapshotRecord> {
-    match &change.details {
-        Some(CanisterChangeDetails::ScheduledSnapshot(record)) => Some(record),
-        _ => None,
-    }
 }
 
 #[test]
@@ -302,31 +296,29 @@ fn a_replaced_schedule_keeps_rotating_the_snapshots_of_the_one_before() {
 }
 
 #[test]
-fn a_scheduled_take_is_in_the_history_with_its_snapshot_id_and_a_manual_one_is_not() {
+fn a_scheduled_take_is_recorded_with_its_snapshot_id_and_a_manual_one_is_not() {
     let (mut sm, c) = env();
     set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
     let (before,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
+    assert!(before.scheduled_snapshots.is_empty());
     let version = c.version(&sm);
     sm.advance_time(Duration::from_secs(10));
     sm.tick();
     let first = snapshot_ids(&mut sm, &c);
     let (info,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
-    assert_eq!(info.total_num_changes, before.total_num_changes + 1);
-    let entry = info.recent_changes.last().unwrap();
+    // The IC's history is the IC's: a take is not one of its changes.
+    assert_eq!(info.total_num_changes, before.total_num_changes);
+    assert_eq!(info.recent_changes, before.recent_changes);
     assert_eq!(
-        entry,
-        &CanisterChange {
+        info.scheduled_snapshots,
+        vec![ScheduledSnapshotChange {
             timestamp_nanos: sm.get_time(),
             // A take changes neither code nor settings: the version stays, as on the IC.
             canister_version: version,
             origin: ChangeOrigin::FromUser(FromUserRecord { user_id: c.sender }),
-            details: Some(CanisterChangeDetails::ScheduledSnapshot(
-                ScheduledSnapshotRecord {
-                    snapshot_id: first[0].clone(),
-                    replaced_snapshot: None,
-                }
-            )),
-        }
+            snapshot_id: first[0].clone(),
+            replaced_snapshot: None,
+        }]
     );
     assert_eq!(c.version(&sm), version);
     // The next take replaces the first (keep = 1) and says so.
@@ -334,16 +326,13 @@ fn a_scheduled_take_is_in_the_history_with_its_snapshot_id_and_a_manual_one_is_n
     sm.tick();
     let second = snapshot_ids(&mut sm, &c);
     let (info,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
-    assert_eq!(info.total_num_changes, before.total_num_changes + 2);
-    assert_eq!(
-        scheduled_entry(info.recent_changes.last().unwrap()),
-        Some(&ScheduledSnapshotRecord {
-            snapshot_id: second[0].clone(),
-            replaced_snapshot: Some(first[0].clone().into()),
-        })
-    );
+    assert_eq!(info.scheduled_snapshots.len(), 2);
+    let last = info.scheduled_snapshots.last().unwrap();
+    assert_eq!(last.snapshot_id, second[0]);
+    assert_eq!(last.replaced_snapshot, Some(first[0].clone().into()));
     // A manual take records nothing, as on the IC (nor does a delete).
     set_schedule(&mut sm, c.sender, c.id, SnapshotScheduleChange::Clear).unwrap();
+    let (info,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
     sm.delete_canister_snapshot(c.id, Some(c.sender), second[0].clone())
         .unwrap();
     sm.take_canister_snapshot(c.id, Some(c.sender), None)
@@ -353,7 +342,7 @@ fn a_scheduled_take_is_in_the_history_with_its_snapshot_id_and_a_manual_one_is_n
 }
 
 #[test]
-fn the_ics_types_read_a_scheduled_entry_as_a_change_without_details() {
+fn the_ics_types_read_canister_info_in_full_and_skip_the_scheduled_takes() {
     let (mut sm, c) = env();
     set_schedule(&mut sm, c.sender, c.id, every(10, 1, false)).unwrap();
     for _ in 0..2 {
@@ -362,25 +351,18 @@ fn the_ics_types_read_a_scheduled_entry_as_a_change_without_details() {
     }
     let (ours,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
     let (ic,): (ic_management_canister_types::CanisterInfoResult,) = canister_info(&mut sm, &c);
-    assert_eq!(
-        ours.recent_changes
-            .iter()
-            .filter_map(scheduled_entry)
-            .count(),
-        2
-    );
-    // Decoding with the IC's `CanisterInfoResult` succeeds; the scheduled entries are there,
-    // counted and stamped, without details; every other entry is read in full.
+    assert_eq!(ours.scheduled_snapshots.len(), 2);
+    // Every entry of the IC's history has its details; the scheduled takes are not among them.
     assert_eq!(ic.total_num_changes, ours.total_num_changes);
     assert_eq!(ic.module_hash, ours.module_hash);
     assert_eq!(ic.controllers, ours.controllers);
     assert_eq!(ic.recent_changes.len(), ours.recent_changes.len());
     for (ic, ours) in ic.recent_changes.iter().zip(&ours.recent_changes) {
-        assert_eq!(ic, &ours.to_ic());
-        match scheduled_entry(ours) {
-            Some(_) => assert_eq!(ic.details, None),
-            None => assert!(ic.details.is_some(), "{ic:?}"),
-        }
+        assert_eq!(ic.details.as_ref(), Some(&ours.details));
+        assert_eq!(
+            (ic.timestamp_nanos, ic.canister_version, &ic.origin),
+            (ours.timestamp_nanos, ours.canister_version, &ours.origin)
+        );
     }
     assert!(matches!(
         ic.recent_changes[0].details,
@@ -412,7 +394,7 @@ fn the_state_hash_covers_a_scheduled_entry() {
     let history = &state.canisters[&c.id].history;
     // The same state with the entry altered, or read as the IC's types read it: other hashes.
     let altered = |change: fn(&mut CanisterChange)| {
-        let mut changes: Vec<CanisterChange> = history.changes().cloned().collect();
+        let mut changes: Vec<CanisterChange> = history.entries().cloned().collect();
         change(changes.last_mut().unwrap());
         let mut state = state.clone();
         state.canisters.get_mut(&c.id).unwrap().history =
@@ -451,13 +433,7 @@ fn a_checkpoint_keeps_the_scheduled_entries() {
     sm.checkpoint().unwrap();
     let hash = sm.state_hash();
     let (info,): (CanisterInfoResult,) = canister_info(&mut sm, &c);
-    assert_eq!(
-        info.recent_changes
-            .iter()
-            .filter_map(scheduled_entry)
-            .count(),
-        2
-    );
+    assert_eq!(info.scheduled_snapshots.len(), 2);
     drop(sm);
     let mut sm = StateMachine::open(dir.path(), Config::default()).unwrap();
     assert_eq!(sm.state_hash(), hash);

@@ -239,6 +239,40 @@ fn a_hook_status_consistent_with_the_canister_is_restored() {
     );
 }
 
+/// The replica's condition is `wasm_memory_limit < heap + threshold`: with no threshold, a
+/// snapshot heap above the canister's limit satisfies it. "ready" is then restored and
+/// "condition not satisfied" refused; a null status is never checked.
+#[test]
+fn a_heap_above_the_limit_satisfies_the_hook_condition_without_a_threshold() {
+    let over_the_limit = |status: Option<OnLowWasmMemoryHookStatus>| {
+        let (mut sm, (c, id)) =
+            with_upload(move |args| args.on_low_wasm_memory_hook_status = status.clone());
+        let settings = CanisterSettings {
+            wasm_memory_limit: Some(65_535u64.into()),
+            wasm_memory_threshold: Some(0u64.into()),
+            ..CanisterSettings::default()
+        };
+        update_settings(&mut sm, c.sender, c.id, settings).unwrap();
+        (sm, (c, id))
+    };
+    let (mut sm, (c, id)) = over_the_limit(Some(OnLowWasmMemoryHookStatus::Ready));
+    load(&mut sm, &c, &id).unwrap();
+    assert_eq!(
+        sm.state().canisters[&c.id].on_low_wasm_memory_hook_status,
+        HookStatus::Ready
+    );
+    let err = assert_refused_without_effect(
+        || over_the_limit(Some(OnLowWasmMemoryHookStatus::ConditionNotSatisfied)),
+        |sm, (c, id)| load(sm, c, id),
+    );
+    assert!(
+        err.reject_message.contains("hook condition is satisfied"),
+        "{err}"
+    );
+    let (mut sm, (c, id)) = over_the_limit(None);
+    load(&mut sm, &c, &id).unwrap();
+}
+
 /// Gives the canister an active timer and a "ready" hook the only way the test canister
 /// allows: by loading an uploaded snapshot that declares them.
 fn with_timer_and_hook(sm: &mut StateMachine, c: &TestCanister) {

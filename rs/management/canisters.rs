@@ -26,7 +26,8 @@ use crate::execution::{SystemMethod, message_context};
 use crate::memory::Memory;
 use crate::replicated_state::{ReplicatedState, canister_id_from_index};
 use crate::state::{
-    CanisterSettings, CanisterState, CanisterStatus, ExecutionState, SnapshotSchedule, WasmModule,
+    CanisterChange, CanisterSettings, CanisterState, CanisterStatus, ExecutionState,
+    SnapshotSchedule, WasmModule,
 };
 
 /// At most this many controllers, allowed viewers, or allowed log viewers.
@@ -389,7 +390,9 @@ impl ManagementCanister<'_> {
                 CanisterStatus::Stopping => CanisterStatusType::Stopping,
                 CanisterStatus::Stopped => CanisterStatusType::Stopped,
             },
-            ready_for_migration: false,
+            // The spec: a stopped canister with empty queues and flushed streams. A stopped
+            // canister here has neither (no inter-canister calls; ingress to it is refused).
+            ready_for_migration: canister.status == CanisterStatus::Stopped,
             version: canister.canister_version,
             settings: DefiniteCanisterSettings {
                 controllers: canister.controllers.iter().copied().collect(),
@@ -473,22 +476,19 @@ impl ManagementCanister<'_> {
         args: CanisterInfoArgs,
     ) -> Result<Vec<u8>, UserError> {
         let canister = canister(state, args.canister_id)?;
-        let changes = canister.history.changes();
-        let requested = args
-            .num_requested_changes
-            .unwrap_or(0)
-            .min(changes.len() as u64);
-        let recent_changes = changes
-            .rev()
-            .take(requested as usize)
-            .rev()
-            .cloned()
+        let requested = args.num_requested_changes.unwrap_or(0);
+        let recent_changes = last_n(canister.history.changes(), requested)
+            .filter_map(CanisterChange::to_wire)
+            .collect();
+        let scheduled_snapshots = last_n(canister.history.scheduled_snapshots(), requested)
+            .filter_map(CanisterChange::to_scheduled_snapshot)
             .collect();
         reply((types::CanisterInfoResult {
             total_num_changes: canister.history.total_num_changes(),
             recent_changes,
             module_hash: canister.module_hash().map(|h| h.to_vec()),
             controllers: canister.controllers.iter().copied().collect(),
+            scheduled_snapshots,
         },))
     }
 
@@ -624,4 +624,13 @@ pub(super) fn drop_code(canister: &mut CanisterState) {
     canister.wasm_chunk_store.clear();
     canister.global_timer = None;
     canister.bump_version();
+}
+
+/// The last `n` entries of `list`, oldest first.
+fn last_n<'a>(
+    list: impl DoubleEndedIterator<Item = &'a CanisterChange> + ExactSizeIterator,
+    n: u64,
+) -> impl Iterator<Item = &'a CanisterChange> {
+    let skip = (list.len() as u64).saturating_sub(n);
+    list.skip(usize::try_from(skip).unwrap_or(usize::MAX))
 }

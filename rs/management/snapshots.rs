@@ -530,9 +530,98 @@ impl ManagementCanister<'_> {
         sender: Principal,
         args: DeleteCanisterSnapshotArgs,
     ) -> Result<Vec<u8>, UserError> {
+        // The replica's order: controller, the snapshot, then the memory and cycles checks
+        // of the memory after the delete, at zero cost (`canister_manager.rs`,
+        // `delete_snapshot`): a canister frozen even without the snapshot is refused.
         let snapshot_id = SnapshotId::from_bytes(&args.snapshot_id)?;
-        controlled(state, args.canister_id, sender)?;
+        let canister = controlled(state, args.canister_id, sender)?;
+        let size = state
+            .snapshots
+            .get(args.canister_id, &snapshot_id)?
+            .total_size();
+        let before = state.canister_memory_usage(canister);
+        let change = MemoryChange {
+            after: before.saturating_sub(size),
+            before,
+            instructions: 0,
+        };
+        let charge = self.check_memory_and_cycles(state, canister, &change)?;
         state.snapshots.delete(args.canister_id, &snapshot_id)?;
+        if let Some(canister) = state.canisters.get_mut(&args.canister_id) {
+            charge.apply(canister);
+        }
         reply(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candid::{Encode, Principal};
+
+    use crate::memory::PAGE_SIZE;
+    use crate::memory::visits;
+    use crate::{StateMachine, TEST_CANISTER_WASM};
+
+    /// Take and load through messages read no page and walk no tree, whatever the memory holds
+    /// (`ARCHITECTURE.md`: "Take, load and delete never copy or hash memory"); their heap delta
+    /// (the pages not yet checkpointed) is a count kept by the writes, and still exact.
+    #[test]
+    fn take_and_load_visit_no_page() {
+        const LIMIT: u64 = 1 << 20;
+        let controller = Principal::from_slice(&[0xC0, 1]);
+        let mut sm = StateMachine::with_config(crate::Config {
+            heap_delta_rate_limit_bytes: LIMIT,
+            ..crate::Config::default()
+        });
+        let id = sm.create_canister_with_settings(Some(controller), None);
+        sm.install_canister(id, TEST_CANISTER_WASM.to_vec(), vec![], Some(controller));
+        let pages = 3_000u64;
+        let bytes = pages * PAGE_SIZE as u64;
+        let fill = Encode!(&0u64, &bytes, &7u8).unwrap();
+        sm.update_call(id, controller, "fill_heap", fill).unwrap();
+        let drain = |sm: &mut StateMachine| {
+            // Rounds drain `LIMIT` each: wait until the debit is gone, then read it after the
+            // next message's round (its heap delta less one round's drain).
+            while sm.state().canisters[&id].heap_delta_debit > 0 {
+                sm.tick();
+            }
+        };
+
+        drain(&mut sm);
+        let before = visits::so_far();
+        let taken = sm
+            .take_canister_snapshot(id, Some(controller), None)
+            .unwrap();
+        assert_eq!(visits::so_far() - before, 0, "page visits during a take");
+        let charged = sm.state().canisters[&id].heap_delta_debit;
+        assert_eq!(
+            charged,
+            bytes - LIMIT,
+            "the take's heap delta: the unsaved pages"
+        );
+
+        drain(&mut sm);
+        let before = visits::so_far();
+        sm.load_canister_snapshot(id, Some(controller), taken.id)
+            .unwrap();
+        assert_eq!(visits::so_far() - before, 0, "page visits during a load");
+        let charged = sm.state().canisters[&id].heap_delta_debit;
+        assert_eq!(
+            charged,
+            bytes - LIMIT,
+            "the load's heap delta: the snapshot's pages"
+        );
+
+        // The counter sees walks on this thread: a state hash after a write walks the change.
+        sm.update_call(
+            id,
+            controller,
+            "fill_heap",
+            Encode!(&0u64, &1u64, &1u8).unwrap(),
+        )
+        .unwrap();
+        let before = visits::so_far();
+        sm.state_hash();
+        assert!(visits::so_far() > before, "the counter counts");
     }
 }

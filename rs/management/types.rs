@@ -1,9 +1,8 @@
 //! This project's wire-compatible extensions of the management canister's snapshot types
 //! (`spec/management.md`, "Extensions"). Candid record subtyping keeps standard clients working:
 //! a client that sends the crate's `TakeCanisterSnapshotArgs` omits `label` (decoded as `null`),
-//! and a client that decodes `Vec<Snapshot>` skips `label` and `checksum`. The history's
-//! `scheduled_snapshot` entries rely on Candid's rule for `opt` instead: a client that decodes
-//! the IC's `CanisterInfoResult` reads their details, a variant it does not know, as `null`.
+//! and a client that decodes `Vec<Snapshot>` skips `label` and `checksum`; a client that
+//! decodes `canister_info`'s reply with `ic.did` skips `scheduled_snapshots`.
 
 use candid::{CandidType, Principal};
 use serde::Deserialize;
@@ -204,14 +203,66 @@ pub struct ScheduledSnapshotFailureStatus {
     pub message: String,
 }
 
-/// `canister_info`'s reply (`CanisterInfoResult`, field for field) with the history entries as
-/// [`CanisterChange`], whose details add `scheduled_snapshot` (`spec/management.md`, "Scheduled
-/// snapshots"). A client decoding the IC's `CanisterInfoResult` reads those details as `None`
-/// and every other entry unchanged.
+/// `canister_info`'s reply: `ic.did`'s `canister_info_result` field for field, plus the
+/// canister's recent scheduled takes (`spec/management.md`, "Scheduled snapshots"), an extra
+/// record field that a client decoding with `ic.did` or the IC's `CanisterInfoResult` skips.
 #[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CanisterInfoResult {
     pub total_num_changes: u64,
-    pub recent_changes: Vec<CanisterChange>,
+    pub recent_changes: Vec<Change>,
     pub module_hash: Option<Vec<u8>>,
     pub controllers: Vec<Principal>,
+    /// Extension: the last scheduled takes (as many as `num_requested_changes`), oldest first.
+    pub scheduled_snapshots: Vec<ScheduledSnapshotChange>,
+}
+
+/// `ic.did`'s `change`: unlike the IC's Rust `Change` (whose `details` is an `opt`, so that
+/// a replica may add variants), `details` is required, so every entry of a reply carries one
+/// of the IC's variants.
+#[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub timestamp_nanos: u64,
+    pub canister_version: u64,
+    pub origin: ic_management_canister_types::ChangeOrigin,
+    pub details: ic_management_canister_types::ChangeDetails,
+}
+
+/// One scheduled take as `canister_info` reports it: when, at which canister version, as
+/// whom (the controller that set the schedule), the snapshot it made and the one it replaced.
+#[derive(CandidType, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledSnapshotChange {
+    pub timestamp_nanos: u64,
+    pub canister_version: u64,
+    pub origin: ic_management_canister_types::ChangeOrigin,
+    #[serde(with = "serde_bytes")]
+    pub snapshot_id: Vec<u8>,
+    pub replaced_snapshot: Option<serde_bytes::ByteBuf>,
+}
+
+impl CanisterChange {
+    /// The entry as `ic.did`'s `change`, or `None` for a scheduled take.
+    pub fn to_wire(&self) -> Option<Change> {
+        Some(Change {
+            timestamp_nanos: self.timestamp_nanos,
+            canister_version: self.canister_version,
+            origin: self.origin.clone(),
+            details: self.details.as_ref()?.to_ic()?,
+        })
+    }
+
+    /// The entry as a [`ScheduledSnapshotChange`], if it is a scheduled take.
+    pub fn to_scheduled_snapshot(&self) -> Option<ScheduledSnapshotChange> {
+        match &self.details {
+            Some(CanisterChangeDetails::ScheduledSnapshot(record)) => {
+                Some(ScheduledSnapshotChange {
+                    timestamp_nanos: self.timestamp_nanos,
+                    canister_version: self.canister_version,
+                    origin: self.origin.clone(),
+                    snapshot_id: record.snapshot_id.clone(),
+                    replaced_snapshot: record.replaced_snapshot.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
 }

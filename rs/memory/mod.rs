@@ -17,6 +17,8 @@ pub use page_file::{
     LayeredPages, PAGE_FILE_VERSION, PageFile, PageFileError, PageFileSummary, PageLayers,
     write_page_file,
 };
+#[cfg(test)]
+pub(crate) use page_map::visits;
 pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap, PageMapIdentity};
 
 /// [`PAGE_SIZE`] as a `u64`, for byte offsets.
@@ -226,7 +228,8 @@ impl Memory {
     }
 
     /// Bytes of page memory really allocated on the heap (pages written since the last
-    /// checkpoint × 4 KiB; checkpointed pages are mapped from files). O(those pages).
+    /// checkpoint × 4 KiB; checkpointed pages are mapped from files). O(1): a count the writes
+    /// keep ([`PageMap::heap_pages`]).
     pub fn resident_bytes(&self) -> u64 {
         self.pages.heap_pages().saturating_mul(PAGE_SIZE_U64)
     }

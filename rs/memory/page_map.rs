@@ -16,6 +16,7 @@
 //! | first write to a page shared with a clone | one 4 KiB copy + `height` node copies (16 pointers and 16 cached hashes each) |
 //! | `root_hash` after k pages changed | O(k · height) SHA-256 compressions of 4 KiB leaves and 528-byte nodes; on every core when k is large (below) |
 //! | memory for never-written pages | none: an absent subtree reads as zero |
+//! | `heap_pages` (pages written since the base: a take's or load's heap delta) | O(1): a count kept by every write |
 //!
 //! Each node caches the Merkle hashes of its 16 children (see [`crate::memory::checksum`]): leaf
 //! hashes of its pages at level 1, hashes of its child nodes above. A cached child hash is valid
@@ -84,6 +85,35 @@ pub const MAX_PAGES: u64 = 1 << (FANOUT_BITS * MAX_HEIGHT);
 const PARALLEL_MIN_UNCACHED_GRANDCHILDREN: u32 = 16;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// Page visits, counted in test builds so that a test can check that an operation promised
+/// O(1) (a take, a load) reads no page and walks no tree: every page read, every step of a
+/// walk over the tree (`heap_iter`, `present_indices`, the diff of two maps, a rehash) adds one.
+/// Per thread: the management canister runs on the round's thread, where the test reads it.
+#[cfg(test)]
+pub(crate) mod visits {
+    use std::cell::Cell;
+
+    thread_local! {
+        static VISITS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn add(n: u64) {
+        VISITS.with(|v| v.set(v.get().saturating_add(n)));
+    }
+
+    /// Visits on this thread so far.
+    pub(crate) fn so_far() -> u64 {
+        VISITS.with(Cell::get)
+    }
+}
+
+/// Counts one visit of a page or node in test builds ([`visits`]); nothing otherwise.
+#[inline(always)]
+fn visit() {
+    #[cfg(test)]
+    visits::add(1);
+}
 
 /// One 4 KiB page. Its leaf hash is cached by the level-1 node that holds it (in the node's
 /// `ChildHashes`), not here, so that rehashing a node never touches the page's siblings.
@@ -246,6 +276,7 @@ impl Node {
     /// ([`Self::worth_hashing_in_parallel`]), the uncached children are hashed on every core.
     /// `first_page` is the first page this node covers; `base` supplies absent children.
     fn hash(&self, level: u32, first_page: u64, base: Option<&PageLayers>) -> Hash {
+        visit();
         let mut hashes = [[0u8; 32]; FANOUT];
         let mut uncached = 0u16;
         for (i, hash) in hashes.iter_mut().enumerate() {
@@ -384,6 +415,9 @@ pub struct PageMap {
     height: u32,
     /// Checkpointed pages under the tree: what an absent tree page reads as.
     base: Option<Arc<PageLayers>>,
+    /// Pages the tree holds (written since the base): kept by every change to a page slot, so
+    /// that a take or a load reads its heap delta in O(1) instead of walking the tree.
+    heap_pages: u64,
 }
 
 /// Index of the child of a level-`level` node on the path to `page_index`.
@@ -415,6 +449,7 @@ impl PageMap {
             root: None,
             height: 0,
             base: Some(base),
+            heap_pages: 0,
         }
     }
 
@@ -427,6 +462,7 @@ impl PageMap {
     /// O(height), plus O(files · log ranges) for a page the tree does not hold. A base page
     /// whose bytes do not match their stored hash is an error, never data.
     pub fn page(&self, page_index: u64) -> Result<Option<&Page>, PageFileError> {
+        visit();
         match (self.tree_page(page_index), self.base.as_deref()) {
             (Some(page), _) => Ok(Some(page)),
             (None, Some(base)) => Ok(base.page(page_index)?.map(as_page)),
@@ -525,11 +561,13 @@ impl PageMap {
             let src = &data[done..done + n];
             if let Ok(bytes) = <&[u8; PAGE_SIZE]>::try_from(src) {
                 let slot = self.page_slot(page_index);
+                let added = slot.is_none();
                 match slot.as_mut().and_then(Arc::get_mut) {
                     // Not shared with any clone: overwritten in place, nothing allocated.
                     Some(page) => page.data.copy_from_slice(bytes),
                     None => *slot = Some(page_from(bytes)),
                 }
+                self.heap_pages += u64::from(added);
             } else {
                 self.page_mut(page_index)?[in_page..in_page + n].copy_from_slice(src);
             }
@@ -552,7 +590,7 @@ impl PageMap {
                 let page = Page {
                     data: [byte; PAGE_SIZE],
                 };
-                *self.page_slot(page_index) = Some(Arc::new(page));
+                self.put_page(page_index, Some(Arc::new(page)));
             } else {
                 self.page_mut(page_index)?[in_page..in_page + n].fill(byte);
             }
@@ -565,19 +603,36 @@ impl PageMap {
     /// a copy of the base's page, or zeroed.
     pub fn page_mut(&mut self, page_index: u64) -> Result<&mut [u8; PAGE_SIZE], PageFileError> {
         // Checked before anything changes: a damaged base page fails the write, not later.
-        let from_base = match (self.tree_page(page_index), self.base.clone()) {
-            (None, Some(base)) => base.page(page_index)?.map(|bytes| {
+        let in_tree = self.tree_page(page_index).is_some();
+        let from_base = match (in_tree, self.base.clone()) {
+            (false, Some(base)) => base.page(page_index)?.map(|bytes| {
                 let mut page = Page::zeroed();
                 page.data.copy_from_slice(bytes);
                 page
             }),
             _ => None,
         };
+        if !in_tree {
+            self.heap_pages = self.heap_pages.saturating_add(1);
+        }
         let slot = self.page_slot(page_index);
         let page = Arc::make_mut(
             slot.get_or_insert_with(|| Arc::new(from_base.unwrap_or_else(Page::zeroed))),
         );
         Ok(&mut page.data)
+    }
+
+    /// Puts `page` (or nothing) in the slot of `page_index`, keeping [`Self::heap_pages`]
+    /// current. O(height).
+    fn put_page(&mut self, page_index: u64, page: Option<Arc<Page>>) {
+        let slot = self.page_slot(page_index);
+        let (was, is) = (slot.is_some(), page.is_some());
+        *slot = page;
+        match (was, is) {
+            (false, true) => self.heap_pages = self.heap_pages.saturating_add(1),
+            (true, false) => self.heap_pages = self.heap_pages.saturating_sub(1),
+            _ => {}
+        }
     }
 
     /// The slot holding page `page_index`, with every node on the path made unique and its cached
@@ -652,14 +707,18 @@ impl PageMap {
             .filter(|&index| index >= first_dropped)
             .collect();
         for index in indices {
-            *self.page_slot(index) = None;
+            self.put_page(index, None);
         }
         let Some(base) = self.base.clone() else {
             return;
         };
         let zero = Arc::new(Page::zeroed());
-        for index in base.indices().filter(|&index| index >= first_dropped) {
-            *self.page_slot(index) = Some(zero.clone());
+        for index in base
+            .indices()
+            .inspect(|_| visit())
+            .filter(|&index| index >= first_dropped)
+        {
+            self.put_page(index, Some(zero.clone()));
         }
     }
 
@@ -673,6 +732,7 @@ impl PageMap {
             .map(|b| b.indices())
             .into_iter()
             .flatten()
+            .inspect(|_| visit())
             .peekable();
         std::iter::from_fn(move || match (heap.peek().copied(), base.peek().copied()) {
             (None, None) => None,
@@ -706,9 +766,10 @@ impl PageMap {
         self.present_indices().count() as u64
     }
 
-    /// Number of pages held in memory (not in the base). O(those pages).
+    /// Number of pages held in memory (not in the base): written since the last checkpoint.
+    /// O(1), counted as pages enter and leave the tree (`put_page`, `write`, `page_mut`).
     pub fn heap_pages(&self) -> u64 {
-        self.heap_iter().count() as u64
+        self.heap_pages
     }
 
     /// The Merkle root over pages `[0, 16^level)` at `level ≥ height`; reuses every cached hash.
@@ -786,6 +847,7 @@ impl Diff<'_, '_> {
     // child's first page stays below `MAX_PAGES` (the tree's span).
     #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn nodes(&mut self, node: &Node, other: Option<&Node>, level: u32, first_page: u64) {
+        visit();
         if other.is_some_and(|other| std::ptr::eq(node, other)) {
             return;
         }
@@ -848,6 +910,7 @@ impl<'a> Iterator for PageIter<'a> {
     #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
     fn next(&mut self) -> Option<Self::Item> {
         while let Some(top) = self.stack.last_mut() {
+            visit();
             let (node, level, first, next) = *top;
             if next == FANOUT {
                 self.stack.pop();
@@ -1193,5 +1256,42 @@ mod tests {
         assert_eq!(map.page_bytes(25).unwrap()[0], 0);
         map.truncate(0);
         assert_eq!(map.present_pages(), 0);
+    }
+
+    /// The counted `heap_pages` equals a walk of the tree after every kind of change: whole
+    /// and partial writes (fresh, in place, shared with a clone), fills, copies of base pages,
+    /// truncation below and above the base, and clones changed on both sides.
+    #[test]
+    fn heap_page_count_follows_every_change() {
+        let walked = |map: &PageMap| map.heap_iter().count() as u64;
+        let dir = tempfile::tempdir().unwrap();
+        let mut map = map_on_files(dir.path());
+        assert_eq!((map.heap_pages(), walked(&map)), (0, 0));
+        let page = PAGE_SIZE as u64;
+        let steps: [&dyn Fn(&mut PageMap); 8] = [
+            &|m| m.write(0, &[7u8; PAGE_SIZE]).unwrap(),
+            &|m| m.write(0, &[8u8; PAGE_SIZE]).unwrap(),
+            &|m| m.write(3 * page + 5, &[1, 2, 3]).unwrap(),
+            &|m| m.write(100 * page - 2, &[9; 4 * PAGE_SIZE]).unwrap(),
+            &|m| m.fill(30 * page, 12 * page + 7, 4).unwrap(),
+            &|m| m.write(5 * page + 1, &[6]).unwrap(),
+            &|m| m.truncate(35),
+            &|m| m.write(70_000 * page, &[1]).unwrap(),
+        ];
+        let mut clones = Vec::new();
+        for step in steps {
+            step(&mut map);
+            assert_eq!(map.heap_pages(), walked(&map));
+            let mut clone = map.clone();
+            step(&mut clone);
+            clone.write(9 * page, &[3; 10]).unwrap();
+            assert_eq!(clone.heap_pages(), walked(&clone));
+            clones.push(clone);
+        }
+        for clone in &clones {
+            assert_eq!(clone.heap_pages(), walked(clone));
+        }
+        map.truncate(0);
+        assert_eq!((map.heap_pages(), walked(&map)), (0, 0));
     }
 }

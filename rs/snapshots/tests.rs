@@ -98,7 +98,8 @@ fn accounting_counts_logical_size_and_unique_pages() {
     // Snapshot 1 holds old pages 0 and 5; snapshot 2 holds its own page 0 (page 5 is shared
     // with live again).
     assert_eq!(store.unique_bytes(&canister), 3 * PAGE_SIZE as u64);
-    let logical = 8 + 16 * WASM_PAGE_SIZE + 16;
+    // Module, heap, and two globals at `GLOBAL_SIZE_BYTES` each.
+    let logical = 8 + 16 * WASM_PAGE_SIZE + 2 * crate::state::GLOBAL_SIZE_BYTES;
     assert_eq!(store.snapshots_size(canister.canister_id), 2 * logical);
 }
 

@@ -1,14 +1,16 @@
-//! A canister's history: the IC's `change` records, plus the one change this project adds.
+//! A canister's history: the IC's `change` records, and this project's record of scheduled
+//! snapshots beside them.
 //!
 //! The IC records creation, code deployment and uninstallation, controllers changes, snapshot
 //! loads and renames (`ic_management_canister_types::ChangeDetails`); a take is not a change
 //! there. This project also records every *scheduled* take (`spec/management.md`, "Scheduled
-//! snapshots"), as one more variant of the details, `scheduled_snapshot`. The types here are
-//! the IC's field for field, so that the Candid `canister_info` replies with is the IC's
-//! `change` extended the way the IC itself extends it (it added `load_snapshot` and
-//! `rename_canister` the same way): a client decoding with the IC's Rust types, whose `details`
-//! is an `opt`, reads a variant it does not know as `null` (Candid's rule for `opt`, applied
-//! value by value) and every other entry unchanged.
+//! snapshots"). The types here are the IC's field for field, with one more variant of the
+//! details, `scheduled_snapshot`, so that one entry type serves both lists and the on-disk
+//! records. The two lists are kept apart: `ic.did`'s `change` has non-optional `details` whose
+//! variant a client must know, so `canister_info`'s `recent_changes` carries the IC's changes
+//! only (the last [`MAX_CANISTER_HISTORY_CHANGES`], counted by `total_num_changes`, exactly as
+//! on the IC), and the scheduled takes travel in an extension field of the reply, which a
+//! client generated from `ic.did` skips.
 //!
 //! Plain data like the rest of [`crate::state`]: the entries are kept in insertion order, and
 //! nothing here reads a clock.
@@ -121,47 +123,85 @@ impl CanisterChange {
     }
 }
 
-/// The last [`MAX_CANISTER_HISTORY_CHANGES`] changes and how many there were in all.
+/// The last [`MAX_CANISTER_HISTORY_CHANGES`] of the IC's changes and how many there were in
+/// all, and the last [`MAX_CANISTER_HISTORY_CHANGES`] scheduled takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CanisterHistory {
     changes: VecDeque<CanisterChange>,
     total_num_changes: u64,
+    scheduled_snapshots: VecDeque<CanisterChange>,
+}
+
+/// Appends `change` to `list`, dropping the oldest entry beyond the bound.
+fn push_bounded(list: &mut VecDeque<CanisterChange>, change: CanisterChange) {
+    if list.len() == MAX_CANISTER_HISTORY_CHANGES {
+        list.pop_front();
+    }
+    list.push_back(change);
+}
+
+impl CanisterChange {
+    /// Whether this entry is a scheduled take (this project's record), not one of the IC's.
+    pub fn is_scheduled_snapshot(&self) -> bool {
+        matches!(
+            self.details,
+            Some(CanisterChangeDetails::ScheduledSnapshot(_))
+        )
+    }
 }
 
 impl CanisterHistory {
+    /// Records `change`: a scheduled take in its own list, any other change in the IC's.
     pub fn push(&mut self, change: CanisterChange) {
-        if self.changes.len() == MAX_CANISTER_HISTORY_CHANGES {
-            self.changes.pop_front();
+        if change.is_scheduled_snapshot() {
+            push_bounded(&mut self.scheduled_snapshots, change);
+        } else {
+            push_bounded(&mut self.changes, change);
+            self.total_num_changes = self.total_num_changes.saturating_add(1);
         }
-        self.changes.push_back(change);
-        self.total_num_changes = self.total_num_changes.saturating_add(1);
     }
 
+    /// The IC's changes, oldest first: what `canister_info`'s `recent_changes` holds.
     pub fn changes(&self) -> impl DoubleEndedIterator<Item = &CanisterChange> + ExactSizeIterator {
         self.changes.iter()
+    }
+
+    /// The scheduled takes, oldest first (each with `scheduled_snapshot` details).
+    pub fn scheduled_snapshots(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = &CanisterChange> + ExactSizeIterator {
+        self.scheduled_snapshots.iter()
+    }
+
+    /// Every entry kept, the IC's changes then the scheduled takes: what a checkpoint stores.
+    pub fn entries(&self) -> impl Iterator<Item = &CanisterChange> {
+        self.changes.iter().chain(&self.scheduled_snapshots)
     }
 
     pub fn total_num_changes(&self) -> u64 {
         self.total_num_changes
     }
 
-    /// Drops every kept change but keeps the count of all changes ever made (the replica's
-    /// `clear_canister_history`, when a canister is uninstalled for lack of cycles).
+    /// Drops every kept entry (the IC's changes and the scheduled takes) but keeps the count of
+    /// all changes ever made (the replica's `clear_canister_history`, when a canister is
+    /// uninstalled for lack of cycles).
     pub fn clear(&mut self) {
         self.changes.clear();
+        self.scheduled_snapshots.clear();
     }
 
-    /// A history read back from storage: the kept `changes` (oldest first, at most
-    /// [`MAX_CANISTER_HISTORY_CHANGES`]) and the count of all changes ever made.
-    pub fn from_parts(changes: Vec<CanisterChange>, total_num_changes: u64) -> Self {
-        let mut changes = VecDeque::from(changes);
-        while changes.len() > MAX_CANISTER_HISTORY_CHANGES {
-            changes.pop_front();
+    /// A history read back from storage: the kept entries ([`Self::entries`], each list
+    /// oldest first) and the count of the IC's changes ever made.
+    pub fn from_parts(entries: Vec<CanisterChange>, total_num_changes: u64) -> Self {
+        let mut history = CanisterHistory::default();
+        for entry in entries {
+            if entry.is_scheduled_snapshot() {
+                push_bounded(&mut history.scheduled_snapshots, entry);
+            } else {
+                push_bounded(&mut history.changes, entry);
+            }
         }
-        let total_num_changes = total_num_changes.max(changes.len() as u64);
-        CanisterHistory {
-            changes,
-            total_num_changes,
-        }
+        history.total_num_changes = total_num_changes.max(history.changes.len() as u64);
+        history
     }
 }

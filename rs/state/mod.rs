@@ -114,13 +114,18 @@ pub enum Global {
     V128(u128),
 }
 
+/// Bytes each global counts for in a canister's memory and a snapshot's `total_size`,
+/// whatever its type: the replica counts `size_of::<Global>()` per global
+/// (`ExecutionState::global_memory_usage`, and `snapshot_size_bytes` for an upload's metadata),
+/// the in-memory size of its enum of the five Wasm value types, 32 bytes (a `u128` payload
+/// aligned to 16, plus the tag). A constant here, so that the figure cannot change with the
+/// compiler or the platform of a replica; `Global` has the same layout, which a test checks.
+pub const GLOBAL_SIZE_BYTES: u64 = 32;
+
 impl Global {
-    /// Bytes a global counts for in `total_size`.
+    /// Bytes a global counts for in `total_size` and memory usage: [`GLOBAL_SIZE_BYTES`].
     pub fn size(&self) -> u64 {
-        match self {
-            Global::V128(_) => 16,
-            _ => 8,
-        }
+        GLOBAL_SIZE_BYTES
     }
 
     /// The Wasm value type: `i32`, `i64`, `f32`, `f64` or `v128`.
@@ -294,7 +299,7 @@ pub struct ExecutionState {
 impl ExecutionState {
     /// Bytes of memory pages not yet in a checkpoint (held in the heap, not mapped from a
     /// checkpoint file): the heap delta that taking or loading a snapshot of these memories
-    /// costs, as the replica counts it. O(those pages).
+    /// costs, as the replica counts it. O(1).
     pub fn unsaved_page_bytes(&self) -> u64 {
         self.wasm_memory
             .resident_bytes()
@@ -328,11 +333,14 @@ pub struct CanisterSettings {
 }
 
 impl CanisterSettings {
-    /// The low-memory hook condition for a heap of `wasm_memory_bytes`: a threshold is set and
-    /// less than it remains below `wasm_memory_limit`.
+    /// The low-memory hook condition for a heap of `wasm_memory_bytes`, as the replica
+    /// evaluates it (`is_low_wasm_memory_hook_condition_satisfied`): `wasm_memory_limit <
+    /// heap + wasm_memory_threshold`. Not the spec's "less than the threshold remains below the
+    /// limit" read as `threshold > 0 && limit - heap < threshold`: a heap above the limit
+    /// (a limit lowered after the heap grew, or a loaded snapshot's heap) satisfies the
+    /// replica's condition even without a threshold.
     pub fn low_wasm_memory_condition(&self, wasm_memory_bytes: u64) -> bool {
-        self.wasm_memory_threshold > 0
-            && self.wasm_memory_limit.saturating_sub(wasm_memory_bytes) < self.wasm_memory_threshold
+        self.wasm_memory_limit < wasm_memory_bytes.saturating_add(self.wasm_memory_threshold)
     }
 }
 
@@ -490,5 +498,20 @@ impl CanisterState {
         execution
             .saturating_add(self.certified_data.len() as u64)
             .saturating_add(self.chunk_store_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replica counts `size_of::<Global>()` per global; ours has the same layout (the five
+    /// Wasm value types, a `u128` the largest), so the constant is what it counts.
+    #[test]
+    fn a_global_counts_its_in_memory_size() {
+        assert_eq!(std::mem::size_of::<Global>() as u64, GLOBAL_SIZE_BYTES);
+        for global in [Global::I32(1), Global::F64(2), Global::V128(3)] {
+            assert_eq!(global.size(), GLOBAL_SIZE_BYTES);
+        }
     }
 }

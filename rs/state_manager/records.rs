@@ -26,13 +26,16 @@ use crate::state::{
 
 /// The version of [`StateRecord`] this build writes and the newest it reads.
 ///
+/// - 3: `total_num_changes` counts the IC's changes only, no longer the scheduled takes among
+///   the entries (which `canister_info` reports apart, `spec/management.md`); otherwise as 2.
+///   A version-2 history is read with its total less the scheduled entries it kept.
 /// - 2: history entries are the Candid encoding of [`CanisterChange`], the IC's `change` with
 ///   the `scheduled_snapshot` variant (`spec/durability.md`). Version 1 still reads: its
 ///   entries are the IC's `change`, whose details are a subset of ours, and the records are
 ///   otherwise the same. A version-1 build refuses version 2 rather than read scheduled
 ///   entries as details-less ones.
 /// - 1: history entries are the Candid encoding of the IC's `change`.
-pub const STATE_FORMAT_VERSION: u32 = 2;
+pub const STATE_FORMAT_VERSION: u32 = 3;
 
 /// A memory: its size and its page files, oldest first.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -284,7 +287,7 @@ impl CanisterRecord {
             canister_version: c.canister_version,
             history: c
                 .history
-                .changes()
+                .entries()
                 .map(candid_bytes)
                 .collect::<Result<_, _>>()?,
             total_num_changes: c.history.total_num_changes(),
@@ -304,7 +307,8 @@ impl CanisterRecord {
         })
     }
 
-    fn into_state(self, store: &mut dyn Store) -> Result<CanisterState, String> {
+    /// `version`: the record's format version ([`STATE_FORMAT_VERSION`] or older).
+    fn into_state(self, store: &mut dyn Store, version: u32) -> Result<CanisterState, String> {
         let controllers = self
             .controllers
             .iter()
@@ -329,7 +333,12 @@ impl CanisterRecord {
             .iter()
             .map(|b| from_candid::<CanisterChange>(b))
             .collect::<Result<Vec<_>, _>>()?;
-        c.history = CanisterHistory::from_parts(changes, self.total_num_changes);
+        let mut total_num_changes = self.total_num_changes;
+        if version < 3 {
+            let scheduled = changes.iter().filter(|c| c.is_scheduled_snapshot()).count();
+            total_num_changes = total_num_changes.saturating_sub(scheduled as u64);
+        }
+        c.history = CanisterHistory::from_parts(changes, total_num_changes);
         c.next_snapshot_id = self.next_snapshot_id;
         let s = self.settings;
         c.settings = CanisterSettings {
@@ -467,7 +476,7 @@ impl StateRecord {
             .map(|p| principal(p))
             .collect::<Result<_, _>>()?;
         for record in self.canisters {
-            let canister = record.into_state(store)?;
+            let canister = record.into_state(store, self.version)?;
             state.canisters.insert(canister.canister_id, canister);
         }
         for record in self.snapshots {

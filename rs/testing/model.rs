@@ -113,12 +113,12 @@ impl Image {
     }
 
     /// The canister's memory as the IC counts it (`total_size` for a snapshot): module, both
-    /// memories, 8 bytes per global, certified data.
+    /// memories, `GLOBAL_SIZE_BYTES` per global, certified data.
     pub fn memory_usage(&self) -> u64 {
         TEST_CANISTER_WASM.len() as u64
             + self.heap.size()
             + self.stable.size()
-            + 8 * self.globals.len() as u64
+            + crate::state::GLOBAL_SIZE_BYTES * self.globals.len() as u64
             + self.certified_data.len() as u64
     }
 
@@ -497,6 +497,11 @@ impl Model {
                 if from != n {
                     return Err(ErrorCode::CanisterRejectedMessage);
                 }
+                // The memory and cycles checks at zero cost, on the memory without it.
+                let c = self.controlled(*n, caller(*s))?;
+                let before = c.usage();
+                let freed = c.snapshots.get(&local).map_or(0, Image::memory_usage);
+                self.check_cycles(c, before, before - freed, 0)?;
                 let c = self.canisters.get_mut(n).expect("checked above");
                 c.snapshots.remove(&local);
                 Ok(())
