@@ -30,6 +30,7 @@ use ic_management_canister_types::{
 use crate::harness::HARNESS_CANISTER_CYCLES;
 use crate::memory::checksum::hex;
 use crate::state::CanisterStatus;
+use crate::state_manager::StateManager;
 use crate::{Config, RejectResponse, StateMachine, TEST_CANISTER_WASM};
 
 /// The default state directory, like dfx's `.dfx`.
@@ -211,15 +212,15 @@ impl CanisterCommand {
 /// Runs `command` on the replica in `state_dir` as `sender`, then checkpoints (unless it only
 /// reads).
 pub fn run(state_dir: &Path, sender: Principal, command: CanisterCommand) -> Result<(), String> {
-    let mut sm = StateMachine::open(state_dir, Config::default()).map_err(|e| e.to_string())?;
     if let Ok(text) = std::env::var(WRITE_BUDGET_VAR) {
         let bytes = text
             .parse()
             .map_err(|e| format!("{WRITE_BUDGET_VAR}={text:?} is not a byte count: {e}"))?;
-        if let Some(manager) = sm.state_manager() {
-            manager.set_write_budget(Some(bytes));
-        }
+        // Before the open: the merges it starts in the background meet the budget too, so
+        // whether one fits never depends on how far it got before the budget was set.
+        StateManager::set_initial_write_budget(Some(bytes));
     }
+    let mut sm = StateMachine::open(state_dir, Config::default()).map_err(|e| e.to_string())?;
     let only_reads = command.only_reads();
     let result = execute(&mut sm, sender, command);
     if !only_reads {

@@ -307,10 +307,15 @@ struct Faults {
 /// The write budget of a disk without the fault.
 const UNLIMITED: u64 = u64::MAX;
 
+/// Test hook: the write budget every state manager this process opens starts with
+/// ([`StateManager::set_initial_write_budget`]), so that the merges `open` starts meet it too.
+static INITIAL_BUDGET: AtomicU64 = AtomicU64::new(UNLIMITED);
+
 impl Default for Faults {
     fn default() -> Faults {
         Faults {
-            budget: Arc::new(AtomicU64::new(UNLIMITED)),
+            // A plain value read once: `Relaxed`.
+            budget: Arc::new(AtomicU64::new(INITIAL_BUDGET.load(Ordering::Relaxed))),
             early_flush: false,
             hold_merges: false,
         }
@@ -765,6 +770,15 @@ impl StateManager {
     pub fn set_write_budget(&mut self, bytes: Option<u64>) {
         let bytes = bytes.map_or(UNLIMITED, |b| b.min(UNLIMITED - 1));
         self.faults.budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Test hook for a whole process (the command line's): every state manager opened after
+    /// this starts with a write budget of `bytes` ([`Self::set_write_budget`]), the background
+    /// merges its `open` starts included, so a merge cannot finish before the budget is set.
+    #[doc(hidden)]
+    pub fn set_initial_write_budget(bytes: Option<u64>) {
+        let bytes = bytes.map_or(UNLIMITED, |b| b.min(UNLIMITED - 1));
+        INITIAL_BUDGET.store(bytes, Ordering::Relaxed);
     }
 
     /// Test hook: whether the early flushes of the page files the following checkpoints write
