@@ -16,6 +16,9 @@ pub struct Config {
     pub max_snapshots_per_canister: usize,
     /// Upper bound on a canister's stable memory.
     pub stable_memory_limit_bytes: u64,
+    /// Upper bound on the heap of a canister whose memory 0 is 64-bit (the replica's
+    /// `max_wasm64_memory_size`, a subnet setting); a 32-bit heap stops at 4 GiB.
+    pub max_wasm64_memory_bytes: u64,
     /// Memory the subnet can give to canisters and their snapshots together.
     pub subnet_memory_capacity_bytes: u64,
     /// Subnet memory usage above which growth reserves cycles (storage reservation: the IC's
@@ -79,6 +82,7 @@ impl Default for Config {
         Config {
             max_snapshots_per_canister: 1,
             stable_memory_limit_bytes: crate::memory::MAX_STABLE_MEMORY_BYTES,
+            max_wasm64_memory_bytes: crate::memory::MAX_WASM64_MEMORY_BYTES,
             subnet_memory_capacity_bytes: 2 << 40,
             subnet_memory_threshold_bytes: 450 << 30,
             max_storage_reservation_seconds: 300_000_000,

@@ -8,9 +8,11 @@
 //!    (due time, canister id) order;
 //! 2. ingress messages larger than `Config::max_ingress_bytes_per_message` are refused without
 //!    reaching their receiver; subnet messages (to `aaaaa-aa`) execute in arrival order;
-//! 3. canister messages execute on `Config::scheduler_threads` workers: the canisters are split
-//!    in ascending id order, each canister's messages run in arrival order, and results merge
-//!    back in ascending canister id;
+//! 3. canisters execute on `Config::scheduler_threads` workers: the canisters are split in
+//!    ascending id order and results merge back in ascending canister id. A running canister
+//!    first runs its system tasks, as the replica's scheduler puts them before its messages:
+//!    `canister_heartbeat` if it exports one, then `canister_global_timer` if it exports one and
+//!    the batch time has reached its timer; then its messages, in arrival order;
 //! 4. every canister's heap-delta debit drains by the per-round allowance; the round counter
 //!    advances.
 //!
@@ -25,10 +27,13 @@ use candid::Principal;
 use ic_error_types::{ErrorCode, UserError};
 
 use crate::config::Config;
-use crate::execution::{MemoryContext, WasmEngine, execute_canister_message, execute_query};
+use crate::execution::{
+    MemoryContext, SystemMethod, WasmEngine, execute_canister_message, execute_query,
+    execute_system_task,
+};
 use crate::management::ManagementCanister;
 use crate::replicated_state::{MemoryFootprint, ReplicatedState};
-use crate::state::CanisterState;
+use crate::state::{CanisterState, CanisterStatus};
 use crate::state_manager::{StateManager, StateManagerError};
 
 /// Identifies an ingress message within the batches a replica is fed.
@@ -73,12 +78,49 @@ struct CanisterWork {
     canister: Option<CanisterState>,
     /// Its footprint before the round, to move the running totals by the difference.
     before: MemoryFootprint,
+    /// System tasks due this round, run before the messages.
+    tasks: Vec<SystemMethod>,
     messages: Vec<Ingress>,
     results: Vec<IngressResult>,
 }
 
+/// What one canister executes in a round: its system tasks, then its messages.
+#[derive(Default)]
+struct CanisterQueue {
+    tasks: Vec<SystemMethod>,
+    messages: Vec<Ingress>,
+}
+
+impl RoundContext {
+    /// The memory checks of a canister's next message, from what it grew this round (it held
+    /// `before` when the round started).
+    fn memory(&self, before: &MemoryFootprint, canister: &CanisterState) -> MemoryContext {
+        let grown = canister.memory_usage().saturating_sub(before.canisters);
+        MemoryContext {
+            subnet_memory_usage: self.subnet_usage_before_growth.saturating_add(grown),
+            reservation_usage: self.subnet_usage_at_start.saturating_add(grown),
+            snapshots_size: before.snapshots,
+        }
+    }
+}
+
 impl CanisterWork {
     fn execute(&mut self, execution: &ExecutionLoop, context: &RoundContext) {
+        for task in std::mem::take(&mut self.tasks) {
+            if let Some(canister) = &mut self.canister {
+                let memory = context.memory(&self.before, canister);
+                // A task's failure has no caller to reach; like a trapped message, it changed
+                // nothing (but a global timer stays deactivated).
+                let _ = execute_system_task(
+                    execution.engine.as_ref(),
+                    &execution.config,
+                    canister,
+                    memory,
+                    context.time,
+                    task,
+                );
+            }
+        }
         for message in self.messages.drain(..) {
             let result = match &mut self.canister {
                 None => Err(UserError::new(
@@ -86,16 +128,7 @@ impl CanisterWork {
                     format!("Canister {} not found.", self.canister_id),
                 )),
                 Some(canister) => {
-                    let grown = canister
-                        .memory_usage()
-                        .saturating_sub(self.before.canisters);
-                    let memory = MemoryContext {
-                        subnet_memory_usage: context
-                            .subnet_usage_before_growth
-                            .saturating_add(grown),
-                        reservation_usage: context.subnet_usage_at_start.saturating_add(grown),
-                        snapshots_size: self.before.snapshots,
-                    };
+                    let memory = context.memory(&self.before, canister);
                     execute_canister_message(
                         execution.engine.as_ref(),
                         &execution.config,
@@ -209,7 +242,7 @@ impl ExecutionLoop {
             .charge_for_storage(state, previous);
         self.management_canister().take_scheduled_snapshots(state);
         let mut results = Vec::with_capacity(batch.ingress.len());
-        let mut per_canister: BTreeMap<Principal, Vec<Ingress>> = BTreeMap::new();
+        let mut per_canister: BTreeMap<Principal, CanisterQueue> = BTreeMap::new();
         for message in batch.ingress {
             if let Err(err) = self.check_ingress_size(&message) {
                 results.push((message.message_id, Err(err)));
@@ -225,9 +258,11 @@ impl ExecutionLoop {
                 per_canister
                     .entry(message.receiver)
                     .or_default()
+                    .messages
                     .push(message);
             }
         }
+        self.schedule_system_tasks(state, &mut per_canister);
         results.extend(self.execute_canister_messages(state, per_canister));
         for canister in state.canisters.values_mut() {
             canister.heap_delta_debit = canister
@@ -239,7 +274,40 @@ impl ExecutionLoop {
         results
     }
 
-    /// Step 3 of a round: the canister messages, on up to `Config::scheduler_threads` workers.
+    /// The system tasks due this round (see the module doc), for every running canister with
+    /// code, in id order.
+    fn schedule_system_tasks(
+        &self,
+        state: &ReplicatedState,
+        per_canister: &mut BTreeMap<Principal, CanisterQueue>,
+    ) {
+        for (id, canister) in &state.canisters {
+            let Some(execution_state) = &canister.execution_state else {
+                continue;
+            };
+            if canister.status != CanisterStatus::Running {
+                continue;
+            }
+            let module = &execution_state.wasm_module;
+            let exports = |task| self.engine.exports_system_method(module, task);
+            let mut tasks = Vec::new();
+            if exports(SystemMethod::Heartbeat) {
+                tasks.push(SystemMethod::Heartbeat);
+            }
+            if canister
+                .global_timer
+                .is_some_and(|deadline| deadline <= state.time)
+                && exports(SystemMethod::GlobalTimer)
+            {
+                tasks.push(SystemMethod::GlobalTimer);
+            }
+            if !tasks.is_empty() {
+                per_canister.entry(*id).or_default().tasks = tasks;
+            }
+        }
+    }
+
+    /// Step 3 of a round: the canisters, on up to `Config::scheduler_threads` workers.
     ///
     /// The canisters with messages leave the state, are split by id order into contiguous
     /// parts, one per worker, and come back in id order with their results. A canister's
@@ -249,7 +317,7 @@ impl ExecutionLoop {
     fn execute_canister_messages(
         &self,
         state: &mut ReplicatedState,
-        per_canister: BTreeMap<Principal, Vec<Ingress>>,
+        per_canister: BTreeMap<Principal, CanisterQueue>,
     ) -> Vec<IngressResult> {
         if per_canister.is_empty() {
             return Vec::new();
@@ -269,11 +337,12 @@ impl ExecutionLoop {
         };
         let mut work: Vec<CanisterWork> = per_canister
             .into_iter()
-            .map(|(canister_id, messages)| CanisterWork {
+            .map(|(canister_id, queue)| CanisterWork {
                 before: state.footprint(canister_id),
                 canister: state.canisters.remove(&canister_id),
                 canister_id,
-                messages,
+                tasks: queue.tasks,
+                messages: queue.messages,
                 results: Vec::new(),
             })
             .collect();

@@ -5,6 +5,7 @@
 use canister_snapshots::testing::simulation::{
     SimulationOptions, SimulationReport, SubnetShape, simulate,
 };
+use canister_snapshots::testing::workload::CanisterKind;
 use ic_error_types::ErrorCode;
 
 #[test]
@@ -25,6 +26,31 @@ fn replicas_with_1_2_and_4_threads_agree_on_random_streams() {
         assert!(report.refused > 0, "seed {seed}: {report:?}");
         assert!(report.snapshots_seen > 0, "seed {seed}: {report:?}");
         assert!(report.messages > rounds, "seed {seed}: {report:?}");
+    }
+}
+
+/// The same agreement with the workload on real WebAssembly (the Wasm test canister on
+/// wasmtime): replicas at 1, 2 and 4 threads give the same outcomes and the same `state_hash`
+/// after every round.
+#[test]
+#[ignore = "not yet run: the session that wrote it ran out of build time; run it with --ignored"]
+fn wasm_replicas_with_1_2_and_4_threads_agree_on_random_streams() {
+    for seed in 0..2 {
+        let options = SimulationOptions {
+            seed,
+            rounds: 40,
+            kind: CanisterKind::Wasm,
+            ..SimulationOptions::default()
+        };
+        let report = simulate(&options).unwrap_or_else(|failure| panic!("{failure}"));
+        assert_eq!(report.rounds, 40);
+        assert!(report.refused > 0, "seed {seed}: {report:?}");
+        assert!(report.snapshots_seen > 0, "seed {seed}: {report:?}");
+        // Canister messages ran as Wasm and some trapped (the workload's `trap`).
+        assert!(
+            report.canister_refused_with(ErrorCode::CanisterCalledTrap) > 0,
+            "seed {seed}: {report:?}"
+        );
     }
 }
 

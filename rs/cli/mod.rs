@@ -85,6 +85,10 @@ pub enum Command {
         /// canister-limited, dear-storage (canisters run out of cycles).
         #[arg(long, default_value = "roomy")]
         shape: crate::testing::simulation::SubnetShape,
+        /// Run the workload on the test canister as real WebAssembly (wasmtime) instead of the
+        /// native one.
+        #[arg(long)]
+        wasm: bool,
     },
 }
 
@@ -144,7 +148,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
             rounds,
             threads,
             shape,
-        } => simulate::run(seed, rounds, threads, shape),
+            wasm,
+        } => simulate::run(seed, rounds, threads, shape, wasm),
         Command::Snapshot(SnapshotCommand::Inspect { dir }) => snapshot::run_inspect(&dir),
         Command::Snapshot(SnapshotCommand::Verify { dir }) => snapshot::run_verify(&dir),
         Command::Snapshot(SnapshotCommand::Diff { a, b }) => snapshot::run_diff(&a, &b),

@@ -4,10 +4,18 @@
 use std::time::Instant;
 
 use crate::testing::simulation::{SimulationOptions, SubnetShape, simulate};
+use crate::testing::workload::CanisterKind;
 
 /// Runs `rounds` rounds of seed `seed` on one replica per entry of `threads`, on a subnet of
-/// `shape`; prints a report, or returns the failure with what replays it.
-pub fn run(seed: u64, rounds: u64, threads: Vec<usize>, shape: SubnetShape) -> Result<(), String> {
+/// `shape`, with the Wasm test canister if `wasm`; prints a report, or returns the failure
+/// with what replays it.
+pub fn run(
+    seed: u64,
+    rounds: u64,
+    threads: Vec<usize>,
+    shape: SubnetShape,
+    wasm: bool,
+) -> Result<(), String> {
     if threads.is_empty() || threads.contains(&0) {
         return Err("--threads takes a list of thread counts of at least 1, e.g. 1,2,4".into());
     }
@@ -16,6 +24,11 @@ pub fn run(seed: u64, rounds: u64, threads: Vec<usize>, shape: SubnetShape) -> R
         rounds,
         threads: threads.clone(),
         shape,
+        kind: if wasm {
+            CanisterKind::Wasm
+        } else {
+            CanisterKind::Native
+        },
         ..SimulationOptions::default()
     };
     // The wall clock measures the run for the report only; the simulation never sees it.

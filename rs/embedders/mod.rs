@@ -8,8 +8,9 @@
 //! instrumented ([`instrumentation`]) and compiled once, then cached by its SHA-256
 //! ([`MODULE_CACHE_CAPACITY`] modules, least recently used out). Each message gets a fresh
 //! instance of the instrumented module in a fresh store:
-//! 1. the heap (`ExecutionState::wasm_memory`) is copied into memory 0, grown to its size;
-//!    the canister's globals are set into the mutable exported globals;
+//! 1. memory 0 is grown to the heap's size (`ExecutionState::wasm_memory`) and the pages its
+//!    page memory holds are copied in (a page it does not hold is zero in both); the
+//!    canister's globals are set into the mutable exported globals;
 //! 2. at install only, the module's active data segments are written into the heap, then
 //!    `canister_start` runs (instrumentation made the start function that export);
 //! 3. the method runs with the instruction limit as wasmtime fuel and the `ic0` System API
@@ -25,7 +26,10 @@
 //! **Determinism.** NaN canonicalisation, no threads or relaxed SIMD, fuel as the instruction
 //! counter (an infinite loop ends in `CanisterInstructionLimitExceeded` and changes nothing), a
 //! bounded Wasm stack ([`MAX_WASM_STACK_BYTES`]), no clock but the batch time, and heap growth
-//! refused by a limiter above the canister's `wasm_memory_limit`, never by the host's memory.
+//! refused by a limiter, never by the host's memory: above 4 GiB for a 32-bit memory 0, above
+//! the subnet's `max_wasm64_memory_bytes` for a 64-bit one, and above the canister's
+//! `wasm_memory_limit` for either (the replica's limits). System tasks
+//! (`canister_heartbeat`, `canister_global_timer`) run as the management canister's calls.
 
 #![forbid(unsafe_code)]
 
@@ -44,9 +48,9 @@ use crate::execution::{
     is_test_canister, trap_on_memory_error,
 };
 use crate::memory::checksum::sha256;
-use crate::memory::{Hash, MAX_WASM_MEMORY_BYTES, Memory, PAGE_SIZE, WASM_PAGE_SIZE};
+use crate::memory::{Hash, Memory, PAGE_SIZE, WASM_PAGE_SIZE};
 use crate::state::{Global, WasmModule};
-use system_api::{ApiContext, HostTrap, SYSTEM_API, SystemApi, Ty};
+use system_api::{ApiContext, HostTrap, SYSTEM_API, SystemApi};
 use validation::{HEAP_EXPORT, ModuleInfo, START_EXPORT};
 
 /// Compiled modules kept (compiling a Motoko module takes hundreds of milliseconds).
@@ -54,6 +58,12 @@ pub const MODULE_CACHE_CAPACITY: usize = 64;
 
 /// The Wasm stack a message may use; deeper recursion traps.
 pub const MAX_WASM_STACK_BYTES: usize = 1 << 20;
+
+/// Address space each instance's memory reserves (not memory it uses): enough for the
+/// replica's 64-bit heap limit, so that a 64-bit heap grows in place. wasmtime's default (4
+/// GiB) would move a heap growing past 4 GiB to a new mapping and copy all of it, touching
+/// every page of a sparse heap.
+pub const MEMORY_RESERVATION_BYTES: u64 = 8 << 30;
 
 /// The engine of the replica: the native test canister for its module, wasmtime otherwise.
 pub struct ReplicaEngine {
@@ -80,6 +90,11 @@ impl ReplicaEngine {
             &self.wasm
         }
     }
+
+    /// The engine of the module a message runs.
+    fn running(&self, ctx: &ExecutionContext<'_>) -> &dyn WasmEngine {
+        self.pick(ctx.execution_state.wasm_module.bytes())
+    }
 }
 
 impl WasmEngine for ReplicaEngine {
@@ -96,19 +111,27 @@ impl WasmEngine for ReplicaEngine {
             .method_kind(wasm_module, method)
     }
 
+    fn exports_system_method(&self, wasm_module: &WasmModule, method: SystemMethod) -> bool {
+        self.pick(wasm_module.bytes())
+            .exports_system_method(wasm_module, method)
+    }
+
+    fn expects_enhanced_orthogonal_persistence(&self, wasm_module: &WasmModule) -> bool {
+        self.pick(wasm_module.bytes())
+            .expects_enhanced_orthogonal_persistence(wasm_module)
+    }
+
     fn execute(
         &self,
         ctx: &mut ExecutionContext<'_>,
         method: &str,
         arg: &[u8],
     ) -> Result<Response, UserError> {
-        let module = ctx.execution_state.wasm_module.clone();
-        self.pick(module.bytes()).execute(ctx, method, arg)
+        self.running(ctx).execute(ctx, method, arg)
     }
 
     fn start(&self, ctx: &mut ExecutionContext<'_>) -> Result<(), UserError> {
-        let module = ctx.execution_state.wasm_module.clone();
-        self.pick(module.bytes()).start(ctx)
+        self.running(ctx).start(ctx)
     }
 
     fn execute_system_method(
@@ -117,9 +140,7 @@ impl WasmEngine for ReplicaEngine {
         method: SystemMethod,
         arg: &[u8],
     ) -> Result<(), UserError> {
-        let module = ctx.execution_state.wasm_module.clone();
-        self.pick(module.bytes())
-            .execute_system_method(ctx, method, arg)
+        self.running(ctx).execute_system_method(ctx, method, arg)
     }
 }
 
@@ -218,15 +239,6 @@ impl Default for WasmtimeEngine {
     }
 }
 
-fn value_type(ty: Ty, memory64: bool) -> ValType {
-    match ty {
-        Ty::I32 => ValType::I32,
-        Ty::I64 => ValType::I64,
-        Ty::Ptr if memory64 => ValType::I64,
-        Ty::Ptr => ValType::I32,
-    }
-}
-
 /// The System API linked for one pointer width: every function of [`SYSTEM_API`], each
 /// dispatching to [`SystemApi::call`] with the heap's bytes.
 fn linker(engine: &wasmtime::Engine, memory64: bool) -> wasmtime::Result<Linker<StoreData>> {
@@ -234,10 +246,16 @@ fn linker(engine: &wasmtime::Engine, memory64: bool) -> wasmtime::Result<Linker<
     for (name, params, results) in SYSTEM_API {
         let ty = FuncType::new(
             engine,
-            params.iter().map(|t| value_type(*t, memory64)),
-            results.iter().map(|t| value_type(*t, memory64)),
+            params
+                .iter()
+                .map(|t| t.pick(memory64, ValType::I32, ValType::I64)),
+            results
+                .iter()
+                .map(|t| t.pick(memory64, ValType::I32, ValType::I64)),
         );
-        let result = results.first().map(|t| value_type(*t, memory64));
+        let result = results
+            .first()
+            .map(|t| t.pick(memory64, ValType::I32, ValType::I64));
         linker.func_new(
             "ic0",
             name,
@@ -341,6 +359,7 @@ impl WasmtimeEngine {
             .wasm_memory64(true)
             .wasm_tail_call(false)
             .memory_init_cow(false)
+            .memory_reservation(MEMORY_RESERVATION_BYTES)
             .max_wasm_stack(MAX_WASM_STACK_BYTES);
         let engine = wasmtime::Engine::new(&config).expect("the engine's configuration is valid");
         let linker32 = linker(&engine, false).expect("the System API links");
@@ -458,7 +477,15 @@ impl WasmtimeEngine {
         run: Run<'_>,
     ) -> Result<Response, UserError> {
         let heap_size = ctx.execution_state.wasm_memory.size_bytes();
-        let max_heap_bytes = ctx.wasm_memory_limit.max(heap_size);
+        // The replica's heap limits: 4 GiB for a 32-bit memory, the subnet's
+        // `max_wasm64_memory_size` for a 64-bit one, both capped by the canister's
+        // `wasm_memory_limit`; `memory.grow` past it returns -1.
+        let limit = if prepared.info.memory64 == Some(true) {
+            ctx.wasm64_memory_limit
+        } else {
+            ctx.wasm_memory_limit
+        };
+        let max_heap_bytes = limit.max(heap_size);
         let api = SystemApi {
             context: run.context,
             arg: run.arg.to_vec(),
@@ -508,14 +535,7 @@ impl WasmtimeEngine {
                             ))
                         })?;
                 }
-                let bytes = heap.data_mut(&mut store);
-                let target = bytes
-                    .get_mut(..heap_size as usize)
-                    .ok_or_else(|| trapped("the heap does not fit the module's memory"))?;
-                ctx.execution_state
-                    .wasm_memory
-                    .read(0, target)
-                    .map_err(trap_on_memory_error)?;
+                copy_in_heap(&ctx.execution_state.wasm_memory, heap.data_mut(&mut store))?;
             }
             None if heap_size > 0 => {
                 return Err(trapped(format!(
@@ -648,21 +668,52 @@ impl WasmtimeEngine {
     }
 }
 
+/// Copies the heap into `instance` (a fresh memory, zero, at least as large): only the pages
+/// the page memory holds, so a sparse heap costs what it holds, not its size.
+fn copy_in_heap(heap: &Memory, instance: &mut [u8]) -> Result<(), UserError> {
+    let size = heap.size_bytes();
+    if instance.len() < usize::try_from(size).unwrap_or(usize::MAX) {
+        return Err(trapped("the heap does not fit the module's memory"));
+    }
+    for index in heap.page_map().present_indices() {
+        let offset = index.saturating_mul(PAGE_SIZE as u64);
+        if offset >= size {
+            break;
+        }
+        let target = usize::try_from(offset)
+            .ok()
+            .and_then(|start| instance.get_mut(start..start.checked_add(PAGE_SIZE)?))
+            .ok_or_else(|| trapped("the heap does not fit the module's memory"))?;
+        heap.read(offset, target).map_err(trap_on_memory_error)?;
+    }
+    Ok(())
+}
+
+/// A page of zeros: what a page the page memory does not hold reads as.
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
 /// Writes the pages of `instance` (the heap after a message) that differ from `heap` into it,
-/// growing it to the instance's size. Returns the bytes of pages written.
+/// growing it to the instance's size. Returns the bytes of pages written. A page the page
+/// memory does not hold is compared with zeros without a read.
 fn write_back_heap(instance: &[u8], heap: &mut Memory, limit: u64) -> Result<u64, UserError> {
     let size = instance.len() as u64;
     if size > heap.size_bytes() {
-        heap.resize(size, limit.max(size).min(MAX_WASM_MEMORY_BYTES.max(size)))
+        heap.resize(size, limit.max(size))
             .map_err(trap_on_memory_error)?;
     }
+    let held: std::collections::BTreeSet<u64> = heap.page_map().present_indices().collect();
     let mut old = [0u8; PAGE_SIZE];
     let mut written = 0u64;
     for (index, page) in (0u64..).zip(instance.chunks(PAGE_SIZE)) {
         let offset = index.saturating_mul(PAGE_SIZE as u64);
-        let old = old.get_mut(..page.len()).unwrap_or_default();
-        heap.read(offset, old).map_err(trap_on_memory_error)?;
-        if old != page {
+        let changed = if held.contains(&index) {
+            let old = old.get_mut(..page.len()).unwrap_or_default();
+            heap.read(offset, old).map_err(trap_on_memory_error)?;
+            old != page
+        } else {
+            page != ZERO_PAGE.get(..page.len()).unwrap_or_default()
+        };
+        if changed {
             heap.write(offset, page).map_err(trap_on_memory_error)?;
             written = written.saturating_add(PAGE_SIZE as u64);
         }
@@ -711,6 +762,16 @@ impl WasmEngine for WasmtimeEngine {
             .prepare(wasm_module.bytes(), *wasm_module.hash())
             .ok()?;
         prepared.info.methods.get(method).copied()
+    }
+
+    fn exports_system_method(&self, wasm_module: &WasmModule, method: SystemMethod) -> bool {
+        self.prepare(wasm_module.bytes(), *wasm_module.hash())
+            .is_ok_and(|prepared| prepared.info.system_methods.contains(method.export_name()))
+    }
+
+    fn expects_enhanced_orthogonal_persistence(&self, wasm_module: &WasmModule) -> bool {
+        self.prepare(wasm_module.bytes(), *wasm_module.hash())
+            .is_ok_and(|prepared| prepared.info.enhanced_orthogonal_persistence)
     }
 
     fn execute(
@@ -779,6 +840,7 @@ impl WasmEngine for WasmtimeEngine {
         let context = match method {
             SystemMethod::Init | SystemMethod::PostUpgrade => ApiContext::Init,
             SystemMethod::PreUpgrade => ApiContext::PreUpgrade,
+            SystemMethod::Heartbeat | SystemMethod::GlobalTimer => ApiContext::SystemTask,
         };
         self.run(
             &prepared,

@@ -29,6 +29,18 @@ pub enum Ty {
     Ptr,
 }
 
+impl Ty {
+    /// This type in a module whose memory 0 is 64-bit (`memory64`) or not: `i32` or `i64`, each
+    /// given in the caller's Wasm library's own type. The one rule validation, linking and the
+    /// fuzzer's module builder share.
+    pub fn pick<V>(self, memory64: bool, i32: V, i64: V) -> V {
+        match (self, memory64) {
+            (Ty::I64, _) | (Ty::Ptr, true) => i64,
+            (Ty::I32, _) | (Ty::Ptr, false) => i32,
+        }
+    }
+}
+
 use Ty::{I32, I64, Ptr};
 
 /// Name, parameters and results of every function a canister may import from `ic0`.
@@ -107,6 +119,9 @@ pub enum ApiContext {
     Update,
     /// A query call (not replicated).
     Query,
+    /// `canister_heartbeat` or `canister_global_timer`: called by the management canister,
+    /// no argument, nothing to reply to.
+    SystemTask,
 }
 
 impl ApiContext {
@@ -329,10 +344,10 @@ impl SystemApi {
         heap: &mut [u8],
         instructions: u64,
     ) -> Result<Option<u64>, UserError> {
-        use ApiContext::{Init, PreUpgrade, Query, Update};
+        use ApiContext::{Init, PreUpgrade, Query, SystemTask, Update};
         let arg = |i: usize| args.get(i).copied().unwrap_or(0);
         let (a0, a1, a2) = (arg(0), arg(1), arg(2));
-        let with_caller = [Init, PreUpgrade, Update, Query];
+        let with_caller = [Init, PreUpgrade, Update, Query, SystemTask];
         let with_arg = [Init, Update, Query];
         let replying = [Update, Query];
         match name {
@@ -459,7 +474,7 @@ impl SystemApi {
                 self.stable_read(heap, name, a0, a1, a2).map(|()| None)
             }
             "certified_data_set" => {
-                self.require(name, &[Init, PreUpgrade, Update])?;
+                self.require(name, &[Init, PreUpgrade, Update, SystemTask])?;
                 if a1 > MAX_CERTIFIED_DATA_BYTES as u64 {
                     return Err(contract_violation(format!(
                         "ic0.certified_data_set: certified data is at most \
@@ -476,7 +491,7 @@ impl SystemApi {
             ))),
             "time" => Ok(Some(self.time)),
             "global_timer_set" => {
-                self.require(name, &[Init, PreUpgrade, Update])?;
+                self.require(name, &[Init, PreUpgrade, Update, SystemTask])?;
                 let old = self.global_timer.unwrap_or(0);
                 self.global_timer = (a0 != 0).then_some(a0);
                 Ok(Some(old))

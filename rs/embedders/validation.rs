@@ -23,7 +23,7 @@ use std::io::Read;
 use ic_error_types::{ErrorCode, UserError};
 use wasmparser::{Operator, Parser, Payload, TypeRef, ValType, Validator, WasmFeatures};
 
-use super::system_api::{SYSTEM_API, Ty};
+use super::system_api::SYSTEM_API;
 use crate::execution::MethodKind;
 
 /// The largest module, decompressed: the replica's `wasm_max_size`, 100 MiB.
@@ -136,15 +136,6 @@ pub fn decode(wasm_module: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, UserErro
     Ok(std::borrow::Cow::Owned(decoded))
 }
 
-fn value_type(ty: Ty, memory64: bool) -> ValType {
-    match ty {
-        Ty::I32 => ValType::I32,
-        Ty::I64 => ValType::I64,
-        Ty::Ptr if memory64 => ValType::I64,
-        Ty::Ptr => ValType::I32,
-    }
-}
-
 /// The constant offset of an active data segment.
 fn constant_offset(index: u32, expr: &wasmparser::ConstExpr<'_>) -> Result<u64, UserError> {
     let mut reader = expr.get_operators_reader();
@@ -212,10 +203,14 @@ pub fn validate_module(wasm: &[u8]) -> Result<ModuleInfo, UserError> {
                         )));
                     };
                     let found = func_type(types, types.core_type_at_in_module(type_index))?;
-                    let expected_params: Vec<ValType> =
-                        params.iter().map(|t| value_type(*t, memory64)).collect();
-                    let expected_results: Vec<ValType> =
-                        results.iter().map(|t| value_type(*t, memory64)).collect();
+                    let expected_params: Vec<ValType> = params
+                        .iter()
+                        .map(|t| t.pick(memory64, ValType::I32, ValType::I64))
+                        .collect();
+                    let expected_results: Vec<ValType> = results
+                        .iter()
+                        .map(|t| t.pick(memory64, ValType::I32, ValType::I64))
+                        .collect();
                     if found.params() != expected_params || found.results() != expected_results {
                         return Err(invalid(format!(
                             "it imports `ic0.{name}` as {:?} -> {:?}; for a module with a \

@@ -35,6 +35,9 @@ pub struct ExecutionContext<'a> {
     pub time: u64,
     /// How far the heap may grow: the smaller of 4 GiB and the canister's `wasm_memory_limit`.
     pub wasm_memory_limit: u64,
+    /// How far a 64-bit heap may grow: the smaller of `Config::max_wasm64_memory_bytes` and
+    /// the canister's `wasm_memory_limit`.
+    pub wasm64_memory_limit: u64,
     pub stable_memory_limit: u64,
     /// Bytes of pages written so far by this message (rounded up to whole pages).
     pub heap_delta: u64,
@@ -85,8 +88,9 @@ pub enum MethodKind {
     CompositeQuery,
 }
 
-/// The entry points the replica calls outside of messages (`canister_init` and the upgrade
-/// hooks), each run by the management canister's `install_code`.
+/// The entry points the replica calls outside of messages: `canister_init` and the upgrade
+/// hooks, run by the management canister's `install_code`, and the system tasks the scheduler
+/// runs ([`execute_system_task`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SystemMethod {
     /// `canister_init(arg)`, after `canister_start` on a fresh heap.
@@ -95,6 +99,10 @@ pub enum SystemMethod {
     PreUpgrade,
     /// `canister_post_upgrade(arg)`, on the new module after `canister_start`.
     PostUpgrade,
+    /// `canister_heartbeat`, every round for a running canister that exports it.
+    Heartbeat,
+    /// `canister_global_timer`, once, in the first round whose batch time reaches the timer.
+    GlobalTimer,
 }
 
 impl SystemMethod {
@@ -104,6 +112,8 @@ impl SystemMethod {
             SystemMethod::Init => "canister_init",
             SystemMethod::PreUpgrade => "canister_pre_upgrade",
             SystemMethod::PostUpgrade => "canister_post_upgrade",
+            SystemMethod::Heartbeat => "canister_heartbeat",
+            SystemMethod::GlobalTimer => "canister_global_timer",
         }
     }
 }
@@ -252,6 +262,18 @@ pub trait WasmEngine: Send + Sync {
 
     /// How `method` is exported by `wasm_module`, if it is.
     fn method_kind(&self, wasm_module: &WasmModule, method: &str) -> Option<MethodKind>;
+
+    /// Whether `wasm_module` exports the system method `method` (the scheduler runs
+    /// `canister_heartbeat` and `canister_global_timer` only for modules that do).
+    fn exports_system_method(&self, _wasm_module: &WasmModule, _method: SystemMethod) -> bool {
+        false
+    }
+
+    /// Whether `wasm_module` is built for enhanced orthogonal persistence (it carries the
+    /// `enhanced-orthogonal-persistence` custom section): its heap must be kept across upgrades.
+    fn expects_enhanced_orthogonal_persistence(&self, _wasm_module: &WasmModule) -> bool {
+        false
+    }
 
     /// Runs the exported method `method` (of any [`MethodKind`]) with argument `arg`. On `Err`
     /// the caller discards every change the method made.
@@ -406,6 +428,10 @@ pub fn message_context<'a>(
             .settings
             .wasm_memory_limit
             .min(MAX_WASM_MEMORY_BYTES),
+        wasm64_memory_limit: canister
+            .settings
+            .wasm_memory_limit
+            .min(config.max_wasm64_memory_bytes),
         stable_memory_limit: config.stable_memory_limit_bytes,
         heap_delta: 0,
         max_heap_delta: config.max_heap_delta_per_message_bytes,
@@ -505,16 +531,9 @@ pub fn execute_canister_message(
     match kind {
         Some(MethodKind::Update) => {}
         Some(MethodKind::Query) => {
-            return execute_query_on(
-                engine,
-                config,
-                canister,
-                caller,
-                time,
-                method,
-                arg,
-                config.max_instructions_per_message,
-            );
+            let call = MethodCall::new(caller, time, method, arg);
+            let limit = config.max_instructions_per_message;
+            return execute_query_on(engine, config, canister, call, limit);
         }
         Some(MethodKind::CompositeQuery) => {
             return Err(UserError::new(
@@ -527,21 +546,16 @@ pub fn execute_canister_message(
         }
         None => return Err(method_not_found(id, "update", method)),
     }
-    // Run on copies: O(1) for the memories, and the originals survive a trap untouched.
-    let mut scratch = execution_state.clone();
-    let mut certified_data = canister.certified_data.clone();
-    let mut ctx = message_context(
+    let mut scratch = Scratch::of(canister, execution_state);
+    let mut ctx = scratch.context(
         config,
         canister,
-        &mut scratch,
-        &mut certified_data,
         caller,
         time,
         config.max_instructions_per_message,
     );
     let response = engine.execute(&mut ctx, method, arg)?;
-    let heap_delta = ctx.heap_delta;
-    let global_timer = ctx.global_timer;
+    let changes = ctx.changes();
     let outcome = into_reply(config, id, response);
     if let Err(err) = &outcome
         && err.code() == ErrorCode::CanisterContractViolation
@@ -549,32 +563,130 @@ pub fn execute_canister_message(
         // An oversized reply is the canister's error, like a trap: nothing is kept.
         return outcome;
     }
-    let usage = |execution: &ExecutionState, certified_data: &[u8]| {
-        execution
-            .memory_usage()
-            .saturating_add(certified_data.len() as u64)
-    };
-    let grows_by = usage(&scratch, &certified_data)
-        .saturating_sub(usage(execution_state, &canister.certified_data));
-    if grows_by > 0 {
-        let before = canister
-            .memory_usage()
-            .saturating_add(memory.snapshots_size);
-        check_memory_growth(
-            config,
-            memory.subnet_memory_usage,
-            memory.reservation_usage,
-            canister,
-            before,
-            before.saturating_add(grows_by),
-        )?
-        .apply(canister);
-    }
-    canister.execution_state = Some(scratch);
-    canister.certified_data = certified_data;
-    canister.global_timer = global_timer;
-    canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
+    scratch.commit(config, canister, memory, changes)?;
     outcome
+}
+
+/// Runs the system task `task` (`canister_heartbeat` or `canister_global_timer`) on `canister`
+/// at batch time `time`, as the replica's scheduler runs it: with the limit of an update
+/// message, as the management canister's call (no argument, no reply), atomically like
+/// [`execute_canister_message`]. The global timer is one-off: it is deactivated before the
+/// method runs and stays so if the method fails (its `ic0.global_timer_set` returns 0, the
+/// timer it sets is kept only on success). A task's failure reaches no caller.
+pub fn execute_system_task(
+    engine: &dyn WasmEngine,
+    config: &Config,
+    canister: &mut CanisterState,
+    memory: MemoryContext,
+    time: u64,
+    task: SystemMethod,
+) -> Result<(), UserError> {
+    if task == SystemMethod::GlobalTimer {
+        canister.global_timer = None;
+    }
+    let execution_state = callable(canister)?;
+    let mut scratch = Scratch::of(canister, execution_state);
+    let mut ctx = scratch.context(
+        config,
+        canister,
+        Principal::management_canister(),
+        time,
+        config.max_instructions_per_message,
+    );
+    engine.execute_system_method(&mut ctx, task, &[])?;
+    let changes = ctx.changes();
+    scratch.commit(config, canister, memory, changes)
+}
+
+/// What a message changed besides its copies: kept with them on success.
+#[derive(Clone, Copy, Debug)]
+struct ContextChanges {
+    heap_delta: u64,
+    global_timer: Option<u64>,
+}
+
+impl ExecutionContext<'_> {
+    fn changes(&self) -> ContextChanges {
+        ContextChanges {
+            heap_delta: self.heap_delta,
+            global_timer: self.global_timer,
+        }
+    }
+}
+
+/// The copies a message runs on (O(1) for the memories): the originals survive a trap
+/// untouched, and the copies replace them only if the message succeeds.
+struct Scratch {
+    execution_state: ExecutionState,
+    certified_data: Vec<u8>,
+}
+
+impl Scratch {
+    fn of(canister: &CanisterState, execution_state: &ExecutionState) -> Self {
+        Scratch {
+            execution_state: execution_state.clone(),
+            certified_data: canister.certified_data.clone(),
+        }
+    }
+
+    /// The context of a message on these copies.
+    fn context<'a>(
+        &'a mut self,
+        config: &Config,
+        canister: &'a CanisterState,
+        caller: Principal,
+        time: u64,
+        instruction_limit: u64,
+    ) -> ExecutionContext<'a> {
+        message_context(
+            config,
+            canister,
+            &mut self.execution_state,
+            &mut self.certified_data,
+            caller,
+            time,
+            instruction_limit,
+        )
+    }
+
+    /// Keeps the copies in `canister` once the memory they grew passes
+    /// [`check_memory_growth`] (else the message fails and nothing is kept), with the timer the
+    /// message left and its heap delta charged to the canister's debit.
+    fn commit(
+        self,
+        config: &Config,
+        canister: &mut CanisterState,
+        memory: MemoryContext,
+        changes: ContextChanges,
+    ) -> Result<(), UserError> {
+        let usage = |execution: Option<&ExecutionState>, certified_data: &[u8]| {
+            execution
+                .map_or(0, ExecutionState::memory_usage)
+                .saturating_add(certified_data.len() as u64)
+        };
+        let grows_by = usage(Some(&self.execution_state), &self.certified_data).saturating_sub(
+            usage(canister.execution_state.as_ref(), &canister.certified_data),
+        );
+        if grows_by > 0 {
+            let before = canister
+                .memory_usage()
+                .saturating_add(memory.snapshots_size);
+            check_memory_growth(
+                config,
+                memory.subnet_memory_usage,
+                memory.reservation_usage,
+                canister,
+                before,
+                before.saturating_add(grows_by),
+            )?
+            .apply(canister);
+        }
+        canister.execution_state = Some(self.execution_state);
+        canister.certified_data = self.certified_data;
+        canister.global_timer = changes.global_timer;
+        canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(changes.heap_delta);
+        Ok(())
+    }
 }
 
 /// Executes a query call (`canister_query` or `canister_composite_query`) on a copy of
@@ -591,46 +703,49 @@ pub fn execute_query(
 ) -> Result<Vec<u8>, UserError> {
     let execution_state = callable(canister)?;
     match engine.method_kind(&execution_state.wasm_module, method) {
-        Some(MethodKind::Query | MethodKind::CompositeQuery) => execute_query_on(
-            engine,
-            config,
-            canister,
-            caller,
-            time,
-            method,
-            arg,
-            config.max_instructions_per_query_message,
-        ),
+        Some(MethodKind::Query | MethodKind::CompositeQuery) => {
+            let call = MethodCall::new(caller, time, method, arg);
+            let limit = config.max_instructions_per_query_message;
+            execute_query_on(engine, config, canister, call, limit)
+        }
         Some(MethodKind::Update) | None => {
             Err(method_not_found(canister.canister_id, "query", method))
         }
     }
 }
 
+/// A call of a canister method: who calls which method with which argument, at which batch
+/// time.
+#[derive(Clone, Copy)]
+struct MethodCall<'a> {
+    caller: Principal,
+    time: u64,
+    method: &'a str,
+    arg: &'a [u8],
+}
+
+impl<'a> MethodCall<'a> {
+    fn new(caller: Principal, time: u64, method: &'a str, arg: &'a [u8]) -> Self {
+        MethodCall {
+            caller,
+            time,
+            method,
+            arg,
+        }
+    }
+}
+
 /// Runs a query method on copies that are then dropped.
-#[allow(clippy::too_many_arguments)]
 fn execute_query_on(
     engine: &dyn WasmEngine,
     config: &Config,
     canister: &CanisterState,
-    caller: Principal,
-    time: u64,
-    method: &str,
-    arg: &[u8],
+    call: MethodCall<'_>,
     instruction_limit: u64,
 ) -> Result<Vec<u8>, UserError> {
     let execution_state = callable(canister)?;
-    let mut scratch = execution_state.clone();
-    let mut certified_data = canister.certified_data.clone();
-    let mut ctx = message_context(
-        config,
-        canister,
-        &mut scratch,
-        &mut certified_data,
-        caller,
-        time,
-        instruction_limit,
-    );
-    let response = engine.execute(&mut ctx, method, arg)?;
+    let mut scratch = Scratch::of(canister, execution_state);
+    let mut ctx = scratch.context(config, canister, call.caller, call.time, instruction_limit);
+    let response = engine.execute(&mut ctx, call.method, call.arg)?;
     into_reply(config, canister.canister_id, response)
 }

@@ -273,6 +273,7 @@ mod tests {
             caller: Principal::anonymous(),
             time: 0,
             wasm_memory_limit: 1 << 20,
+            wasm64_memory_limit: 1 << 20,
             stable_memory_limit: 1 << 20,
             heap_delta: 0,
             max_heap_delta: 1 << 20,

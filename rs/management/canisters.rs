@@ -307,7 +307,7 @@ impl ManagementCanister<'_> {
             }
             used = ctx.instructions_executed;
             fresh.stable_memory = old.stable_memory;
-            if flags.wasm_memory_persistence == Some(WasmMemoryPersistence::Keep) {
+            if self.keeps_heap(flags, &old.wasm_module, &fresh.wasm_module)? {
                 fresh.wasm_memory = old.wasm_memory;
             }
         }
@@ -331,6 +331,37 @@ impl ManagementCanister<'_> {
         self.engine.execute_system_method(&mut ctx, hook, arg)?;
         let global_timer = ctx.global_timer;
         Ok((fresh, certified_data, global_timer))
+    }
+
+    /// Whether an upgrade keeps the heap, and the replica's two guards on it
+    /// (`determine_main_memory_handling` in its `upgrade.rs`), checked after
+    /// `canister_pre_upgrade` as there: without `wasm_memory_persistence`, an old module built
+    /// for enhanced orthogonal persistence (the `enhanced-orthogonal-persistence` custom
+    /// section, `icp:public` or `icp:private`) is refused, since replacing its heap would lose
+    /// every variable; `keep` is refused for a new module without the section, which could not
+    /// read the old heap. `replace` is never refused: the controller asked to lose the heap.
+    fn keeps_heap(
+        &self,
+        flags: &UpgradeFlags,
+        old: &WasmModule,
+        new: &WasmModule,
+    ) -> Result<bool, UserError> {
+        let persistent =
+            |module: &WasmModule| self.engine.expects_enhanced_orthogonal_persistence(module);
+        match flags.wasm_memory_persistence {
+            None if persistent(old) => Err(UserError::new(
+                ErrorCode::CanisterContractViolation,
+                "Missing upgrade option: Enhanced orthogonal persistence requires the \
+                 `wasm_memory_persistence` upgrade option.",
+            )),
+            Some(WasmMemoryPersistence::Keep) if !persistent(new) => Err(UserError::new(
+                ErrorCode::CanisterContractViolation,
+                "Invalid upgrade option: The `wasm_memory_persistence: opt Keep` upgrade option \
+                 requires that the new canister module supports enhanced orthogonal persistence.",
+            )),
+            Some(WasmMemoryPersistence::Keep) => Ok(true),
+            None | Some(WasmMemoryPersistence::Replace) => Ok(false),
+        }
     }
 
     pub(super) fn uninstall_code(

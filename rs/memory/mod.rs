@@ -30,6 +30,10 @@ pub const WASM_PAGE_SIZE: u64 = 64 * 1024;
 /// Wasm32 heap limit: 65,536 Wasm pages = 4 GiB.
 pub const MAX_WASM_MEMORY_BYTES: u64 = 4 << 30;
 
+/// The replica's default limit of a 64-bit heap (`MAX_WASM64_MEMORY_IN_BYTES`, its
+/// `max_wasm64_memory_size`): 6 GiB, the default of `Config::max_wasm64_memory_bytes`.
+pub const MAX_WASM64_MEMORY_BYTES: u64 = 6 << 30;
+
 /// The IC's stable memory limit: 500 GiB (the replica's `MAX_STABLE_MEMORY_IN_BYTES`), the
 /// default of `Config::stable_memory_limit_bytes` and the bound a client checks a snapshot's
 /// declared stable memory against before it allocates or reads anything.

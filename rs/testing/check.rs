@@ -11,7 +11,9 @@ use std::fmt;
 use candid::Principal;
 
 use super::model::{Image, Model, Outcome};
-use super::workload::{CanisterIndex, Message, Operation, canister, setup_messages};
+use super::workload::{
+    CanisterIndex, CanisterKind, Message, Operation, canister, setup_messages_of,
+};
 use crate::config::Config;
 use crate::harness::StateMachine;
 use crate::memory::Memory;
@@ -42,8 +44,13 @@ impl std::error::Error for Divergence {}
 
 /// A machine with the workload's canisters created and installed (`setup_messages`).
 pub fn workload_machine(config: Config, canisters: u8) -> StateMachine {
+    workload_machine_of(CanisterKind::Native, config, canisters)
+}
+
+/// [`workload_machine`] with the test canister of `kind`.
+pub fn workload_machine_of(kind: CanisterKind, config: Config, canisters: u8) -> StateMachine {
     let mut sm = StateMachine::with_config(config);
-    for message in setup_messages(canisters) {
+    for message in setup_messages_of(kind, canisters) {
         if let Err(err) = sm.update_call(
             message.receiver,
             message.sender,
@@ -59,7 +66,12 @@ pub fn workload_machine(config: Config, canisters: u8) -> StateMachine {
 /// Runs `op` on the machine as one round (its snapshot picks resolved against the machine's
 /// own state); returns its outcome.
 pub fn execute(sm: &mut StateMachine, op: &Operation) -> Outcome {
-    let message = op.to_message(sm.state());
+    execute_of(CanisterKind::Native, sm, op)
+}
+
+/// [`execute`] on a machine running the test canister of `kind`.
+pub fn execute_of(kind: CanisterKind, sm: &mut StateMachine, op: &Operation) -> Outcome {
+    let message = op.to_message_of(kind, sm.state());
     send(sm, op, message)
 }
 

@@ -24,9 +24,9 @@ use proptest::test_runner::{
 };
 
 pub use super::check::ImageView;
-use super::check::{observe_machine, observe_model, workload_machine};
+use super::check::{observe_machine, observe_model, workload_machine_of};
 use super::model::{Model, Outcome};
-use super::workload::{CanisterIndex, Operation, StateView, caller, canister};
+use super::workload::{CanisterIndex, CanisterKind, Operation, StateView, caller, canister};
 use crate::config::Config;
 use crate::harness::StateMachine;
 use crate::memory::Hash;
@@ -55,24 +55,33 @@ pub trait Replica {
     fn canisters(&self) -> Vec<CanisterIndex>;
 }
 
-/// A `StateMachine` running a workload (see [`workload_machine`]).
+/// A `StateMachine` running a workload (see [`super::check::workload_machine`]) on the test
+/// canister of `kind`.
 pub struct MachineReplica {
     pub sm: StateMachine,
     pub canisters: u8,
+    pub kind: CanisterKind,
 }
 
 impl MachineReplica {
     pub fn new(config: Config, canisters: u8) -> Self {
+        Self::of_kind(CanisterKind::Native, config, canisters)
+    }
+
+    /// A machine whose canisters run the test canister of `kind` (the Wasm one: real
+    /// WebAssembly on wasmtime).
+    pub fn of_kind(kind: CanisterKind, config: Config, canisters: u8) -> Self {
         MachineReplica {
-            sm: workload_machine(config, canisters),
+            sm: workload_machine_of(kind, config, canisters),
             canisters,
+            kind,
         }
     }
 }
 
 impl Replica for MachineReplica {
     fn execute(&mut self, op: &Operation) -> Outcome {
-        super::check::execute(&mut self.sm, op)
+        super::check::execute_of(self.kind, &mut self.sm, op)
     }
 
     fn view(&self) -> &dyn StateView {
@@ -461,14 +470,25 @@ pub fn with_dear_storage(config: Config) -> Config {
 /// Runs property `property` (one of [`PROPERTIES`]) once on `ops` against a fresh
 /// `StateMachine`: what a printed regression test calls.
 pub fn replay(property: &str, ops: &[Operation]) -> Result<(), String> {
+    replay_of(CanisterKind::Native, property, ops)
+}
+
+/// [`replay`] on canisters running the test canister of `kind`. `delete_frees_exactly` checks
+/// against the reference model of the native canister, so it runs on the native kind only.
+pub fn replay_of(kind: CanisterKind, property: &str, ops: &[Operation]) -> Result<(), String> {
     let config = property_config();
-    let mut machine = MachineReplica::new(config.clone(), CANISTERS);
+    let mut machine = MachineReplica::of_kind(kind, config.clone(), CANISTERS);
     match property {
         "load_restores_the_take" => check_load_restores_the_take(&mut machine, ops),
         "snapshots_never_change" => check_snapshots_never_change(&mut machine, ops),
-        "delete_frees_exactly" => {
+        "delete_frees_exactly" if kind == CanisterKind::Native => {
             check_delete_frees_exactly(&mut machine, &mut Model::new(config, CANISTERS), ops)
         }
+        "delete_frees_exactly" => Err(
+            "delete_frees_exactly checks against the native canister's model: run it on \
+             CanisterKind::Native"
+                .into(),
+        ),
         "download_upload_load_is_identity" => check_download_upload_load(&mut machine, ops),
         other => Err(format!("no property {other:?}; known: {PROPERTIES:?}")),
     }

@@ -23,6 +23,10 @@
 //! the refused messages left the state unchanged: a twin of the first replica that runs the
 //! same round without them ends with the same hash. A failure names the seed and the round.
 //!
+//! [`SimulationOptions::kind`] picks the test canister: the native one, or the same interface as
+//! real WebAssembly on wasmtime (`simulate --wasm`), so that agreement at every thread count
+//! holds for Wasm execution too.
+//!
 //! **Never** reads the clock, a random source or thread timing: a seed replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,9 +37,10 @@ use ic_management_canister_types::{
     CanisterSettings, ProvisionalCreateCanisterWithCyclesArgs, SnapshotDataOffset,
 };
 
-use super::workload::{Operation, Rng, WorkloadShape, caller, canister, setup_messages};
+use super::workload::{
+    CanisterKind, Operation, Rng, WorkloadShape, caller, canister, setup_messages_of,
+};
 use crate::config::Config;
-use crate::execution::{TEST_CANISTER_WASM, TestCanisterEngine};
 use crate::management::types::{
     SnapshotScheduleArgs, SnapshotScheduleChange, UpdateSettingsArgs,
     UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
@@ -57,6 +62,8 @@ pub struct SimulationOptions {
     pub max_messages_per_round: u64,
     /// Which limits of the subnet bind.
     pub shape: SubnetShape,
+    /// The test canister the workload installs: native, or real WebAssembly on wasmtime.
+    pub kind: CanisterKind,
 }
 
 /// The subnet the replicas simulate: [`Roomy`](SubnetShape::Roomy) has the IC's application
@@ -167,6 +174,7 @@ impl Default for SimulationOptions {
             canisters: 4,
             max_messages_per_round: 8,
             shape: SubnetShape::Roomy,
+            kind: CanisterKind::Native,
         }
     }
 }
@@ -210,6 +218,7 @@ pub struct SimulationFailure {
     pub shape: SubnetShape,
     pub round: u64,
     pub what: String,
+    pub kind: CanisterKind,
 }
 
 impl std::fmt::Display for SimulationFailure {
@@ -217,14 +226,19 @@ impl std::fmt::Display for SimulationFailure {
         write!(
             f,
             "simulation seed {} ({} subnet) failed at round {}: {}. Replay: \
-             canister-snapshots simulate --seed {} --shape {} --rounds {}",
+             canister-snapshots simulate --seed {} --shape {} --rounds {}{}",
             self.seed,
             self.shape,
             self.round,
             self.what,
             self.seed,
             self.shape,
-            self.round + 1
+            self.round + 1,
+            if self.kind == CanisterKind::Wasm {
+                " --wasm"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -262,6 +276,7 @@ pub fn simulate(options: &SimulationOptions) -> Result<SimulationReport, Simulat
         shape: options.shape,
         round,
         what,
+        kind: options.kind,
     };
     if options.threads.is_empty() {
         return Err(fail(0, "no replica: give at least one thread count".into()));
@@ -271,13 +286,13 @@ pub fn simulate(options: &SimulationOptions) -> Result<SimulationReport, Simulat
         .iter()
         .map(|&threads| {
             let config = options.shape.config(threads, options.canisters);
-            let execution = ExecutionLoop::new(config, Box::new(TestCanisterEngine));
+            let execution = ExecutionLoop::new(config, options.kind.engine());
             let state = execution.new_state();
             Replica { execution, state }
         })
         .collect();
     let mut next_message_id = 0u64;
-    for message in setup_messages(options.canisters) {
+    for message in setup_messages_of(options.kind, options.canisters) {
         for replica in &mut replicas {
             let batch = Batch {
                 time: replica.state.time,
@@ -304,7 +319,7 @@ pub fn simulate(options: &SimulationOptions) -> Result<SimulationReport, Simulat
         let count = rng.below(options.max_messages_per_round + 1);
         let mut ingress = Vec::new();
         for _ in 0..count {
-            let Some(message) = next_message(&shape, &mut rng, view, options.canisters) else {
+            let Some(message) = next_message(options, &shape, &mut rng, view) else {
                 continue;
             };
             ingress.push(message.into_ingress(next_message_id));
@@ -435,11 +450,12 @@ fn check_round(
 
 /// One message of the stream: mostly the shared workload; sometimes a schedule or an upload.
 fn next_message(
+    options: &SimulationOptions,
     shape: &WorkloadShape,
     rng: &mut Rng,
     view: &ReplicatedState,
-    canisters: u8,
 ) -> Option<super::workload::Message> {
+    let (canisters, module) = (options.canisters, options.kind.wasm_module());
     let target = rng.below(u64::from(canisters.max(1))) as u8;
     let controller = caller(0);
     match rng.below(20) {
@@ -475,7 +491,7 @@ fn next_message(
             let mut args = UploadCanisterSnapshotMetadataArgs {
                 canister_id: canister(target),
                 replace_snapshot: None,
-                wasm_module_size: TEST_CANISTER_WASM.len() as u64,
+                wasm_module_size: module.len() as u64,
                 globals: vec![ic_management_canister_types::SnapshotMetadataGlobal::I64(0); 2],
                 wasm_memory_size: 65_536 * rng.below(3),
                 stable_memory_size: 0,
@@ -505,7 +521,7 @@ fn next_message(
                 .find(|s| s.accepts_data())?;
             let (kind, chunk) = if rng.percent(50) {
                 let kind = SnapshotDataOffset::WasmModule { offset: 0 };
-                (kind, TEST_CANISTER_WASM.to_vec())
+                (kind, module.to_vec())
             } else {
                 (SnapshotDataOffset::WasmChunk, vec![rng.byte(); 64])
             };
@@ -523,7 +539,7 @@ fn next_message(
         }
         _ => match shape.operation(rng) {
             Operation::Tick => None,
-            operation => operation.to_message(view),
+            operation => operation.to_message_of(options.kind, view),
         },
     }
 }

@@ -26,7 +26,7 @@ use ic_management_canister_types::{
 };
 use serde_bytes::ByteBuf;
 
-use crate::execution::TEST_CANISTER_WASM;
+use crate::execution::{TEST_CANISTER_WASM, TestCanisterEngine, WasmEngine};
 use crate::memory::PAGE_SIZE;
 use crate::replicated_state::{ReplicatedState, canister_id_from_index};
 use crate::scheduler::{Ingress, MessageId};
@@ -54,6 +54,59 @@ pub fn controller_set(set: u8) -> Vec<Principal> {
 /// The id of the `n`-th canister of a workload run on a fresh subnet.
 pub fn canister(n: CanisterIndex) -> Principal {
     canister_id_from_index(u64::from(n))
+}
+
+/// The test canister as a real WebAssembly module: the interface of `spec/test-canister.did`
+/// (the native canister's methods, replies and error codes) in `test_canister.wat`, compiled
+/// into `test_canister.wasm` beside it. Its interface's heap starts one Wasm page into its
+/// memory ([`WASM_TEST_CANISTER_SCRATCH_BYTES`]): the page below is the scratch a real
+/// canister needs to build its replies in.
+pub const WASM_TEST_CANISTER: &[u8] = include_bytes!("test_canister.wasm");
+
+/// Bytes of the Wasm test canister's memory below the heap its interface reads and writes.
+pub const WASM_TEST_CANISTER_SCRATCH_BYTES: u64 = 65_536;
+
+/// Which test canister a workload installs: the native one (fast, for long property runs), or
+/// the same interface as real WebAssembly executed by wasmtime. The same operations give the
+/// same replies and error codes on both (`tests/wasm_test_canister.rs`); what differs is what
+/// a real module is made of: its module bytes, the scratch page below its interface's heap
+/// (so its heap is 64 KiB larger, which storage charges see), and a heap delta counted by the
+/// 4 KiB pages a message really changed rather than by the pages it wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CanisterKind {
+    #[default]
+    Native,
+    Wasm,
+}
+
+impl CanisterKind {
+    /// The module `install_code` installs (and an upgrade reinstalls).
+    pub fn wasm_module(self) -> &'static [u8] {
+        match self {
+            CanisterKind::Native => TEST_CANISTER_WASM,
+            CanisterKind::Wasm => WASM_TEST_CANISTER,
+        }
+    }
+
+    /// An engine that runs this canister: the native engine, or the replica's (wasmtime for
+    /// every module but the native test canister's).
+    pub fn engine(self) -> Box<dyn WasmEngine> {
+        match self {
+            CanisterKind::Native => Box::new(TestCanisterEngine),
+            CanisterKind::Wasm => Box::new(crate::embedders::ReplicaEngine::new()),
+        }
+    }
+
+    /// The heap of the interface within the canister's heap bytes: all of it for the native
+    /// canister, what lies above the scratch page for the Wasm one.
+    pub fn interface_heap(self, heap: &[u8]) -> &[u8] {
+        match self {
+            CanisterKind::Native => heap,
+            CanisterKind::Wasm => heap
+                .get(WASM_TEST_CANISTER_SCRATCH_BYTES as usize..)
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Wasm memory or stable memory.
@@ -299,6 +352,11 @@ pub const WORKLOAD_CANISTER_CYCLES: u128 = 100_000_000_000_000;
 /// The messages that create `canisters` canisters controlled by [`caller`]`(0)` and install
 /// the test canister in each: run them, one per round, on a fresh subnet before a workload.
 pub fn setup_messages(canisters: u8) -> Vec<Message> {
+    setup_messages_of(CanisterKind::Native, canisters)
+}
+
+/// [`setup_messages`] installing the test canister of `kind`.
+pub fn setup_messages_of(kind: CanisterKind, canisters: u8) -> Vec<Message> {
     let controller = caller(0);
     (0..canisters)
         .flat_map(|n| {
@@ -311,7 +369,7 @@ pub fn setup_messages(canisters: u8) -> Vec<Message> {
             let install = InstallCodeArgs {
                 mode: CanisterInstallMode::Install,
                 canister_id: canister(n),
-                wasm_module: TEST_CANISTER_WASM.to_vec(),
+                wasm_module: kind.wasm_module().to_vec(),
                 arg: vec![],
                 sender_canister_version: None,
             };
@@ -351,6 +409,16 @@ impl Operation {
     /// `view` (and a `Grow` from the memory's size there), or `None` for an empty round
     /// ([`Operation::Tick`], [`Operation::AdvanceTime`]).
     pub fn to_message(&self, view: &(impl StateView + ?Sized)) -> Option<Message> {
+        self.to_message_of(CanisterKind::Native, view)
+    }
+
+    /// [`Operation::to_message`] for a workload of the test canister of `kind` (an upgrade
+    /// installs its module).
+    pub fn to_message_of(
+        &self,
+        kind: CanisterKind,
+        view: &(impl StateView + ?Sized),
+    ) -> Option<Message> {
         let message = match self {
             Operation::Write {
                 canister: c,
@@ -510,7 +578,7 @@ impl Operation {
                 let args = InstallCodeArgs {
                     mode: CanisterInstallMode::Upgrade(None),
                     canister_id: canister(*c),
-                    wasm_module: TEST_CANISTER_WASM.to_vec(),
+                    wasm_module: kind.wasm_module().to_vec(),
                     arg: vec![],
                     sender_canister_version: None,
                 };
@@ -807,6 +875,25 @@ mod tests {
                 None => sm.tick(),
             }
         }
+    }
+
+    /// `test_canister.wasm` is `test_canister.wat` compiled (`UPDATE_TEST_CANISTER_WASM=1`
+    /// rewrites it), and the replica accepts it.
+    #[test]
+    fn wasm_test_canister_is_its_source() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rs/testing");
+        let compiled = wat::parse_file(dir.join("test_canister.wat")).unwrap();
+        if std::env::var_os("UPDATE_TEST_CANISTER_WASM").is_some() {
+            std::fs::write(dir.join("test_canister.wasm"), &compiled).unwrap();
+        }
+        assert!(
+            compiled == WASM_TEST_CANISTER,
+            "test_canister.wasm is stale: rerun with UPDATE_TEST_CANISTER_WASM=1"
+        );
+        CanisterKind::Wasm
+            .engine()
+            .validate(WASM_TEST_CANISTER)
+            .unwrap();
     }
 
     #[test]
