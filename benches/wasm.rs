@@ -296,7 +296,7 @@ mod bare {
         instance: wasmtime::Instance,
     }
 
-    fn memory<'a>(caller: &mut Caller<'a, Vec<u8>>) -> wasmtime::Memory {
+    fn memory(caller: &mut Caller<'_, Vec<u8>>) -> wasmtime::Memory {
         match caller.get_export("mem") {
             Some(Extern::Memory(memory)) => memory,
             _ => panic!("the Motoko module exports its memory as `mem`"),
@@ -328,7 +328,7 @@ mod bare {
                 linker
                     .func_new(
                         "ic0",
-                        &name.clone(),
+                        import.name(),
                         ty,
                         move |mut caller, params, results| {
                             match name.as_str() {
