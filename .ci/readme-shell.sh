@@ -41,6 +41,8 @@ while IFS= read -r line; do
   fi
 done <<<"$block"
 
+# The block's paths are the repository's (tests/fixtures/...), as for a reader at its root.
+ln -s "$(pwd)/tests" "$work/tests"
 cd "$work"
 failures=0
 for i in "${!commands[@]}"; do

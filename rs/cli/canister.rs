@@ -24,7 +24,7 @@ use candid::{IDLArgs, Principal};
 use clap::{Subcommand, ValueEnum};
 use ic_management_canister_types::{
     CanisterInstallMode, CanisterSettings, CanisterStatusResult, CanisterStatusType,
-    ProvisionalCreateCanisterWithCyclesArgs, UpgradeFlags,
+    ProvisionalCreateCanisterWithCyclesArgs, UpgradeFlags, WasmMemoryPersistence,
 };
 
 use crate::harness::HARNESS_CANISTER_CYCLES;
@@ -60,6 +60,10 @@ pub enum CanisterCommand {
         /// The install argument in Candid text (default: none).
         #[arg(long)]
         argument: Option<String>,
+        /// With --mode upgrade: keep the Wasm heap (what a module with enhanced orthogonal
+        /// persistence, Motoko's default, requires) or replace it (the default), as dfx's flag.
+        #[arg(long, value_enum)]
+        wasm_memory_persistence: Option<MemoryPersistence>,
     },
     /// Call METHOD with ARGS in Candid text (default `()`); prints the reply in Candid text.
     /// With --query, a query call: executed on a copy, nothing changes.
@@ -147,6 +151,13 @@ pub enum InstallMode {
     Install,
     Reinstall,
     Upgrade,
+}
+
+/// `wasm_memory_persistence` of an upgrade.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum MemoryPersistence {
+    Keep,
+    Replace,
 }
 
 fn principal(text: &str) -> Result<Principal, String> {
@@ -290,6 +301,7 @@ fn execute(
             mode,
             wasm,
             argument,
+            wasm_memory_persistence,
         } => {
             let canister_id = principal(&canister)?;
             let wasm_module = match wasm {
@@ -297,12 +309,21 @@ fn execute(
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
                 None => TEST_CANISTER_WASM.to_vec(),
             };
+            let persistence = wasm_memory_persistence.map(|p| match p {
+                MemoryPersistence::Keep => WasmMemoryPersistence::Keep,
+                MemoryPersistence::Replace => WasmMemoryPersistence::Replace,
+            });
             let mode = match mode {
+                InstallMode::Install | InstallMode::Reinstall if persistence.is_some() => {
+                    return Err(
+                        "--wasm-memory-persistence applies to --mode upgrade only".to_string()
+                    );
+                }
                 InstallMode::Install => CanisterInstallMode::Install,
                 InstallMode::Reinstall => CanisterInstallMode::Reinstall,
                 InstallMode::Upgrade => CanisterInstallMode::Upgrade(Some(UpgradeFlags {
                     skip_pre_upgrade: None,
-                    wasm_memory_persistence: None,
+                    wasm_memory_persistence: persistence,
                 })),
             };
             let args = ic_management_canister_types::InstallCodeArgs {

@@ -1,8 +1,13 @@
-//! `canister-snapshots demo`: a backup and a restore on the embedded replica, end to end.
+//! `canister-snapshots demo`: a backup and a restore of real WebAssembly canisters on the
+//! embedded replica, end to end.
 //!
-//! A canister is filled with hundreds of MiB of records (heap and stable memory), a snapshot is
-//! taken, a bad upgrade wipes the heap and scribbles over stable memory, and loading the
-//! snapshot restores it; the restore is verified by checksum and by reading records back.
+//! A WebAssembly canister (`demo_canister.wat`, run on wasmtime) writes hundreds of MiB of
+//! records into its heap and stable memory, a snapshot is taken, a bad upgrade (one that keeps
+//! nothing in `canister_pre_upgrade`) wipes the heap and the canister then scribbles over stable
+//! memory, and loading the snapshot restores it; the restore is verified by checksum and by
+//! reading records back. The snapshot is then downloaded, repaired offline and uploaded. Last,
+//! the users' story on a real Motoko canister (`tests/fixtures/motoko/`): a key-value store,
+//! an upgrade to a buggy version that drops every entry, and the snapshot that undoes it.
 
 // The demo drives its own replica with its own data: nothing untrusted reaches it.
 #![allow(
@@ -13,13 +18,22 @@
 
 use std::time::{Duration, Instant};
 
-use candid::{Decode, Encode, Principal};
-use ic_management_canister_types::{CanisterInstallMode, InstallCodeArgs};
+use candid::{Decode, Encode, Nat, Principal};
+use ic_management_canister_types::{
+    CanisterInstallMode, InstallCodeArgs, UpgradeFlags, WasmMemoryPersistence,
+};
 
 use super::{human_bytes, progress_bar};
+use crate::Config;
 use crate::harness::{RejectResponse, StateMachine};
 use crate::memory::checksum::hex;
-use crate::{Config, TEST_CANISTER_WASM};
+
+/// The records canister (`demo_canister.wat`, assembled; a unit test checks the two agree).
+pub const DEMO_CANISTER_WASM: &[u8] = include_bytes!("demo_canister.wasm");
+/// The Motoko key-value store and its buggy second version (`tests/fixtures/motoko/`).
+const KV_STORE_WASM: &[u8] = include_bytes!("../../tests/fixtures/motoko/kv_store.wasm");
+const KV_STORE_BUGGY_WASM: &[u8] =
+    include_bytes!("../../tests/fixtures/motoko/kv_store_buggy.wasm");
 
 /// Demo sizes; the defaults make "hundreds of MiB".
 #[derive(Debug, Clone)]
@@ -42,21 +56,41 @@ impl Default for DemoOptions {
     }
 }
 
-const CHUNK: u64 = 1 << 20;
+const MIB: u64 = 1 << 20;
+/// Records one `fill_*` message writes (the canister generates them: an ingress message
+/// carries 2 MiB at most).
+const FILL_CHUNK: u64 = 64 * MIB;
 
-/// Deterministic record data: what "the application" wrote at `offset`.
+/// The record word at `offset` for `seed`, as `demo_canister.wat`'s `$record` computes it.
+fn record_word(seed: u64, offset: u64) -> u64 {
+    let x = offset
+        .wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 31)
+}
+
+/// The record bytes `[offset, offset + len)` for `seed`: what the canister wrote there.
 fn record_bytes(seed: u64, offset: u64, len: usize) -> Vec<u8> {
-    let mut x = seed ^ offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        // xorshift64*
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    let first = offset & !7;
+    let mut out = Vec::with_capacity(len + 16);
+    let mut word = first;
+    while out.len() < (offset - first) as usize + len {
+        out.extend_from_slice(&record_word(seed, word).to_le_bytes());
+        word += 8;
     }
-    out.truncate(len);
-    out
+    out[(offset - first) as usize..][..len].to_vec()
+}
+
+/// Little-endian u64s: the records canister's arguments.
+fn args(values: &[u64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn u64s(reply: &[u8]) -> Vec<u64> {
+    reply
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        .collect()
 }
 
 fn call(
@@ -69,7 +103,8 @@ fn call(
     sm.update_call(canister, user, method, arg)
 }
 
-/// Fills `[0, mib)` of heap or stable memory with records, 1 MiB per message.
+/// Fills `[0, mib)` of heap or stable memory with records, [`FILL_CHUNK`] per message.
+/// Returns the messages sent.
 fn fill_records(
     sm: &mut StateMachine,
     canister: Principal,
@@ -77,19 +112,21 @@ fn fill_records(
     stable: bool,
     mib: u64,
     seed: u64,
-) -> Result<(), RejectResponse> {
-    let method = if stable { "write_stable" } else { "write_heap" };
+) -> Result<u64, RejectResponse> {
+    let method = if stable { "fill_stable" } else { "fill_heap" };
     let what = if stable { "stable memory" } else { "heap" };
-    let bar = progress_bar(mib * CHUNK, &format!("writing {what}"));
-    for i in 0..mib {
-        let offset = i * CHUNK;
-        let data = record_bytes(seed, offset, CHUNK as usize);
-        let arg = Encode!(&offset, &serde_bytes::ByteBuf::from(data)).expect("encodes");
-        call(sm, canister, user, method, arg)?;
-        bar.inc(CHUNK);
+    let total = mib * MIB;
+    let bar = progress_bar(total, &format!("writing {what}"));
+    let (mut offset, mut messages) = (0, 0);
+    while offset < total {
+        let len = FILL_CHUNK.min(total - offset);
+        call(sm, canister, user, method, args(&[offset, len, seed]))?;
+        offset += len;
+        messages += 1;
+        bar.inc(len);
     }
     bar.finish_and_clear();
-    Ok(())
+    Ok(messages)
 }
 
 /// Runs empty rounds until the canister's heap-delta debit is within the allowance, as a client
@@ -112,8 +149,9 @@ fn waited(rounds: u32) -> String {
     }
 }
 
+/// `len` bytes at `offset` of the heap's records or of stable memory, by a query.
 fn read(
-    sm: &mut StateMachine,
+    sm: &StateMachine,
     canister: Principal,
     user: Principal,
     stable: bool,
@@ -121,16 +159,7 @@ fn read(
     len: u64,
 ) -> Result<Vec<u8>, RejectResponse> {
     let method = if stable { "read_stable" } else { "read_heap" };
-    let reply = call(
-        sm,
-        canister,
-        user,
-        method,
-        Encode!(&offset, &len).expect("encodes"),
-    )?;
-    Ok(Decode!(&reply, serde_bytes::ByteBuf)
-        .map(|b| b.into_vec())
-        .unwrap_or_default())
+    sm.query_call(canister, user, method, args(&[offset, len]))
 }
 
 /// The live canister's memory roots, as the snapshot checksum defines them.
@@ -152,6 +181,27 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
+fn upgrade(
+    sm: &mut StateMachine,
+    user: Principal,
+    canister: Principal,
+    wasm_module: &[u8],
+    wasm_memory_persistence: Option<WasmMemoryPersistence>,
+) -> Result<(), String> {
+    let upgrade = InstallCodeArgs {
+        mode: CanisterInstallMode::Upgrade(Some(UpgradeFlags {
+            skip_pre_upgrade: None,
+            wasm_memory_persistence,
+        })),
+        canister_id: canister,
+        wasm_module: wasm_module.to_vec(),
+        arg: Encode!().expect("encodes"),
+        sender_canister_version: None,
+    };
+    sm.management::<()>(Some(user), "install_code", (upgrade,))
+        .map_err(fail("upgrade"))
+}
+
 /// Runs the demo, printing what happens. Returns an error if any step misbehaves.
 pub fn run(options: &DemoOptions) -> Result<(), String> {
     // Room for two snapshots: the repaired upload goes in beside the original, is verified,
@@ -164,37 +214,33 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
     println!("canister-snapshots demo: a backup and a restore on the embedded replica\n");
 
     let canister = sm.create_canister_with_settings(Some(user), None);
-    sm.install_canister(canister, TEST_CANISTER_WASM.to_vec(), vec![], Some(user));
-    println!("1. created canister {canister} (controller {user}) and installed the test canister");
+    sm.install_canister(canister, DEMO_CANISTER_WASM.to_vec(), vec![], Some(user));
+    println!(
+        "1. created canister {canister} (controller {user}) and installed a WebAssembly \
+         canister ({} module, run on wasmtime)",
+        human_bytes(DEMO_CANISTER_WASM.len() as u64)
+    );
 
     let started = Instant::now();
-    fill_records(&mut sm, canister, user, false, options.heap_mib, 1).map_err(fail("fill heap"))?;
-    fill_records(&mut sm, canister, user, true, options.stable_mib, 2)
-        .map_err(fail("fill stable"))?;
-    call(
-        &mut sm,
-        canister,
-        user,
-        "set_global",
-        Encode!(&0u32, &42i64).expect("encodes"),
-    )
-    .map_err(fail("set_global"))?;
-    call(
-        &mut sm,
-        canister,
-        user,
-        "set_certified_data",
-        Encode!(&serde_bytes::ByteBuf::from(vec![0xC0; 32])).expect("encodes"),
-    )
-    .map_err(fail("set_certified_data"))?;
+    let messages = fill_records(&mut sm, canister, user, false, options.heap_mib, 1)
+        .map_err(fail("fill heap"))?
+        + fill_records(&mut sm, canister, user, true, options.stable_mib, 2)
+            .map_err(fail("fill stable"))?;
+    call(&mut sm, canister, user, "certify", vec![0xC0; 32]).map_err(fail("certify"))?;
+    let fills = u64s(
+        &sm.query_call(canister, user, "fills", vec![])
+            .map_err(fail("fills"))?,
+    )[0];
     let filled = started.elapsed();
     let before = live_checksum(&sm, canister)?;
     println!(
-        "2. wrote {} of records to the heap and {} to stable memory in {:.2} s ({} messages)",
-        human_bytes(options.heap_mib * CHUNK),
-        human_bytes(options.stable_mib * CHUNK),
+        "2. the canister wrote {} of records to its heap and {} to stable memory in {:.2} s \
+         ({} messages; each copies the heap into a fresh instance and compares it out: \
+         O(heap) per message until the memory tracker)",
+        human_bytes(options.heap_mib * MIB),
+        human_bytes(options.stable_mib * MIB),
         filled.as_secs_f64(),
-        options.heap_mib + options.stable_mib + 2,
+        messages + 1,
     );
     println!("   state checksum {}", hex(&before));
 
@@ -223,24 +269,18 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
         return Err("the snapshot's checksum differs from the live state's".into());
     }
 
-    let upgrade = InstallCodeArgs {
-        mode: CanisterInstallMode::Upgrade(None),
-        canister_id: canister,
-        wasm_module: TEST_CANISTER_WASM.to_vec(),
-        arg: vec![],
-        sender_canister_version: None,
-    };
-    sm.management::<()>(Some(user), "install_code", (upgrade,))
-        .map_err(fail("bad upgrade"))?;
+    // The bad upgrade: the module saves nothing in `canister_pre_upgrade` and the upgrade
+    // replaces the heap, so the heap's records and the global are gone.
+    upgrade(&mut sm, user, canister, DEMO_CANISTER_WASM, None)?;
     let scribbles = options.stable_mib.max(1);
     for i in 0..scribbles {
-        let offset = i * CHUNK + 4096 * (i % 7);
+        let offset = i * MIB + 4096 * (i % 7);
         call(
             &mut sm,
             canister,
             user,
-            "fill_stable",
-            Encode!(&offset, &(64u64 * 1024), &0xEEu8).expect("encodes"),
+            "scribble_stable",
+            args(&[offset, 64 * 1024, 0xEE]),
         )
         .map_err(fail("scribble"))?;
     }
@@ -248,22 +288,14 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
         .state()
         .snapshots
         .unique_bytes(&sm.state().canisters[&canister]);
-    let sizes: (u64, u64) = Decode!(
-        &call(
-            &mut sm,
-            canister,
-            user,
-            "memory_sizes",
-            Encode!().expect("encodes")
-        )
-        .map_err(fail("memory_sizes"))?,
-        u64,
-        u64
-    )
-    .map_err(|e| e.to_string())?;
+    let sizes = u64s(
+        &sm.query_call(canister, user, "memory_sizes", vec![])
+            .map_err(fail("memory_sizes"))?,
+    );
     println!(
-        "4. bad upgrade: heap wiped (now {}), {} scribbled over {} places in stable memory",
-        human_bytes(sizes.0),
+        "4. bad upgrade (nothing saved in canister_pre_upgrade): heap wiped (now {}), then {} \
+         scribbled over {} places in stable memory",
+        human_bytes(sizes[0]),
         human_bytes(scribbles * 64 * 1024),
         scribbles
     );
@@ -294,38 +326,28 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
     }
     for (stable, mib, seed) in [(false, options.heap_mib, 1), (true, options.stable_mib, 2)] {
         for i in [0, mib / 2, mib.saturating_sub(1)] {
-            let offset = i * CHUNK + 12_345;
-            let got = read(&mut sm, canister, user, stable, offset, 4096).map_err(fail("read"))?;
-            let want =
-                record_bytes(seed, i * CHUNK, CHUNK as usize)[12_345..12_345 + 4096].to_vec();
-            if got != want {
+            let offset = i * MIB + 12_345;
+            let got = read(&sm, canister, user, stable, offset, 4096).map_err(fail("read"))?;
+            if got != record_bytes(seed, offset, 4096) {
                 return Err(format!("record at {offset} differs after the restore"));
             }
         }
     }
-    let global: i64 = Decode!(
-        &call(
-            &mut sm,
-            canister,
-            user,
-            "get_global",
-            Encode!(&0u32).expect("encodes")
-        )
-        .map_err(fail("get_global"))?,
-        i64
-    )
-    .map_err(|e| e.to_string())?;
-    if global != 42 {
+    let restored_fills = u64s(
+        &sm.query_call(canister, user, "fills", vec![])
+            .map_err(fail("fills"))?,
+    )[0];
+    if restored_fills != fills {
         return Err(format!(
-            "global 0 is {global} after the restore, expected 42"
+            "the canister's global is {restored_fills} after the restore, expected {fills}"
         ));
     }
     let info = sm
         .canister_info(canister, Some(1))
         .map_err(fail("canister_info"))?;
     println!(
-        "6. verified: checksums equal, records read back intact, global 0 = {global}; history: \
-         {} changes, last {:?}",
+        "6. verified: checksums equal, records read back intact, the module's hidden global = \
+         {restored_fills}; history: {} changes, last {:?}",
         info.total_num_changes,
         info.recent_changes
             .last()
@@ -336,7 +358,63 @@ pub fn run(options: &DemoOptions) -> Result<(), String> {
             })
     );
     transfer(&mut sm, canister, user, &snapshot.id, options)?;
+    motoko_story(&mut sm, user)?;
     println!("   replicated state hash {}", hex(&sm.state_hash()));
+    Ok(())
+}
+
+/// Step 9: the users' story on a real Motoko canister.
+fn motoko_story(sm: &mut StateMachine, user: Principal) -> Result<(), String> {
+    const ENTRIES: u64 = 100;
+    let store = sm.create_canister_with_settings(Some(user), None);
+    sm.install_canister(
+        store,
+        KV_STORE_WASM.to_vec(),
+        Encode!().expect("encodes"),
+        Some(user),
+    );
+    for i in 0..ENTRIES {
+        let arg = Encode!(&format!("user-{i}"), &format!("{} ICP", i * 7)).expect("encodes");
+        call(sm, store, user, "put", arg).map_err(fail("put"))?;
+    }
+    let size = |sm: &StateMachine| -> Result<Nat, String> {
+        let reply = sm
+            .query_call(store, user, "size", Encode!().expect("encodes"))
+            .map_err(fail("size"))?;
+        Decode!(&reply, Nat).map_err(|e| e.to_string())
+    };
+    let get = |sm: &StateMachine, key: &str| -> Result<Option<String>, String> {
+        let reply = sm
+            .query_call(store, user, "get", Encode!(&key).expect("encodes"))
+            .map_err(fail("get"))?;
+        Decode!(&reply, Option<String>).map_err(|e| e.to_string())
+    };
+    let snapshot = sm
+        .take_canister_snapshot(store, Some(user), None)
+        .map_err(fail("take_canister_snapshot"))?;
+    // Enhanced orthogonal persistence: the heap is the stable state, kept by the upgrade.
+    upgrade(
+        sm,
+        user,
+        store,
+        KV_STORE_BUGGY_WASM,
+        Some(WasmMemoryPersistence::Keep),
+    )?;
+    let lost = size(sm)?;
+    sm.load_canister_snapshot(store, Some(user), snapshot.id)
+        .map_err(fail("load_canister_snapshot"))?;
+    let restored = size(sm)?;
+    let alice = get(sm, "user-42")?;
+    println!(
+        "9. a Motoko key-value store ({} module, moc 4.10, enhanced orthogonal persistence): \
+         {ENTRIES} entries put, snapshot taken, upgraded to a version whose migration drops \
+         every entry ({lost} left), snapshot loaded: {restored} entries, user-42 = {}",
+        human_bytes(KV_STORE_WASM.len() as u64),
+        alice.as_deref().unwrap_or("(missing)")
+    );
+    if lost != 0u32 || restored != ENTRIES || alice.as_deref() != Some("294 ICP") {
+        return Err("the Motoko store did not come back as it was".into());
+    }
     Ok(())
 }
 
@@ -509,6 +587,25 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed module is its source, assembled.
+    #[test]
+    fn the_demo_canister_is_its_source() {
+        let wasm = wat::parse_str(include_str!("demo_canister.wat")).unwrap();
+        assert!(
+            wasm == DEMO_CANISTER_WASM,
+            "rs/cli/demo_canister.wasm is stale: assemble demo_canister.wat again (e.g. \
+             `wasm-tools parse demo_canister.wat -o demo_canister.wasm`)"
+        );
+    }
+
+    /// `record_bytes` at an unaligned offset is a slice of the aligned words.
+    #[test]
+    fn record_bytes_are_the_canisters_words() {
+        let words = record_bytes(3, 0, 64);
+        assert_eq!(words[..8], record_word(3, 0).to_le_bytes());
+        assert_eq!(record_bytes(3, 13, 20), words[13..33]);
+    }
 
     #[test]
     fn the_demo_runs_on_small_memories() {
