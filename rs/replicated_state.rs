@@ -253,6 +253,13 @@ fn hash_canister(h: &mut StateHasher, canister: &CanisterState) {
             h.bytes(&globals);
         }
     }
+    match canister.last_install_timestamp {
+        None => h.u8(0),
+        Some(time) => {
+            h.u8(1);
+            h.u64(time);
+        }
+    }
     h.bytes(&canister.certified_data);
     hash_timer_and_hook(
         h,

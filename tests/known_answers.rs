@@ -42,8 +42,9 @@ const MEMORY_ROOT_MULTI_PAGE: &str =
 const SNAPSHOT_CHECKSUM: &str = "b764b342f0f76fc13700b86796c98fcfdeebae7461cb31e7d993b0688c194e9f";
 /// `state_hash` of the state built by [`fixed_state`].
 /// Changed when the scheduled takes moved beside the history (their count is hashed after it,
-/// `spec/execution.md`).
-const STATE_HASH: &str = "05673883c13cdaadfeb11a3a918851dbfb596e4fef4b637b40c94aee88657bb5";
+/// `spec/execution.md`), and when `last_install_timestamp` joined the state (hashed after the
+/// execution state).
+const STATE_HASH: &str = "166ffe485c774ce515a3e588b4dd28d4b9f9f48584ff7e9ee77fe4b0e96924d9";
 
 // ---------------------------------------------------------------------------------------------
 // Inputs

@@ -409,3 +409,75 @@ fn read_data_charges_the_requested_size_up_front_and_keeps_it() {
     assert_eq!(err.error_code, ErrorCode::CanisterContractViolation);
     assert_eq!(before - c.cycles(&sm), cost(WASM_CHUNK_ACCOUNTED_BYTES));
 }
+
+// ---------------------------------------------------------------------------------------------
+// last_install_timestamp
+// ---------------------------------------------------------------------------------------------
+
+/// The replica stamps every execution state it creates with the batch time
+/// (`Hypervisor::create_execution_state` in dfinity/ic `rs/execution_environment/src/
+/// hypervisor.rs`: install, reinstall, upgrade and a snapshot load) and certifies it at
+/// `/canister/<id>/last_install_timestamp` while code is installed; a take with
+/// `uninstall_code` drops it with the code. Messages and plain takes keep it; a checkpoint
+/// keeps it; the state hash covers it.
+#[test]
+fn last_install_timestamp_is_set_by_installs_and_loads_and_cleared_by_an_uninstalling_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), config()).unwrap();
+    let c = install_new(&mut sm, controller());
+    let stamp = |sm: &StateMachine| sm.state().canisters[&c.id].last_install_timestamp;
+    let installed = sm.state().time;
+    assert_eq!(stamp(&sm), Some(installed));
+
+    sm.advance_time(std::time::Duration::from_secs(10));
+    c.write(&mut sm, false, 0, b"kept");
+    let snapshot = sm
+        .take_canister_snapshot(c.id, Some(c.sender), None)
+        .unwrap();
+    assert_eq!(stamp(&sm), Some(installed), "messages and takes keep it");
+
+    sm.advance_time(std::time::Duration::from_secs(10));
+    sm.upgrade_canister(c.id, TEST_CANISTER_WASM.to_vec(), vec![], Some(c.sender))
+        .unwrap();
+    let upgraded = sm.state().time;
+    assert!(upgraded > installed);
+    assert_eq!(stamp(&sm), Some(upgraded), "an upgrade is an install");
+
+    sm.advance_time(std::time::Duration::from_secs(10));
+    let take = TakeCanisterSnapshotArgs {
+        canister_id: c.id,
+        replace_snapshot: None,
+        uninstall_code: Some(true),
+        sender_canister_version: None,
+    };
+    let mut restamped = sm.state().clone();
+    if let Some(canister) = restamped.canisters.get_mut(&c.id) {
+        canister.last_install_timestamp = Some(installed);
+    }
+    assert_ne!(
+        restamped.state_hash(),
+        sm.state_hash(),
+        "the state hash covers it"
+    );
+    sm.management::<(ic_management_canister_types::Snapshot,)>(
+        Some(c.sender),
+        "take_canister_snapshot",
+        (take,),
+    )
+    .unwrap();
+    assert_eq!(stamp(&sm), None, "a take with uninstall_code clears it");
+
+    sm.advance_time(std::time::Duration::from_secs(10));
+    sm.load_canister_snapshot(c.id, Some(c.sender), snapshot.id)
+        .unwrap();
+    let loaded = sm.state().time;
+    assert!(loaded > upgraded);
+    assert_eq!(stamp(&sm), Some(loaded), "a load stamps the loaded code");
+
+    let hash = sm.state_hash();
+    sm.checkpoint().unwrap();
+    drop(sm);
+    let sm = StateMachine::open(dir.path(), config()).unwrap();
+    assert_eq!(stamp(&sm), Some(loaded), "a checkpoint keeps it");
+    assert_eq!(sm.state_hash(), hash);
+}

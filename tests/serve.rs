@@ -182,6 +182,16 @@ fn ic_agent_drives_every_snapshot_method_with_verified_certificates() {
             .await
             .unwrap();
         assert_eq!(module_hash.len(), 32);
+        // The install's batch time, certified as the replica does (a LEB128 natural number).
+        let installed = agent
+            .read_state_canister_info(canister_id, "last_install_timestamp")
+            .await
+            .unwrap();
+        let nanos = installed
+            .iter()
+            .rev()
+            .fold(0u64, |n, b| (n << 7) | u64::from(b & 0x7f));
+        assert!(nanos > 1_600_000_000_000_000_000, "{installed:?}");
 
         let take = TakeCanisterSnapshotArgs {
             canister_id,

@@ -247,6 +247,7 @@ impl ManagementCanister<'_> {
             self.run_install(canister, mode, &flags, wasm_module, sender, time, &args.arg)?;
         let canister = canister_mut(state, id)?;
         canister.execution_state = Some(execution_state);
+        canister.last_install_timestamp = Some(time);
         canister.certified_data = certified_data;
         canister.global_timer = global_timer;
         canister.bump_version();
@@ -651,6 +652,7 @@ pub(super) fn uninstall(canister: &mut CanisterState, time: u64, sender: Princip
 /// the history is the caller's part.
 pub(super) fn drop_code(canister: &mut CanisterState) {
     canister.execution_state = None;
+    canister.last_install_timestamp = None;
     canister.certified_data.clear();
     canister.wasm_chunk_store.clear();
     canister.global_timer = None;

@@ -436,6 +436,9 @@ impl ManagementCanister<'_> {
             .get_mut(&args.canister_id)
             .ok_or_else(|| canister_not_found(args.canister_id))?;
         snapshot.restore_into(canister);
+        // A load installs the snapshot's module: the replica stamps the new execution state
+        // with the batch time, as an install does.
+        canister.last_install_timestamp = Some(time);
         charge.apply(canister);
         canister.heap_delta_debit = canister.heap_delta_debit.saturating_add(heap_delta);
         canister.bump_version();

@@ -511,6 +511,11 @@ impl Replica {
             if let Some(hash) = canister.module_hash() {
                 entries.push((b"module_hash".to_vec(), leaf(hash.to_vec())));
             }
+            // Certified as the replica does (certification version 27 on): a natural number
+            // of nanoseconds, present while code is installed.
+            if let Some(time) = canister.last_install_timestamp {
+                entries.push((b"last_install_timestamp".to_vec(), leaf(leb128(time))));
+            }
             (id.as_slice().to_vec(), Arc::new(Tree::map(entries)))
         });
         let canister = Tree::map(canisters.collect::<Vec<_>>());

@@ -366,6 +366,13 @@ pub struct CanisterState {
     pub controllers: BTreeSet<Principal>,
     pub status: CanisterStatus,
     pub execution_state: Option<ExecutionState>,
+    /// When the code was last installed (batch time, ns): set by every `install_code` (each
+    /// mode) and by a snapshot load, cleared with the code by every uninstall (`uninstall_code`,
+    /// a take with `uninstall_code`, a canister that cannot pay for its storage). The replica
+    /// keeps it on its `ExecutionState` (stamped by `Hypervisor::create_execution_state`) and
+    /// certifies it at `/canister/<id>/last_install_timestamp` (`spec/management.md`); it is
+    /// `Some` exactly while code is installed.
+    pub last_install_timestamp: Option<u64>,
     pub certified_data: Vec<u8>,
     /// The global timer's deadline in ns, if set.
     pub global_timer: Option<u64>,
@@ -427,6 +434,7 @@ impl CanisterState {
             controllers,
             status: CanisterStatus::Running,
             execution_state: None,
+            last_install_timestamp: None,
             certified_data: Vec::new(),
             global_timer: None,
             on_low_wasm_memory_hook_status: HookStatus::default(),

@@ -267,6 +267,19 @@ fn unframe<T: for<'de> Deserialize<'de>>(
     checkpoint: &Path,
     file: &Path,
 ) -> Result<T, StateManagerError> {
+    unframe_with(bytes, supported, checkpoint, file, |body, _| {
+        postcard::from_bytes(body)
+    })
+}
+
+/// [`unframe`] with the decoding of the body given its version.
+fn unframe_with<T>(
+    bytes: &[u8],
+    supported: u32,
+    checkpoint: &Path,
+    file: &Path,
+    decode: impl FnOnce(&[u8], u32) -> postcard::Result<T>,
+) -> Result<T, StateManagerError> {
     let corrupt = |reason: String| StateManagerError::Corrupt {
         checkpoint: checkpoint.to_path_buf(),
         file: file.to_path_buf(),
@@ -288,7 +301,7 @@ fn unframe<T: for<'de> Deserialize<'de>>(
             supported,
         });
     }
-    postcard::from_bytes(body).map_err(|e| corrupt(format!("cannot be decoded: {e}")))
+    decode(body, version).map_err(|e| corrupt(format!("cannot be decoded: {e}")))
 }
 
 /// Test hooks: the disk faults that writes meet, and the background work held back.
@@ -916,8 +929,13 @@ impl StateManager {
         }
         let state_bytes = fs::read(dir.join(STATE))
             .map_err(|e| corrupt(STATE, format!("cannot be read: {e}")))?;
-        let record: StateRecord =
-            unframe(&state_bytes, STATE_FORMAT_VERSION, &dir, &dir.join(STATE))?;
+        let record = unframe_with(
+            &state_bytes,
+            STATE_FORMAT_VERSION,
+            &dir,
+            &dir.join(STATE),
+            StateRecord::decode,
+        )?;
         let mut loader = Loader {
             dir: &dir,
             mapped: BTreeMap::new(),
@@ -1119,7 +1137,8 @@ impl StateManager {
                 std::io::Error::other(format!("cannot encode the state: {reason}")),
             )
         })?;
-        let bytes = framed(&record).map_err(|e| write_err(tip, std::io::Error::other(e)))?;
+        let bytes =
+            framed(&record.encoded()).map_err(|e| write_err(tip, std::io::Error::other(e)))?;
         let path = tip.join(STATE);
         let entry = write_file(&path, writer.faults, |w| w.write_all(&bytes))
             .map_err(|e| write_err(&path, e))?;

@@ -26,6 +26,9 @@ use crate::state::{
 
 /// The version of [`StateRecord`] this build writes and the newest it reads.
 ///
+/// - 4: [`Additions`] follow the version-3 record: each canister's `last_install_timestamp`.
+///   Versions 1 to 3 read with none (as the replica leaves it unset for code installed before
+///   it kept one).
 /// - 3: `total_num_changes` counts the IC's changes only, no longer the scheduled takes among
 ///   the entries (which `canister_info` reports apart, `spec/management.md`); otherwise as 2.
 ///   A version-2 history is read with its total less the scheduled entries it kept.
@@ -35,7 +38,7 @@ use crate::state::{
 ///   otherwise the same. A version-1 build refuses version 2 rather than read scheduled
 ///   entries as details-less ones.
 /// - 1: history entries are the Candid encoding of the IC's `change`.
-pub const STATE_FORMAT_VERSION: u32 = 3;
+pub const STATE_FORMAT_VERSION: u32 = 4;
 
 /// A memory: its size and its page files, oldest first.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -62,6 +65,33 @@ pub struct StateRecord {
     pub deleted_canisters: Vec<Vec<u8>>,
     pub canisters: Vec<CanisterRecord>,
     pub snapshots: Vec<SnapshotRecord>,
+    /// Encoded after the fields above ([`Self::encoded`], [`Self::decode`]), so that a record
+    /// of an older version, which ends before them, decodes as it was written.
+    #[serde(skip)]
+    pub additions: Additions,
+}
+
+/// The fields added since version 3, in a record of their own after it.
+#[derive(Serialize, Deserialize, Default)]
+pub struct Additions {
+    /// One per canister, in the order of [`StateRecord::canisters`] (version 4).
+    last_install_timestamps: Vec<Option<u64>>,
+}
+
+impl StateRecord {
+    /// What `state.bin` holds (before its framing): the record, then its additions.
+    pub fn encoded(&self) -> (&StateRecord, &Additions) {
+        (self, &self.additions)
+    }
+
+    /// Decodes `state.bin`'s body, of format `version`: the additions only from version 4.
+    pub fn decode(body: &[u8], version: u32) -> postcard::Result<StateRecord> {
+        let (mut record, rest) = postcard::take_from_bytes::<StateRecord>(body)?;
+        if version >= 4 {
+            record.additions = postcard::from_bytes(rest)?;
+        }
+        Ok(record)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -457,6 +487,13 @@ impl StateRecord {
                 .iter()
                 .map(|s| SnapshotRecord::from_state(s, store))
                 .collect::<Result<_, _>>()?,
+            additions: Additions {
+                last_install_timestamps: state
+                    .canisters
+                    .values()
+                    .map(|c| c.last_install_timestamp)
+                    .collect(),
+            },
         })
     }
 
@@ -475,9 +512,18 @@ impl StateRecord {
             .iter()
             .map(|p| principal(p))
             .collect::<Result<_, _>>()?;
+        let mut install_times = self.additions.last_install_timestamps.into_iter();
         for record in self.canisters {
-            let canister = record.into_state(store, self.version)?;
+            let mut canister = record.into_state(store, self.version)?;
+            if self.version >= 4 {
+                canister.last_install_timestamp = install_times.next().ok_or_else(|| {
+                    "fewer last_install_timestamps than canisters in the record".to_string()
+                })?;
+            }
             state.canisters.insert(canister.canister_id, canister);
+        }
+        if install_times.next().is_some() {
+            return Err("more last_install_timestamps than canisters in the record".into());
         }
         for record in self.snapshots {
             state.snapshots.restore(record.into_state(store)?);
