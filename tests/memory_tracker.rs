@@ -30,7 +30,10 @@ fn fixed_access_patterns_match_the_copying_design() {
 #[test]
 fn seeded_access_patterns_match_the_copying_design() {
     for seed in 1..=8u64 {
-        driver::check(&driver::seeded(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 40));
+        driver::check(&driver::seeded(
+            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            40,
+        ));
     }
 }
 
