@@ -75,6 +75,12 @@ pub struct Config {
     /// The most instructions `install_code` may execute across `canister_pre_upgrade`,
     /// `canister_start` and `canister_init`/`canister_post_upgrade`: the IC's 300 billion.
     pub max_instructions_per_install_code: u64,
+    /// Wasm canisters run with the memory tracker (`rs/embedders/host_memory.rs`): each heap
+    /// page given to the instance on first access, only written pages handed back, instead
+    /// of the heap copied in and compared after every message. A node setting, like the
+    /// thread count: outcomes and the state hash are the same either way, except the heap
+    /// delta, which counts pages written rather than pages changed.
+    pub memory_tracker: bool,
 }
 
 impl Default for Config {
@@ -103,6 +109,7 @@ impl Default for Config {
             max_instructions_per_message: 40_000_000_000,
             max_instructions_per_query_message: 5_000_000_000,
             max_instructions_per_install_code: 300_000_000_000,
+            memory_tracker: false,
         }
     }
 }

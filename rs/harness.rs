@@ -66,7 +66,8 @@ impl StateMachine {
     }
 
     pub fn with_config(config: Config) -> Self {
-        let execution = ExecutionLoop::new(config, Box::new(ReplicaEngine::new()));
+        let execution =
+            ExecutionLoop::new(config.clone(), Box::new(ReplicaEngine::for_config(&config)));
         let state = execution.new_state();
         let time = state.time;
         StateMachine {
@@ -84,7 +85,8 @@ impl StateMachine {
     /// directory's last checkpoint and writes one on [`Self::checkpoint`]. Rounds executed
     /// after the last checkpoint are lost when the machine is dropped (`spec/durability.md`).
     pub fn open(dir: &std::path::Path, config: Config) -> Result<Self, StateManagerError> {
-        let execution = ExecutionLoop::new(config, Box::new(ReplicaEngine::new()));
+        let execution =
+            ExecutionLoop::new(config.clone(), Box::new(ReplicaEngine::for_config(&config)));
         let (manager, state) = execution.open_state(dir)?;
         let time = state.time;
         Ok(StateMachine {

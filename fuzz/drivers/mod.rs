@@ -11,6 +11,7 @@ pub mod canister_payload;
 pub mod input;
 pub mod management_payload;
 pub mod management_sequence;
+pub mod memory_tracker;
 pub mod page_map_ops;
 pub mod replica;
 pub mod snapshot_dir;

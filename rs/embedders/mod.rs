@@ -19,9 +19,12 @@
 //!    comparing with the page memory) are written into it, and stable memory, certified data
 //!    and the timer are handed back. On a trap nothing is handed back.
 //!
-//! This copy-in, compare-out design costs O(heap) per message; the memory tracker (next issue)
-//! makes a message cost what it touches. Page bytes are read and written only through
-//! [`Memory`]'s API: nothing here knows where they live.
+//! This copy-in, compare-out design costs O(heap) per message. The memory tracker
+//! ([`host_memory`], [`WasmtimeEngine::with_memory_tracker`]) makes a message cost what it
+//! touches: memory 0 is the engine's own reservation, each page given to the instance on its
+//! first access and handed back only if written. Page bytes are read and written only through
+//! [`Memory`]'s API (and, for the tracker, [`crate::memory::PageMap::page_source`]): nothing
+//! here knows where they live.
 //!
 //! **Determinism.** NaN canonicalisation, no threads or relaxed SIMD, fuel as the instruction
 //! counter (an infinite loop ends in `CanisterInstructionLimitExceeded` and changes nothing), a
@@ -31,8 +34,11 @@
 //! `wasm_memory_limit` for either (the replica's limits). System tasks
 //! (`canister_heartbeat`, `canister_global_timer`) run as the management canister's calls.
 
-#![forbid(unsafe_code)]
+// The memory tracker's `unsafe` (mappings, page protection, the signal handler) is all in
+// `host_memory`, which allows it; nothing else here may.
+#![deny(unsafe_code)]
 
+pub mod host_memory;
 pub mod instrumentation;
 pub mod system_api;
 pub mod validation;
@@ -80,6 +86,17 @@ impl ReplicaEngine {
     pub fn new() -> Self {
         ReplicaEngine {
             wasm: WasmtimeEngine::new(),
+        }
+    }
+
+    /// The engine `config` asks for: with the memory tracker if `config.memory_tracker`.
+    pub fn for_config(config: &crate::Config) -> Self {
+        ReplicaEngine {
+            wasm: if config.memory_tracker {
+                WasmtimeEngine::with_memory_tracker()
+            } else {
+                WasmtimeEngine::new()
+            },
         }
     }
 
@@ -231,6 +248,8 @@ pub struct WasmtimeEngine {
     linker32: Linker<StoreData>,
     linker64: Linker<StoreData>,
     cache: Mutex<ModuleCache>,
+    /// Memory 0 is a [`host_memory::TrackedHeap`] (the memory tracker), not copied in.
+    tracker: bool,
 }
 
 impl Default for WasmtimeEngine {
@@ -348,8 +367,24 @@ struct Run<'r> {
 impl WasmtimeEngine {
     // The configuration is constant: if wasmtime refused it, no canister could run, and the
     // unit tests construct it.
-    #[allow(clippy::expect_used)]
     pub fn new() -> Self {
+        Self::configured(false)
+    }
+
+    /// The engine with the memory tracker ([`host_memory`]): memory 0 of each instance is the
+    /// engine's own reservation, given page by page as the message touches it; only the pages
+    /// it wrote go back into the heap.
+    pub fn with_memory_tracker() -> Self {
+        Self::configured(true)
+    }
+
+    /// Whether this engine runs the memory tracker.
+    pub fn tracks_memory(&self) -> bool {
+        self.tracker
+    }
+
+    #[allow(clippy::expect_used)]
+    fn configured(tracker: bool) -> Self {
         let mut config = wasmtime::Config::new();
         config
             .consume_fuel(true)
@@ -361,6 +396,12 @@ impl WasmtimeEngine {
             .memory_init_cow(false)
             .memory_reservation(MEMORY_RESERVATION_BYTES)
             .max_wasm_stack(MAX_WASM_STACK_BYTES);
+        if tracker {
+            config
+                .with_host_memory(Arc::new(host_memory::TrackedMemoryCreator))
+                .memory_reservation(host_memory::MEMORY_RESERVATION)
+                .memory_guard_size(host_memory::MEMORY_GUARD);
+        }
         let engine = wasmtime::Engine::new(&config).expect("the engine's configuration is valid");
         let linker32 = linker(&engine, false).expect("the System API links");
         let linker64 = linker(&engine, true).expect("the System API links");
@@ -369,6 +410,7 @@ impl WasmtimeEngine {
             linker32,
             linker64,
             cache: Mutex::new(ModuleCache::default()),
+            tracker,
         }
     }
 
@@ -516,10 +558,17 @@ impl WasmtimeEngine {
             .instruction_limit
             .saturating_sub(ctx.instructions_executed);
         store.set_fuel(fuel).map_err(trapped)?;
+        let next_heap = self.tracker.then(|| {
+            host_memory::serve_next(ctx.execution_state.wasm_memory.clone(), max_heap_bytes)
+        });
         let instance = self
             .linker(&prepared.info)
             .instantiate(&mut store, &prepared.module)
             .map_err(|err| trapped(format!("the module does not instantiate: {err}")))?;
+        let tracked = next_heap.and_then(host_memory::ServeNext::created);
+        if let Some(tracked) = &tracked {
+            host_memory::track(&mut store, Arc::clone(tracked));
+        }
 
         // 1. The heap and the globals.
         let heap = instance.get_memory(&mut store, HEAP_EXPORT);
@@ -535,7 +584,10 @@ impl WasmtimeEngine {
                             ))
                         })?;
                 }
-                copy_in_heap(&ctx.execution_state.wasm_memory, heap.data_mut(&mut store))?;
+                // The tracker gives the instance each page on first access instead.
+                if tracked.is_none() {
+                    copy_in_heap(&ctx.execution_state.wasm_memory, heap.data_mut(&mut store))?;
+                }
             }
             None if heap_size > 0 => {
                 return Err(trapped(format!(
@@ -568,12 +620,12 @@ impl WasmtimeEngine {
         if run.apply_data
             && let Some(heap) = heap
         {
-            let bytes = heap.data_mut(&mut store);
+            let size = heap.data_size(&store);
             for (index, (offset, data)) in prepared.data.iter().enumerate() {
-                let target = usize::try_from(*offset)
+                let range = usize::try_from(*offset)
                     .ok()
                     .and_then(|start| Some(start..start.checked_add(data.len())?))
-                    .and_then(|range| bytes.get_mut(range))
+                    .filter(|range| range.end <= size)
                     .ok_or_else(|| {
                         trapped(format!(
                             "active data segment {index} ({} bytes at {offset}) does not fit \
@@ -582,7 +634,16 @@ impl WasmtimeEngine {
                             heap_size
                         ))
                     })?;
-                target.copy_from_slice(data);
+                match &tracked {
+                    Some(tracked) => tracked
+                        .write(range.start, data)
+                        .map_err(trap_on_memory_error)?,
+                    None => {
+                        if let Some(target) = heap.data_mut(&mut store).get_mut(range) {
+                            target.copy_from_slice(data);
+                        }
+                    }
+                }
             }
         }
 
@@ -596,12 +657,26 @@ impl WasmtimeEngine {
             ctx.instructions_executed = ctx
                 .instructions_executed
                 .saturating_add(fuel.saturating_sub(remaining));
+            // A damaged page file page read as zeros: nothing the message did may count.
+            if let Some(err) = tracked
+                .as_deref()
+                .and_then(host_memory::TrackedHeap::damaged)
+            {
+                return Err(trap_on_memory_error(err));
+            }
             if let Err(err) = outcome {
                 return Err(self.message_error(err, store.data_mut().api.error.take(), ctx));
             }
         }
 
-        // 4. Hand the changes back.
+        // 4. Hand the changes back (not if a page was damaged: the install's data segments
+        // too may have met one).
+        if let Some(err) = tracked
+            .as_deref()
+            .and_then(host_memory::TrackedHeap::damaged)
+        {
+            return Err(trap_on_memory_error(err));
+        }
         let mut exported = Vec::with_capacity(prepared.globals.len());
         for name in &prepared.globals {
             let value = instance
@@ -612,11 +687,16 @@ impl WasmtimeEngine {
         }
         let mut heap_delta = 0u64;
         if let Some(heap) = heap {
-            heap_delta = write_back_heap(
-                heap.data(&store),
-                &mut ctx.execution_state.wasm_memory,
-                max_heap_bytes,
-            )?;
+            let wasm_memory = &mut ctx.execution_state.wasm_memory;
+            heap_delta = match &tracked {
+                Some(tracked) => {
+                    fit_heap(tracked.size_bytes(), wasm_memory, max_heap_bytes)?;
+                    tracked
+                        .write_back(wasm_memory)
+                        .map_err(trap_on_memory_error)?
+                }
+                None => write_back_heap(heap.data(&store), wasm_memory, max_heap_bytes)?,
+            };
         }
         let data = store.into_data();
         let total_delta = heap_delta.saturating_add(data.api.stable_delta);
@@ -696,11 +776,7 @@ static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 /// growing it to the instance's size. Returns the bytes of pages written. A page the page
 /// memory does not hold is compared with zeros without a read.
 fn write_back_heap(instance: &[u8], heap: &mut Memory, limit: u64) -> Result<u64, UserError> {
-    let size = instance.len() as u64;
-    if size > heap.size_bytes() {
-        heap.resize(size, limit.max(size))
-            .map_err(trap_on_memory_error)?;
-    }
+    fit_heap(instance.len() as u64, heap, limit)?;
     let held: std::collections::BTreeSet<u64> = heap.page_map().present_indices().collect();
     let mut old = [0u8; PAGE_SIZE];
     let mut written = 0u64;
@@ -719,6 +795,15 @@ fn write_back_heap(instance: &[u8], heap: &mut Memory, limit: u64) -> Result<u64
         }
     }
     Ok(written)
+}
+
+/// Grows `heap` to the instance's `size` after a message (`memory.grow` never shrinks).
+fn fit_heap(size: u64, heap: &mut Memory, limit: u64) -> Result<(), UserError> {
+    if size > heap.size_bytes() {
+        heap.resize(size, limit.max(size))
+            .map_err(trap_on_memory_error)?;
+    }
+    Ok(())
 }
 
 /// A System API for code that must not call it (reading a fresh instance's globals).

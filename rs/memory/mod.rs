@@ -19,7 +19,7 @@ pub use page_file::{
 };
 #[cfg(test)]
 pub(crate) use page_map::visits;
-pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap, PageMapIdentity};
+pub use page_map::{MAX_PAGES, PAGE_SIZE, Page, PageIter, PageMap, PageMapIdentity, PageSource};
 
 /// [`PAGE_SIZE`] as a `u64`, for byte offsets.
 const PAGE_SIZE_U64: u64 = PAGE_SIZE as u64;
@@ -69,6 +69,11 @@ pub enum MemoryError {
     DamagedPageFile {
         reason: String,
     },
+    /// The memory tracker could not change a page's protection (`mprotect` failed with this
+    /// `errno`, typically `ENOMEM`: the process ran out of memory mappings, `vm.max_map_count`).
+    TrackerFailed {
+        errno: usize,
+    },
 }
 
 impl From<PageFileError> for MemoryError {
@@ -89,6 +94,8 @@ impl MemoryError {
             MemoryError::SizeNotMultipleOfWasmPage { .. } => ErrorCode::InvalidManagementPayload,
             // The replica's state cannot be read: not the canister's fault, and not data.
             MemoryError::DamagedPageFile { .. } => ErrorCode::CertifiedStateUnavailable,
+            // The replica's resources, not the canister's: as for a damaged file.
+            MemoryError::TrackerFailed { .. } => ErrorCode::CertifiedStateUnavailable,
         }
     }
 }
@@ -111,6 +118,11 @@ impl std::fmt::Display for MemoryError {
             MemoryError::DamagedPageFile { reason } => write!(
                 f,
                 "{reason}; the state directory is damaged: restore it from a backup"
+            ),
+            MemoryError::TrackerFailed { errno } => write!(
+                f,
+                "the memory tracker could not change a page's protection (errno {errno}): \
+                 raise vm.max_map_count or touch fewer pages per message"
             ),
         }
     }

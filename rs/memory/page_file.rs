@@ -258,6 +258,23 @@ fn set_bit(bits: &[AtomicU64], i: u64, order: Ordering) {
     }
 }
 
+/// Why a group of leaf hashes failed its check: data, not text, so that the check allocates
+/// nothing (`PageFile::page_in_signal_handler`).
+#[derive(Clone, Copy, Debug)]
+enum GroupFault {
+    BlockOutside(u64),
+    BlockMismatch(u64),
+    Outside,
+    Mismatch,
+}
+
+/// Why a page failed its check.
+#[derive(Clone, Copy, Debug)]
+enum SlotFault {
+    Group(GroupFault),
+    Page,
+}
+
 /// What [`write_page_file`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageFileSummary {
@@ -511,29 +528,70 @@ impl PageFile {
         let Some(slot) = self.slot_of(index) else {
             return Ok(None);
         };
-        let bytes = self.slot_bytes(slot);
         let checks = self.checks(slot / PAGES_PER_BLOCK);
+        match self.check_slot(slot, checks) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(SlotFault::Group(fault)) => {
+                Err(self.group_error(slot / HASHES_PER_GROUP, Some(index), fault))
+            }
+            Err(SlotFault::Page) => Err(PageFileError::Corrupt {
+                file: self.name.clone(),
+                reason: format!(
+                    "page {index} does not match its stored hash (the file was changed after it \
+                     was written)"
+                ),
+            }),
+        }
+    }
+
+    /// Page `index` checked as [`Self::page`] checks it, for the memory tracker's fault handler
+    /// (`rs/embedders/host_memory.rs`): no allocation, no lock, no error text. The check bits
+    /// are read and set only where [`Self::allocate_check_bits`] made them (otherwise the
+    /// checks are repeated, never skipped). `None`: the file does not hold the page;
+    /// `Some(None)`: it does, and the page or its group of leaf hashes does not match (the
+    /// caller names the file and the page).
+    pub fn page_in_signal_handler(&self, index: u64) -> Option<Option<&[u8; PAGE_SIZE]>> {
+        let slot = self.slot_of(index)?;
+        let checks = usize::try_from(slot / PAGES_PER_BLOCK)
+            .ok()
+            .and_then(|block| self.checks.get(block))
+            .and_then(OnceLock::get);
+        Some(self.check_slot(slot, checks).ok())
+    }
+
+    /// Makes the check bits of every block of the file exist, so that
+    /// [`Self::page_in_signal_handler`] remembers its checks. O(blocks), one per 16,384 pages;
+    /// allocates only the first time.
+    pub fn allocate_check_bits(&self) {
+        for block in 0..self.checks.len() as u64 {
+            self.checks(block);
+        }
+    }
+
+    /// The checks of a page read, allocation-free: its group (`check_group`), then its bytes
+    /// against its leaf hash, each once (remembered in `checks` when there is one).
+    fn check_slot(
+        &self,
+        slot: u64,
+        checks: Option<&BlockChecks>,
+    ) -> Result<&[u8; PAGE_SIZE], SlotFault> {
+        let bytes = self.slot_bytes(slot);
         let bit = slot % PAGES_PER_BLOCK;
         // Relaxed is enough: the bit only says that a check already passed on these immutable
         // bytes; a thread that misses it checks again.
         if checks.is_none_or(|checks| !bit_is_set(&checks.pages, bit, Ordering::Relaxed)) {
-            self.verify_group(slot / HASHES_PER_GROUP, Some(index))?;
+            self.check_group(slot / HASHES_PER_GROUP, checks)
+                .map_err(SlotFault::Group)?;
             #[cfg(test)]
             PAGE_BYTES_CHECKED.with(|c| c.set(c.get() + PAGE_SIZE as u64));
             if checksum::leaf_hash(bytes) != self.slot_hash(slot) {
-                return Err(PageFileError::Corrupt {
-                    file: self.name.clone(),
-                    reason: format!(
-                        "page {index} does not match its stored hash (the file was changed \
-                         after it was written)"
-                    ),
-                });
+                return Err(SlotFault::Page);
             }
             if let Some(checks) = checks {
                 set_bit(&checks.pages, bit, Ordering::Relaxed);
             }
         }
-        Ok(Some(bytes))
+        Ok(bytes)
     }
 
     /// The stored leaf hash of page `index`, if this file holds it, its group checked against
@@ -564,24 +622,46 @@ impl PageFile {
     /// table: the manifest checked their group table at open; version 1 files have no group
     /// table: it checked all their leaf hashes). `page` is named in the error.
     fn verify_group(&self, group: u64, page: Option<u64>) -> Result<(), PageFileError> {
-        if self.version < GROUPED_VERSION {
-            return Ok(());
-        }
-        let block = group / GROUPS_PER_BLOCK;
-        let checks = self.checks(block);
-        let bit = group % GROUPS_PER_BLOCK;
-        if checks.is_some_and(|checks| bit_is_set(&checks.groups, bit, Ordering::Acquire)) {
-            return Ok(());
-        }
+        let checks = self.checks(group / GROUPS_PER_BLOCK);
+        self.check_group(group, checks)
+            .map_err(|fault| self.group_error(group, page, fault))
+    }
+
+    /// The error for a group that failed its check, naming the file, the group and `page`.
+    fn group_error(&self, group: u64, page: Option<u64>, fault: GroupFault) -> PageFileError {
         let page = page.map(|p| format!(" (page {p})")).unwrap_or_default();
-        let corrupt = |what: String| PageFileError::Corrupt {
+        let what = match fault {
+            GroupFault::BlockOutside(block) => {
+                format!("is in group table block {block}, outside the file")
+            }
+            GroupFault::BlockMismatch(block) => {
+                format!("is in group table block {block}, which does not match the block table")
+            }
+            GroupFault::Outside => "is outside the file".into(),
+            GroupFault::Mismatch => "does not match the group table".into(),
+        };
+        PageFileError::Corrupt {
             file: self.name.clone(),
             reason: format!(
                 "leaf hash group {group}{page} {what} (the file was changed after it was written)"
             ),
-        };
+        }
+    }
+
+    /// `verify_group` without the error text, allocation-free (the memory tracker's fault
+    /// handler runs it): the group's block once (version 3), then the group once, each
+    /// remembered in `checks` when there is one.
+    fn check_group(&self, group: u64, checks: Option<&BlockChecks>) -> Result<(), GroupFault> {
+        if self.version < GROUPED_VERSION {
+            return Ok(());
+        }
+        let block = group / GROUPS_PER_BLOCK;
+        let bit = group % GROUPS_PER_BLOCK;
+        if checks.is_some_and(|checks| bit_is_set(&checks.groups, bit, Ordering::Acquire)) {
+            return Ok(());
+        }
         if self.version >= BLOCKED_VERSION {
-            self.verify_block(block, checks).map_err(corrupt)?;
+            self.check_block(block, checks)?;
         }
         let Some((hashes, entry)) = self.chunk_and_entry(
             self.layout.hashes_at..self.layout.group_table_at,
@@ -589,12 +669,12 @@ impl PageFile {
             self.layout.group_table_at,
             group,
         ) else {
-            return Err(corrupt("is outside the file".into()));
+            return Err(GroupFault::Outside);
         };
         #[cfg(test)]
         GROUP_BYTES_CHECKED.with(|c| c.set(c.get() + hashes.len() as u64));
         if checksum::sha256(hashes) != entry {
-            return Err(corrupt("does not match the group table".into()));
+            return Err(GroupFault::Mismatch);
         }
         if let Some(checks) = checks {
             set_bit(&checks.groups, bit, Ordering::Release);
@@ -603,8 +683,7 @@ impl PageFile {
     }
 
     /// Checks block `block` of the group table against its block table entry once (version 3).
-    /// `Err` says what is wrong, for `verify_group` to name the group and the page.
-    fn verify_block(&self, block: u64, checks: Option<&BlockChecks>) -> Result<(), String> {
+    fn check_block(&self, block: u64, checks: Option<&BlockChecks>) -> Result<(), GroupFault> {
         if checks.is_some_and(|checks| checks.block.load(Ordering::Acquire)) {
             return Ok(());
         }
@@ -614,14 +693,12 @@ impl PageFile {
             self.layout.block_table_at,
             block,
         ) else {
-            return Err(format!("is in group table block {block}, outside the file"));
+            return Err(GroupFault::BlockOutside(block));
         };
         #[cfg(test)]
         BLOCK_BYTES_CHECKED.with(|c| c.set(c.get() + table.len() as u64));
         if checksum::sha256(table) != entry {
-            return Err(format!(
-                "is in group table block {block}, which does not match the block table"
-            ));
+            return Err(GroupFault::BlockMismatch(block));
         }
         if let Some(checks) = checks {
             checks.block.store(true, Ordering::Release);
@@ -763,11 +840,18 @@ impl PageLayers {
 
     /// The newest file holding page `index`.
     fn file_of(&self, index: u64) -> Option<&PageFile> {
+        self.layer_of(index).map(|(_, file)| file)
+    }
+
+    /// The newest file holding page `index` and its position in [`Self::files`]. No
+    /// allocation, no lock (the memory tracker's fault handler calls it).
+    pub fn layer_of(&self, index: u64) -> Option<(usize, &PageFile)> {
         self.files
             .iter()
+            .enumerate()
             .rev()
-            .find(|f| f.slot_of(index).is_some())
-            .map(|f| &**f)
+            .find(|(_, f)| f.slot_of(index).is_some())
+            .map(|(layer, f)| (layer, &**f))
     }
 
     /// The stored leaf hash of page `index` in the newest file that holds it.

@@ -407,6 +407,19 @@ pub struct PageMapIdentity {
     base: usize,
 }
 
+/// Where a page's bytes are ([`PageMap::page_source`]).
+#[derive(Clone, Copy, Debug)]
+pub enum PageSource<'a> {
+    /// Written since the base: in the tree.
+    Heap(&'a [u8; PAGE_SIZE]),
+    /// In a base page file, checked against its stored hash.
+    File(&'a [u8; PAGE_SIZE]),
+    /// In the base file at this position of `PageLayers::files`, which fails its check.
+    Damaged { layer: usize },
+    /// Never written: zeros.
+    Zero,
+}
+
 /// A sparse, persistent array of [`PAGE_SIZE`]-byte pages. See the module documentation.
 #[derive(Clone, Default)]
 pub struct PageMap {
@@ -495,6 +508,33 @@ impl PageMap {
     #[inline]
     pub fn page_bytes(&self, page_index: u64) -> Result<&[u8; PAGE_SIZE], PageFileError> {
         Ok(self.page(page_index)?.map_or(&ZERO_PAGE, Page::bytes))
+    }
+
+    /// Where page `page_index`'s bytes are, for the memory tracker's fault handler
+    /// (`rs/embedders/host_memory.rs`): found and checked without allocating or locking (a walk
+    /// of the tree, then a binary search in each base file's index, the page checked against
+    /// its stored hash as [`Self::page`] does). Call [`Self::allocate_check_bits`] first so
+    /// that the checks are remembered.
+    pub fn page_source(&self, page_index: u64) -> PageSource<'_> {
+        if let Some(page) = self.tree_page(page_index) {
+            return PageSource::Heap(page.bytes());
+        }
+        let Some((layer, file)) = self.base.as_deref().and_then(|b| b.layer_of(page_index)) else {
+            return PageSource::Zero;
+        };
+        match file.page_in_signal_handler(page_index) {
+            Some(Some(bytes)) => PageSource::File(bytes),
+            Some(None) => PageSource::Damaged { layer },
+            None => PageSource::Zero,
+        }
+    }
+
+    /// Makes the check bits of every base file exist (see [`Self::page_source`]). O(files ·
+    /// blocks); allocates only the first time for each file.
+    pub fn allocate_check_bits(&self) {
+        for file in self.base.iter().flat_map(|base| base.files()) {
+            file.allocate_check_bits();
+        }
     }
 
     /// The identity of this map's contents: equal for clones with no write since (same root,
