@@ -72,6 +72,10 @@ pub struct Config {
     /// The most instructions `install_code` may execute across `canister_pre_upgrade`,
     /// `canister_start` and `canister_init`/`canister_post_upgrade`: the IC's 300 billion.
     pub max_instructions_per_install_code: u64,
+    /// Canister ids the allocator never gives out and `specified_id` may not name: the
+    /// system canisters a replica answers for itself (`serve`: the cycles minting canister and
+    /// the cycles ledger, at their mainnet ids). Empty by default.
+    pub reserved_canister_ids: Vec<candid::Principal>,
 }
 
 impl Default for Config {
@@ -99,6 +103,7 @@ impl Default for Config {
             max_instructions_per_message: 40_000_000_000,
             max_instructions_per_query_message: 5_000_000_000,
             max_instructions_per_install_code: 300_000_000_000,
+            reserved_canister_ids: Vec::new(),
         }
     }
 }
