@@ -70,7 +70,7 @@ fn call(canister_id: Principal, method: &str, arg: Vec<u8>) -> EnvelopeContent {
         canister_id,
         method_name: method.to_string(),
         arg,
-        sync_call: false,
+        sender_info: None,
     }
 }
 
@@ -80,13 +80,13 @@ fn malformed_and_oversized_requests_are_refused_and_never_reach_the_state() {
     let (server, url) = start(dir.path(), limits());
     let canister = canister_id_from_index(0);
     let path = format!("/api/v3/canister/{canister}/call");
-    let create = candid::Encode!(
-        &ic_management_canister_types::ProvisionalCreateCanisterWithCyclesArgs {
+    let create = candid::encode_one(
+        ic_management_canister_types::ProvisionalCreateCanisterWithCyclesArgs {
             amount: None,
             settings: None,
             specified_id: None,
             sender_canister_version: None,
-        }
+        },
     )
     .unwrap();
     let (valid, _) = anonymous(call(
@@ -155,6 +155,7 @@ fn malformed_and_oversized_requests_are_refused_and_never_reach_the_state() {
         method_name: "read".into(),
         arg: Vec::new(),
         nonce: None,
+        sender_info: None,
     });
     expect(
         400,

@@ -84,10 +84,10 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         canister_id,
         method_name: method.to_string(),
         arg,
-        sync_call: false,
+        sender_info: None,
     };
-    let record = candid::Encode!(&ic_management_canister_types::CanisterIdRecord {
-        canister_id: effective_id()
+    let record = candid::encode_one(ic_management_canister_types::CanisterIdRecord {
+        canister_id: effective_id(),
     })
     .unwrap_or_default();
     let read_state = |paths: &[&[&[u8]]]| EnvelopeContent::ReadState {
@@ -138,6 +138,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                         method_name: "read".into(),
                         arg: b"DIDL\x00\x00".to_vec(),
                         nonce: None,
+                        sender_info: None,
                     },
                     false,
                 ),
