@@ -130,7 +130,13 @@ impl Server {
     }
 
     /// Serves `replica` on `bind` within `limits`.
-    pub fn serve(replica: Replica, bind: SocketAddr, limits: Limits) -> Result<Server, String> {
+    pub fn serve(mut replica: Replica, bind: SocketAddr, limits: Limits) -> Result<Server, String> {
+        // A first (empty) round before anything is served, so that the first certificate
+        // carries the wall clock's time, not the state's (a fresh state's is genesis, and
+        // agents refuse a certificate older than their ingress expiry window).
+        replica
+            .execute_round()
+            .map_err(|e| format!("the first round's checkpoint failed: {e}"))?;
         let root_key_der = replica.keys().root_key_der().to_vec();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
