@@ -94,7 +94,9 @@ expect "call inc" "$(icp canister call "$CANISTER" inc '()')" "(2 : nat)"
 expect "query read" "$(icp canister call --query "$CANISTER" read '()')" "(2 : nat)"
 
 step "JavaScript agent (@icp-sdk/core $ICP_CORE_VERSION)"
-NODE_PATH="$CACHE/node_modules" node "$HERE/agent.mjs" "$URL" "$ROOT_KEY" "$CANISTER"
+# Beside the packages: ES modules resolve imports from the script's own directory.
+cp "$HERE/agent.mjs" "$CACHE/agent.mjs"
+node "$CACHE/agent.mjs" "$URL" "$ROOT_KEY" "$CANISTER"
 expect "read after the JavaScript agent's inc" "$(icp canister call --query "$CANISTER" read '()')" "(3 : nat)"
 
 icp canister stop "$CANISTER" >/dev/null
