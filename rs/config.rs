@@ -81,6 +81,10 @@ pub struct Config {
     /// thread count: outcomes and the state hash are the same either way, except the heap
     /// delta, which counts pages written rather than pages changed.
     pub memory_tracker: bool,
+    /// Canister ids the allocator never gives out and `specified_id` may not name: the
+    /// system canisters a replica answers for itself (`serve`: the cycles minting canister and
+    /// the cycles ledger, at their mainnet ids). Empty by default.
+    pub reserved_canister_ids: Vec<candid::Principal>,
 }
 
 impl Default for Config {
@@ -110,6 +114,7 @@ impl Default for Config {
             max_instructions_per_query_message: 5_000_000_000,
             max_instructions_per_install_code: 300_000_000_000,
             memory_tracker: false,
+            reserved_canister_ids: Vec::new(),
         }
     }
 }

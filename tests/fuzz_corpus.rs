@@ -98,6 +98,7 @@ replay_corpus!(
     snapshot_upload,
     snapshot_dir,
     page_map_ops,
+    http_request,
 );
 
 #[test]

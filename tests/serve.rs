@@ -2,6 +2,9 @@
 //! HTTP on 127.0.0.1: every certificate and query signature is verified by the agent against
 //! the root key `serve` prints, as a real client pins it.
 
+#[path = "common/raw_http.rs"]
+mod raw_http;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -15,6 +18,8 @@ use ic_management_canister_types::{
     LoadCanisterSnapshotArgs, ProvisionalCreateCanisterWithCyclesArgs, Snapshot,
     TakeCanisterSnapshotArgs,
 };
+
+use raw_http::{post, post_head, raw_request};
 
 /// A `serve` process on a fresh port; killed (SIGKILL) when dropped.
 struct Serve {
@@ -124,10 +129,14 @@ async fn create_canister(agent: &Agent) -> Principal {
 }
 
 async fn install(agent: &Agent, canister_id: Principal) {
+    install_module(agent, canister_id, TEST_CANISTER_WASM).await;
+}
+
+async fn install_module(agent: &Agent, canister_id: Principal, wasm_module: &[u8]) {
     let args = InstallCodeArgs {
         mode: CanisterInstallMode::Install,
         canister_id,
-        wasm_module: TEST_CANISTER_WASM.to_vec(),
+        wasm_module: wasm_module.to_vec(),
         arg: vec![],
         sender_canister_version: None,
     };
@@ -431,35 +440,6 @@ fn a_restart_after_kill_keeps_acknowledged_state_and_the_root_key() {
     });
 }
 
-/// One raw HTTP/1.1 exchange: the status code and body.
-fn raw_request(url: &str, request: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let _ = stream.write_all(request);
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let code = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
-}
-
-fn post(url: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: \
-         {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    raw_request(url, &request)
-}
-
 #[test]
 fn bad_input_gets_a_4xx_with_a_message_and_the_server_stays_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -482,11 +462,7 @@ fn bad_input_gets_a_4xx_with_a_message_and_the_server_stays_up() {
     );
     assert_eq!(code, 400, "{body}");
     // A body announced above the limit is refused before it is read.
-    let request = format!(
-        "POST {call} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: \
-         application/cbor\r\nContent-Length: {}\r\n\r\n",
-        5 << 20
-    );
+    let request = post_head(&call, "application/cbor", 5 << 20);
     let (code, body) = raw_request(&serve.url, request.as_bytes());
     assert_eq!(code, 413, "{body}");
     // A well-formed anonymous request with the wrong effective canister id.
@@ -581,5 +557,249 @@ fn delegations_are_checked_for_signature_expiry_and_targets() {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("does not allow requests"), "{err}");
+    });
+}
+
+/// The counter canister of the end-to-end script (tests/e2e/counter.wat): public and private
+/// metadata.
+fn counter_wasm() -> Vec<u8> {
+    wat::parse_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/e2e/counter.wat"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn canisters_are_created_as_icp_creates_them_through_the_cmc_and_the_cycles_ledger() {
+    use canister_snapshots::replica::system_canisters::{
+        CYCLES_LEDGER_ID, CYCLES_MINTING_CANISTER_ID, CreateCanisterArgs, CreateCanisterResult,
+        CreationArgs, LOCAL_ACCOUNT_BALANCE, SubnetSelection,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path());
+    runtime().block_on(async {
+        // A fresh identity: no cycles were minted for it.
+        let agent = serve.agent(identity(21));
+        let me = agent.get_principal().unwrap();
+        // The CMC's default subnets (a query whose node signature the agent verifies), then
+        // that subnet's state, read at the subnet's read_state.
+        let reply = agent
+            .query(&CYCLES_MINTING_CANISTER_ID, "get_default_subnets")
+            .with_arg(Encode!().unwrap())
+            .call()
+            .await
+            .unwrap();
+        let subnets = candid::decode_one::<Vec<Principal>>(&reply).unwrap();
+        let subnet = Principal::self_authenticating(&serve.root_key);
+        assert_eq!(subnets, [subnet]);
+        let info = agent.fetch_subnet_by_id(&subnet).await.unwrap();
+        assert!(info.contains_canister(&CYCLES_LEDGER_ID));
+        // The balance queries icp makes.
+        let balance = agent
+            .query(&CYCLES_LEDGER_ID, "icrc1_balance_of")
+            .with_arg(Encode!(&(me, None::<Vec<u8>>)).unwrap())
+            .call()
+            .await;
+        // `Account` is a record; the tuple above is not one: refused as the ledger traps.
+        assert!(balance.is_err());
+        #[derive(candid::CandidType)]
+        struct Account {
+            owner: Principal,
+            subaccount: Option<Vec<u8>>,
+        }
+        let reply = agent
+            .query(&CYCLES_LEDGER_ID, "icrc1_balance_of")
+            .with_arg(
+                Encode!(&Account {
+                    owner: me,
+                    subaccount: None
+                })
+                .unwrap(),
+            )
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(
+            candid::decode_one::<candid::Nat>(&reply).unwrap(),
+            candid::Nat::from(LOCAL_ACCOUNT_BALANCE)
+        );
+        // The ledger's create_canister, as icp sends it: a canister with the amount asked
+        // for, controlled by the caller.
+        let create = |subnet| CreateCanisterArgs {
+            from_subaccount: None,
+            created_at_time: None,
+            amount: candid::Nat::from(2_000_000_000_000u64),
+            creation_args: Some(CreationArgs {
+                subnet_selection: Some(SubnetSelection::Subnet { subnet }),
+                settings: None,
+            }),
+        };
+        let reply = agent
+            .update(&CYCLES_LEDGER_ID, "create_canister")
+            .with_arg(Encode!(&create(subnet)).unwrap())
+            .call_and_wait()
+            .await
+            .unwrap();
+        let CreateCanisterResult::Ok { canister_id, .. } =
+            candid::decode_one::<CreateCanisterResult>(&reply).unwrap()
+        else {
+            panic!("created");
+        };
+        let status = management(
+            &agent,
+            canister_id,
+            "canister_status",
+            Encode!(&CanisterIdRecord { canister_id }).unwrap(),
+        )
+        .await
+        .unwrap();
+        let status =
+            candid::decode_one::<ic_management_canister_types::CanisterStatusResult>(&status)
+                .unwrap();
+        assert_eq!(status.settings.controllers, [me]);
+        assert!(status.cycles <= candid::Nat::from(2_000_000_000_000u64));
+        assert!(status.cycles > candid::Nat::from(1_900_000_000_000u64));
+        // Another subnet: the ledger's own error, nothing created.
+        let reply = agent
+            .update(&CYCLES_LEDGER_ID, "create_canister")
+            .with_arg(Encode!(&create(Principal::anonymous())).unwrap())
+            .call_and_wait()
+            .await
+            .unwrap();
+        assert!(matches!(
+            candid::decode_one::<CreateCanisterResult>(&reply).unwrap(),
+            CreateCanisterResult::Err(_)
+        ));
+        // What the emulation does not have is refused as a missing method.
+        let err = agent
+            .update(&CYCLES_MINTING_CANISTER_ID, "notify_create_canister")
+            .with_arg(Encode!().unwrap())
+            .call_and_wait()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("has no method"), "{err}");
+        // The allocator never gives out the CMC's id (the subnet's fifth): more creations
+        // skip it.
+        let mut created = vec![canister_id];
+        for _ in 0..5 {
+            created.push(create_canister(&agent).await);
+        }
+        assert!(
+            !created.contains(&CYCLES_MINTING_CANISTER_ID),
+            "{created:?}"
+        );
+        assert_eq!(created.len(), 6);
+    });
+}
+
+#[test]
+fn metadata_sections_are_certified_and_private_ones_readable_by_controllers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path());
+    runtime().block_on(async {
+        let controller = serve.agent(identity(31));
+        let canister_id = create_canister(&controller).await;
+        install_module(&controller, canister_id, &counter_wasm()).await;
+        let candid = controller
+            .read_state_canister_metadata(canister_id, "candid:service")
+            .await
+            .unwrap();
+        assert!(
+            String::from_utf8(candid)
+                .unwrap()
+                .contains("inc : () -> (nat)")
+        );
+        let secret = controller
+            .read_state_canister_metadata(canister_id, "e2e:secret")
+            .await
+            .unwrap();
+        assert_eq!(secret, b"only controllers read this");
+
+        let stranger = serve.agent(identity(32));
+        // Public: anyone. Private: refused (403) to a non-controller.
+        assert!(
+            stranger
+                .read_state_canister_metadata(canister_id, "candid:service")
+                .await
+                .is_ok()
+        );
+        let err = stranger
+            .read_state_canister_metadata(canister_id, "e2e:secret")
+            .await
+            .unwrap_err();
+        match err {
+            AgentError::HttpError(payload) => {
+                assert_eq!(payload.status, 403);
+                assert!(
+                    String::from_utf8_lossy(&payload.content).contains("controllers"),
+                    "{payload:?}"
+                );
+            }
+            other => panic!("expected 403, got {other}"),
+        }
+        // A section the module lacks is provably absent, for anyone.
+        let absent = stranger
+            .read_state_canister_metadata(canister_id, "no-such-section")
+            .await;
+        assert!(
+            matches!(absent, Err(AgentError::LookupPathAbsent(_))),
+            "{absent:?}"
+        );
+        // The counter itself works on wasmtime behind serve.
+        let reply = stranger
+            .update(&canister_id, "inc")
+            .with_arg(Encode!().unwrap())
+            .call_and_wait()
+            .await
+            .unwrap();
+        assert_eq!(
+            candid::decode_one::<candid::Nat>(&reply).unwrap(),
+            candid::Nat::from(1u8)
+        );
+    });
+}
+
+#[test]
+fn provisional_top_up_adds_cycles() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path());
+    runtime().block_on(async {
+        let agent = serve.agent(identity(41));
+        let canister_id = create_canister(&agent).await;
+        let cycles = |reply: Vec<u8>| {
+            candid::decode_one::<ic_management_canister_types::CanisterStatusResult>(&reply)
+                .unwrap()
+                .cycles
+        };
+        let status = Encode!(&CanisterIdRecord { canister_id }).unwrap();
+        let before = cycles(
+            management(&agent, canister_id, "canister_status", status.clone())
+                .await
+                .unwrap(),
+        );
+        // Anyone may top up on a local replica.
+        let other = serve.agent(identity(42));
+        let amount = 1_000_000_000_000_000u128;
+        let args = ic_management_canister_types::ProvisionalTopUpCanisterArgs {
+            canister_id,
+            amount: candid::Nat::from(amount),
+        };
+        management(
+            &other,
+            canister_id,
+            "provisional_top_up_canister",
+            Encode!(&args).unwrap(),
+        )
+        .await
+        .unwrap();
+        let after = cycles(
+            management(&agent, canister_id, "canister_status", status)
+                .await
+                .unwrap(),
+        );
+        // Storage charges between the two reads take a little.
+        assert!(after.clone() > before.clone() + candid::Nat::from(amount - 1_000_000_000_000));
+        assert!(after <= before + candid::Nat::from(amount));
     });
 }

@@ -8,6 +8,7 @@
 //! nothing in it reads the clock or a `HashMap`: an input replays the same way everywhere.
 
 pub mod canister_payload;
+pub mod http_request;
 pub mod input;
 pub mod management_payload;
 pub mod management_sequence;
@@ -57,5 +58,10 @@ pub const TARGETS: &[Target] = &[
         name: "page_map_ops",
         run: page_map_ops::run,
         seeds: page_map_ops::seeds,
+    },
+    Target {
+        name: "http_request",
+        run: http_request::run,
+        seeds: http_request::seeds,
     },
 ];

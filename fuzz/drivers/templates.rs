@@ -16,9 +16,9 @@ use canister_snapshots::snapshots::SnapshotId;
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInfoArgs, CanisterInstallMode, CanisterSettings, CanisterTimer,
     CreateCanisterArgs, DeleteCanisterSnapshotArgs, InstallCodeArgs, LoadCanisterSnapshotArgs,
-    ProvisionalCreateCanisterWithCyclesArgs, ReadCanisterSnapshotDataArgs,
-    ReadCanisterSnapshotMetadataArgs, SnapshotDataKind, SnapshotDataOffset, SnapshotMetadataGlobal,
-    UninstallCodeArgs, UpdateSettingsArgs,
+    ProvisionalCreateCanisterWithCyclesArgs, ProvisionalTopUpCanisterArgs,
+    ReadCanisterSnapshotDataArgs, ReadCanisterSnapshotMetadataArgs, SnapshotDataKind,
+    SnapshotDataOffset, SnapshotMetadataGlobal, UninstallCodeArgs, UpdateSettingsArgs,
 };
 use serde_bytes::ByteBuf;
 
@@ -256,6 +256,10 @@ pub fn payload(state: &ReplicatedState, method: &str, args: &Args) -> Vec<u8> {
                 sender_canister_version: None,
             },))
         }
+        "provisional_top_up_canister" => encode((ProvisionalTopUpCanisterArgs {
+            canister_id,
+            amount: Nat::from(n0),
+        },)),
         "create_canister" => encode((CreateCanisterArgs {
             settings: (p1 & 2 != 0).then(|| settings(state, args)),
             sender_canister_version: None,

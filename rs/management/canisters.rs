@@ -10,8 +10,8 @@ use ic_management_canister_types::{
     CanisterStatusResult, CanisterStatusType, ChangeDetails, CodeDeploymentMode,
     CodeDeploymentRecord, ControllersChangeRecord, CreateCanisterArgs, CreationRecord,
     DefiniteCanisterSettings, InstallCodeArgs, LogVisibility, MemoryMetrics,
-    ProvisionalCreateCanisterWithCyclesArgs, QueryStats, SnapshotVisibility, UninstallCodeArgs,
-    UpgradeFlags, WasmMemoryPersistence,
+    ProvisionalCreateCanisterWithCyclesArgs, ProvisionalTopUpCanisterArgs, QueryStats,
+    SnapshotVisibility, UninstallCodeArgs, UpgradeFlags, WasmMemoryPersistence,
 };
 
 use super::types::{
@@ -115,6 +115,20 @@ impl ManagementCanister<'_> {
         self.create(state, sender, args.settings, args.specified_id, cycles)
     }
 
+    /// Adds `amount` cycles to a canister, as a local replica does for anyone (the IC allows
+    /// it only for principals on the provisional whitelist). Saturating, as the replica's
+    /// `add_cycles`. Replies `()`.
+    pub(super) fn provisional_top_up_canister(
+        &self,
+        state: &mut ReplicatedState,
+        args: ProvisionalTopUpCanisterArgs,
+    ) -> Result<Vec<u8>, UserError> {
+        let amount = nat_u128("amount", &args.amount)?;
+        let canister = canister_mut(state, args.canister_id)?;
+        canister.cycles = canister.cycles.saturating_add(amount);
+        reply(())
+    }
+
     /// On this embedded replica `create_canister` behaves as on a test subnet: the new canister
     /// gets the configured default cycles, since an ingress message cannot attach any.
     pub(super) fn create_canister(
@@ -151,7 +165,11 @@ impl ManagementCanister<'_> {
             .controllers
             .unwrap_or_else(|| BTreeSet::from([sender]));
         let canister_id = match specified_id {
-            Some(id) if id == Principal::management_canister() || id == Principal::anonymous() => {
+            Some(id)
+                if id == Principal::management_canister()
+                    || id == Principal::anonymous()
+                    || self.config.reserved_canister_ids.contains(&id) =>
+            {
                 return Err(invalid_payload(format!(
                     "specified_id {id} is reserved: choose another principal"
                 )));
@@ -182,7 +200,9 @@ impl ManagementCanister<'_> {
                                 .to_string(),
                         )
                     })?;
-                    if !state.canisters.contains_key(&id) && !state.deleted_canisters.contains(&id)
+                    if !state.canisters.contains_key(&id)
+                        && !state.deleted_canisters.contains(&id)
+                        && !self.config.reserved_canister_ids.contains(&id)
                     {
                         state.next_canister_index = index;
                         break id;

@@ -29,6 +29,8 @@
 
 pub mod certification;
 pub mod keys;
+pub mod metadata;
+pub mod system_canisters;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -46,6 +48,8 @@ use crate::scheduler::{Batch, ExecutionLoop, Ingress, MessageId};
 use crate::state_manager::{StateManager, StateManagerError};
 use certification::{Tree, leb128};
 use keys::NodeKeys;
+use metadata::{MetadataCache, Visibility};
+use system_canisters::{Answer, Route};
 
 /// A request id: the representation-independent hash of a request's content.
 pub type RequestId = [u8; 32];
@@ -237,6 +241,7 @@ pub struct Replica {
     /// `(ingress_expiry, request id)` of every history entry, to prune in expiry order.
     expiries: BTreeSet<(u64, RequestId)>,
     certified: Arc<Certified>,
+    metadata: MetadataCache,
 }
 
 impl Replica {
@@ -251,6 +256,8 @@ impl Replica {
         config: Config,
         engine: Box<dyn WasmEngine>,
     ) -> Result<Replica, ReplicaError> {
+        let mut config = config;
+        config.reserved_canister_ids.extend(system_canisters::ids());
         let execution = ExecutionLoop::new(config, engine);
         let (manager, state) = execution.open_state(dir)?;
         let node_error = |reason: String| ReplicaError::Node {
@@ -285,6 +292,7 @@ impl Replica {
                 tree: Tree::map([]),
                 signature: Vec::new(),
             }),
+            metadata: MetadataCache::default(),
         };
         for (request_id, expiry, origin, status) in record.history {
             replica.record(request_id, expiry, origin, status);
@@ -375,8 +383,10 @@ impl Replica {
         let time = self.batch_time();
         let take = self.pool.len().min(MAX_MESSAGES_PER_ROUND);
         let messages: Vec<SignedIngress> = self.pool.drain(..take).collect();
-        let mut ids: BTreeMap<MessageId, (RequestId, u64, Origin)> = BTreeMap::new();
+        let mut ids: BTreeMap<MessageId, (RequestId, u64, Origin, Answer)> = BTreeMap::new();
         let mut ingress = Vec::with_capacity(messages.len());
+        let executed_messages = !messages.is_empty();
+        let subnet_id = self.keys.subnet_id();
         for (index, message) in messages.into_iter().enumerate() {
             self.pooled.remove(&message.request_id);
             let message_id = index as MessageId;
@@ -384,24 +394,42 @@ impl Replica {
                 sender: message.sender,
                 effective_canister_id: message.effective_canister_id,
             };
+            let routed = match system_canisters::route(
+                subnet_id,
+                message.receiver,
+                message.method,
+                message.payload,
+            ) {
+                Route::Execute(routed) => routed,
+                Route::Answered(result) => {
+                    let status = IngressStatus::of(result);
+                    self.record(message.request_id, message.ingress_expiry, origin, status);
+                    continue;
+                }
+            };
             ids.insert(
                 message_id,
-                (message.request_id, message.ingress_expiry, origin),
+                (
+                    message.request_id,
+                    message.ingress_expiry,
+                    origin,
+                    routed.answer,
+                ),
             );
             ingress.push(Ingress {
                 message_id,
                 sender: message.sender,
-                receiver: message.receiver,
-                method: message.method,
-                payload: message.payload,
+                receiver: routed.receiver,
+                method: routed.method,
+                payload: routed.payload,
             });
         }
-        let executed_messages = !ingress.is_empty();
         let results = self
             .execution
             .execute_round(&mut self.state, Batch { time, ingress });
         for (message_id, result) in results {
-            if let Some((request_id, expiry, origin)) = ids.get(&message_id) {
+            if let Some((request_id, expiry, origin, answer)) = ids.get(&message_id) {
+                let result = system_canisters::answer(*answer, result);
                 self.record(*request_id, *expiry, *origin, IngressStatus::of(result));
             }
         }
@@ -488,6 +516,34 @@ impl Replica {
         true
     }
 
+    /// Whether `sender` may read `canister/<canister_id>/metadata/<name>` (see
+    /// [`metadata`]): a private section only a controller may read.
+    pub fn may_read_metadata(
+        &self,
+        sender: Principal,
+        canister_id: Principal,
+        name: &str,
+    ) -> Result<(), String> {
+        let Some(canister) = self.state.canisters.get(&canister_id) else {
+            return Ok(());
+        };
+        let Some(hash) = canister.module_hash() else {
+            return Ok(());
+        };
+        let private = self
+            .metadata
+            .cached(&hash)
+            .and_then(|m| m.visibility.get(name))
+            .is_some_and(|v| *v == Visibility::Private);
+        if private && !canister.controllers.contains(&sender) {
+            return Err(format!(
+                "Custom section {name:.100} can only be requested by the controllers of the \
+                 canister."
+            ));
+        }
+        Ok(())
+    }
+
     /// The status of a request in the history (uncertified: for tests and tools).
     pub fn request_status(&self, request_id: &RequestId) -> Option<&IngressStatus> {
         self.history.get(request_id).map(|entry| &entry.status)
@@ -496,6 +552,8 @@ impl Replica {
     /// Builds the state tree of the current (durable) state and signs its root hash.
     fn certify(&mut self) {
         let leaf = |bytes: Vec<u8>| Arc::new(Tree::leaf(bytes));
+        let mut installed = BTreeSet::new();
+        let metadata = &mut self.metadata;
         let canisters = self.state.canisters.iter().map(|(id, canister)| {
             let controllers: Vec<Principal> = canister.controllers.iter().copied().collect();
             let mut entries = vec![
@@ -508,7 +566,11 @@ impl Replica {
                     leaf(self_describing_cbor(&controllers)),
                 ),
             ];
-            if let Some(hash) = canister.module_hash() {
+            if let Some(execution) = &canister.execution_state {
+                let hash = *execution.wasm_module.hash();
+                installed.insert(hash);
+                let sections = metadata.get(hash, execution.wasm_module.bytes());
+                entries.push((b"metadata".to_vec(), Arc::clone(&sections.tree)));
                 entries.push((b"module_hash".to_vec(), leaf(hash.to_vec())));
             }
             // Certified as the replica does (certification version 27 on): a natural number
@@ -519,6 +581,7 @@ impl Replica {
             (id.as_slice().to_vec(), Arc::new(Tree::map(entries)))
         });
         let canister = Tree::map(canisters.collect::<Vec<_>>());
+        self.metadata.retain(&installed);
         let request_status = Tree::map(
             self.history
                 .iter()
@@ -580,6 +643,11 @@ impl Replica {
         method: &str,
         arg: &[u8],
     ) -> Result<Vec<u8>, UserError> {
+        if let Some(answer) =
+            system_canisters::query(self.keys.subnet_id(), canister_id, method, arg)
+        {
+            return answer;
+        }
         if canister_id == Principal::management_canister() {
             return Err(UserError::new(
                 ErrorCode::CanisterMethodNotFound,
