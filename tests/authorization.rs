@@ -21,9 +21,9 @@ use ic_error_types::ErrorCode;
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInfoArgs, CanisterInstallMode, CanisterSettings as SettingsArgs,
     CreateCanisterArgs, DeleteCanisterSnapshotArgs, InstallCodeArgs, LoadCanisterSnapshotArgs,
-    ProvisionalCreateCanisterWithCyclesArgs, ReadCanisterSnapshotDataArgs,
-    ReadCanisterSnapshotMetadataArgs, SnapshotDataKind, SnapshotDataOffset, SnapshotVisibility,
-    UninstallCodeArgs, UpdateSettingsArgs,
+    ProvisionalCreateCanisterWithCyclesArgs, ProvisionalTopUpCanisterArgs,
+    ReadCanisterSnapshotDataArgs, ReadCanisterSnapshotMetadataArgs, SnapshotDataKind,
+    SnapshotDataOffset, SnapshotVisibility, UninstallCodeArgs, UpdateSettingsArgs,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -119,6 +119,8 @@ const MATRIX: &[(&str, [[Outcome; 6]; 3])] = &[
     ("read_canister_snapshot_data", VIEWERS),
     ("upload_canister_snapshot_metadata", CONTROLLERS),
     ("upload_canister_snapshot_data", CONTROLLERS),
+    // spec/management.md: "anyone" on a local replica (the IC: its provisional whitelist).
+    ("provisional_top_up_canister", ANYONE),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -209,6 +211,10 @@ fn payload(method: &str, w: &World) -> Vec<u8> {
                 sender_canister_version: None,
             })
         }
+        "provisional_top_up_canister" => Encode!(&ProvisionalTopUpCanisterArgs {
+            canister_id: a,
+            amount: candid::Nat::from(1_000u32),
+        }),
         "create_canister" => Encode!(&CreateCanisterArgs {
             settings: None,
             sender_canister_version: None,

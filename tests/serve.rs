@@ -658,8 +658,8 @@ fn canisters_are_created_as_icp_creates_them_through_the_cmc_and_the_cycles_ledg
             candid::decode_one::<ic_management_canister_types::CanisterStatusResult>(&status)
                 .unwrap();
         assert_eq!(status.settings.controllers, [me]);
-        assert!(status.cycles <= candid::Nat::from(2_000_000_000_000u64));
-        assert!(status.cycles > candid::Nat::from(1_900_000_000_000u64));
+        assert!(status.cycles <= 2_000_000_000_000u64);
+        assert!(status.cycles > 1_900_000_000_000u64);
         // Another subnet: the ledger's own error, nothing created.
         let reply = agent
             .update(&CYCLES_LEDGER_ID, "create_canister")

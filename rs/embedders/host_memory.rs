@@ -183,7 +183,7 @@ impl TrackedHeap {
         // The check bits are allocated here, outside the handler, so that its checks are
         // remembered (`PageMap::page_source`).
         heap.page_map().allocate_check_bits();
-        let initial_pages = heap.size_bytes() / PAGE_SIZE as u64;
+        let initial_pages = heap.size_bytes().checked_div(PAGE_SIZE as u64).unwrap_or(0);
         Ok(TrackedHeap {
             reservation,
             capacity,
@@ -223,7 +223,7 @@ impl TrackedHeap {
 
     /// The store's signal handler (see the module doc). Async-signal-safe: no allocation, no
     /// lock. `true`: the fault was ours and the access can be retried.
-    pub fn handle_fault(&self, signum: libc::c_int, info: *const libc::siginfo_t) -> bool {
+    pub(crate) fn handle_fault(&self, signum: libc::c_int, info: *const libc::siginfo_t) -> bool {
         if signum != libc::SIGSEGV || info.is_null() {
             return false;
         }

@@ -775,7 +775,7 @@ fn verify_paths(
                 .take(6)
                 .map(|l| match std::str::from_utf8(l) {
                     Ok(text) if text.len() <= 64 => text.to_string(),
-                    _ => hex(&l[..l.len().min(32)]),
+                    _ => hex(l.get(..32).unwrap_or(l)),
                 })
                 .collect();
             return Err(HttpError::new(

@@ -398,7 +398,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             Decode!(&created, CreateCanisterResult).unwrap(),
-            CreateCanisterResult::Ok { block_id, .. } if block_id == Nat::from(5u8)
+            CreateCanisterResult::Ok { block_id, .. } if block_id == 5u8
         ));
 
         // Another subnet: refused in the ledger's own terms, nothing executed.
