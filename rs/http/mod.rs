@@ -680,7 +680,8 @@ pub fn decode_request(
 }
 
 /// The paths a `read_state` may ask for, as the replica's `verify_paths` allows them (a
-/// canister's: `time`, `canister/<effective id>/{controllers,module_hash,metadata/<name>}`,
+/// canister's: `time`, `canister/<effective id>/{controllers,module_hash,
+/// last_install_timestamp,metadata/<name>}`,
 /// `subnet/…`, `canister_ranges/<subnet>`, `request_status/<one request id>/…`; a subnet's:
 /// `time`, `subnet/…`, `canister_ranges/<subnet>`). Anything else: 404.
 fn verify_paths(
@@ -724,7 +725,11 @@ fn verify_paths(
                 _,
                 b"domain" | b"ipv4_address" | b"ipv6_address",
             ] => true,
-            [b"canister", id, b"controllers" | b"module_hash"] if !subnet_scope => {
+            [
+                b"canister",
+                id,
+                b"controllers" | b"module_hash" | b"last_install_timestamp",
+            ] if !subnet_scope => {
                 same_canister(id)?;
                 true
             }
@@ -784,7 +789,7 @@ fn verify_paths(
                     "Invalid path requested: /{}. A canister's read_state reads time, subnet/…, \
                      canister_ranges/<subnet>, request_status/<id>/… and \
                      canister/<the effective canister id>/{{controllers,module_hash,\
-                     metadata/<name>}}; a subnet's reads time, subnet/… and \
+                     last_install_timestamp,metadata/<name>}}; a subnet's reads time, subnet/… and \
                      canister_ranges/<subnet>",
                     shown.join("/")
                 ),
