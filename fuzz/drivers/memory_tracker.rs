@@ -163,19 +163,16 @@ pub struct Outcome {
     pub heap_delta: u64,
 }
 
-/// Runs `method` with `arg` on `state` through `engine`, keeping the changes only on success.
-pub fn execute(
-    engine: &WasmtimeEngine,
-    state: &mut ExecutionState,
-    method: &str,
-    arg: &[u8],
-) -> Outcome {
-    let controllers = BTreeSet::new();
-    let mut copy = state.clone();
-    let mut certified = Vec::new();
-    let mut ctx = ExecutionContext {
-        execution_state: &mut copy,
-        certified_data: &mut certified,
+/// The context both the install and every message run in: an anonymous caller on an
+/// anonymous running canister, the batch time 1, generous limits.
+fn context<'a>(
+    execution_state: &'a mut ExecutionState,
+    certified_data: &'a mut Vec<u8>,
+    controllers: &'a BTreeSet<Principal>,
+) -> ExecutionContext<'a> {
+    ExecutionContext {
+        execution_state,
+        certified_data,
         caller: Principal::anonymous(),
         time: 1,
         wasm_memory_limit: MAX_HEAP,
@@ -186,7 +183,7 @@ pub fn execute(
         max_reply_bytes: 2 << 20,
         canister: CanisterEnvironment {
             canister_id: Principal::anonymous(),
-            controllers: &controllers,
+            controllers,
             status: CanisterStatus::Running,
             cycles: 0,
             canister_version: 0,
@@ -194,7 +191,20 @@ pub fn execute(
         global_timer: None,
         instruction_limit: 10_000_000_000,
         instructions_executed: 0,
-    };
+    }
+}
+
+/// Runs `method` with `arg` on `state` through `engine`, keeping the changes only on success.
+pub fn execute(
+    engine: &WasmtimeEngine,
+    state: &mut ExecutionState,
+    method: &str,
+    arg: &[u8],
+) -> Outcome {
+    let controllers = BTreeSet::new();
+    let mut copy = state.clone();
+    let mut certified = Vec::new();
+    let mut ctx = context(&mut copy, &mut certified, &controllers);
     let result = engine.execute(&mut ctx, method, arg);
     let (instructions, heap_delta) = (ctx.instructions_executed, ctx.heap_delta);
     let result = match result {
@@ -223,28 +233,7 @@ pub fn installed(engine: &WasmtimeEngine) -> ExecutionState {
     };
     let controllers = BTreeSet::new();
     let mut certified = Vec::new();
-    let mut ctx = ExecutionContext {
-        execution_state: &mut state,
-        certified_data: &mut certified,
-        caller: Principal::anonymous(),
-        time: 1,
-        wasm_memory_limit: MAX_HEAP,
-        wasm64_memory_limit: MAX_HEAP,
-        stable_memory_limit: 0,
-        heap_delta: 0,
-        max_heap_delta: 1 << 30,
-        max_reply_bytes: 2 << 20,
-        canister: CanisterEnvironment {
-            canister_id: Principal::anonymous(),
-            controllers: &controllers,
-            status: CanisterStatus::Running,
-            cycles: 0,
-            canister_version: 0,
-        },
-        global_timer: None,
-        instruction_limit: 10_000_000_000,
-        instructions_executed: 0,
-    };
+    let mut ctx = context(&mut state, &mut certified, &controllers);
     engine
         .start(&mut ctx)
         .expect("the access canister installs");
