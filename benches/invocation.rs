@@ -7,10 +7,11 @@
 //! merges if they are not done, or writing them), and drop (which stops the merges still
 //! running). Target: `large` ≤ 2× `small`, medians.
 //!
-//! Printed after each group: every invocation's time, the page-file bytes its checkpoint wrote
-//! (merges included), the largest anonymous resident memory seen (`RssAnon`, sampled after the
+//! Printed after each group: the median and slowest invocation, the most merge bytes one
+//! checkpoint wrote itself (`StateManager::merge_pages_written`), the largest anonymous
+//! resident memory seen (`RssAnon`, sampled after the
 //! write and after the checkpoint) and the largest state directory seen against the live page
-//! bytes (sampled after the checkpoint, merges of the next checkpoint still running).
+//! bytes (sampled every 20 ms while the measured invocations run).
 //!
 //! Sizes: `INVOCATION_BENCH_WRITE_MIB` (default 8) and `INVOCATION_BENCH_LARGE_MIB` (default
 //! 64): the issue's are 1024 and 26624; `benches/README.md` says what was run. The default run
@@ -70,6 +71,8 @@ struct Seen {
     peak_anon: u64,
     peak_disk: u64,
     live: u64,
+    /// The most merge pages one checkpoint wrote itself (`merge_pages_written`).
+    peak_merged: u64,
 }
 
 /// A state directory with one canister whose stable memory of `size` bytes is written by
@@ -115,8 +118,8 @@ fn invocation(dir: &Path, region: u64, write: u64, size: u64, seen: &mut Seen) {
     seen.peak_anon = seen.peak_anon.max(status_bytes("RssAnon:"));
     state.round += 1;
     manager.checkpoint(&mut state).expect("checkpointed");
+    seen.peak_merged = seen.peak_merged.max(manager.merge_pages_written());
     seen.peak_anon = seen.peak_anon.max(status_bytes("RssAnon:"));
-    seen.peak_disk = seen.peak_disk.max(disk_bytes(dir));
     drop((manager, state));
     seen.times.push(start.elapsed());
 }
@@ -127,9 +130,11 @@ fn print(name: &str, size: u64, seen: &Seen) {
     let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
     let max = times.last().copied().unwrap_or(0.0);
     eprintln!(
-        "invocation/{name}: {} invocations, median {median:.3} s, max {max:.3} s; peak RssAnon \
-         {} MiB; peak state directory {} MiB for {} MiB of live pages ({:.2}x)",
+        "invocation/{name}: {} invocations, median {median:.3} s, max {max:.3} s; most merged \
+         by one checkpoint itself {} MiB; peak RssAnon {} MiB; peak state directory {} MiB for \
+         {} MiB of live pages ({:.2}x)",
         times.len(),
+        seen.peak_merged * PAGE / MIB,
         seen.peak_anon / MIB,
         seen.peak_disk / MIB,
         size / MIB,
@@ -158,16 +163,31 @@ fn main() {
             ..Seen::default()
         };
         let mut region = 0u64;
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let before = seen.times.len();
-                for _ in 0..iters {
-                    region += 1;
-                    invocation(dir.path(), region, write, size, &mut seen);
+        // The state directory's size, sampled every 20 ms while the invocations run (during
+        // their checkpoints too, when the older checkpoint is still on disk).
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let peak_disk = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak_disk
+                        .fetch_max(disk_bytes(dir.path()), std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                seen.times[before..].iter().sum()
-            })
+            });
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let before = seen.times.len();
+                    for _ in 0..iters {
+                        region += 1;
+                        invocation(dir.path(), region, write, size, &mut seen);
+                    }
+                    seen.times[before..].iter().sum()
+                })
+            });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
         });
+        seen.peak_disk = peak_disk.load(std::sync::atomic::Ordering::Relaxed);
         print(name, size, &seen);
     }
     group.finish();

@@ -1441,7 +1441,11 @@ fn merge_workload(between: Between) -> MergeRun {
                 if let Ok(entries) = std::fs::read_dir(dir.path().join("merges")) {
                     for entry in entries {
                         let path = entry.unwrap().path();
-                        written.push(path.file_name().unwrap().to_string_lossy().into());
+                        let name: String = path.file_name().unwrap().to_string_lossy().into();
+                        // Merged files, not their progress records (`merges.rs`).
+                        if name.ends_with(".pages") {
+                            written.push(name);
+                        }
                         if matches!(between, Between::LoseMerges) {
                             std::fs::remove_file(path).unwrap();
                         }
@@ -1623,4 +1627,116 @@ fn a_committed_checkpoint_lets_go_of_the_one_before_it_in_the_background() {
     let newest = checkpoint_dir(dir.path());
     drop(sm);
     assert_eq!(checkpoints(dir.path()), vec![newest]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merges across checkpoints and processes (issue 24.5)
+// ---------------------------------------------------------------------------------------------
+
+/// One command-line invocation on `dir` as `rs/cli` makes it (open, write, checkpoint, drop):
+/// pages `first..first + count` of the stable memory get `(page, round)`. Returns the merge
+/// pages its checkpoint wrote itself.
+fn invocation(dir: &Path, first: u64, count: u64) -> u64 {
+    let (mut manager, mut state) = StateManager::open(dir, 1).unwrap();
+    let round = state.round + 1;
+    let canister = state.canisters.values_mut().next().unwrap();
+    let memory = &mut canister.execution_state.as_mut().unwrap().stable_memory;
+    for page in first..first + count {
+        let mut bytes = [0u8; 4096];
+        bytes[..8].copy_from_slice(&page.to_le_bytes());
+        bytes[8..16].copy_from_slice(&round.to_le_bytes());
+        memory.write(page * 4096, &bytes).unwrap();
+    }
+    state.round = round;
+    manager.checkpoint(&mut state).unwrap();
+    manager.merge_pages_written()
+}
+
+/// A state larger than what each invocation writes, filled and then overwritten region after
+/// region by invocations that are each a new process (a new `StateManager`) whose background
+/// merges never run (held until the checkpoint, which stops them): every merge is written by
+/// the checkpoints, a bounded amount each. Each checkpoint writes at most its credit of merges
+/// (`MERGE_CREDIT_RATE` × its pages + the minimum credit), where before the one that took in a
+/// base merge wrote all of it (the state's size); the merges that span invocations continue
+/// where the last one stopped (their progress in `merges/`), every page reads back as last
+/// written, and the files per memory stay bounded.
+#[test]
+fn each_invocation_merges_at_most_its_credit_and_merges_continue_across_processes() {
+    use canister_snapshots::memory::{MAX_PAGES, Memory};
+    use canister_snapshots::replicated_state::ReplicatedState;
+    use canister_snapshots::state::{CanisterState, ExecutionState, WasmModule};
+    use canister_snapshots::state_manager::MERGE_CREDIT_RATE;
+
+    const WRITE: u64 = 8;
+    const SIZE: u64 = 26 * WRITE;
+    const MIN: u64 = 4;
+    StateManager::set_merges_at_open(true, MIN);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut manager, _) = StateManager::open(dir.path(), 1).unwrap();
+        let mut state = ReplicatedState::new(1);
+        let id = candid::Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 7, 1, 1]);
+        let mut canister = CanisterState::new(id, Default::default(), 0);
+        canister.execution_state = Some(ExecutionState {
+            wasm_module: WasmModule::new(b"\0asm\x01\0\0\0".to_vec()),
+            wasm_memory: Memory::new(),
+            stable_memory: Memory::zeroed(SIZE * 4096, MAX_PAGES * 4096).unwrap(),
+            exported_globals: vec![],
+        });
+        state.canisters.insert(id, canister);
+        state.round = 1;
+        manager.checkpoint(&mut state).unwrap();
+    }
+    let mut last = vec![0u64; SIZE as usize];
+    let (mut spanned, mut largest) = (0, 0);
+    for invocation_index in 0..3 * SIZE / WRITE {
+        let first = invocation_index * WRITE % SIZE;
+        let merged = invocation(dir.path(), first, WRITE);
+        let round = invocation_index + 2;
+        for page in first..first + WRITE {
+            last[page as usize] = round;
+        }
+        largest = largest.max(merged);
+        assert!(
+            merged <= MERGE_CREDIT_RATE * WRITE + MIN,
+            "invocation {invocation_index} merged {merged} pages for {WRITE} written"
+        );
+        let checkpoint = checkpoint_dir(dir.path());
+        spanned += usize::from(checkpoint.join("merges.bin").exists());
+        let files = page_files(&checkpoint).len();
+        assert!(files <= 2 * MAX_FILES_PER_MEMORY, "{files} page files");
+    }
+    assert!(largest > 0, "the checkpoints merged");
+    assert!(spanned > 0, "some merge spanned invocations");
+    StateManager::set_merges_at_open(
+        false,
+        canister_snapshots::state_manager::MERGE_CREDIT_MIN_PAGES,
+    );
+    let (_manager, state) = StateManager::open(dir.path(), 1).unwrap();
+    let memory = &state
+        .canisters
+        .values()
+        .next()
+        .unwrap()
+        .execution_state
+        .as_ref()
+        .unwrap()
+        .stable_memory;
+    for (page, round) in last.iter().enumerate() {
+        let mut bytes = [0u8; 16];
+        memory.read(page as u64 * 4096, &mut bytes).unwrap();
+        let expected = if *round == 0 {
+            [0u64, 0]
+        } else {
+            [page as u64, *round]
+        };
+        assert_eq!(
+            [
+                u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+                u64::from_le_bytes(bytes[8..].try_into().unwrap())
+            ],
+            expected,
+            "page {page}"
+        );
+    }
 }

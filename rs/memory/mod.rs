@@ -15,7 +15,7 @@ use ic_error_types::ErrorCode;
 pub use checksum::Hash;
 pub use page_file::{
     LayeredPages, PAGE_FILE_VERSION, PageFile, PageFileError, PageFileSummary, PageLayers,
-    write_page_file,
+    write_page_file, write_page_file_tail,
 };
 #[cfg(test)]
 pub(crate) use page_map::visits;

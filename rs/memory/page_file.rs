@@ -316,7 +316,6 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
             Ok((bytes, hash))
         })
         .collect::<std::io::Result<_>>()?;
-    let count = pages.len() as u64;
     // The leaf hashes the caller did not have are computed on a second thread while this one
     // writes the pages: a first checkpoint costs max(write, hash), not their sum.
     let leaf_hashes = |pages: &[(&[u8; PAGE_SIZE], Option<Hash>)]| -> Vec<u8> {
@@ -345,10 +344,24 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
             written.map(|()| hashes)
         })?
     };
+    write_page_file_tail(out, &hashes, &ranges)
+}
+
+/// Writes what follows the pages of a page file (module docs, "The format"): the leaf hashes
+/// `hashes` (32 bytes per page, in data order), their group and block tables, the index of
+/// `ranges` and the footer. For a file whose pages were written apart ([`write_page_file`]
+/// writes both; a merge continued across processes writes its pages over several and this
+/// last).
+pub fn write_page_file_tail<W: Write + ?Sized>(
+    out: &mut W,
+    hashes: &[u8],
+    ranges: &[(u64, u64)],
+) -> std::io::Result<PageFileSummary> {
+    let count = (hashes.len() / HASH_BYTES) as u64;
     // Neither the leaf hashes nor the group table are part of the checked tail: the group
     // table stands for the leaf hashes, and the block table for the group table.
-    out.write_all(&hashes)?;
-    let group_table = table_of(&hashes, GROUP_BYTES);
+    out.write_all(hashes)?;
+    let group_table = table_of(hashes, GROUP_BYTES);
     out.write_all(&group_table)?;
     let mut tail = table_of(&group_table, BLOCK_BYTES);
     tail.reserve(
@@ -357,7 +370,7 @@ pub fn write_page_file<'a, W: Write + ?Sized>(
             .saturating_mul(RANGE_BYTES)
             .saturating_add(FOOTER_BYTES),
     );
-    for (start, end) in &ranges {
+    for (start, end) in ranges {
         tail.extend_from_slice(&start.to_le_bytes());
         tail.extend_from_slice(&end.to_le_bytes());
     }
@@ -495,6 +508,25 @@ impl PageFile {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The distinct pages `files` hold together: the pages of their merge. O(ranges), reads
+    /// no page.
+    pub fn union_page_count(files: &[Arc<PageFile>]) -> u64 {
+        let mut ranges: Vec<(u64, u64)> = files
+            .iter()
+            .flat_map(|f| f.ranges.iter().map(|r| (r.start, r.end)))
+            .collect();
+        ranges.sort_unstable();
+        let (mut count, mut covered) = (0u64, 0u64);
+        for (start, end) in ranges {
+            let start = start.max(covered);
+            if end > start {
+                count = count.saturating_add(end.saturating_sub(start));
+                covered = end;
+            }
+        }
+        count
     }
 
     pub fn page_count(&self) -> u64 {

@@ -336,6 +336,11 @@ pub(super) fn create_new(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Opens the existing file at `path` to write at its end (a merge continued: `merges.rs`).
+pub(super) fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().append(true).open(path)
+}
+
 /// Writes some of `buf` to the end of `file`, as [`Write::write`].
 pub(super) fn write(file: &mut File, buf: &[u8]) -> io::Result<usize> {
     let n = file.write(buf)?;

@@ -11,11 +11,14 @@
 //! <state-dir>/
 //!   LOCK                                  held (flock) by the one process using the directory
 //!   tip/                                  the checkpoint being written; deleted at open
-//!   merges/                               merged page files written in the background for
-//!                                         the next checkpoint (`merges.rs`); deleted at open
+//!   merges/                               the files of pending merges and their progress,
+//!                                         continued across checkpoints and processes
+//!                                         (`merges.rs`); what no pending merge names is
+//!                                         deleted at open
 //!   checkpoints/<height: 16 hex digits>/  the last completed checkpoint
 //!     manifest.bin                        every other file's size and SHA-256, then its own
 //!     state.bin                           the state records (postcard)
+//!     merges.bin                          the merges left pending, with their credit
 //!     node.bin                            the node's own record, if it gave one
 //!                                         ([`StateManager::set_node_record`]): opaque here
 //!     pages/<height>_<n>.pages            page files (pages, leaf hashes, group table, block
@@ -29,11 +32,12 @@
 //!
 //! # Writing a checkpoint, and what a crash at each step leaves
 //!
-//! 1. `tip/` is emptied and filled: a page file per memory with the pages written since the
-//!    last checkpoint (never the others: those files are hard-linked from the last checkpoint),
-//!    on top of the merged files the last checkpoint planned (linked from `merges/`, where a
-//!    background thread wrote them; waited for if not done, written here if missing), new
-//!    modules, `state.bin`, `manifest.bin`, `unverified`. Each new file is written, `fsync`ed and made read-only; then the
+//! 1. The merge thread is stopped and every pending merge written up to the credit this
+//!    checkpoint grants it (`merges.rs`: at most a multiple of what the checkpoint writes);
+//!    then `tip/` is emptied and filled: a page file per memory with the pages written since
+//!    the last checkpoint (never the others: those files are hard-linked from the last
+//!    checkpoint), on top of the merged files due now (linked from `merges/`), new modules,
+//!    `state.bin`, `merges.bin`, `manifest.bin`, `unverified`. Each new file is written, `fsync`ed and made read-only; then the
 //!    directories are `fsync`ed. *A crash here leaves a partial `tip/`, deleted at the next
 //!    open; the last checkpoint is untouched.* A failed write (a full disk) stops here with an
 //!    error, deletes `tip/` and changes nothing in memory; except that a merge with no room is
@@ -43,12 +47,12 @@
 //! 3. `tip/` is renamed to `checkpoints/<height>` and `checkpoints/` is `fsync`ed: the atomic
 //!    commit point. *A crash before the rename keeps the old checkpoint; after it, the new one.*
 //! 4. In memory, every memory is put on its new files (its written pages leave the heap).
-//! 5. This checkpoint's merges are planned and a background thread starts. It first lets go
-//!    of the older checkpoint (its directory, the mappings of files nothing else uses, the
-//!    inputs of merges taken in: freeing a file costs tens of milliseconds per 40 MiB, kept
-//!    off the checkpoint's time), then writes the merges into `merges/`. *A crash leaves an
-//!    older checkpoint beside the new one (the newest wins at open, which then deletes the
-//!    older) and `merges/` partial (deleted at open, the same merges planned again).*
+//! 5. A background thread starts. It first lets go of the older checkpoint (its directory,
+//!    the mappings of files nothing else uses, the inputs of merges taken in: freeing a file
+//!    costs tens of milliseconds per 40 MiB, kept off the checkpoint's time), then writes the
+//!    pending merges further in `merges/` until the next checkpoint stops it. *A crash leaves
+//!    an older checkpoint beside the new one (the newest wins at open, which then deletes the
+//!    older) and `merges/` as far as its progress records say (continued from there).*
 //!
 //! Every operation that decides what a power loss keeps (creating and writing files, `fsync`
 //! of files and directories, renames, hard links, removals) goes through `disk.rs`, where a
@@ -56,7 +60,7 @@
 //!
 //! # Opening
 //!
-//! Lock, delete `tip/` and `merges/`, pick the highest checkpoint, and check it before anything
+//! Lock, delete `tip/`, pick the highest checkpoint, and check it before anything
 //! is loaded: regular files only (a symbolic link is refused, not followed), the manifest's own
 //! checksum and version, then every file against it (no file
 //! missing, none extra, each of the recorded size and SHA-256; for a page file, the SHA-256 of
@@ -65,8 +69,8 @@
 //! No page, no leaf hash and no group table is read: a block of 128 group table entries is
 //! checked against the block table and a group of 128 leaf hashes against the group table when
 //! first used, and each page against its leaf hash when first read (`rs/memory/page_file.rs`);
-//! hashing a memory uses the stored leaf hashes. Last, the checkpoint's merges are planned
-//! again and started (`merges.rs`).
+//! hashing a memory uses the stored leaf hashes. Last, the merges the checkpoint left pending
+//! are continued where `merges/` says (`merges.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -92,7 +96,8 @@ use crate::replicated_state::ReplicatedState;
 use crate::state::WasmModule;
 
 use disk::sync_dir;
-use merges::{Merges, Retired};
+pub use merges::{MERGE_CREDIT_MIN_PAGES, MERGE_CREDIT_RATE};
+use merges::{Merged, Merges, MergesRecord, PendingMerge, Retired, find_run};
 pub use records::STATE_FORMAT_VERSION;
 use records::{MemoryRecord, StateRecord, Store};
 
@@ -106,6 +111,7 @@ pub const MAX_FILES_PER_MEMORY: usize = 7;
 const MANIFEST: &str = "manifest.bin";
 const STATE: &str = "state.bin";
 const NODE: &str = "node.bin";
+const MERGES_FILE: &str = "merges.bin";
 const NODE_SECRET: &str = "node_secret";
 const UNVERIFIED: &str = "unverified";
 const PAGES: &str = "pages";
@@ -114,6 +120,33 @@ const LOCK: &str = "LOCK";
 const TIP: &str = "tip";
 const MERGES: &str = "merges";
 const CHECKPOINTS: &str = "checkpoints";
+
+/// Bytes of a page.
+const PAGE_BYTES: u64 = crate::memory::PAGE_SIZE as u64;
+
+/// Pages of the memories of `state` not yet in a checkpoint (each distinct memory once): what
+/// the next checkpoint writes in its overlays. O(memories).
+fn unsaved_pages(state: &ReplicatedState) -> u64 {
+    // Looked up by key only, never iterated.
+    let mut seen = std::collections::HashSet::new();
+    let mut memories: Vec<&Memory> = Vec::new();
+    for execution in state
+        .canisters
+        .values()
+        .filter_map(|c| c.execution_state.as_ref())
+    {
+        memories.extend([&execution.wasm_memory, &execution.stable_memory]);
+    }
+    for snapshot in state.snapshots.iter() {
+        let content = snapshot.content();
+        memories.extend([&content.wasm_memory, &content.stable_memory]);
+    }
+    memories
+        .into_iter()
+        .filter(|m| seen.insert(m.page_map().identity()))
+        .map(|m| m.resident_bytes() / PAGE_BYTES)
+        .fold(0u64, u64::saturating_add)
+}
 
 /// Why the state directory could not be opened or checkpointed. Each names the file or
 /// directory at fault and says what to do.
@@ -202,9 +235,11 @@ pub struct StateManager {
     /// of, merges) is stopped and joined while the directory is still locked, so no other
     /// owner's `open` can clear `merges/` or `checkpoints/` under it.
     merges: Merges,
-    /// The stacks of page files of the checkpoint `load` just loaded, until `open` plans their
-    /// merges.
+    /// The stacks of page files of the checkpoint `load` just loaded, and the merges it left
+    /// pending (`None` for a checkpoint without `merges.bin`: planned from the stacks), until
+    /// `open` starts them.
     loaded_stacks: BTreeMap<Vec<String>, Arc<PageLayers>>,
+    loaded_pending: Option<Vec<PendingMerge>>,
     root: PathBuf,
     _lock: File,
     current: Option<Checkpoint>,
@@ -216,6 +251,8 @@ pub struct StateManager {
     merges_left_out: Vec<MergeLeftOut>,
     /// The node's record (`node.bin`): loaded with the last checkpoint, written with the next.
     node_record: Option<Vec<u8>>,
+    /// [`Self::merge_pages_written`].
+    merge_pages_written: u64,
 }
 
 /// A merge a checkpoint left out because the disk had no room for it: the memory keeps the
@@ -315,6 +352,8 @@ struct Faults {
     early_flush: bool,
     /// Whether the background work of a checkpoint waits until the next one needs it.
     hold_merges: bool,
+    /// The merge credit every checkpoint grants besides its writes ([`MERGE_CREDIT_MIN_PAGES`]).
+    credit_min_pages: u64,
 }
 
 /// The write budget of a disk without the fault.
@@ -324,13 +363,22 @@ const UNLIMITED: u64 = u64::MAX;
 /// ([`StateManager::set_initial_write_budget`]), so that the merges `open` starts meet it too.
 static INITIAL_BUDGET: AtomicU64 = AtomicU64::new(UNLIMITED);
 
+thread_local! {
+    /// Test hook: whether the state managers this thread opens hold their background merges
+    /// from the start, and the merge credit they grant besides writes
+    /// ([`StateManager::set_merges_at_open`]).
+    static MERGES_AT_OPEN: std::cell::Cell<(bool, u64)> =
+        const { std::cell::Cell::new((false, MERGE_CREDIT_MIN_PAGES)) };
+}
+
 impl Default for Faults {
     fn default() -> Faults {
         Faults {
             // A plain value read once: `Relaxed`.
             budget: Arc::new(AtomicU64::new(INITIAL_BUDGET.load(Ordering::Relaxed))),
             early_flush: false,
-            hold_merges: false,
+            hold_merges: MERGES_AT_OPEN.with(|m| m.get().0),
+            credit_min_pages: MERGES_AT_OPEN.with(|m| m.get().1),
         }
     }
 }
@@ -675,12 +723,9 @@ impl StateManager {
             disk::remove_dir_all(&tip)
                 .map_err(|e| io_dir(root, "cannot remove an unfinished checkpoint (tip/)", e))?;
         }
-        // Merges a crash left unfinished (planned again once a checkpoint is loaded).
+        // `merges/` stays: once a checkpoint is loaded, the files of the merges it left pending
+        // are continued and the rest removed (`merges.rs`); without one, all of it goes.
         let merges = root.join(MERGES);
-        if merges.exists() {
-            disk::remove_dir_all(&merges)
-                .map_err(|e| io_dir(root, "cannot remove unfinished merges (merges/)", e))?;
-        }
         let checkpoints = root.join(CHECKPOINTS);
         if !checkpoints.is_dir() {
             // A power loss must not lose the name that every checkpoint is reached by.
@@ -691,6 +736,7 @@ impl StateManager {
         let mut manager = StateManager {
             merges: Merges::none(root),
             loaded_stacks: BTreeMap::new(),
+            loaded_pending: None,
             root: root.to_path_buf(),
             _lock: lock,
             current: None,
@@ -698,22 +744,29 @@ impl StateManager {
             faults: Faults::default(),
             merges_left_out: Vec::new(),
             node_record: None,
+            merge_pages_written: 0,
         };
         let Some(height) = manager.last_checkpoint_height()? else {
+            if merges.exists() {
+                disk::remove_dir_all(&merges)
+                    .map_err(|e| io_dir(root, "cannot remove unfinished merges (merges/)", e))?;
+            }
             return Ok((manager, ReplicatedState::new(max_snapshots_per_canister)));
         };
         let state = manager.load(height, max_snapshots_per_canister)?;
         manager.remove_checkpoints_below(height);
         // Last, so that its writes slow nothing `open` does: the merges the loaded checkpoint
-        // planned when it was written, planned again.
+        // left pending, continued where `merges/` says they are.
         let stacks = std::mem::take(&mut manager.loaded_stacks);
-        manager.merges = Merges::start(
-            &manager.root,
-            height,
-            &stacks,
-            Retired::none(),
-            manager.faults.clone(),
-        );
+        let pending = manager
+            .loaded_pending
+            .take()
+            .unwrap_or_else(|| merges::plan(height, &stacks, &[]));
+        manager.merges = Merges::resume(&manager.root, &pending);
+        let faults = manager.faults.clone();
+        manager
+            .merges
+            .start(pending, &manager.mapped, Retired::none(), faults);
         Ok((manager, state))
     }
 
@@ -792,6 +845,24 @@ impl StateManager {
     pub fn set_initial_write_budget(bytes: Option<u64>) {
         let bytes = bytes.map_or(UNLIMITED, |b| b.min(UNLIMITED - 1));
         INITIAL_BUDGET.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Test hook for this thread: the state managers it opens from now on hold their
+    /// background merges from the start (`hold`: until each checkpoint, which stops them, so
+    /// every merge is written by the checkpoints themselves, across processes as a command
+    /// line's invocations) and grant `credit_min_pages` of merging per checkpoint besides
+    /// their writes instead of [`MERGE_CREDIT_MIN_PAGES`].
+    #[doc(hidden)]
+    pub fn set_merges_at_open(hold: bool, credit_min_pages: u64) {
+        MERGES_AT_OPEN.with(|m| m.set((hold, credit_min_pages)));
+    }
+
+    /// Pages of merged files the last checkpoint wrote itself (what the background thread had
+    /// not): at most [`MERGE_CREDIT_RATE`] × the pages it wrote + [`MERGE_CREDIT_MIN_PAGES`],
+    /// plus a merge of overlays on a stack that would otherwise pass
+    /// [`MAX_FILES_PER_MEMORY`] files (`spec/durability.md`).
+    pub fn merge_pages_written(&self) -> u64 {
+        self.merge_pages_written
     }
 
     /// Test hook: whether the early flushes of the page files the following checkpoints write
@@ -954,6 +1025,13 @@ impl StateManager {
         } else {
             None
         };
+        self.loaded_pending = if manifest.files.contains_key(MERGES_FILE) {
+            let bytes = fs::read(dir.join(MERGES_FILE))
+                .map_err(|e| corrupt(MERGES_FILE, format!("cannot be read: {e}")))?;
+            Some(MergesRecord::decode(&bytes, &dir, &dir.join(MERGES_FILE))?)
+        } else {
+            None
+        };
         self.mapped = loader.mapped;
         self.loaded_stacks = loader.layers;
         self.current = Some(Checkpoint {
@@ -978,18 +1056,27 @@ impl StateManager {
         if self.checkpoint_height() == Some(height) {
             return Ok(());
         }
-        // The merges planned at the last checkpoint are part of this one.
-        self.merges.finish();
+        // The thread stops where it is: this checkpoint writes no more of the pending merges
+        // than its credit (`merges.rs`).
+        self.merges.stop();
+        let credited = merges::credited(
+            self.merges.pending(),
+            unsaved_pages(state),
+            self.faults.credit_min_pages,
+        );
+        self.merges.pages_written_here = 0;
         let tip = self.root.join(TIP);
-        let mut result = self.write_tip(state, height, &tip, true);
+        let mut result = self.write_tip(state, height, &tip, true, &credited);
         // Merges are an optimisation: a checkpoint that has no room with the merges it wrote
-        // itself is written again without them (the files it linked cost no room).
+        // itself is written again without them (their files removed; those complete before
+        // cost no room).
         if let Err(failed) = &result
             && failed.wrote_merges
             && failed.error.is_no_room()
         {
             self.remove_tip(&tip);
-            result = self.write_tip(state, height, &tip, false);
+            self.merges.discard_written_here(&self.faults);
+            result = self.write_tip(state, height, &tip, false, &credited);
         }
         let (plan, new_files) = match result {
             Ok(done) => done,
@@ -1015,9 +1102,11 @@ impl StateManager {
         let Plan {
             memories,
             mapped,
-            stacks,
             left_out,
+            pending,
+            merge_pages,
         } = plan;
+        self.merge_pages_written = merge_pages.saturating_add(self.merges.pages_written_here);
         self.merges_left_out = left_out;
         let previous = self.current.replace(Checkpoint {
             height,
@@ -1025,14 +1114,14 @@ impl StateManager {
             files: new_files,
         });
         let mapped = std::mem::replace(&mut self.mapped, mapped);
-        let merges = std::mem::replace(&mut self.merges, Merges::none(&self.root));
-        // The older checkpoint, what mapped its files and the merges' inputs go on the
-        // background thread, off this checkpoint's time.
+        // The older checkpoint and what mapped its files go on the background thread, off
+        // this checkpoint's time.
         let retired = Retired {
             dir: previous.map(|p| p.dir),
-            held: Box::new((memories, mapped, merges)),
+            held: Box::new((memories, mapped)),
         };
-        self.merges = Merges::start(&self.root, height, &stacks, retired, self.faults.clone());
+        let faults = self.faults.clone();
+        self.merges.start(pending, &self.mapped, retired, faults);
         Ok(())
     }
 
@@ -1070,7 +1159,7 @@ impl StateManager {
 
     /// Whether the last checkpoint's background work (see [`Self::finish_merges`]) still runs.
     pub fn merges_pending(&self) -> bool {
-        self.merges.pending()
+        self.merges.pending_work()
     }
 
     /// Step 1 and 2 of the module docs: fills `tip/` and maps the new page files. Merges the
@@ -1081,13 +1170,21 @@ impl StateManager {
         height: u64,
         tip: &Path,
         write_merges: bool,
+        credited: &[PendingMerge],
     ) -> Result<(Plan, BTreeMap<String, FileEntry>), TipFailed> {
         let mut wrote_merges = false;
-        self.fill_tip(state, height, tip, write_merges, &mut wrote_merges)
-            .map_err(|error| TipFailed {
-                error,
-                wrote_merges,
-            })
+        self.fill_tip(
+            state,
+            height,
+            tip,
+            write_merges,
+            credited,
+            &mut wrote_merges,
+        )
+        .map_err(|error| TipFailed {
+            error,
+            wrote_merges,
+        })
     }
 
     fn fill_tip(
@@ -1096,6 +1193,7 @@ impl StateManager {
         height: u64,
         tip: &Path,
         write_merges: bool,
+        credited: &[PendingMerge],
         wrote_merges: &mut bool,
     ) -> Result<(Plan, BTreeMap<String, FileEntry>), StateManagerError> {
         let write_err = |file: &Path, source| StateManagerError::Write {
@@ -1103,6 +1201,29 @@ impl StateManager {
             file: file.to_path_buf(),
             source,
         };
+        // The pending merges, each written up to its credit (a due one to the end) unless the
+        // background thread did; a due merge that has no room is left out, one that is not due
+        // just waits.
+        let mut due: Vec<(PendingMerge, Option<Merged>)> = Vec::new();
+        let mut waiting: Vec<Vec<String>> = Vec::new();
+        for merge in credited {
+            let merged = if write_merges {
+                let advanced = self.merges.advance_to_credit(merge, &self.faults);
+                *wrote_merges |= self.merges.wrote_here();
+                match advanced {
+                    Ok(merged) => merged,
+                    Err(e) if no_room(&e) || !merge.due() => None,
+                    Err(e) => return Err(write_err(&self.merges.path(&merge.name), e)),
+                }
+            } else {
+                self.merges.merged(&merge.name)
+            };
+            if merge.due() {
+                due.push((merge.clone(), merged));
+            } else {
+                waiting.push(merge.inputs.clone());
+            }
+        }
         if tip.exists() {
             disk::remove_dir_all(tip).map_err(|e| write_err(tip, e))?;
         }
@@ -1115,6 +1236,8 @@ impl StateManager {
             previous: self.current.as_ref(),
             mapped: &self.mapped,
             merges: &self.merges,
+            due: &due,
+            waiting: &waiting,
             faults: &mut self.faults,
             files: BTreeMap::new(),
             memories: HashMap::new(),
@@ -1125,9 +1248,10 @@ impl StateManager {
             write_merges,
             merges_written: false,
             left_out: BTreeMap::new(),
+            merge_pages: 0,
         };
         let record = StateRecord::from_state(state, &mut writer);
-        *wrote_merges = writer.merges_written;
+        *wrote_merges |= writer.merges_written;
         if let Some(err) = writer.error.take() {
             return Err(err);
         }
@@ -1143,6 +1267,30 @@ impl StateManager {
         let entry = write_file(&path, writer.faults, |w| w.write_all(&bytes))
             .map_err(|e| write_err(&path, e))?;
         writer.files.insert(STATE.to_string(), entry);
+        // What stays pending (merges not due whose files some stack still holds in a row) and
+        // what this checkpoint's stacks plan.
+        let still: Vec<PendingMerge> = credited
+            .iter()
+            .filter(|m| {
+                !m.due()
+                    && writer
+                        .layers
+                        .keys()
+                        .any(|n| find_run(n, &m.inputs).is_some())
+            })
+            .cloned()
+            .collect();
+        let planned = merges::plan(height, &writer.layers, &still);
+        let mut pending = still;
+        pending.extend(planned);
+        if !pending.is_empty() {
+            let bytes = MergesRecord::encode(&pending)
+                .map_err(|e| write_err(tip, std::io::Error::other(e)))?;
+            let path = tip.join(MERGES_FILE);
+            let entry = write_file(&path, writer.faults, |w| w.write_all(&bytes))
+                .map_err(|e| write_err(&path, e))?;
+            writer.files.insert(MERGES_FILE.to_string(), entry);
+        }
         if let Some(node) = &self.node_record {
             let path = tip.join(NODE);
             let entry = write_file(&path, writer.faults, |w| w.write_all(node))
@@ -1167,7 +1315,8 @@ impl StateManager {
         let plan = Plan {
             memories: writer.memories,
             mapped: writer.new_mapped,
-            stacks: writer.layers,
+            pending,
+            merge_pages: writer.merge_pages,
             left_out: writer
                 .left_out
                 .into_iter()
@@ -1195,9 +1344,10 @@ struct Plan {
     left_out: Vec<MergeLeftOut>,
     memories: Memories,
     mapped: BTreeMap<String, Arc<PageFile>>,
-    /// Every stack of page files of the checkpoint, by the files' names: what the merges for
-    /// the next checkpoint are planned from.
-    stacks: BTreeMap<Vec<String>, Arc<PageLayers>>,
+    /// The merges the checkpoint leaves pending (its `merges.bin`).
+    pending: Vec<PendingMerge>,
+    /// Pages of the merges of overlays it wrote into `tip/` (a stack past the bound).
+    merge_pages: u64,
 }
 
 impl Plan {
@@ -1241,8 +1391,12 @@ struct Writer<'a> {
     tip: &'a Path,
     previous: Option<&'a Checkpoint>,
     mapped: &'a BTreeMap<String, Arc<PageFile>>,
-    /// The merges planned at the last checkpoint, finished.
+    /// The pending merges and their files.
     merges: &'a Merges,
+    /// The merges due at this checkpoint, with their files (`None`: left out for want of room).
+    due: &'a [(PendingMerge, Option<Merged>)],
+    /// The inputs of the pending merges not due: no other merge cuts into them.
+    waiting: &'a [Vec<String>],
     faults: &'a mut Faults,
     files: BTreeMap<String, FileEntry>,
     memories: Memories,
@@ -1257,6 +1411,8 @@ struct Writer<'a> {
     merges_written: bool,
     /// Merged file name → page bytes of its inputs, for each merge left out for want of room.
     left_out: BTreeMap<String, u64>,
+    /// Pages of the merges written into `tip/`.
+    merge_pages: u64,
 }
 
 impl Writer<'_> {
@@ -1313,10 +1469,7 @@ impl Writer<'_> {
         }
         let page_bytes = files
             .iter()
-            .map(|f| {
-                f.page_count()
-                    .saturating_mul(crate::memory::PAGE_SIZE as u64)
-            })
+            .map(|f| f.page_count().saturating_mul(PAGE_BYTES))
             .fold(0u64, u64::saturating_add);
         if !self.write_merges {
             self.left_out.insert(name, page_bytes);
@@ -1326,7 +1479,11 @@ impl Writer<'_> {
         let pages = PageLayers::pages_of(files).map_err(|e| e.to_string())?;
         let pages = pages.map(|(i, bytes, hash)| (i, bytes, Some(hash)));
         match self.write_page_file(&name, pages) {
-            Ok(entry) => self.map_page_file(name, entry).map(Some),
+            Ok(entry) => {
+                let mapped = self.map_page_file(name, entry)?;
+                self.merge_pages = self.merge_pages.saturating_add(mapped.1.page_count());
+                Ok(Some(mapped))
+            }
             Err((_, e)) if no_room(&e) => {
                 // The partial file is already removed (`write_new_file`).
                 self.left_out.insert(name, page_bytes);
@@ -1336,23 +1493,35 @@ impl Writer<'_> {
         }
     }
 
-    /// The merged file `name` planned at the last checkpoint: linked from `merges/` if the
-    /// background thread wrote it, else written here under the same name (so the checkpoint's
-    /// files never depend on the thread's timing or fate), or left out if there is no room for
-    /// it (`spec/durability.md`, "A full disk").
-    fn planned_merge(&mut self, name: &str) -> Result<Option<(String, Arc<PageFile>)>, String> {
-        let merges = self.merges;
-        let rel = format!("{PAGES}/{name}");
+    /// The merge `merge`, due at this checkpoint, linked from `merges/` (its file complete:
+    /// written by the thread or by this checkpoint), or `None` if it is left out for want of
+    /// room (`spec/durability.md`, "A full disk").
+    fn due_merge(
+        &mut self,
+        merge: &PendingMerge,
+        merged: Option<&Merged>,
+    ) -> Result<Option<(String, Arc<PageFile>)>, String> {
+        let name = &merge.name;
         if let Some(file) = self.new_mapped.get(name) {
-            return Ok(Some((name.to_string(), file.clone())));
+            return Ok(Some((name.clone(), file.clone())));
         }
-        if let Some((merged, path)) = merges.written(name)
-            && disk::hard_link(&path, &self.tip.join(&rel)).is_ok()
-        {
-            self.files.insert(rel, merged.entry.clone());
-            return Ok(Some((name.to_string(), merged.file.clone())));
+        let Some(merged) = merged else {
+            let page_bytes = self
+                .merges
+                .inputs(name)
+                .iter()
+                .map(|f| f.page_count().saturating_mul(PAGE_BYTES))
+                .fold(0u64, u64::saturating_add);
+            self.left_out.insert(name.clone(), page_bytes);
+            return Ok(None);
+        };
+        let rel = format!("{PAGES}/{name}");
+        let target = self.tip.join(&rel);
+        if let Err(e) = disk::hard_link(&self.merges.path(name), &target) {
+            return Err(self.fail(&target, e));
         }
-        self.merge_file(name.to_string(), merges.inputs(name))
+        self.files.insert(rel, merged.entry.clone());
+        Ok(Some((name.clone(), merged.file.clone())))
     }
 
     /// Writes a new page file `name` of `pages` into `tip/pages/`: its entry, or its path and
@@ -1430,14 +1599,18 @@ impl Store for Writer<'_> {
                             .collect()
                     })
                     .unwrap_or_default();
-                // The merge planned for these files at the last checkpoint, under its files
-                // written since.
-                let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
-                if let Some((from, name)) = self.merges.planned(&names)
-                    && let Some(merged) = self.planned_merge(name)?
-                {
-                    files.truncate(from);
-                    files.push(merged);
+                // The merges due at this checkpoint, each in place of its files (under the files
+                // written since it was planned).
+                for (merge, merged) in self.due {
+                    let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+                    if let Some(at) = find_run(&names, &merge.inputs)
+                        && let Some(merged) = self.due_merge(merge, merged.as_ref())?
+                    {
+                        let above = files.split_off(at.saturating_add(merge.inputs.len()));
+                        files.truncate(at);
+                        files.push(merged);
+                        files.extend(above);
+                    }
                 }
                 if pages.heap_iter().next().is_some() {
                     // Leaf hashes the tree has cached are stored as they are.
@@ -1452,8 +1625,24 @@ impl Store for Writer<'_> {
                 // plans leave room for one overlay) or the planned one was left out for want
                 // of room, merge the newest down to the bound here (if there is room: else the
                 // stack stays longer until a later checkpoint merges it).
-                if files.len() > MAX_FILES_PER_MEMORY {
-                    let from = MAX_FILES_PER_MEMORY.saturating_sub(1);
+                // Counting each merge still pending as the one file it becomes, and never into
+                // its files.
+                let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+                let (mut floor, mut pending_extra) = (0, 0usize);
+                for inputs in self.waiting {
+                    if let Some(at) = find_run(&names, inputs) {
+                        floor = floor.max(at.saturating_add(inputs.len()));
+                        pending_extra =
+                            pending_extra.saturating_add(inputs.len().saturating_sub(1));
+                    }
+                }
+                let effective = files.len().saturating_sub(pending_extra);
+                let excess = effective.saturating_sub(MAX_FILES_PER_MEMORY);
+                let from = files
+                    .len()
+                    .saturating_sub(excess.saturating_add(1))
+                    .max(floor);
+                if excess > 0 && files.len() >= from.saturating_add(2) {
                     let merging: Vec<Arc<PageFile>> =
                         files.iter().skip(from).map(|(_, f)| f.clone()).collect();
                     let name = format!("{:016x}_{:04x}.pages", self.height, self.next_file);
