@@ -18,6 +18,7 @@
 //!   operation, expected, actual); proptest prints the shrunk sequence as `minimal failing
 //!   input` and persists the case in `tests/core_model.regressions`, replayed first by later
 //!   runs.
+#![cfg(feature = "proptest")] // also `required-features`; `.ci/run` finds the feature's tests by this
 
 mod common;
 
