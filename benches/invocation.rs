@@ -1,11 +1,12 @@
 //! One command-line invocation on a state larger than the write (issue 24.5): what a
 //! `canister call` that writes `W` bytes costs when the state holds `W` bytes, against the same
 //! write into a state of `L` bytes. Each iteration is what an invocation of the command line
-//! does with the state directory (`rs/cli/canister.rs`): open it (load the last checkpoint, plan
-//! its merges again and start them in the background), write `W` bytes of stable memory (one
-//! region of the state, the next one at each invocation), checkpoint (waiting for the planned
-//! merges if they are not done, or writing them), and drop (which stops the merges still
-//! running). Target: `large` ≤ 2× `small`, medians.
+//! does with the state directory (`rs/cli/canister.rs`): open it (load the last checkpoint, read
+//! its pending merges and their progress, and continue them in the background), write `W` bytes
+//! of stable memory (one region of the state, the next one at each invocation), checkpoint
+//! (stopping the merges and writing each up to its grant, at most `4W + 64 MiB` in all;
+//! `spec/durability.md`, "Merges across checkpoints"), and drop. Target: `large` ≤ 2× `small`,
+//! medians.
 //!
 //! Printed after each group: the median and slowest invocation, the most merge bytes one
 //! checkpoint wrote itself (`StateManager::merge_pages_written`), the largest anonymous
