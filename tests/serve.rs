@@ -954,7 +954,8 @@ fn a_snapshot_moves_through_http_in_full_slices_with_the_ics_types() {
         let uploaded = candid::decode_one::<UploadCanisterSnapshotMetadataResult>(&reply)
             .unwrap()
             .snapshot_id;
-        let regions: [(&[u8], fn(u64) -> SnapshotDataOffset); 2] = [
+        type Region<'a> = (&'a [u8], fn(u64) -> SnapshotDataOffset);
+        let regions: [Region<'_>; 2] = [
             (&module, |offset| SnapshotDataOffset::WasmModule { offset }),
             (&memory, |offset| SnapshotDataOffset::WasmMemory { offset }),
         ];

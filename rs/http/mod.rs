@@ -944,6 +944,8 @@ const CREATE_METHODS: &[&str] = &["provisional_create_canister_with_cycles", "cr
 const TARGET_DECODING_QUOTA: usize = 1_000_000;
 /// What Candid charges the decoding quota per unit of skipping (each skipped byte of a blob).
 const CANDID_SKIPPED_BYTE_COST: usize = 50;
+/// Characters of a Candid decoding error quoted back to the client.
+const MAX_CANDID_ERROR_CHARS: usize = 1_000;
 
 /// The effective canister id rule: a message to a canister names it; a message to the
 /// management canister names the canister its argument's `canister_id` field names (any id
@@ -981,9 +983,15 @@ fn check_effective_id(
     let target = candid::utils::decode_args_with_config::<(Target,)>(arg, &config)
         .map(|(target,)| target.canister_id)
         .map_err(|e| {
+            // Candid's message ends with the whole input in hex: up to 8 MB for a 4 MB body.
+            let mut reason = e.to_string();
+            if let Some((cut, _)) = reason.char_indices().nth(MAX_CANDID_ERROR_CHARS) {
+                reason.truncate(cut);
+                reason.push('…');
+            }
             format!(
                 "a call to the management canister's {method:.100} must have an argument with \
-                 a canister_id field (the effective canister id): {e}"
+                 a canister_id field (the effective canister id): {reason}"
             )
         })?;
     if target != effective_id {
@@ -1277,5 +1285,17 @@ mod tests {
             let refused = check_effective_id(other, management, method, &arg).unwrap_err();
             assert!(refused.contains("is not the canister_id"), "{refused}");
         }
+        // An argument without a canister_id: refused with a message of bounded size (Candid's
+        // error quotes the whole input).
+        let chunk = serde_bytes::ByteBuf::from(vec![0xA5; 2_000_000]);
+        let refused = check_effective_id(
+            canister,
+            management,
+            method,
+            &candid::encode_one(chunk).unwrap(),
+        )
+        .unwrap_err();
+        assert!(refused.contains("canister_id field"), "{refused:.300}");
+        assert!(refused.len() < 2_000, "{} bytes", refused.len());
     }
 }
