@@ -154,12 +154,13 @@ async fn write_heap(agent: &Agent, canister_id: Principal, data: &[u8]) {
         .unwrap();
 }
 
-/// A query, its node signature verified by the agent (on by default, as icp leaves it).
+/// The test canister's `read_heap`, an update method (the test canister exports no query):
+/// its certified reply.
 async fn read_heap(agent: &Agent, canister_id: Principal, len: u64) -> Vec<u8> {
     let reply = agent
-        .query(&canister_id, "read_heap")
+        .update(&canister_id, "read_heap")
         .with_arg(Encode!(&0u64, &len).unwrap())
-        .call()
+        .call_and_wait()
         .await
         .unwrap();
     candid::decode_one::<serde_bytes::ByteBuf>(&reply)
@@ -757,6 +758,31 @@ fn metadata_sections_are_certified_and_private_ones_readable_by_controllers_only
             candid::decode_one::<candid::Nat>(&reply).unwrap(),
             candid::Nat::from(1u8)
         );
+        // A query, its node signature verified by the agent (on by default, as icp leaves it).
+        let count = || async {
+            let reply = stranger
+                .query(&canister_id, "read")
+                .with_arg(Encode!().unwrap())
+                .call()
+                .await
+                .unwrap();
+            candid::decode_one::<candid::Nat>(&reply).unwrap()
+        };
+        assert_eq!(count().await, candid::Nat::from(1u8));
+        // An update method sent as a query is refused as the IC refuses it; it does not run
+        // (its change would be dropped while the client was told it happened).
+        let err = stranger
+            .query(&canister_id, "inc")
+            .with_arg(Encode!().unwrap())
+            .call()
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("IC0536") && message.contains("has no query method 'inc'"),
+            "{message}"
+        );
+        assert_eq!(count().await, candid::Nat::from(1u8));
     });
 }
 
@@ -801,5 +827,185 @@ fn provisional_top_up_adds_cycles() {
         // Storage charges between the two reads take a little.
         assert!(after.clone() > before.clone() + candid::Nat::from(amount - 1_000_000_000_000));
         assert!(after <= before + candid::Nat::from(amount));
+    });
+}
+
+/// A snapshot downloaded and uploaded back through HTTP in full 2 MB slices, every argument
+/// encoded and every reply decoded with the IC's Rust types (`ic-management-canister-types`,
+/// as icp-cli and ic-agent use them). Each `upload_canister_snapshot_data` argument carries a
+/// 2 MB chunk, which the effective canister id check has to read past (icp 1.5.0's upload was
+/// refused there: "Decoding cost exceeds the limit").
+#[test]
+fn a_snapshot_moves_through_http_in_full_slices_with_the_ics_types() {
+    use ic_management_canister_types::{
+        ReadCanisterSnapshotDataArgs, ReadCanisterSnapshotDataResult,
+        ReadCanisterSnapshotMetadataArgs, ReadCanisterSnapshotMetadataResult, SnapshotDataKind,
+        SnapshotDataOffset, UploadCanisterSnapshotDataArgs, UploadCanisterSnapshotMetadataArgs,
+        UploadCanisterSnapshotMetadataResult,
+    };
+    const SLICE: u64 = 2_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path());
+    runtime().block_on(async {
+        let agent = serve.agent(identity(51));
+        let canister_id = create_canister(&agent).await;
+        install(&agent, canister_id).await;
+        let heap = |method: &'static str, arg: Vec<u8>| {
+            let agent = &agent;
+            async move {
+                agent
+                    .update(&canister_id, method)
+                    .with_arg(arg)
+                    .call_and_wait()
+                    .await
+                    .unwrap()
+            }
+        };
+        heap("fill_heap", Encode!(&0u64, &5_000_000u64, &0x5Au8).unwrap()).await;
+        let marker = serde_bytes::ByteBuf::from(b"marker".to_vec());
+        heap("write_heap", Encode!(&4_100_000u64, &marker).unwrap()).await;
+        let take = TakeCanisterSnapshotArgs {
+            canister_id,
+            replace_snapshot: None,
+            uninstall_code: None,
+            sender_canister_version: None,
+        };
+        let reply = management(
+            &agent,
+            canister_id,
+            "take_canister_snapshot",
+            Encode!(&take).unwrap(),
+        )
+        .await
+        .unwrap();
+        let snapshot_id = candid::decode_one::<Snapshot>(&reply).unwrap().id;
+
+        let read = ReadCanisterSnapshotMetadataArgs {
+            canister_id,
+            snapshot_id: snapshot_id.clone(),
+        };
+        let reply = management(
+            &agent,
+            canister_id,
+            "read_canister_snapshot_metadata",
+            Encode!(&read).unwrap(),
+        )
+        .await
+        .unwrap();
+        let metadata = candid::decode_one::<ReadCanisterSnapshotMetadataResult>(&reply).unwrap();
+        let read_region = |size: u64, kind: fn(u64, u64) -> SnapshotDataKind| {
+            let agent = &agent;
+            let snapshot_id = snapshot_id.clone();
+            async move {
+                let mut bytes = Vec::new();
+                for offset in (0..size).step_by(SLICE as usize) {
+                    let args = ReadCanisterSnapshotDataArgs {
+                        canister_id,
+                        snapshot_id: snapshot_id.clone(),
+                        kind: kind(offset, SLICE.min(size - offset)),
+                    };
+                    let reply = management(
+                        agent,
+                        canister_id,
+                        "read_canister_snapshot_data",
+                        Encode!(&args).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                    let chunk = candid::decode_one::<ReadCanisterSnapshotDataResult>(&reply)
+                        .unwrap()
+                        .chunk;
+                    bytes.extend_from_slice(&chunk);
+                }
+                bytes
+            }
+        };
+        let module = read_region(metadata.wasm_module_size, |offset, size| {
+            SnapshotDataKind::WasmModule { offset, size }
+        })
+        .await;
+        assert_eq!(module, TEST_CANISTER_WASM);
+        let memory = read_region(metadata.wasm_memory_size, |offset, size| {
+            SnapshotDataKind::WasmMemory { offset, size }
+        })
+        .await;
+        assert!(memory.len() >= 5_000_000, "{}", memory.len());
+        assert_eq!(&memory[4_100_000..4_100_006], b"marker");
+
+        let upload = UploadCanisterSnapshotMetadataArgs {
+            canister_id,
+            replace_snapshot: None,
+            wasm_module_size: metadata.wasm_module_size,
+            globals: metadata.globals.iter().flatten().cloned().collect(),
+            wasm_memory_size: metadata.wasm_memory_size,
+            stable_memory_size: metadata.stable_memory_size,
+            certified_data: metadata.certified_data.clone(),
+            global_timer: metadata.global_timer.clone(),
+            on_low_wasm_memory_hook_status: metadata.on_low_wasm_memory_hook_status.clone(),
+        };
+        let reply = management(
+            &agent,
+            canister_id,
+            "upload_canister_snapshot_metadata",
+            Encode!(&upload).unwrap(),
+        )
+        .await
+        .unwrap();
+        let uploaded = candid::decode_one::<UploadCanisterSnapshotMetadataResult>(&reply)
+            .unwrap()
+            .snapshot_id;
+        type Region<'a> = (&'a [u8], fn(u64) -> SnapshotDataOffset);
+        let regions: [Region<'_>; 2] = [
+            (&module, |offset| SnapshotDataOffset::WasmModule { offset }),
+            (&memory, |offset| SnapshotDataOffset::WasmMemory { offset }),
+        ];
+        for (bytes, kind) in regions {
+            for (i, chunk) in bytes.chunks(SLICE as usize).enumerate() {
+                let args = UploadCanisterSnapshotDataArgs {
+                    canister_id,
+                    snapshot_id: uploaded.clone(),
+                    kind: kind(i as u64 * SLICE),
+                    chunk: chunk.to_vec(),
+                };
+                management(
+                    &agent,
+                    canister_id,
+                    "upload_canister_snapshot_data",
+                    Encode!(&args).unwrap(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("slice {i} of {} bytes: {e}", chunk.len()));
+            }
+        }
+
+        heap(
+            "write_heap",
+            Encode!(
+                &4_100_000u64,
+                &serde_bytes::ByteBuf::from(b"later!".to_vec())
+            )
+            .unwrap(),
+        )
+        .await;
+        let load = LoadCanisterSnapshotArgs {
+            canister_id,
+            snapshot_id: uploaded,
+            sender_canister_version: None,
+        };
+        management(
+            &agent,
+            canister_id,
+            "load_canister_snapshot",
+            Encode!(&load).unwrap(),
+        )
+        .await
+        .unwrap();
+        let reply = heap("read_heap", Encode!(&4_099_998u64, &10u64).unwrap()).await;
+        assert_eq!(
+            candid::decode_one::<serde_bytes::ByteBuf>(&reply)
+                .unwrap()
+                .as_slice(),
+            b"\x5a\x5amarker\x5a\x5a"
+        );
     });
 }

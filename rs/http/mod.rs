@@ -939,6 +939,14 @@ async fn ask<T>(
 /// the canister they act on).
 const CREATE_METHODS: &[&str] = &["provisional_create_canister_with_cycles", "create_canister"];
 
+/// Decoding quota for the `canister_id` of a management call's argument, before what skipping
+/// its other fields costs.
+const TARGET_DECODING_QUOTA: usize = 1_000_000;
+/// What Candid charges the decoding quota per unit of skipping (each skipped byte of a blob).
+const CANDID_SKIPPED_BYTE_COST: usize = 50;
+/// Characters of a Candid decoding error quoted back to the client.
+const MAX_CANDID_ERROR_CHARS: usize = 1_000;
+
 /// The effective canister id rule: a message to a canister names it; a message to the
 /// management canister names the canister its argument's `canister_id` field names (any id
 /// for the methods that create one).
@@ -964,15 +972,26 @@ fn check_effective_id(
     struct Target {
         canister_id: Principal,
     }
+    // Only `canister_id` is decoded; Candid skips the other fields, at 50 units of decoding
+    // quota per skipped byte (a 2 MB `upload_canister_snapshot_data` chunk: 100 million). The
+    // quotas follow the argument's size, which the body limit bounds: every argument a client
+    // may send is checked, and the work stays linear in its size.
+    let skipping_quota = TARGET_DECODING_QUOTA.saturating_add(arg.len());
     let mut config = candid::DecoderConfig::new();
-    config.set_decoding_quota(1_000_000);
-    config.set_skipping_quota(1_000_000);
+    config.set_decoding_quota(skipping_quota.saturating_mul(CANDID_SKIPPED_BYTE_COST));
+    config.set_skipping_quota(skipping_quota);
     let target = candid::utils::decode_args_with_config::<(Target,)>(arg, &config)
         .map(|(target,)| target.canister_id)
         .map_err(|e| {
+            // Candid's message ends with the whole input in hex: up to 8 MB for a 4 MB body.
+            let mut reason = e.to_string();
+            if let Some((cut, _)) = reason.char_indices().nth(MAX_CANDID_ERROR_CHARS) {
+                reason.truncate(cut);
+                reason.push('…');
+            }
             format!(
                 "a call to the management canister's {method:.100} must have an argument with \
-                 a canister_id field (the effective canister id): {e}"
+                 a canister_id field (the effective canister id): {reason}"
             )
         })?;
     if target != effective_id {
@@ -1230,5 +1249,53 @@ mod tests {
                 StatusCode::BAD_REQUEST
             );
         }
+    }
+
+    /// The effective canister id is read from arguments as large as a client sends, encoded
+    /// with the IC's Rust types as icp and ic-agent encode them: an
+    /// `upload_canister_snapshot_data` with a full 2 MB chunk (icp 1.5.0's first upload call
+    /// was refused here, "Decoding cost exceeds the limit", while skipping the chunk).
+    #[test]
+    fn the_effective_id_is_read_past_a_full_upload_chunk() {
+        use ic_management_canister_types::{SnapshotDataOffset, UploadCanisterSnapshotDataArgs};
+        let canister = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
+        let other = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 2, 1, 1]);
+        let upload = |kind| {
+            candid::encode_one(UploadCanisterSnapshotDataArgs {
+                canister_id: canister,
+                snapshot_id: vec![1; 18],
+                kind,
+                chunk: vec![0xA5; crate::management::types::MAX_SLICE_BYTES as usize],
+            })
+            .unwrap()
+        };
+        let method = "upload_canister_snapshot_data";
+        let management = Principal::management_canister();
+        for kind in [
+            SnapshotDataOffset::WasmModule { offset: 0 },
+            SnapshotDataOffset::WasmMemory { offset: 2_000_000 },
+            SnapshotDataOffset::StableMemory { offset: 4_000_000 },
+            SnapshotDataOffset::WasmChunk,
+        ] {
+            let arg = upload(kind);
+            assert_eq!(
+                check_effective_id(canister, management, method, &arg),
+                Ok(())
+            );
+            let refused = check_effective_id(other, management, method, &arg).unwrap_err();
+            assert!(refused.contains("is not the canister_id"), "{refused}");
+        }
+        // An argument without a canister_id: refused with a message of bounded size (Candid's
+        // error quotes the whole input).
+        let chunk = serde_bytes::ByteBuf::from(vec![0xA5; 2_000_000]);
+        let refused = check_effective_id(
+            canister,
+            management,
+            method,
+            &candid::encode_one(chunk).unwrap(),
+        )
+        .unwrap_err();
+        assert!(refused.contains("canister_id field"), "{refused:.300}");
+        assert!(refused.len() < 2_000, "{} bytes", refused.len());
     }
 }

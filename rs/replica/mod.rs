@@ -42,7 +42,7 @@ use ic_error_types::{ErrorCode, UserError};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::execution::{MemoryContext, TestCanisterEngine, WasmEngine, execute_canister_message};
+use crate::execution::{TestCanisterEngine, WasmEngine};
 use crate::replicated_state::{ReplicatedState, canister_id_from_index};
 use crate::scheduler::{Batch, ExecutionLoop, Ingress, MessageId};
 use crate::state_manager::{StateManager, StateManagerError};
@@ -634,8 +634,10 @@ impl Replica {
         });
     }
 
-    /// Executes a query: the method runs on a copy of the canister at the last durable round,
-    /// and whatever it changes is dropped.
+    /// Executes a query at the last durable round: only a method the module exports as a
+    /// query (or composite query) runs, on the canister as it is, and whatever it changes is
+    /// dropped. An update method is refused as the IC refuses it (`CanisterMethodNotFound`,
+    /// "has no query method"): run as a query, its changes would be silently lost.
     pub fn query(
         &self,
         sender: Principal,
@@ -657,33 +659,8 @@ impl Replica {
                 ),
             ));
         }
-        let Some(canister) = self.state.canisters.get(&canister_id) else {
-            return Err(UserError::new(
-                ErrorCode::CanisterNotFound,
-                format!("Canister {canister_id} not found."),
-            ));
-        };
-        let mut copy = canister.clone();
-        let usage = self.state.memory_usage();
-        let memory = MemoryContext {
-            subnet_memory_usage: usage,
-            reservation_usage: usage,
-            snapshots_size: self.state.footprint(canister_id).snapshots,
-        };
-        execute_canister_message(
-            self.execution_engine(),
-            self.config(),
-            &mut copy,
-            memory,
-            sender,
-            self.state.time,
-            method,
-            arg,
-        )
-    }
-
-    fn execution_engine(&self) -> &dyn WasmEngine {
-        self.execution.engine()
+        self.execution
+            .execute_query(&self.state, canister_id, sender, method, arg)
     }
 }
 

@@ -7,7 +7,9 @@
 #
 # The npm packages are installed once into $CANISTER_SNAPSHOTS_E2E_CACHE (default
 # ~/.cache/canister-snapshots-e2e) and reused. Without node/npm, or when the registry cannot be
-# reached and nothing is cached, the script says SKIPPED and exits 0. HOME is a fresh
+# reached and nothing is cached, the script says SKIPPED and exits 0, except under CI
+# (CI=true), where it says FAILED and exits 1: CI's machine has node, npm and the registry, so
+# a skip there means something broke and must not pass unseen. HOME is a fresh
 # temporary directory (icp's identities and settings go there), telemetry is off
 # (DO_NOT_TRACK=1) and so is icp's update check.
 set -euo pipefail
@@ -20,6 +22,10 @@ BIN="$(realpath "${1:-$ROOT/target/debug/canister-snapshots}")"
 CACHE="${CANISTER_SNAPSHOTS_E2E_CACHE:-$HOME/.cache/canister-snapshots-e2e}"
 
 skip() {
+    if [[ "${CI:-}" == "true" ]]; then
+        echo "e2e: FAILED (CI=true, where the script must run): $*" >&2
+        exit 1
+    fi
     echo "e2e: SKIPPED: $*"
     exit 0
 }
@@ -129,9 +135,11 @@ grep -q '"running"\|Running' "$WORK/status.json" || { echo "e2e: status is not r
 step "snapshot restore, delete, status: done"
 
 # The directory icp downloaded, uploaded with this project's own client (on the state
-# directory, serve stopped), and one this project downloaded, uploaded by icp.
+# directory, serve stopped, as the same principal), and one this project downloaded, uploaded
+# by icp.
 stop_serve
-cs() { "$BIN" --state-dir "$STATE" "$@"; }
+ME="$("$ICP" identity principal)"
+cs() { "$BIN" --state-dir "$STATE" --sender "$ME" "$@"; }
 OURS="$(cs canister snapshot upload "$CANISTER" --dir "$WORK/by-icp" | tail -n1)"
 cs canister snapshot download "$CANISTER" "$OURS" --dir "$WORK/by-us" >/dev/null
 step "canister-snapshots uploaded icp's directory as $OURS and downloaded it again"
