@@ -23,6 +23,7 @@
 //! - an executed message, replayed on a twin of the state before it, gives the same reply and
 //!   the same state hash (the replay hits the module cache the first execution filled, so this
 //!   also checks that a cached module behaves as a freshly compiled one);
+//! - an update call to a query method that runs changes nothing (a replicated query);
 //! - a round gives a twin the same state hash;
 //! - a query changes nothing, and asked twice gives the same answer (its writes are discarded).
 
@@ -423,6 +424,26 @@ fn round(replica: &mut Replica, seconds: u64) {
     );
 }
 
+/// An update call to `q`, which a module can only export as `canister_query q`: when it runs,
+/// it runs as a replicated query, whose changes are discarded, so the state is that of a twin
+/// that executed an empty round instead.
+fn replicated_query(replica: &mut Replica, sender: Principal, id: Principal, arg: Vec<u8>) {
+    let mut idle = replica.clone();
+    let empty = Batch {
+        time: idle.state.time,
+        ingress: Vec::new(),
+    };
+    idle.execution.execute_round(&mut idle.state, empty);
+    let result = step(replica, sender, id, "q", arg);
+    if result.is_ok() || result.as_ref().is_err_and(|err| completed(id, err)) {
+        assert_eq!(
+            replica.state.state_hash(),
+            idle.state.state_hash(),
+            "an update call to query q kept its changes: {result:?}"
+        );
+    }
+}
+
 /// A query, twice: it changes nothing and answers the same both times.
 fn query(replica: &Replica, id: Principal, sender: Principal, method: &str, arg: &[u8]) {
     let before = replica.state.state_hash();
@@ -469,6 +490,7 @@ pub fn run(data: &[u8]) {
         let method = METHODS[usize::from(choice) % METHODS.len()];
         let sender = caller(choice / 8);
         match action {
+            0..=2 if method == "q" => replicated_query(&mut replica, sender, id, arg),
             0..=2 => {
                 let _ = step(&mut replica, sender, id, method, arg);
             }
