@@ -497,7 +497,7 @@ fn execution_loop_orders_messages_and_replicas_agree() {
 struct WriteThenTrap;
 
 impl WasmEngine for WriteThenTrap {
-    fn validate(&self, wasm_module: &[u8]) -> Result<(), UserError> {
+    fn validate(&self, wasm_module: &WasmModule) -> Result<(), UserError> {
         TestCanisterEngine.validate(wasm_module)
     }
 

@@ -99,6 +99,7 @@ replay_corpus!(
     snapshot_dir,
     page_map_ops,
     http_request,
+    wasm_module,
 );
 
 #[test]

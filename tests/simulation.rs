@@ -33,7 +33,6 @@ fn replicas_with_1_2_and_4_threads_agree_on_random_streams() {
 /// wasmtime): replicas at 1, 2 and 4 threads give the same outcomes and the same `state_hash`
 /// after every round.
 #[test]
-#[ignore = "not yet run: the session that wrote it ran out of build time; run it with --ignored"]
 fn wasm_replicas_with_1_2_and_4_threads_agree_on_random_streams() {
     for seed in 0..2 {
         let options = SimulationOptions {

@@ -195,9 +195,6 @@ fn compare(seed: u64, ops: &[Operation]) {
 /// data, traps, takes, loads across canisters, deletes, controllers, freezing thresholds,
 /// upgrades, time passing) on both canisters: the same outcomes and the same state throughout.
 #[test]
-#[ignore = "ran 28 steps of seed 0 in agreement, then compared a take's reply (its total_size \
-            differs with the module, by construction); management replies are now compared by \
-            outcome only, not yet rerun: run it with --ignored"]
 fn the_wasm_test_canister_behaves_as_the_native_one() {
     let shape = WorkloadShape {
         canisters: CANISTERS,

@@ -18,6 +18,7 @@ pub mod replica;
 pub mod snapshot_dir;
 pub mod snapshot_upload;
 pub mod templates;
+pub mod wasm_module;
 
 /// A fuzz target as the corpus replay sees it.
 pub struct Target {
@@ -63,5 +64,10 @@ pub const TARGETS: &[Target] = &[
         name: "http_request",
         run: http_request::run,
         seeds: http_request::seeds,
+    },
+    Target {
+        name: "wasm_module",
+        run: wasm_module::run,
+        seeds: wasm_module::seeds,
     },
 ];

@@ -12,7 +12,7 @@ use canister_snapshots::execution::TestCanisterEngine;
 use canister_snapshots::replicated_state::ReplicatedState;
 use canister_snapshots::scheduler::{Batch, ExecutionLoop, Ingress};
 use canister_snapshots::{Config, TEST_CANISTER_WASM};
-use ic_error_types::UserError;
+use ic_error_types::{ErrorCode, UserError};
 use ic_management_canister_types::{
     CanisterIdRecord, CanisterInstallMode, InstallCodeArgs, ProvisionalCreateCanisterWithCyclesArgs,
 };
@@ -181,6 +181,18 @@ fn build() -> Pristine {
     }
 }
 
+/// Whether `err`, the outcome of a message to `receiver`, is that of a canister method that
+/// ran to completion and rejected (`ic0.msg_reject`) or returned without replying: as on the
+/// IC its changes are kept (`spec/execution.md`, "Messages"), so it is not a refusal. (The
+/// native test canister always replies; a Wasm canister need not.)
+pub fn completed(receiver: Principal, err: &UserError) -> bool {
+    receiver != Principal::management_canister()
+        && matches!(
+            err.code(),
+            ErrorCode::CanisterRejectedMessage | ErrorCode::CanisterDidNotReply
+        )
+}
+
 /// Methods that charge before their last check and keep the charge when it fails, as the
 /// replica does (`spec/management.md`, "read and upload"): a refusal may take cycles from a
 /// canister, and change nothing else.
@@ -195,7 +207,9 @@ fn tracing() -> bool {
     *TRACE.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some())
 }
 
-/// A copy of the pristine replica that messages are delivered to.
+/// A copy of the pristine replica (or of any state) that messages are delivered to. A clone is
+/// O(1) and continues independently: a twin.
+#[derive(Clone)]
 pub struct Replica {
     pub execution: &'static ExecutionLoop,
     pub state: ReplicatedState,
@@ -215,6 +229,16 @@ impl Replica {
         Replica {
             execution: &pristine.execution,
             state: pristine.state.clone(),
+            next_message_id: 0,
+        }
+    }
+
+    /// A replica of `state` executed by `execution`, for targets that need another engine or
+    /// configuration than the pristine fixture's.
+    pub fn on(execution: &'static ExecutionLoop, state: ReplicatedState) -> Self {
+        Replica {
+            execution,
+            state,
             next_message_id: 0,
         }
     }
@@ -256,7 +280,9 @@ impl Replica {
                 Err(err) => eprintln!("{method} from {sender}: {err}"),
             }
         }
-        if let Err(err) = &result {
+        if let Err(err) = &result
+            && !completed(receiver, err)
+        {
             let empty = Batch {
                 time: twin.time,
                 ingress: Vec::new(),

@@ -254,8 +254,11 @@ pub fn trap_on_memory_error(err: MemoryError) -> UserError {
 /// caller keeps only when the method succeeds (and, for queries, never).
 pub trait WasmEngine: Send + Sync {
     /// Accepts or refuses a module at install time and again when a snapshot holding it is
-    /// loaded (refusal: `CanisterInvalidWasm`, naming what is wrong).
-    fn validate(&self, wasm_module: &[u8]) -> Result<(), UserError>;
+    /// loaded (refusal: `CanisterInvalidWasm`, naming what is wrong). An engine that keys what
+    /// it learned by module hash uses the module's stored one ([`WasmModule::hash`], computed
+    /// once per module), so validating a snapshot's module at load does not hash its bytes
+    /// again.
+    fn validate(&self, wasm_module: &WasmModule) -> Result<(), UserError>;
 
     /// The exported globals a freshly instantiated module starts with, in export order.
     fn initial_globals(&self, wasm_module: &WasmModule) -> Vec<Global>;

@@ -139,8 +139,8 @@ impl TestCanisterEngine {
 }
 
 impl WasmEngine for TestCanisterEngine {
-    fn validate(&self, wasm_module: &[u8]) -> Result<(), UserError> {
-        if is_test_canister(wasm_module) {
+    fn validate(&self, wasm_module: &WasmModule) -> Result<(), UserError> {
+        if is_test_canister(wasm_module.bytes()) {
             Ok(())
         } else {
             Err(UserError::new(

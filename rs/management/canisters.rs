@@ -231,7 +231,9 @@ impl ManagementCanister<'_> {
         args: InstallCodeArgs,
     ) -> Result<Vec<u8>, UserError> {
         let canister = controlled(state, args.canister_id, sender)?;
-        self.engine.validate(&args.wasm_module)?;
+        // Hashed once, here: validation and everything after it use the module's stored hash.
+        let wasm_module = WasmModule::new(args.wasm_module);
+        self.engine.validate(&wasm_module)?;
         let id = canister.canister_id;
         let mode = match (&args.mode, &canister.execution_state) {
             (CanisterInstallMode::Install, Some(_)) => {
@@ -260,7 +262,6 @@ impl ManagementCanister<'_> {
             CanisterInstallMode::Upgrade(Some(flags)) => *flags,
             _ => UpgradeFlags::default(),
         };
-        let wasm_module = WasmModule::new(args.wasm_module);
         let module_hash = wasm_module.hash().to_vec();
         let time = state.time;
         let (execution_state, certified_data, global_timer) =

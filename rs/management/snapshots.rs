@@ -468,7 +468,7 @@ impl ManagementCanister<'_> {
             ));
         }
         self.engine
-            .validate(snapshot.content().wasm_module.bytes())
+            .validate(&snapshot.content().wasm_module)
             .map_err(|err| {
                 UserError::new(
                     err.code(),

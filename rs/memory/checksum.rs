@@ -230,7 +230,16 @@ fn page_hash(page: &[u8; PAGE_SIZE]) -> Hash {
 
 /// SHA-256 of a byte string (module hashes, chunk hashes).
 pub fn sha256(bytes: &[u8]) -> Hash {
+    #[cfg(test)]
+    SHA256_BYTES.with(|n| n.set(n.get() + bytes.len() as u64));
     Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Bytes this thread has passed to [`sha256`], for the tests that check what an operation
+    /// hashes (a snapshot's load must not hash its module again).
+    pub(crate) static SHA256_BYTES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Lower-case hex, for display and file names.

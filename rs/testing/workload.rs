@@ -892,7 +892,7 @@ mod tests {
         );
         CanisterKind::Wasm
             .engine()
-            .validate(WASM_TEST_CANISTER)
+            .validate(&crate::state::WasmModule::new(WASM_TEST_CANISTER.to_vec()))
             .unwrap();
     }
 
