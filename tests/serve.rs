@@ -156,6 +156,42 @@ async fn write_heap(agent: &Agent, canister_id: Principal, data: &[u8]) {
 
 /// The test canister's `read_heap`, an update method (the test canister exports no query):
 /// its certified reply.
+/// `take_canister_snapshot` of `canister_id`, replacing nothing; panics if refused.
+async fn take_snapshot(agent: &Agent, canister_id: Principal) -> Snapshot {
+    let take = TakeCanisterSnapshotArgs {
+        canister_id,
+        replace_snapshot: None,
+        uninstall_code: None,
+        sender_canister_version: None,
+    };
+    let reply = management(
+        agent,
+        canister_id,
+        "take_canister_snapshot",
+        Encode!(&take).unwrap(),
+    )
+    .await
+    .unwrap();
+    candid::decode_one::<Snapshot>(&reply).unwrap()
+}
+
+/// `load_canister_snapshot` of `snapshot_id` into `canister_id`; panics if refused.
+async fn load_snapshot(agent: &Agent, canister_id: Principal, snapshot_id: Vec<u8>) {
+    let load = LoadCanisterSnapshotArgs {
+        canister_id,
+        snapshot_id,
+        sender_canister_version: None,
+    };
+    management(
+        agent,
+        canister_id,
+        "load_canister_snapshot",
+        Encode!(&load).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
 async fn read_heap(agent: &Agent, canister_id: Principal, len: u64) -> Vec<u8> {
     let reply = agent
         .update(&canister_id, "read_heap")
@@ -203,21 +239,7 @@ fn ic_agent_drives_every_snapshot_method_with_verified_certificates() {
             .fold(0u64, |n, b| (n << 7) | u64::from(b & 0x7f));
         assert!(nanos > 1_600_000_000_000_000_000, "{installed:?}");
 
-        let take = TakeCanisterSnapshotArgs {
-            canister_id,
-            replace_snapshot: None,
-            uninstall_code: None,
-            sender_canister_version: None,
-        };
-        let reply = management(
-            &agent,
-            canister_id,
-            "take_canister_snapshot",
-            Encode!(&take).unwrap(),
-        )
-        .await
-        .unwrap();
-        let snapshot = candid::decode_one::<Snapshot>(&reply).unwrap();
+        let snapshot = take_snapshot(&agent, canister_id).await;
         let listed = management(
             &agent,
             canister_id,
@@ -233,19 +255,7 @@ fn ic_agent_drives_every_snapshot_method_with_verified_certificates() {
         );
 
         write_heap(&agent, canister_id, b"after!").await;
-        let load = LoadCanisterSnapshotArgs {
-            canister_id,
-            snapshot_id: snapshot.id.clone(),
-            sender_canister_version: None,
-        };
-        management(
-            &agent,
-            canister_id,
-            "load_canister_snapshot",
-            Encode!(&load).unwrap(),
-        )
-        .await
-        .unwrap();
+        load_snapshot(&agent, canister_id, snapshot.id.clone()).await;
         assert_eq!(read_heap(&agent, canister_id, 6).await, b"before");
 
         let delete = DeleteCanisterSnapshotArgs {
@@ -864,21 +874,7 @@ fn a_snapshot_moves_through_http_in_full_slices_with_the_ics_types() {
         heap("fill_heap", Encode!(&0u64, &5_000_000u64, &0x5Au8).unwrap()).await;
         let marker = serde_bytes::ByteBuf::from(b"marker".to_vec());
         heap("write_heap", Encode!(&4_100_000u64, &marker).unwrap()).await;
-        let take = TakeCanisterSnapshotArgs {
-            canister_id,
-            replace_snapshot: None,
-            uninstall_code: None,
-            sender_canister_version: None,
-        };
-        let reply = management(
-            &agent,
-            canister_id,
-            "take_canister_snapshot",
-            Encode!(&take).unwrap(),
-        )
-        .await
-        .unwrap();
-        let snapshot_id = candid::decode_one::<Snapshot>(&reply).unwrap().id;
+        let snapshot_id = take_snapshot(&agent, canister_id).await.id;
 
         let read = ReadCanisterSnapshotMetadataArgs {
             canister_id,
@@ -987,19 +983,7 @@ fn a_snapshot_moves_through_http_in_full_slices_with_the_ics_types() {
             .unwrap(),
         )
         .await;
-        let load = LoadCanisterSnapshotArgs {
-            canister_id,
-            snapshot_id: uploaded,
-            sender_canister_version: None,
-        };
-        management(
-            &agent,
-            canister_id,
-            "load_canister_snapshot",
-            Encode!(&load).unwrap(),
-        )
-        .await
-        .unwrap();
+        load_snapshot(&agent, canister_id, uploaded).await;
         let reply = heap("read_heap", Encode!(&4_099_998u64, &10u64).unwrap()).await;
         assert_eq!(
             candid::decode_one::<serde_bytes::ByteBuf>(&reply)

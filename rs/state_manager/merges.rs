@@ -722,7 +722,7 @@ fn write_merge_pages(
         out.write_all(bytes)?;
         written = written.saturating_add(1);
         // Synced as it goes, so that stopping syncs little.
-        if written % SYNC_EVERY_PAGES == 0 {
+        if written.is_multiple_of(SYNC_EVERY_PAGES) {
             out.flush()?;
             disk::sync_data(&out.inner.get_ref().file)?;
         }
