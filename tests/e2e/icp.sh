@@ -62,18 +62,29 @@ mkdir -p "$HOME"
 "$ICP" settings update-check disabled >/dev/null
 STATE="$WORK/state"
 
-# Starts serve on a free port; sets URL and ROOT_KEY from the two lines it prints first.
+# Starts serve on a free port; sets URL and ROOT_KEY from the two lines it prints first. Each
+# start has its own output file, created empty before serve starts: with one shared file, the
+# first check could read the previous serve's lines (or the file just truncated, before the new
+# serve printed anything), which failed a CI run once ("serve did not start" at once).
+SERVES=0
 start_serve() {
-    "$BIN" serve --bind 127.0.0.1:0 --state-dir "$STATE" >"$WORK/serve.out" 2>"$WORK/serve.err" &
+    SERVES=$((SERVES + 1))
+    local out="$WORK/serve.$SERVES.out" err="$WORK/serve.$SERVES.err"
+    : >"$out"
+    "$BIN" serve --bind 127.0.0.1:0 --state-dir "$STATE" >>"$out" 2>"$err" &
     SERVE_PID=$!
-    for _ in $(seq 100); do
-        [[ $(wc -l <"$WORK/serve.out") -ge 2 ]] && break
-        kill -0 "$SERVE_PID" 2>/dev/null || { cat "$WORK/serve.err" >&2; exit 1; }
+    for _ in $(seq 300); do # up to 30 s: a loaded machine's first checkpoint syncs
+        [[ $(wc -l <"$out") -ge 2 ]] && break
+        kill -0 "$SERVE_PID" 2>/dev/null || { cat "$err" >&2; exit 1; }
         sleep 0.1
     done
-    URL="$(sed -n 's/^listening on //p' "$WORK/serve.out")"
-    ROOT_KEY="$(sed -n 's/^root key: //p' "$WORK/serve.out")"
-    [[ -n "$URL" && ${#ROOT_KEY} -eq 266 ]] || { echo "e2e: serve did not start" >&2; exit 1; }
+    URL="$(sed -n 's/^listening on //p' "$out")"
+    ROOT_KEY="$(sed -n 's/^root key: //p' "$out")"
+    [[ -n "$URL" && ${#ROOT_KEY} -eq 266 ]] || {
+        echo "e2e: serve did not start within 30 s; it printed:" >&2
+        cat "$out" "$err" >&2
+        exit 1
+    }
 }
 # SIGTERM: serve checkpoints and exits 0.
 stop_serve() {
