@@ -37,36 +37,20 @@ use canister_snapshots::memory::{MAX_WASM_MEMORY_BYTES, Memory, PAGE_SIZE};
 use canister_snapshots::snapshots::SnapshotStore;
 use canister_snapshots::state::{CanisterState, ExecutionState, Global, WasmModule};
 use canister_snapshots::{Config, StateMachine, TEST_CANISTER_WASM};
+use common::Scale;
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use sha2::{Digest, Sha256};
+
+mod common;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const PAGE: u64 = PAGE_SIZE as u64;
 
-/// How much to run, from the environment and the arguments.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Scale {
-    /// `cargo test --benches`: one iteration each, smallest sizes.
-    Smoke,
-    /// `BENCH_QUICK=1`: 16 MiB and 256 MiB.
-    Quick,
-    /// Everything: 16 MiB to 4 GiB.
-    Full,
-}
-
 fn main() {
-    if std::env::var_os("BENCH_SKIP").is_some_and(|v| v != "0") {
-        eprintln!("page_copy: BENCH_SKIP is set, not running");
+    let Some(scale) = Scale::from_env("page_copy") else {
         return;
-    }
-    let scale = if !std::env::args().any(|a| a == "--bench") {
-        Scale::Smoke
-    } else if std::env::var_os("BENCH_QUICK").is_some_and(|v| v != "0") {
-        Scale::Quick
-    } else {
-        Scale::Full
     };
     let mut c = Criterion::default().configure_from_args();
     range_1mib(&mut c);

@@ -31,7 +31,10 @@ use canister_snapshots::embedders::WasmtimeEngine;
 use canister_snapshots::execution::WasmEngine;
 use canister_snapshots::state::WasmModule;
 use canister_snapshots::{Config, StateMachine};
+use common::Scale;
 use criterion::{BatchSize, Criterion};
+
+mod common;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -72,24 +75,9 @@ const HEAP_CANISTER: &str = r#"
 )
 "#;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Scale {
-    Smoke,
-    Quick,
-    Full,
-}
-
 fn main() {
-    if std::env::var_os("BENCH_SKIP").is_some_and(|v| v != "0") {
-        eprintln!("wasm: BENCH_SKIP is set, not running");
+    let Some(scale) = Scale::from_env("wasm") else {
         return;
-    }
-    let scale = if !std::env::args().any(|a| a == "--bench") {
-        Scale::Smoke
-    } else if std::env::var_os("BENCH_QUICK").is_some_and(|v| v != "0") {
-        Scale::Quick
-    } else {
-        Scale::Full
     };
     let mut c = Criterion::default().configure_from_args();
     message_against_heap_size(&mut c, scale);
@@ -137,12 +125,7 @@ fn heap_canister(size: u64) -> (StateMachine, Principal) {
         sm.update_call(id, controller(), "fill", arg).expect("fill");
         first += count;
     }
-    let heap = sm.state().canisters[&id]
-        .execution_state
-        .as_ref()
-        .expect("installed")
-        .wasm_memory
-        .size_bytes();
+    let heap = heap_bytes(&sm, id);
     assert_eq!(heap, size, "the heap is the size asked for");
     eprintln!(
         "wasm: heap canister filled to {} in {:.2} s",
@@ -187,16 +170,21 @@ fn motoko_canister() -> (StateMachine, Principal) {
     (sm, id)
 }
 
-fn motoko_message(c: &mut Criterion) {
-    let mut group = c.benchmark_group("motoko_message");
-    group.sample_size(20);
-    let (mut sm, id) = motoko_canister();
-    let heap = sm.state().canisters[&id]
+/// The size of canister `id`'s heap.
+fn heap_bytes(sm: &StateMachine, id: Principal) -> u64 {
+    sm.state().canisters[&id]
         .execution_state
         .as_ref()
         .expect("installed")
         .wasm_memory
-        .size_bytes();
+        .size_bytes()
+}
+
+fn motoko_message(c: &mut Criterion) {
+    let mut group = c.benchmark_group("motoko_message");
+    group.sample_size(20);
+    let (mut sm, id) = motoko_canister();
+    let heap = heap_bytes(&sm, id);
     eprintln!("wasm: the Motoko store's heap is {}", label(heap.max(MIB)));
     let arg = Encode!(&"key", &"value").expect("encodes");
     group.bench_function("put", |b| {
